@@ -1,0 +1,399 @@
+#!/usr/bin/env bash
+# syncflow's benchmark (issue 5): one command per figure. See bench/README.md.
+#
+#   bench/run.sh [throughput|latency|limiter|all] [options]
+#
+#   throughput  preload --count events (default 200000) in JetStream, run
+#               `syncflow run` on bench/config until all are acked; records/s,
+#               publish→CRM latency, syncflow's peak RSS and CPU; then the
+#               HTTP ceiling of the same mock endpoint with wrk at the same
+#               concurrency, and syncflow's rate as a percentage of it.
+#   latency     syncflow running, events published live at --rate/s (default
+#               5000) for --duration s (default 20, after --warmup 3 s):
+#               the publish→CRM latency distribution.
+#   limiter     three SharedLimiter instances on one redis-server, limit
+#               10000/s burst 100, for --duration s (default 10): saturating
+#               demand, then 10000/s offered; Redis commands/s and the busiest
+#               one-second window.
+#
+# Options: --count N  --rate R  --duration S  --warmup S  --in-flight C
+#          --wrk-secs S  --no-build
+#          --crm nginx (throughput): the CRM is one nginx worker answering 201,
+#          as in the reference workload, instead of the mock (no latencies)
+#          --scrape S: GET syncflow's /metrics every S seconds, as Prometheus
+#          would (histogram samples are kept until a scrape drains them)
+#          --perf: perf record syncflow (PERF_ARGS, default "-F 499 -g"; try
+#          "-F 199 --call-graph dwarf,16384" for whole Rust stacks); the
+#          report is in the results folder, and the figures include perf's overhead
+# Starts its own nats-server, redis-server and mock CRM on free loopback
+# ports in a temp dir and stops them on exit. Results and logs stay in
+# target/bench/<mode>-<time>/ (report.txt is what is printed at the end).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+mode=${1:-throughput}
+case "$mode" in throughput|latency|limiter|all) shift || true ;; -*) mode=throughput ;; *)
+  echo "usage: bench/run.sh [throughput|latency|limiter|all] [--count N] [--rate R] [--duration S] [--warmup S] [--in-flight C] [--wrk-secs S] [--scrape S] [--perf] [--no-build] [--crm mock|nginx]" >&2
+  exit 2 ;;
+esac
+COUNT=200000 RATE=5000 DURATION= WARMUP=3 INFLIGHT=64 WRK_SECS=10 PERF=0 BUILD=1 SCRAPE= CRM=mock
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --count) COUNT=$2; shift 2 ;;
+    --rate) RATE=$2; shift 2 ;;
+    --duration) DURATION=$2; shift 2 ;;
+    --warmup) WARMUP=$2; shift 2 ;;
+    --in-flight) INFLIGHT=$2; shift 2 ;;
+    --wrk-secs) WRK_SECS=$2; shift 2 ;;
+    --perf) PERF=1; shift ;;
+    --scrape) SCRAPE=$2; shift 2 ;;
+    --no-build) BUILD=0; shift ;;
+    --crm) CRM=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+case "$CRM" in mock) ;; nginx) [ "$mode" = throughput ] || { echo "--crm nginx is for throughput" >&2; exit 2; } ;;
+  *) echo "--crm is mock or nginx" >&2; exit 2 ;; esac
+ensure_services_installed
+ensure_commands wrk jq curl redis-cli:redis-tools /usr/bin/time:time
+[ "$CRM" = nginx ] && ensure_commands nginx:nginx-light
+[ "$PERF" = 1 ] && ensure_commands perf:linux-perf
+
+if [ "$BUILD" = 1 ]; then
+  echo "== building (release)"
+  cargo build --release --quiet --bin syncflow \
+    --example mock_crm --example bench_load --example bench_limiter
+fi
+if [ "$mode" = all ]; then
+  for m in throughput latency limiter; do
+    "$0" "$m" --no-build --count "$COUNT" --rate "$RATE" --warmup "$WARMUP" \
+      --in-flight "$INFLIGHT" --wrk-secs "$WRK_SECS" ${DURATION:+--duration "$DURATION"} \
+      ${SCRAPE:+--scrape "$SCRAPE"}
+  done
+  exit 0
+fi
+bin=target/release
+out=target/bench/$mode-$(date +%Y%m%d-%H%M%S)
+mkdir -p "$out"
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  local status=$?
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+  [ $status -ne 0 ] && echo "failed; logs in $out" >&2
+  return $status
+}
+trap cleanup EXIT
+
+# A port nothing listens on, away from the standard ones.
+free_port() {
+  local port
+  while :; do
+    port=$((20000 + RANDOM % 30000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
+  done
+}
+# user + system CPU of a process so far, in clock ticks (fields 14 and 15
+# of /proc/PID/stat, counted after the command name).
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+ticks_to_s() { awk -v t="$1" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}'; }
+peak_rss_mb() { awk '/^VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+now_us() { echo $(($(date +%s%N) / 1000)); }
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+report() { echo "$*" | tee -a "$out/report.txt"; }
+fmt() { awk -v v="$1" -v d="${2:-0}" 'BEGIN {printf "%.*f", d, v}'; }
+
+NATS_PORT=$(free_port) REDIS_PORT=$(free_port) CRM_PORT=$(free_port) HTTP_PORT=$(free_port)
+nats="nats://127.0.0.1:$NATS_PORT"
+redis="redis://127.0.0.1:$REDIS_PORT"
+crm="http://127.0.0.1:$CRM_PORT"
+TOKEN=bench-token
+
+start_redis() {
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+    --dir "$work" >"$out/redis.log" 2>&1 &
+  redis_pid=$!; pids+=("$redis_pid")
+  wait_for_port "$REDIS_PORT"
+}
+
+# The reference workload's CRM: one nginx worker answering every POST with
+# 201 and an id, connections kept alive, each receipt's time in its log.
+start_nginx() {
+  mkdir -p "$work/nginx"
+  cat >"$work/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx/nginx.pid;
+error_log $PWD/$out/nginx-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  fastcgi_temp_path $work/nginx/fastcgi;
+  uwsgi_temp_path $work/nginx/uwsgi;
+  scgi_temp_path $work/nginx/scgi;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  log_format receipt '\$msec';
+  server {
+    listen 127.0.0.1:$CRM_PORT;
+    location = /hubspot/crm/v3/objects/contacts {
+      access_log $work/nginx/receipts.log receipt buffer=1m flush=1s;
+      default_type application/json;
+      return 201 '{"id":"1"}';
+    }
+  }
+}
+NGINX
+  nginx -c "$work/nginx/nginx.conf" -g 'daemon off; master_process off;' >"$out/crm.log" 2>&1 &
+  crm_pid=$!; pids+=("$crm_pid")
+}
+
+# What nginx received: the count and the rate from first to last receipt,
+# as the mock's /_admin/latency reports them (no latencies: nginx does not
+# read the send time in the body).
+nginx_receipts() {
+  sleep 1.5  # the log buffer is flushed every second
+  awk 'NR == 1 {first = $1} {last = $1; n++}
+       END {printf "{\"count\": %d, \"rate_per_s\": %f}\n", n, (n > 1 && last > first) ? (n - 1) / (last - first) : 0}' \
+    "$work/nginx/receipts.log"
+}
+
+start_services() {
+  echo "== starting nats-server :$NATS_PORT, redis-server :$REDIS_PORT, $CRM CRM :$CRM_PORT (no limits)"
+  nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$work/nats" >"$out/nats.log" 2>&1 &
+  nats_pid=$!; pids+=("$nats_pid")
+  start_redis
+  if [ "$CRM" = nginx ]; then
+    start_nginx
+  else
+    "$bin/examples/mock_crm" --listen "127.0.0.1:$CRM_PORT" --no-limits --token "$TOKEN" \
+      --latency-field properties.sent_at_us >"$out/crm.log" 2>&1 &
+    crm_pid=$!; pids+=("$crm_pid")
+  fi
+  wait_for_port "$NATS_PORT"; wait_for_port "$CRM_PORT"
+}
+
+start_syncflow() {
+  syncflow_started_us=$(now_us)
+  NATS_URL="$nats" REDIS_URL="$redis" SYNCFLOW_HTTP="127.0.0.1:$HTTP_PORT" \
+    CRM_URL="$crm/hubspot" CRM_TOKEN="$TOKEN" BENCH_MAX_IN_FLIGHT="$INFLIGHT" \
+    "$bin/syncflow" run --dir bench/config >"$out/syncflow.log" 2>&1 &
+  syncflow_pid=$!; pids+=("$syncflow_pid")
+  if [ -n "$SCRAPE" ]; then
+    (while kill -0 "$syncflow_pid" 2>/dev/null; do
+      curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics" >/dev/null 2>&1 || true
+      sleep "$SCRAPE"
+    done) &
+    pids+=($!)
+  fi
+  if [ "$PERF" = 1 ]; then
+    # shellcheck disable=SC2086
+    perf record ${PERF_ARGS:--F 499 -g} -p "$syncflow_pid" -o "$out/perf.data" >"$out/perf.log" 2>&1 &
+    perf_pid=$!
+  fi
+}
+
+# Stops syncflow (a clean drain) after reading its peak RSS and CPU.
+stop_syncflow() {
+  others_after=$(others_ticks)
+  syncflow_rss_mb=$(peak_rss_mb "$syncflow_pid")
+  syncflow_cpu_s=$(ticks_to_s "$(cpu_ticks "$syncflow_pid")")
+  curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics" >"$out/metrics.txt" 2>/dev/null || true
+  if [ "$PERF" = 1 ]; then
+    kill -INT "$perf_pid"; wait "$perf_pid" || true
+    perf report -i "$out/perf.data" --stdio --no-children --percent-limit 0.7 \
+      >"$out/perf-report.txt" 2>/dev/null || true
+  fi
+  kill -TERM "$syncflow_pid"
+  wait "$syncflow_pid" || echo "syncflow exited $?"
+}
+
+# CPU ticks of the helper processes and of the whole machine (busy time in
+# /proc/stat), to tell what else the 2 cores ran while syncflow worked
+# (read again when syncflow stops). The machine's busy time less the
+# benchmark's own processes is what other programs took.
+# user + nice + system of every process, and irq + softirq + steal (loopback
+# networking's softirqs mostly land there rather than on a process).
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4, $7 + $8 + $9; exit}' /proc/stat; }
+others_ticks() {
+  echo "$(cpu_ticks "$nats_pid") $(cpu_ticks "$crm_pid") $(cpu_ticks "$redis_pid") $(machine_ticks) $(now_us)"
+}
+others_report() {
+  local before=($1) after=($others_after)
+  local nats=$((after[0] - before[0])) crm=$((after[1] - before[1])) rds=$((after[2] - before[2]))
+  local machine=$((after[3] - before[3])) irq=$((after[4] - before[4]))
+  local syncflow_ticks=$(awk -v s="$syncflow_cpu_s" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%d", s * hz}')
+  # bench_load's user + system seconds (publisher and poller), from /usr/bin/time.
+  local load_s; load_s=$(cat "$out"/*.cpu 2>/dev/null | awk '{s += $1 + $2} END {printf "%.2f", s}')
+  local load_ticks; load_ticks=$(awk -v s="$load_s" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%d", s * hz}')
+  local rest=$((machine - nats - crm - rds - syncflow_ticks - load_ticks))
+  [ $rest -lt 0 ] && rest=0
+  local wall; wall=$(awk -v a="${before[5]}" -v b="${after[5]}" 'BEGIN {printf "%.1f", (b - a) / 1e6}')
+  report "  meanwhile (CPU s over ${wall}s): nats-server $(ticks_to_s $nats), $CRM CRM $(ticks_to_s $crm), redis-server $(ticks_to_s $rds), bench_load $load_s, irq/softirq $(ticks_to_s $irq), other programs $(ticks_to_s $rest)"
+}
+
+latency_line() {
+  jq -r '"p50 \(.p50_us/1000) ms, p90 \(.p90_us/1000) ms, p99 \(.p99_us/1000) ms, p99.9 \(.p999_us/1000) ms, max \(.max_us/1000) ms (\(.count) requests)"' "$1"
+}
+
+check_delivery() {
+  local expected=$1
+  local got; got=$(jq .count "$out/latency.json")
+  grep -E '^syncflow_pipeline_(sent|dead_letters)_total' "$out/metrics.txt" >"$out/sent.txt" || true
+  if grep -q dead_letters "$out/sent.txt"; then
+    report "  WARNING: dead letters: $(grep dead_letters "$out/sent.txt" | tr '\n' ' ')"
+  fi
+  [ "$got" -ge "$expected" ] || report "  WARNING: the CRM received $got requests with a send time, expected $expected"
+}
+
+redis_script_calls() {
+  redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' |
+    awk -F'[:=,]' '/^cmdstat_eval/ {n += $3} END {print n + 0}'
+}
+
+wrk_ceiling() {
+  # The same endpoint, body size, headers and concurrency as syncflow's
+  # requests, each with its own Idempotency-Key (the mock stores each reply).
+  cat >"$work/post.lua" <<EOF
+local counter, thread_id = 0, 0
+local threads = 0
+function setup(thread) threads = threads + 1; thread:set("tid", threads) end
+function init(args) thread_id = tid end
+local body = '{"properties":{"email":"person12345@example.com","firstname":"First12345","lastname":"Last12345","phone":"+1 555 2345","city":"City 45","company":"COMPANY 40","lifecyclestage":"lead"}}'
+local headers = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer $TOKEN"}
+function request()
+  counter = counter + 1
+  headers["Idempotency-Key"] = "wrk:" .. thread_id .. ":" .. counter
+  return wrk.format("POST", nil, headers, body)
+end
+EOF
+  [ "$CRM" = mock ] && curl -fsS -X POST "$crm/_admin/reset" >/dev/null
+  local threads; threads=$(nproc)
+  wrk -t"$threads" -c"$INFLIGHT" -d"${WRK_SECS}s" --latency -s "$work/post.lua" \
+    "$crm/hubspot/crm/v3/objects/contacts" >"$out/wrk.txt" 2>&1
+  wrk_rps=$(awk '/^Requests\/sec:/ {print $2}' "$out/wrk.txt")
+  wrk_p50=$(awk '$1 == "50%" {print $2}' "$out/wrk.txt")
+  wrk_p99=$(awk '$1 == "99%" {print $2}' "$out/wrk.txt")
+  wrk_errors=$(grep -E 'Non-2xx|Socket errors' "$out/wrk.txt" | tr -s ' ' | tr '\n' ' ' || true)
+  wrk_threads=$threads
+}
+
+verdict() { awk -v ok="$1" 'BEGIN {print (ok ? "met" : "NOT met")}'; }
+
+throughput() {
+  start_services
+  "$bin/examples/bench_load" --nats "$nats" setup >/dev/null
+  echo "== preloading $COUNT events"
+  "$bin/examples/bench_load" --nats "$nats" preload --count "$COUNT" >"$out/preload.json"
+  local load_before; load_before=$(loadavg)
+  local others; others=$(others_ticks)
+  echo "== syncflow run (load average $load_before)"
+  start_syncflow
+  /usr/bin/time -f "%U %S" -o "$out/wait.cpu" \
+    "$bin/examples/bench_load" --nats "$nats" wait --durable bench-contacts >"$out/wait.json"
+  if [ "$CRM" = nginx ]; then
+    nginx_receipts >"$out/latency.json"
+  else
+    curl -fsS "$crm/_admin/latency" >"$out/latency.json"
+  fi
+  local calls; calls=$(redis_script_calls)
+  stop_syncflow
+  local load_after; load_after=$(loadavg)
+  echo "== HTTP ceiling: wrk, $INFLIGHT connections, ${WRK_SECS}s"
+  wrk_ceiling
+
+  local crm_rate e2e_rate pct cpu_per_record
+  crm_rate=$(jq .rate_per_s "$out/latency.json")
+  e2e_rate=$(jq -n --argjson w "$(cat "$out/wait.json")" \
+    "$COUNT / (((\$w.settled_at_us) - $syncflow_started_us) / 1e6)")
+  pct=$(awk -v a="$crm_rate" -v b="$wrk_rps" 'BEGIN {printf "%.1f", 100 * a / b}')
+  cpu_per_record=$(awk -v c="$syncflow_cpu_s" -v n="$COUNT" 'BEGIN {printf "%.1f", c * 1e6 / n}')
+  : >"$out/report.txt"
+  report ""
+  report "== syncflow benchmark: throughput, $COUNT events preloaded, $CRM CRM, max_in_flight $INFLIGHT${SCRAPE:+, /metrics scraped every ${SCRAPE}s} ($(date -u +%FT%TZ), $(nproc) cores)"
+  report "  load average: $load_before before, $load_after after"
+  report "  preload: $(jq -r '.rate_per_s | floor' "$out/preload.json") events/s published into JetStream"
+  report "  records/s, first → last CRM receipt: $(fmt "$crm_rate")"
+  report "  records/s, syncflow start → all acked: $(fmt "$e2e_rate") (includes start-up and consumer creation)"
+  if [ "$CRM" = mock ]; then
+    report "  publish → CRM latency (includes the wait in the preloaded backlog): $(latency_line "$out/latency.json")"
+  fi
+  report "  syncflow: peak RSS $syncflow_rss_mb MB, CPU $syncflow_cpu_s s = $cpu_per_record µs/record"
+  others_report "$others"
+  report "  redis: $calls limiter script calls = 1 per $(fmt "$(awk -v n="$COUNT" -v c="$calls" 'BEGIN {print c ? n / c : 0}')") records"
+  report "  HTTP ceiling: wrk -t$wrk_threads -c$INFLIGHT, ${WRK_SECS}s, POST to the same $CRM endpoint: $(fmt "$wrk_rps") req/s (p50 $wrk_p50, p99 $wrk_p99)${wrk_errors:+; $wrk_errors}"
+  report "  syncflow / ceiling: $pct%"
+  report "  targets: ≥ 40000 records/s $(verdict "$(awk -v r="$crm_rate" 'BEGIN {print r >= 40000}')"), ≥ 35% of the ceiling $(verdict "$(awk -v p="$pct" 'BEGIN {print p >= 35}')"), peak RSS < 100 MB $(verdict "$(awk -v m="$syncflow_rss_mb" 'BEGIN {print m < 100}')")"
+  check_delivery "$COUNT"
+}
+
+latency() {
+  local duration=${DURATION:-20}
+  start_services
+  "$bin/examples/bench_load" --nats "$nats" setup >/dev/null
+  local others; others=$(others_ticks)
+  start_syncflow
+  local deadline=$((SECONDS + 30))
+  until curl -fsS "http://127.0.0.1:$HTTP_PORT/readyz" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || { echo "syncflow not ready after 30 s" >&2; tail "$out/syncflow.log" >&2; exit 1; }
+    sleep 0.2
+  done
+  local load_before; load_before=$(loadavg)
+  echo "== publishing $RATE/s for ${WARMUP}s warm-up + ${duration}s (load average $load_before)"
+  /usr/bin/time -f "%U %S" -o "$out/paced.cpu" \
+    "$bin/examples/bench_load" --nats "$nats" paced --rate "$RATE" --duration-secs "$duration" \
+    --warmup-secs "$WARMUP" --reset-url "$crm/_admin/latency/reset" >"$out/paced.json"
+  /usr/bin/time -f "%U %S" -o "$out/wait.cpu" \
+    "$bin/examples/bench_load" --nats "$nats" wait --durable bench-contacts --timeout-secs 120 >"$out/wait.json"
+  curl -fsS "$crm/_admin/latency" >"$out/latency.json"
+  local calls; calls=$(redis_script_calls)
+  stop_syncflow
+  local load_after; load_after=$(loadavg)
+  local published; published=$(jq .published "$out/paced.json")
+  : >"$out/report.txt"
+  report ""
+  report "== syncflow benchmark: latency at $RATE/s offered, ${duration}s measured after ${WARMUP}s warm-up, max_in_flight $INFLIGHT${SCRAPE:+, /metrics scraped every ${SCRAPE}s} ($(date -u +%FT%TZ), $(nproc) cores)"
+  report "  load average: $load_before before, $load_after after"
+  report "  published: $(jq -r '"\(.measured) measured at \(.measured_rate_per_s | floor)/s; publisher at most \(.max_lag_ms | floor) ms behind schedule"' "$out/paced.json")"
+  report "  publish → CRM latency: $(latency_line "$out/latency.json")"
+  report "  syncflow: peak RSS $syncflow_rss_mb MB, CPU $syncflow_cpu_s s = $(awk -v c="$syncflow_cpu_s" -v n="$published" 'BEGIN {printf "%.1f", c * 1e6 / n}') µs/record ($published records, idle start-up included)"
+  others_report "$others"
+  report "  redis: $calls limiter script calls = 1 per $(fmt "$(awk -v n="$published" -v c="$calls" 'BEGIN {print c ? n / c : 0}')") records"
+  report "  target: p99 < 50 ms $(verdict "$(jq 'if .p99_us < 50000 then 1 else 0 end' "$out/latency.json")")"
+  check_delivery "$(jq .measured "$out/paced.json")"
+}
+
+limiter() {
+  local duration=${DURATION:-10}
+  start_redis
+  : >"$out/report.txt"
+  report ""
+  report "== limiter benchmark: 3 instances share 10000/s (burst 100) in one redis-server, ${duration}s per run ($(date -u +%FT%TZ), $(nproc) cores)"
+  local demand
+  for demand in "--callers 64" "--offered 10000"; do
+    local load_before; load_before=$(loadavg)
+    echo "== bench_limiter $demand (load average $load_before)"
+    # shellcheck disable=SC2086
+    "$bin/examples/bench_limiter" --redis "$redis" --duration-secs "$duration" $demand >"$out/limiter.json"
+    cp "$out/limiter.json" "$out/limiter-${demand##* }.json"
+    local j="$out/limiter.json"
+    report "  demand: $(jq -r '.demand | if .offered_per_s then "\(.offered_per_s)/s offered (open loop)" else "saturating, \(.saturating_callers_per_instance) callers per instance" end' "$j") — load average $load_before"
+    report "    granted: $(jq -r '"\(.granted_per_s | floor)/s (\(.requests) requests), shares \(.shares | join(" / ")), modes \(.modes | join(",")), wait p50 \(.wait_p50_ms * 100 | floor / 100) ms p99 \(.wait_p99_ms * 100 | floor / 100) ms"' "$j")"
+    report "    redis: $(jq -r '.redis | "\(.script_calls_per_s * 10 | floor / 10) script calls/s = 1 per \(.requests_per_script_call | floor) requests; \(.commands_per_s | floor) commands/s counting those run inside scripts = 1 per \(.requests_per_command * 10 | floor / 10) requests"' "$j")"
+    report "    busiest windows: $(jq -r '[.sliding_windows[] | "\(.window_ms) ms: \(.busiest) (bound \(.bound), overshoot \(.overshoot))"] | join("; ")' "$j")"
+    report "    whole seconds: $(jq -r '"\(.aligned_seconds | join(", ")); over 10000: \(.aligned_seconds_over_limit)"' "$j")"
+  done
+}
+
+case "$mode" in
+  throughput) throughput ;;
+  latency) latency ;;
+  limiter) limiter ;;
+esac
+echo
+echo "(report and logs: $out)"

@@ -1,0 +1,96 @@
+//! The mock CRM as a standalone server, for the demo and manual tests. The
+//! shipped providers point at http://127.0.0.1:18080/hubspot and
+//! http://127.0.0.1:18080/salesforce.
+//!
+//! ```text
+//! cargo run --example mock_crm -- --listen 127.0.0.1:18080 \
+//!     [--hubspot-limit 100/10s:10] [--salesforce-limit 25/1s:5] [--no-limits] \
+//!     [--fail-rate 0.05] [--latency 20ms] [--token dev-token] [--log] \
+//!     [--latency-field properties.sent_at_us]
+//! ```
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use syncflow::mock_crm::{MockCrm, MockCrmConfig, RateLimit, parse_duration};
+use tracing_subscriber::EnvFilter;
+
+/// HubSpot- and Salesforce-like mock CRM. Inspect it at /_admin/state.
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1:18080")]
+    listen: SocketAddr,
+    /// Limit of /hubspot: at most REQUESTS per PER, BURST at once.
+    #[arg(long, value_name = "REQUESTS/PER:BURST", default_value = "100/10s:10")]
+    hubspot_limit: RateLimit,
+    /// Limit of /salesforce: at most REQUESTS per PER, BURST at once.
+    #[arg(long, value_name = "REQUESTS/PER:BURST", default_value = "25/1s:5")]
+    salesforce_limit: RateLimit,
+    /// No rate limits at all (for benchmarks of the sender).
+    #[arg(long, conflicts_with_all = ["hubspot_limit", "salesforce_limit"])]
+    no_limits: bool,
+    /// Fraction (0..=1) of requests answered 503.
+    #[arg(long, default_value_t = 0.0)]
+    fail_rate: f64,
+    /// Delay added to every response, such as 20ms.
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    latency: Duration,
+    /// The bearer token requests must carry; any non-empty one when unset.
+    #[arg(long, env = "MOCK_CRM_TOKEN")]
+    token: Option<String>,
+    /// Keep an ordered log of every request, shown in /_admin/state.
+    #[arg(long)]
+    log: bool,
+    /// Dotted path to a send time (µs since the Unix epoch) in request
+    /// bodies: receipt − send time is kept as a histogram at /_admin/latency.
+    #[arg(long, value_name = "PATH", value_parser = dotted_path)]
+    latency_field: Option<String>,
+}
+
+fn dotted_path(s: &str) -> Result<String, String> {
+    if s.split('.').any(str::is_empty) {
+        return Err(format!(
+            "\"{s}\" is not a dotted path such as properties.sent_at_us"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    match serve(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mock_crm: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves until Ctrl-C, then lets in-flight requests finish.
+async fn serve(args: Args) -> std::io::Result<()> {
+    let limit = |limit: RateLimit| (!args.no_limits).then_some(limit);
+    let crm = MockCrm::start(MockCrmConfig {
+        listen: args.listen,
+        hubspot_limit: limit(args.hubspot_limit),
+        salesforce_limit: limit(args.salesforce_limit),
+        fail_rate: args.fail_rate,
+        latency: args.latency,
+        token: args.token,
+        record_log: args.log,
+        latency_field: args.latency_field,
+    })
+    .await?;
+    println!("mock CRM listening on {}", crm.addr());
+    println!("  hubspot:    {}", crm.hubspot_url());
+    println!("  salesforce: {}", crm.salesforce_url());
+    println!("  state:      {}/_admin/state", crm.base_url());
+
+    tokio::signal::ctrl_c().await?;
+    crm.shutdown().await
+}

@@ -1,0 +1,346 @@
+//! Reading a config directory into typed structs, collecting every error.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use super::diagnostics::{Diagnostics, Pos};
+use super::env::Env;
+use super::model::{Globals, PipelineConfig, ProviderConfig};
+use super::suggest::did_you_mean;
+use super::yaml::{self, Kind, Node, Seg};
+
+/// One config file as read: its text and its positioned YAML tree.
+#[derive(Debug)]
+pub struct SourceFile {
+    /// Path relative to the config directory (what diagnostics print).
+    pub rel: PathBuf,
+    pub text: String,
+    pub root: Node,
+}
+
+impl SourceFile {
+    pub fn node(&self, path: &[Seg]) -> Option<&Node> {
+        self.root.at(path)
+    }
+
+    /// An error about the value at `path`. Not reported when the value's
+    /// `${VAR}` failed: that error already stands at the same place.
+    pub fn error(&self, diags: &mut Diagnostics, path: &[Seg], message: impl Into<String>) {
+        if !self.root.at(path).is_some_and(Node::env_failed) {
+            diags.push(&self.rel, self.root.value_pos(path), message);
+        }
+    }
+
+    /// An error about the key at `path` (an unknown or misplaced name).
+    pub fn key_error(&self, diags: &mut Diagnostics, path: &[Seg], message: impl Into<String>) {
+        diags.push(&self.rel, self.root.key_pos(path), message);
+    }
+
+    /// An error at `line:col` inside the scalar at `path` (a Rhai script or
+    /// JSONPath), so the position lands on the offending character.
+    pub fn text_error(
+        &self,
+        diags: &mut Diagnostics,
+        path: &[Seg],
+        line: usize,
+        col: usize,
+        message: impl Into<String>,
+    ) {
+        let pos = match self.root.at(path) {
+            Some(node) if node.env_failed() => return,
+            Some(node) => node.text_pos(line, col),
+            None => self.root.value_pos(path),
+        };
+        diags.push(&self.rel, pos, message);
+    }
+}
+
+/// A typed config struct and the file it came from.
+#[derive(Debug, Clone)]
+pub struct Sourced<T> {
+    pub value: T,
+    pub file: Arc<SourceFile>,
+}
+
+/// Everything in a config directory, typed but not yet cross-checked.
+#[derive(Debug, Default)]
+pub struct RawConfig {
+    pub dir: PathBuf,
+    pub globals: Globals,
+    pub globals_file: Option<Arc<SourceFile>>,
+    pub providers: Vec<Sourced<ProviderConfig>>,
+    /// The `name` of every provider file that is valid YAML, even one that
+    /// failed to deserialize, so a pipeline naming it is not told "unknown".
+    pub provider_names: Vec<String>,
+    pub pipelines: Vec<Sourced<PipelineConfig>>,
+}
+
+/// Reads `syncflow.yaml`, `providers/*.yaml` and `pipelines/*.yaml`.
+/// Files that fail to parse are left out and their errors added to `diags`.
+pub fn load_dir(dir: &Path, env: &dyn Env, diags: &mut Diagnostics) -> RawConfig {
+    let mut raw = RawConfig {
+        dir: dir.to_path_buf(),
+        ..RawConfig::default()
+    };
+    let globals_path = dir.join("syncflow.yaml");
+    if globals_path.exists() {
+        if let Some(file) = read_file(dir, &globals_path, env, diags) {
+            if let Some(globals) = deserialize::<Globals>(&file, diags) {
+                raw.globals = globals;
+            }
+            raw.globals_file = Some(file);
+        }
+    }
+    for path in yaml_files(dir, "providers", diags) {
+        if let Some(file) = read_file(dir, &path, env, diags) {
+            if let Some(name) = file.node(&[Seg::Key("name".into())]).and_then(Node::as_str) {
+                raw.provider_names.push(name.to_string());
+            }
+            if let Some(value) = deserialize::<ProviderConfig>(&file, diags) {
+                raw.providers.push(Sourced { value, file });
+            }
+        }
+    }
+    for path in yaml_files(dir, "pipelines", diags) {
+        if let Some(file) = read_file(dir, &path, env, diags) {
+            if let Some(value) = deserialize::<PipelineConfig>(&file, diags) {
+                raw.pipelines.push(Sourced { value, file });
+            }
+        }
+    }
+    raw
+}
+
+/// `*.yaml` and `*.yml` directly inside `dir/sub`, sorted by name.
+fn yaml_files(dir: &Path, sub: &str, diags: &mut Diagnostics) -> Vec<PathBuf> {
+    let folder = dir.join(sub);
+    let entries = match std::fs::read_dir(&folder) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            diags.push(
+                Path::new(sub),
+                Pos::new(1, 1),
+                format!("cannot read directory: {e}"),
+            );
+            return Vec::new();
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn read_file(
+    dir: &Path,
+    path: &Path,
+    env: &dyn Env,
+    diags: &mut Diagnostics,
+) -> Option<Arc<SourceFile>> {
+    let rel = path.strip_prefix(dir).unwrap_or(path).to_path_buf();
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            diags.push(&rel, Pos::new(1, 1), format!("cannot read file: {e}"));
+            return None;
+        }
+    };
+    let mut root = match yaml::parse(&text) {
+        Ok(root) => root,
+        Err(e) => {
+            diags.push(&rel, e.pos, format!("invalid YAML: {}", e.message));
+            return None;
+        }
+    };
+    let mut env_errors = Vec::new();
+    root.interpolate(env, &mut env_errors);
+    for (pos, message) in env_errors {
+        diags.push(&rel, pos, message);
+    }
+    Some(Arc::new(SourceFile { rel, text, root }))
+}
+
+/// Deserializes a file's tree into `T`. Unknown keys are all reported (each
+/// is removed and deserialization retried); any other error ends the file.
+pub fn deserialize<T: DeserializeOwned>(file: &SourceFile, diags: &mut Diagnostics) -> Option<T> {
+    let mut value = file.root.to_value();
+    let mut clean = true;
+    // Bounded: each round removes one unknown key.
+    for _ in 0..256 {
+        let err = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(typed) => return clean.then_some(typed),
+            Err(err) => err,
+        };
+        let path = to_segs(err.path());
+        let message = err.inner().to_string();
+        if let Some(field) = quoted_after(&message, "unknown field `") {
+            clean = false;
+            let candidates = expected_names(&message);
+            let hint = did_you_mean(&field, candidates.iter().map(String::as_str));
+            let key_path = with_key(&path, &field);
+            diags.push(
+                &file.rel,
+                file.root.key_pos(&key_path),
+                format!("unknown key \"{field}\"{hint}"),
+            );
+            if !remove_key(&mut value, &path, &field) {
+                return None;
+            }
+            continue;
+        }
+        let message = if let Some(variant) = quoted_after(&message, "unknown variant `") {
+            let candidates = expected_names(&message);
+            let hint = did_you_mean(&variant, candidates.iter().map(String::as_str));
+            format!(
+                "unknown key \"{variant}\"{hint}; expected one of {}",
+                candidates.join(", ")
+            )
+        } else {
+            message
+        };
+        diags.push(&file.rel, file.root.value_pos(&path), message);
+        return None;
+    }
+    None
+}
+
+fn to_segs(path: &serde_path_to_error::Path) -> Vec<Seg> {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .filter_map(|seg| match seg {
+            Segment::Seq { index } => Some(Seg::Index(*index)),
+            Segment::Map { key } => Some(Seg::Key(key.clone())),
+            Segment::Enum { variant } => Some(Seg::Key(variant.clone())),
+            Segment::Unknown => None,
+        })
+        .collect()
+}
+
+/// The path of `field` inside the map at `path` (serde_path_to_error may or
+/// may not have recorded the unknown key itself).
+fn with_key(path: &[Seg], field: &str) -> Vec<Seg> {
+    let mut p = path.to_vec();
+    if p.last() != Some(&Seg::Key(field.to_string())) {
+        p.push(Seg::Key(field.to_string()));
+    }
+    p
+}
+
+fn remove_key(value: &mut serde_yaml::Value, path: &[Seg], field: &str) -> bool {
+    let parent = match path.last() {
+        Some(Seg::Key(k)) if k == field => &path[..path.len() - 1],
+        _ => path,
+    };
+    let mut v = value;
+    for seg in parent {
+        v = match (seg, v) {
+            (Seg::Key(k), serde_yaml::Value::Mapping(m)) => match m.get_mut(k.as_str()) {
+                Some(child) => child,
+                None => return false,
+            },
+            (Seg::Index(i), serde_yaml::Value::Sequence(s)) => match s.get_mut(*i) {
+                Some(child) => child,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match v {
+        serde_yaml::Value::Mapping(m) => m.remove(field).is_some(),
+        _ => false,
+    }
+}
+
+/// The text between `prefix` and the next backtick.
+fn quoted_after(message: &str, prefix: &str) -> Option<String> {
+    let start = message.find(prefix)? + prefix.len();
+    let len = message[start..].find('`')?;
+    Some(message[start..start + len].to_string())
+}
+
+/// serde lists what it expected as `a`, `b` after "expected".
+fn expected_names(message: &str) -> Vec<String> {
+    let Some(at) = message.find("expected") else {
+        return Vec::new();
+    };
+    message[at..]
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Node kind name for messages.
+pub fn kind_name(node: &Node) -> &'static str {
+    match node.kind {
+        Kind::Scalar { .. } => "a scalar",
+        Kind::Seq(_) => "a list",
+        Kind::Map(_) => "a map",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::model::ProviderConfig;
+    use std::collections::HashMap;
+
+    fn file(text: &str) -> SourceFile {
+        let mut root = yaml::parse(text).unwrap();
+        root.interpolate(&HashMap::new(), &mut Vec::new());
+        SourceFile {
+            rel: "providers/p.yaml".into(),
+            text: text.into(),
+            root,
+        }
+    }
+
+    #[test]
+    fn reports_every_unknown_key_with_a_suggestion() {
+        let f = file(
+            "name: p\nbase_url: http://x\nmax_inflight: 3\nobjects:\n  c:\n    create: { method: POST, path: /c, id_frm: $.id }\n",
+        );
+        let mut diags = Diagnostics::default();
+        assert!(deserialize::<ProviderConfig>(&f, &mut diags).is_none());
+        let out: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            out,
+            [
+                "providers/p.yaml:3:1: error: unknown key \"max_inflight\" (did you mean \"max_in_flight\"?)",
+                "providers/p.yaml:6:39: error: unknown key \"id_frm\" (did you mean \"id_from\"?)",
+            ]
+        );
+    }
+
+    #[test]
+    fn type_errors_point_at_the_value() {
+        let f = file("name: p\nbase_url: http://x\ntimeout: 10\nobjects: {}\n");
+        let mut diags = Diagnostics::default();
+        assert!(deserialize::<ProviderConfig>(&f, &mut diags).is_none());
+        let d = diags.iter().next().unwrap();
+        assert_eq!((d.line, d.col), (3, 10));
+        assert!(d.message.contains("needs a unit"), "{}", d.message);
+    }
+
+    #[test]
+    fn missing_fields_point_at_the_map() {
+        let f = file("name: p\nobjects: {}\n");
+        let mut diags = Diagnostics::default();
+        assert!(deserialize::<ProviderConfig>(&f, &mut diags).is_none());
+        let d = diags.iter().next().unwrap();
+        assert_eq!((d.line, d.col), (1, 1));
+        assert!(
+            d.message.contains("missing field `base_url`"),
+            "{}",
+            d.message
+        );
+    }
+}

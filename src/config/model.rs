@@ -1,0 +1,321 @@
+//! The config as written: one struct per file kind, unknown keys rejected.
+//!
+//! These structs hold text (JSONPaths, Rhai, schema paths) exactly as the
+//! operator wrote it; `pipeline::compile` turns them into compiled form.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::duration::ConfigDuration;
+
+/// `syncflow.yaml`: process-wide settings; every key optional.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Globals {
+    pub nats: NatsGlobals,
+    pub redis: RedisGlobals,
+    pub http: HttpGlobals,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsGlobals {
+    pub url: String,
+}
+
+impl Default for NatsGlobals {
+    fn default() -> Self {
+        NatsGlobals {
+            url: "nats://127.0.0.1:4222".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisGlobals {
+    pub url: String,
+}
+
+impl Default for RedisGlobals {
+    fn default() -> Self {
+        RedisGlobals {
+            url: "redis://127.0.0.1:6379".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpGlobals {
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub listen: String,
+}
+
+impl Default for HttpGlobals {
+    fn default() -> Self {
+        HttpGlobals {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// `providers/<name>.yaml`: one external API.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub base_url: String,
+    #[serde(default)]
+    pub auth: Option<Auth>,
+    /// Extra headers sent with every request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    #[serde(default = "default_timeout")]
+    pub timeout: ConfigDuration,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreakerConfig,
+    #[serde(default = "default_idempotency_header")]
+    pub idempotency_header: Option<String>,
+    pub objects: BTreeMap<String, ObjectConfig>,
+}
+
+fn default_max_in_flight() -> usize {
+    32
+}
+fn default_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(10)
+}
+fn default_idempotency_header() -> Option<String> {
+    Some("Idempotency-Key".into())
+}
+
+/// Exactly one of `bearer`, `header` or `basic` (checked when compiling).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    #[serde(default)]
+    pub bearer: Option<String>,
+    #[serde(default)]
+    pub header: Option<HeaderAuth>,
+    #[serde(default)]
+    pub basic: Option<BasicAuth>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderAuth {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub requests: u32,
+    pub per: ConfigDuration,
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Total tries, the first included.
+    pub max_attempts: u32,
+    pub initial_backoff: ConfigDuration,
+    pub max_backoff: ConfigDuration,
+    /// Statuses worth another try; connect errors and timeouts always are.
+    pub retry_on: Vec<u16>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 5,
+            initial_backoff: ConfigDuration::from_millis(200),
+            max_backoff: ConfigDuration::from_secs(30),
+            retry_on: vec![408, 425, 429, 500, 502, 503, 504],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreakerConfig {
+    /// Consecutive failed requests (after their own retries) that open it.
+    pub failure_threshold: u32,
+    /// How long it stays open before one probe request is let through.
+    pub open_for: ConfigDuration,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        CircuitBreakerConfig {
+            failure_threshold: 5,
+            open_for: ConfigDuration::from_secs(10),
+        }
+    }
+}
+
+/// The endpoints of one object type (contact, company, ...).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectConfig {
+    #[serde(default)]
+    pub create: Option<EndpointConfig>,
+    #[serde(default)]
+    pub update: Option<EndpointConfig>,
+    #[serde(default)]
+    pub upsert: Option<EndpointConfig>,
+    #[serde(default)]
+    pub delete: Option<EndpointConfig>,
+    #[serde(default)]
+    pub read: Option<EndpointConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    pub method: String,
+    pub path: String,
+    /// JSONPath into the response body that yields the provider's id.
+    #[serde(default)]
+    pub id_from: Option<String>,
+}
+
+/// `pipelines/<name>.yaml`: one flow from a stream to a provider object.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub name: String,
+    pub source: SourceConfig,
+    pub key: String,
+    #[serde(default = "default_record")]
+    pub record: String,
+    #[serde(default)]
+    pub op: Option<String>,
+    #[serde(default)]
+    pub input_schema: Option<String>,
+    #[serde(default)]
+    pub when: Option<String>,
+    pub rules: Vec<RuleConfig>,
+    pub target: TargetConfig,
+    #[serde(default)]
+    pub mapping: serde_yaml::Mapping,
+    #[serde(default)]
+    pub dead_letter: Option<DeadLetterConfig>,
+    #[serde(default)]
+    pub tests: Vec<TestCase>,
+}
+
+fn default_record() -> String {
+    "$".into()
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub nats: NatsSourceConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSourceConfig {
+    pub stream: String,
+    pub subject: String,
+    /// Durable consumer name; defaults to the pipeline name.
+    #[serde(default)]
+    pub durable: Option<String>,
+    /// Messages asked for per pull.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Unacked messages the server lets this consumer hold.
+    #[serde(default = "default_max_ack_pending")]
+    pub max_ack_pending: i64,
+    /// Redelivery after this long without an ack (in-progress acks extend it).
+    #[serde(default = "default_ack_wait")]
+    pub ack_wait: ConfigDuration,
+}
+
+fn default_batch() -> usize {
+    256
+}
+fn default_max_ack_pending() -> i64 {
+    4096
+}
+fn default_ack_wait() -> ConfigDuration {
+    ConfigDuration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    #[serde(rename = "if")]
+    pub condition: String,
+    pub then: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub provider: String,
+    pub object: String,
+    #[serde(default)]
+    pub schema: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    pub subject: String,
+}
+
+/// A mapping value: a JSONPath string or `{ expr: <Rhai> }`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum MappingSource {
+    Path(String),
+    Expr(ExprMapping),
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExprMapping {
+    pub expr: String,
+}
+
+/// A pipeline's own unit test, run by `validate` and `test`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TestCase {
+    pub name: String,
+    pub input: serde_json::Value,
+    pub expect: TestExpect,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TestExpect {
+    #[serde(default)]
+    pub action: Option<String>,
+    #[serde(default)]
+    pub output: Option<serde_json::Value>,
+    /// The error kind expected instead of an action (`input_schema`, ...).
+    #[serde(default)]
+    pub error: Option<String>,
+}

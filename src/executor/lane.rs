@@ -1,0 +1,105 @@
+//! Per-key lanes. Messages are routed to a lane by a hash of their key and
+//! each lane handles its messages one at a time, in stream order: the same
+//! key is never in two places at once, different keys run concurrently.
+//!
+//! While a lane waits (limiter, backoff, open breaker), it tells JetStream
+//! every message it holds is still in progress, so none is redelivered
+//! behind its own back and overtaken by a later change of the same key.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::acks::Acks;
+use super::process::{self, Ctx};
+use crate::pipeline::{EvalError, Outcome};
+use crate::source::SourceMessage;
+
+/// A message and its evaluation, on its way to a lane, with the pipeline
+/// version that evaluated it (and will send it).
+pub struct Job {
+    pub ctx: Arc<Ctx>,
+    pub msg: SourceMessage,
+    pub eval: Result<Outcome, EvalError>,
+    pub received: Instant,
+}
+
+/// Runs until its sender is dropped and its queue is empty, or until
+/// `abort` turns true: then every message it still holds is handed back.
+///
+/// The lane takes whatever is sent to it at once (the channel is unbounded;
+/// the consumer's `max_ack_pending` bounds what a pipeline holds), so every
+/// message a pipeline holds sits in some lane's queue, where the steady
+/// `progress_every` tick keeps telling JetStream it is being worked on.
+pub async fn run(
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    acks: Acks,
+    mut abort: watch::Receiver<bool>,
+    progress_every: Duration,
+    done: impl Fn(u64) + Send,
+) {
+    let mut queue: VecDeque<Job> = VecDeque::new();
+    let mut open = true;
+    // Steady, never reset per message: a lane whose messages each take a
+    // little less than the period must still report the ones it queues.
+    let mut tick = tokio::time::interval(progress_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let job = match queue.pop_front() {
+            Some(job) => job,
+            None if open => match rx.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+            None => return,
+        };
+        {
+            let work = process::handle(&job.ctx, &job.msg, &job.eval);
+            tokio::pin!(work);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut work => break,
+                    // The guard `wait_for` returns must not live across awaits.
+                    _ = async { drop(abort.wait_for(|a| *a).await) } => {
+                        // Drain deadline: hand back what is left, in order.
+                        hand_back(&job).await;
+                        for j in queue.iter() {
+                            hand_back(j).await;
+                        }
+                        rx.close();
+                        while let Some(j) = rx.recv().await {
+                            hand_back(&j).await;
+                        }
+                        return;
+                    }
+                    next = rx.recv(), if open => match next {
+                        Some(j) => queue.push_back(j),
+                        None => open = false,
+                    },
+                    _ = tick.tick() => {
+                        let _ = job.msg.ack.in_progress().await;
+                        for j in queue.iter() {
+                            let _ = j.msg.ack.in_progress().await;
+                        }
+                    }
+                }
+            }
+        }
+        job.ctx
+            .metrics
+            .ack_latency
+            .record(job.received.elapsed().as_secs_f64());
+        acks.ack(job.msg.seq, job.msg.ack);
+        done(job.msg.seq);
+    }
+}
+
+async fn hand_back(job: &Job) {
+    if let Err(e) = job.msg.ack.nak(None).await {
+        tracing::warn!(seq = job.msg.seq, error = %e, "could not hand message back; it will be redelivered after ack_wait");
+    }
+}

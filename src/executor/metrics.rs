@@ -1,0 +1,53 @@
+//! Per-pipeline metrics. Handles are registered once per pipeline (or per
+//! label value, on first use) so the per-message path only bumps atomics.
+
+use metrics::{Counter, Histogram, counter, histogram};
+
+use crate::metric_handles::Handles;
+
+pub struct PipelineMetrics {
+    pub received: Counter,
+    pub skipped: Counter,
+    pub retries: Counter,
+    pub ack_latency: Histogram,
+    /// By action and HTTP status.
+    sent: Handles<(&'static str, u16), Counter>,
+    /// By dead-letter kind.
+    dead_letters: Handles<&'static str, Counter>,
+}
+
+impl PipelineMetrics {
+    pub fn new(pipeline: &str) -> Self {
+        let p = pipeline.to_string();
+        let (sent_p, dead_p) = (p.clone(), p.clone());
+        PipelineMetrics {
+            received: counter!("syncflow_pipeline_received_total", "pipeline" => p.clone()),
+            skipped: counter!("syncflow_pipeline_skipped_total", "pipeline" => p.clone()),
+            retries: counter!("syncflow_pipeline_retries_total", "pipeline" => p.clone()),
+            ack_latency: histogram!("syncflow_pipeline_ack_latency_seconds", "pipeline" => p),
+            sent: Handles::new(move |&(action, status): &(&'static str, u16)| {
+                counter!(
+                    "syncflow_pipeline_sent_total",
+                    "pipeline" => sent_p.clone(),
+                    "action" => action,
+                    "status" => status.to_string()
+                )
+            }),
+            dead_letters: Handles::new(move |&kind: &&'static str| {
+                counter!(
+                    "syncflow_pipeline_dead_letters_total",
+                    "pipeline" => dead_p.clone(),
+                    "kind" => kind
+                )
+            }),
+        }
+    }
+
+    pub fn sent(&self, action: &'static str, status: u16) {
+        self.sent.get((action, status)).increment(1);
+    }
+
+    pub fn dead_lettered(&self, kind: &'static str) {
+        self.dead_letters.get(kind).increment(1);
+    }
+}

@@ -1,0 +1,28 @@
+//! syncflow: declarative record synchronization from NATS JetStream to
+//! rate-limited provider APIs.
+//!
+//! Stages, in the order a record meets them (see DESIGN.md §6):
+//! [`config`] → `expr` → `mapping` → `schema` → `pipeline` (per-record
+//! evaluation) → `source` → `executor` → `sink` → [`limiter`] → `reload`.
+
+pub mod action;
+pub mod app;
+pub mod cli;
+pub mod compile;
+pub mod config;
+pub mod error;
+pub mod executor;
+pub mod expr;
+pub mod limiter;
+pub mod mapping;
+pub mod metric_handles;
+pub mod mock_crm;
+pub mod pipeline;
+pub mod provider;
+pub mod reload;
+pub mod runtime;
+pub mod schema;
+pub mod server;
+pub mod sink;
+pub mod source;
+pub mod testkit;

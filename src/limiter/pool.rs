@@ -1,0 +1,169 @@
+//! Cells leased from Redis, waiting to be handed out on this instance.
+//!
+//! A grant names cells by their conformance times on Redis's clock. Redis read
+//! its clock (`now`) at some moment between sending the call (`sent`) and
+//! receiving the reply (`received`), so the local instant of Redis time `r`
+//! lies in `[sent + (r - now), received + (r - now)]`. A cell is therefore
+//! handed out no earlier than the late end of that range (never early), and
+//! discarded once past the early end plus the lateness budget (never more
+//! than `lateness` late, whatever the round trip took). See [`super::gcra`]
+//! for why that bound keeps the whole fleet within the limit.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The Redis script's answer; times in microseconds on Redis's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Grant {
+    pub now_us: u64,
+    /// Cell `i` conforms at `max(now, start + i·interval)`.
+    pub start_us: u64,
+    pub interval_us: u64,
+    pub granted: u32,
+    /// Instances seen sharing the limit recently, this one included.
+    pub instances: u32,
+    /// When this Redis started keeping the provider's state.
+    pub epoch_us: u64,
+    /// The fleet's switch back to the shared limit, while one is pending.
+    pub hold_us: Option<u64>,
+}
+
+impl Grant {
+    /// Latest local instant that is no later than Redis time `at_us`, given
+    /// when the call went out: Redis read its clock after `sent`.
+    pub fn local_no_later_than(&self, sent: Instant, at_us: u64) -> Instant {
+        match at_us.checked_sub(self.now_us) {
+            Some(ahead) => sent + Duration::from_micros(ahead),
+            None => sent
+                .checked_sub(Duration::from_micros(self.now_us - at_us))
+                .unwrap_or(sent),
+        }
+    }
+
+    /// Local instant from which the first cell past this grant would fit into
+    /// the script's horizon, given when the reply arrived.
+    pub fn next_fits_at(&self, received: Instant, horizon: Duration) -> Instant {
+        let next_us = self.start_us + u64::from(self.granted) * self.interval_us;
+        let ahead = Duration::from_micros(next_us.saturating_sub(self.now_us));
+        received + ahead.saturating_sub(horizon)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Cell {
+    at: Instant,
+    deadline: Instant,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    /// In grant order; times are nearly but not strictly increasing (the
+    /// burst tolerance lets a later grant start before an earlier one ends).
+    cells: VecDeque<Cell>,
+}
+
+impl Pool {
+    /// Adds a grant's cells. The round trip must not exceed `lateness`, or
+    /// every cell would be past its deadline on arrival.
+    pub fn add(&mut self, grant: &Grant, sent: Instant, received: Instant, lateness: Duration) {
+        debug_assert!(received - sent <= lateness, "stale grant");
+        for i in 0..u64::from(grant.granted) {
+            let conforms_us = grant.now_us.max(grant.start_us + i * grant.interval_us);
+            let offset = Duration::from_micros(conforms_us - grant.now_us);
+            self.cells.push_back(Cell {
+                at: received + offset,
+                deadline: sent + offset + lateness,
+            });
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// When the next cell may be handed out.
+    pub fn next_at(&self) -> Option<Instant> {
+        self.cells.front().map(|cell| cell.at)
+    }
+
+    /// Drops the cells at the front whose deadline has passed; returns how many.
+    pub fn discard_expired(&mut self, now: Instant) -> u32 {
+        let mut expired = 0;
+        while self.cells.front().is_some_and(|cell| cell.deadline < now) {
+            self.cells.pop_front();
+            expired += 1;
+        }
+        expired
+    }
+
+    /// Takes the front cell if it may be handed out at `now`; returns its
+    /// deadline. Call [`Pool::discard_expired`] first, so it is not past it.
+    pub fn take_due(&mut self, now: Instant) -> Option<Instant> {
+        let cell = self.cells.front().filter(|cell| cell.at <= now)?;
+        let deadline = cell.deadline;
+        self.cells.pop_front();
+        Some(deadline)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn grant(start_offset_us: i64, granted: u32) -> Grant {
+        let now_us = 1_700_000_000_000_000;
+        Grant {
+            now_us,
+            start_us: now_us.saturating_add_signed(start_offset_us),
+            interval_us: 500,
+            granted,
+            instances: 1,
+            epoch_us: now_us,
+            hold_us: None,
+        }
+    }
+
+    #[test]
+    fn cells_are_never_early_and_never_later_than_the_budget() {
+        let sent = Instant::now();
+        let received = sent + MS;
+        let mut pool = Pool::default();
+        // Start 1 ms before now: cells 0..=2 conform now, then one per 0.5 ms.
+        pool.add(&grant(-1000, 5), sent, received, 4 * MS);
+        for us in [0, 0, 0, 500, 1000] {
+            let at = received + Duration::from_micros(us);
+            assert_eq!(pool.next_at(), Some(at));
+            assert_eq!(pool.take_due(at - Duration::from_micros(1)), None);
+            assert_eq!(pool.discard_expired(at), 0);
+            let deadline = sent + Duration::from_micros(us) + 4 * MS;
+            assert_eq!(pool.take_due(at), Some(deadline));
+        }
+        assert_eq!(pool.len(), 0);
+    }
+
+    #[test]
+    fn cells_expire_by_their_earliest_local_time_plus_the_budget() {
+        let sent = Instant::now();
+        let received = sent + MS;
+        let mut pool = Pool::default();
+        pool.add(&grant(0, 4), sent, received, 2 * MS);
+        // Cell i: at received + i·0.5 ms, deadline sent + i·0.5 ms + 2 ms.
+        let now = sent + Duration::from_micros(2_600);
+        assert_eq!(pool.discard_expired(now), 2);
+        assert_eq!(pool.len(), 2);
+        assert_eq!(pool.take_due(now), Some(sent + 3 * MS));
+    }
+
+    #[test]
+    fn next_fits_at_is_the_next_cell_time_minus_the_horizon() {
+        let received = Instant::now();
+        // 400 cells from now at 0.5 ms: the next would conform 200 ms ahead.
+        let g = grant(0, 400);
+        assert_eq!(g.next_fits_at(received, 150 * MS), received + 50 * MS);
+        assert_eq!(g.next_fits_at(received, 250 * MS), received);
+    }
+}

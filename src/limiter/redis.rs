@@ -1,0 +1,184 @@
+//! The Redis side: one Lua script call leases a slice of a provider's timeline.
+//!
+//! Keys (`{provider}` is a cluster hash tag, so all land in one slot):
+//! - `syncflow:ratelimit:{provider}`: the GCRA TAT, microseconds on Redis's
+//!   clock (`TIME` is the only clock that matters, instances' clocks never do);
+//! - `syncflow:ratelimit:{provider}:instances`: instance id → last call time,
+//!   the heartbeat that tells the local fallback how many share the limit;
+//! - `syncflow:ratelimit:{provider}:epoch`: when this Redis started keeping
+//!   the provider's state (it expires with the heartbeats), so an instance
+//!   that leased from an earlier state learns that Redis lost it (restarted,
+//!   flushed) and the TAT no longer covers its cells;
+//! - `syncflow:ratelimit:{provider}:hold`: the fleet's switch back to the
+//!   shared limit after local fallbacks (see shared.rs): no cell conforms
+//!   before it.
+//!
+//! Interval, tolerance and horizon travel with every call, so a changed limit
+//! (hot reload) applies to the same TAT without resetting it.
+
+use std::time::Duration;
+
+use redis::Script;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::LimiterError;
+use super::gcra::Schedule;
+use super::pool::Grant;
+
+/// How far ahead of Redis's `now` cells are leased. It bounds both how much of
+/// the fleet's capacity one call can take and how long a newcomer waits
+/// behind the cells already leased to others.
+pub(crate) const HORIZON: Duration = Duration::from_millis(200);
+/// An instance not heard from for this long no longer counts as sharing.
+const INSTANCE_TTL: Duration = Duration::from_secs(5);
+/// A script call slower than this counts as Redis being unreachable.
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Cell `i` of a grant conforms at `max(now, tat + i·interval - tolerance)`,
+/// `tat = max(stored TAT, now)`: the GCRA virtual scheduling rule applied to
+/// cells as early as it allows, so consecutive grants (from any instance)
+/// form one conformant sequence. Cells are granted while they conform within
+/// `now + horizon`, and the TAT advances by `granted·interval`.
+///
+/// A caller coming back from its local fallback, or one that leased from an
+/// earlier epoch, starts a hold `hold_for` long unless one is running: the
+/// TAT moves to `hold + tolerance`, so the first cell after the hold conforms
+/// at it with no burst in hand. The reply names the running hold (0: none).
+const LEASE: &str = r"
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local wanted = tonumber(ARGV[3])
+local horizon = tonumber(ARGV[4])
+local instance_ttl = tonumber(ARGV[6])
+local known_epoch = tonumber(ARGV[7])
+local returning = ARGV[8] == '1'
+local hold_for = tonumber(ARGV[9])
+
+local epoch = tonumber(redis.call('GET', KEYS[3]))
+if epoch == nil then epoch = now end
+redis.call('SET', KEYS[3], string.format('%.0f', epoch), 'PX', math.ceil(instance_ttl / 1000))
+
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil or tat < now then tat = now end
+local hold = tonumber(redis.call('GET', KEYS[4]))
+if hold == nil and (returning or (known_epoch ~= 0 and known_epoch ~= epoch)) then
+  hold = now + hold_for
+  redis.call('SET', KEYS[4], string.format('%.0f', hold), 'PX', math.ceil(hold_for / 1000))
+  if tat < hold + tolerance then
+    tat = hold + tolerance
+    redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+  end
+end
+local start = tat - tolerance
+local fit = 0
+if start <= now + horizon then fit = math.floor((now + horizon - start) / interval) + 1 end
+local granted = math.min(wanted, fit)
+if granted > 0 then
+  tat = tat + granted * interval
+  -- Once now passes the TAT the key means the same as no key: let it expire
+  -- then (plus a second of slack) so idle providers leave nothing behind.
+  redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+end
+
+redis.call('ZADD', KEYS[2], now, ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - instance_ttl)
+redis.call('PEXPIRE', KEYS[2], math.ceil(instance_ttl / 1000))
+return {now, start, interval, granted, redis.call('ZCARD', KEYS[2]), epoch, hold or 0}
+";
+
+/// A Redis handle for the limiters that connects lazily, so syncflow starts
+/// (on the local fallback) while Redis is down. Needs a tokio runtime.
+pub fn connect(url: &str) -> Result<ConnectionManager, LimiterError> {
+    let client = redis::Client::open(url)?;
+    // Fail fast and let the limiter's own probing set the pace of retries:
+    // one connection attempt per reconnect, so a probe after Redis is back
+    // is not held up by a backoff started while it was away (shared.rs
+    // counts on hearing that Redis is back within two probes).
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CALL_TIMEOUT))
+        .set_number_of_retries(0);
+    Ok(ConnectionManager::new_lazy_with_config(client, config)?)
+}
+
+/// What a lease call says about this instance besides how many cells it wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Standing {
+    /// The epoch of this instance's last grant, if it had one.
+    pub epoch_us: Option<u64>,
+    /// Coming back from the local fallback: starts a hold unless one runs.
+    pub returning: bool,
+    /// How long a hold this call starts lasts.
+    pub hold_for: Duration,
+}
+
+/// One provider's keys and this instance's identity in them.
+pub(crate) struct LeaseClient {
+    redis: ConnectionManager,
+    script: Script,
+    tat_key: String,
+    instances_key: String,
+    epoch_key: String,
+    hold_key: String,
+    instance_id: String,
+}
+
+impl LeaseClient {
+    pub fn new(redis: ConnectionManager, provider: &str) -> Self {
+        let tat_key = format!("syncflow:ratelimit:{{{provider}}}");
+        LeaseClient {
+            redis,
+            script: Script::new(LEASE),
+            instances_key: format!("{tat_key}:instances"),
+            epoch_key: format!("{tat_key}:epoch"),
+            hold_key: format!("{tat_key}:hold"),
+            tat_key,
+            instance_id: format!("{:016x}", rand::random::<u64>()),
+        }
+    }
+
+    /// Asks for up to `wanted` cells (0: heartbeat only), within [`CALL_TIMEOUT`].
+    pub async fn lease(
+        &self,
+        schedule: Schedule,
+        wanted: u32,
+        standing: Standing,
+    ) -> Result<Grant, LimiterError> {
+        let mut redis = self.redis.clone();
+        let mut call = self.script.key(&self.tat_key);
+        call.key(&self.instances_key)
+            .key(&self.epoch_key)
+            .key(&self.hold_key)
+            .arg(schedule.interval_us)
+            .arg(schedule.tolerance_us)
+            .arg(wanted)
+            .arg(HORIZON.as_micros() as u64)
+            .arg(&self.instance_id)
+            .arg(INSTANCE_TTL.as_micros() as u64)
+            .arg(standing.epoch_us.unwrap_or(0))
+            .arg(u8::from(standing.returning))
+            .arg(standing.hold_for.as_micros() as u64);
+        let reply = tokio::time::timeout(CALL_TIMEOUT, call.invoke_async(&mut redis))
+            .await
+            .map_err(|_| LimiterError::Timeout(CALL_TIMEOUT))?;
+        let (now_us, start_us, interval_us, granted, instances, epoch_us, hold_us): (
+            u64,
+            u64,
+            u64,
+            u32,
+            u32,
+            u64,
+            u64,
+        ) = reply?;
+        Ok(Grant {
+            now_us,
+            start_us,
+            interval_us,
+            granted,
+            instances,
+            epoch_us,
+            hold_us: (hold_us != 0).then_some(hold_us),
+        })
+    }
+}

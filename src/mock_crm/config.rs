@@ -1,0 +1,206 @@
+//! How a mock CRM is set up, and the command-line notation of its settings.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Settings of a [`MockCrm`](super::MockCrm).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MockCrmConfig {
+    /// `127.0.0.1:0` (the default) picks a free port.
+    pub listen: SocketAddr,
+    /// Limit of the `/hubspot` API; `None` = unlimited.
+    pub hubspot_limit: Option<RateLimit>,
+    /// Limit of the `/salesforce` API; `None` = unlimited.
+    pub salesforce_limit: Option<RateLimit>,
+    /// Fraction (0..=1) of API requests answered 503 before anything else.
+    pub fail_rate: f64,
+    /// Added to every API response.
+    pub latency: Duration,
+    /// The bearer token every API request must carry; `None` = any non-empty one.
+    pub token: Option<String>,
+    /// Keep an ordered log of every API request (off for benchmarks).
+    pub record_log: bool,
+    /// A dotted path into request bodies holding the send time (µs since the
+    /// Unix epoch): each request's receipt − send time goes into a histogram
+    /// at `/_admin/latency` (benchmarks; see `latency.rs`).
+    pub latency_field: Option<String>,
+}
+
+impl Default for MockCrmConfig {
+    fn default() -> Self {
+        MockCrmConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            hubspot_limit: None,
+            salesforce_limit: None,
+            fail_rate: 0.0,
+            latency: Duration::ZERO,
+            token: None,
+            record_log: false,
+            latency_field: None,
+        }
+    }
+}
+
+impl MockCrmConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        check_fail_rate(self.fail_rate)?;
+        for limit in self.hubspot_limit.iter().chain(&self.salesforce_limit) {
+            limit.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// At most `requests` per `per` on average, and at most `burst` at once
+/// (GCRA: after `burst` back-to-back requests, one more every `per / requests`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub per: Duration,
+    pub burst: u32,
+}
+
+impl RateLimit {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.requests == 0 || self.per.is_zero() || self.burst == 0 {
+            return Err(ConfigError::ZeroRateLimit(self.to_string()));
+        }
+        Ok(())
+    }
+}
+
+/// `REQUESTS/PER:BURST`, for example `100/10s:10`.
+impl FromStr for RateLimit {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::Notation {
+            what: "rate limit",
+            input: s.to_owned(),
+            expected: "REQUESTS/PER:BURST, for example 100/10s:10",
+        };
+        let (requests, rest) = s.split_once('/').ok_or_else(bad)?;
+        let (per, burst) = rest.split_once(':').ok_or_else(bad)?;
+        let limit = RateLimit {
+            requests: requests.trim().parse().map_err(|_| bad())?,
+            per: parse_duration(per)?,
+            burst: burst.trim().parse().map_err(|_| bad())?,
+        };
+        limit.validate()?;
+        Ok(limit)
+    }
+}
+
+impl fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{:?}:{}", self.requests, self.per, self.burst)
+    }
+}
+
+/// A whole number with a unit: `20ms`, `10s`, `1m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
+    let s = s.trim();
+    let bad = || ConfigError::Notation {
+        what: "duration",
+        input: s.to_owned(),
+        expected: "a whole number and a unit (ms, s, m, h), for example 20ms or 10s",
+    };
+    let unit_start = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = s.split_at(unit_start);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let millis_per_unit = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(bad()),
+    };
+    number
+        .checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(bad)
+}
+
+pub(super) fn check_fail_rate(fail_rate: f64) -> Result<(), ConfigError> {
+    if (0.0..=1.0).contains(&fail_rate) {
+        Ok(())
+    } else {
+        Err(ConfigError::FailRate(fail_rate))
+    }
+}
+
+/// A setting that cannot work.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("invalid {what} \"{input}\": expected {expected}")]
+    Notation {
+        what: &'static str,
+        input: String,
+        expected: &'static str,
+    },
+    #[error("invalid rate limit {0}: requests, per and burst must all be above zero")]
+    ZeroRateLimit(String),
+    #[error("fail rate {0} is outside 0..=1")]
+    FailRate(f64),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_notation_round_trips() {
+        let limit: RateLimit = "100/10s:10".parse().unwrap();
+        assert_eq!(
+            limit,
+            RateLimit {
+                requests: 100,
+                per: Duration::from_secs(10),
+                burst: 10
+            }
+        );
+        assert_eq!(limit.to_string(), "100/10s:10");
+    }
+
+    #[test]
+    fn rate_limit_notation_rejects_missing_parts_and_zeros() {
+        for bad in ["100/10s", "100:10", "x/1s:1", "1/1s:x", "1/1:1"] {
+            assert!(
+                matches!(bad.parse::<RateLimit>(), Err(ConfigError::Notation { .. })),
+                "{bad}"
+            );
+        }
+        for zero in ["0/1s:1", "1/0s:1", "1/1s:0"] {
+            assert!(
+                matches!(
+                    zero.parse::<RateLimit>(),
+                    Err(ConfigError::ZeroRateLimit(_))
+                ),
+                "{zero}"
+            );
+        }
+    }
+
+    #[test]
+    fn durations_take_a_unit() {
+        assert_eq!(parse_duration("20ms"), Ok(Duration::from_millis(20)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["10", "ms", "1.5s", "5d", ""] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_rejects_a_fail_rate_outside_zero_to_one() {
+        let config = MockCrmConfig {
+            fail_rate: 1.5,
+            ..MockCrmConfig::default()
+        };
+        assert_eq!(config.validate(), Err(ConfigError::FailRate(1.5)));
+        assert_eq!(MockCrmConfig::default().validate(), Ok(()));
+    }
+}

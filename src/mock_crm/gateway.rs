@@ -1,0 +1,310 @@
+//! What every API request goes through, in the order a real API gateway
+//! applies it: fault injection, authentication, rate limit, idempotent
+//! replay, and only then the API's own handler. Then counters, the request
+//! log, and the latency delay.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::config::check_fail_rate;
+use super::faults::{Fault, FaultError, Faults};
+use super::gcra::Gcra;
+use super::latency::LatencyProbe;
+use super::records::unix_micros;
+use super::reply::Reply;
+use super::request::ApiRequest;
+use super::snapshot::{ApiSnapshot, Counters, LoggedRequest, RecordSnapshot};
+use super::{ConfigError, MockCrmConfig, RateLimit};
+
+/// Settings every API reads on every request.
+pub(super) struct Settings {
+    /// An `f64`, stored as bits so it can change while requests run.
+    fail_rate_bits: AtomicU64,
+    latency: Duration,
+    token: Option<String>,
+    record_log: bool,
+    pub(super) latency_probe: Option<Arc<LatencyProbe>>,
+}
+
+impl Settings {
+    pub(super) fn new(config: &MockCrmConfig) -> Settings {
+        Settings {
+            fail_rate_bits: AtomicU64::new(config.fail_rate.to_bits()),
+            latency: config.latency,
+            token: config.token.clone(),
+            record_log: config.record_log,
+            latency_probe: config
+                .latency_field
+                .as_deref()
+                .map(|field| Arc::new(LatencyProbe::new(field))),
+        }
+    }
+
+    pub(super) fn fail_rate(&self) -> f64 {
+        f64::from_bits(self.fail_rate_bits.load(Ordering::Relaxed))
+    }
+
+    pub(super) fn set_fail_rate(&self, fail_rate: f64) -> Result<(), ConfigError> {
+        check_fail_rate(fail_rate)?;
+        self.fail_rate_bits
+            .store(fail_rate.to_bits(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn roll_injected_failure(&self) -> bool {
+        let fail_rate = self.fail_rate();
+        fail_rate > 0.0 && rand::random::<f64>() < fail_rate
+    }
+
+    fn accepts(&self, authorization: Option<&HeaderValue>) -> bool {
+        let bearer = authorization
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        match (bearer, &self.token) {
+            (Some(bearer), Some(expected)) => bearer == expected,
+            (Some(bearer), None) => !bearer.is_empty(),
+            (None, _) => false,
+        }
+    }
+}
+
+/// What differs between the APIs besides their routes: their records and how
+/// they word the gateway's refusals.
+pub(super) trait Provider: Default + Send + 'static {
+    fn unauthorized() -> Reply;
+    /// The 429 body and headers; the gateway adds `Retry-After`.
+    fn rate_limited(limit: &RateLimit) -> Reply;
+    fn records(&self) -> BTreeMap<String, RecordSnapshot>;
+}
+
+/// One API (HubSpot or Salesforce): its records and everything the gateway
+/// keeps for it, behind one lock held only for the bookkeeping of a request.
+pub(super) struct Api<P> {
+    settings: Arc<Settings>,
+    state: Mutex<ApiState<P>>,
+}
+
+struct ApiState<P> {
+    store: P,
+    limiter: Option<Gcra>,
+    faults: Faults,
+    replies_by_key: HashMap<String, Reply>,
+    counters: Counters,
+    log: Vec<LoggedRequest>,
+}
+
+impl<P: Provider> Api<P> {
+    pub(super) fn new(settings: Arc<Settings>, limit: Option<RateLimit>) -> Self {
+        Api {
+            settings,
+            state: Mutex::new(ApiState {
+                store: P::default(),
+                limiter: limit.map(Gcra::new),
+                faults: Faults::default(),
+                replies_by_key: HashMap::new(),
+                counters: Counters::default(),
+                log: Vec::new(),
+            }),
+        }
+    }
+
+    /// Runs `request` through the gateway; `apply` is the API's own handling,
+    /// called (under the lock) only if the request gets that far. Anything
+    /// that can be computed without the store, like parsing the body, belongs
+    /// before the call so the lock stays short.
+    pub(super) async fn serve(
+        &self,
+        request: ApiRequest,
+        apply: impl FnOnce(&mut P) -> Reply,
+    ) -> Response {
+        let reply = self.decide(request, apply);
+        if !self.settings.latency.is_zero() {
+            tokio::time::sleep(self.settings.latency).await;
+        }
+        reply.into_response()
+    }
+
+    /// [`serve`](Self::serve) for a request with a body: `parse` checks it
+    /// before the lock, and `apply` gets what it parsed to, or the request is
+    /// answered with `parse`'s refusal (once through the gateway).
+    pub(super) async fn serve_body<T>(
+        &self,
+        request: ApiRequest,
+        parse: fn(&[u8]) -> Result<T, Reply>,
+        apply: impl FnOnce(&mut P, T) -> Reply,
+    ) -> Response {
+        let parsed = parse(&request.body);
+        self.serve(request, |store| match parsed {
+            Ok(body) => apply(store, body),
+            Err(refusal) => refusal,
+        })
+        .await
+    }
+
+    fn decide(&self, request: ApiRequest, apply: impl FnOnce(&mut P) -> Reply) -> Reply {
+        let received_at_us = unix_micros();
+        let now = Instant::now();
+        if let Some(probe) = &self.settings.latency_probe {
+            probe.observe(&request.body, received_at_us);
+        }
+        let injected = self.settings.roll_injected_failure();
+        let authorized = self.settings.accepts(request.authorization.as_ref());
+        let logged_body = self
+            .settings
+            .record_log
+            .then(|| body_as_json(&request.body));
+
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let mut replayed = false;
+        let reply = if injected {
+            state.counters.injected_failures += 1;
+            Reply::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"message": "injected failure"}),
+            )
+        } else if let Some(reply) =
+            state
+                .faults
+                .answer(&request.method, request.uri.path(), &request.body)
+        {
+            state.counters.scripted_failures += 1;
+            reply
+        } else if !authorized {
+            P::unauthorized()
+        } else if let Some(refusal) = state
+            .limiter
+            .as_mut()
+            .and_then(|limiter| refuse_over_limit::<P>(limiter, now))
+        {
+            state.counters.rate_limited += 1;
+            refusal
+        } else if let Some(stored) = request
+            .idempotency_key
+            .as_ref()
+            .and_then(|key| state.replies_by_key.get(key))
+        {
+            state.counters.idempotent_replays += 1;
+            replayed = true;
+            stored.clone().with_header("idempotent-replayed", "true")
+        } else {
+            let reply = apply(&mut state.store);
+            // Every create answers 201, and nothing else does.
+            if reply.status == StatusCode::CREATED {
+                state.counters.creates += 1;
+            }
+            if let Some(key) = &request.idempotency_key {
+                state.replies_by_key.insert(key.clone(), reply.clone());
+            }
+            reply
+        };
+        state
+            .counters
+            .record(&request.method, reply.status.as_u16());
+        if let Some(body) = logged_body {
+            state.log.push(LoggedRequest {
+                method: request.method.to_string(),
+                path: request.uri.path().to_owned(),
+                status: reply.status.as_u16(),
+                idempotency_key: request.idempotency_key,
+                received_at_us,
+                body,
+                replayed,
+            });
+        }
+        reply
+    }
+
+    pub(super) fn snapshot(&self) -> ApiSnapshot {
+        let state = self.lock();
+        ApiSnapshot {
+            records: state.store.records(),
+            counters: state.counters.clone(),
+            log: state.log.clone(),
+        }
+    }
+
+    pub(super) fn add_fault(&self, fault: Fault) -> Result<(), FaultError> {
+        self.lock().faults.add(fault)
+    }
+
+    pub(super) fn clear_faults(&self) {
+        self.lock().faults.clear();
+    }
+
+    /// Forgets records, counters, the log, stored replies and past requests
+    /// of the rate limit (scripted faults stay, like the other settings).
+    pub(super) fn reset(&self) {
+        let mut state = self.lock();
+        state.store = P::default();
+        if let Some(limiter) = &mut state.limiter {
+            limiter.reset();
+        }
+        state.replies_by_key.clear();
+        state.counters = Counters::default();
+        state.log.clear();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ApiState<P>> {
+        // A panic in a handler leaves the state as consistent as any single
+        // request can: keep serving rather than fail every later request.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The 429 for a request arriving at `now` over `limiter`'s limit; `None`
+/// admits it (and uses up its share of the limit).
+fn refuse_over_limit<P: Provider>(limiter: &mut Gcra, now: Instant) -> Option<Reply> {
+    let wait = limiter.acquire(now).err()?;
+    let refusal = P::rate_limited(limiter.limit());
+    Some(refusal.with_header("retry-after", retry_after_secs(wait)))
+}
+
+/// `Retry-After` in whole seconds, rounded up and at least 1.
+fn retry_after_secs(wait: Duration) -> u128 {
+    wait.as_millis().div_ceil(1000).max(1)
+}
+
+fn body_as_json(body: &[u8]) -> Value {
+    if body.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_slice(body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1000)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn bearer_must_match_the_token_or_be_non_empty() {
+        let header = |value: &'static str| HeaderValue::from_static(value);
+        let any = Settings::new(&MockCrmConfig::default());
+        assert!(any.accepts(Some(&header("Bearer x"))));
+        assert!(!any.accepts(Some(&header("Bearer "))));
+        assert!(!any.accepts(Some(&header("Basic eDp5"))));
+        assert!(!any.accepts(None));
+
+        let fixed = Settings::new(&MockCrmConfig {
+            token: Some("dev-token".into()),
+            ..MockCrmConfig::default()
+        });
+        assert!(fixed.accepts(Some(&header("Bearer dev-token"))));
+        assert!(!fixed.accepts(Some(&header("Bearer other"))));
+    }
+}

@@ -1,0 +1,325 @@
+//! The HubSpot-like API under `/hubspot`: CRM v3 contacts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+use serde_json::{Map, Value, json};
+
+use super::RateLimit;
+use super::gateway::{Api, Provider};
+use super::records::{
+    FieldsError, invalid_email, next_record_number, now_rfc3339, parse_json, scalar_fields,
+};
+use super::reply::Reply;
+use super::request::ApiRequest;
+use super::snapshot::RecordSnapshot;
+
+type HubSpotApi = State<Arc<Api<HubSpot>>>;
+
+pub(super) fn routes(api: Arc<Api<HubSpot>>) -> Router {
+    Router::new()
+        .route("/crm/v3/objects/contacts", post(create))
+        .route(
+            "/crm/v3/objects/contacts/{id}",
+            get(read).patch(update).delete(archive),
+        )
+        .with_state(api)
+}
+
+/// HubSpot's contacts, by id.
+#[derive(Default)]
+pub(super) struct HubSpot {
+    contacts: HashMap<String, Contact>,
+}
+
+struct Contact {
+    properties: Map<String, Value>,
+    created_at: String,
+    updated_at: String,
+}
+
+impl Contact {
+    fn to_json(&self, id: &str) -> Value {
+        json!({
+            "id": id,
+            "properties": self.properties,
+            "createdAt": self.created_at,
+            "updatedAt": self.updated_at,
+            "archived": false,
+        })
+    }
+}
+
+impl Provider for HubSpot {
+    fn unauthorized() -> Reply {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_AUTHENTICATION",
+            "Authentication credentials not found.",
+        )
+    }
+
+    fn rate_limited(limit: &RateLimit) -> Reply {
+        let body = json!({
+            "status": "error",
+            "message": "You have reached your ten_secondly_rolling limit.",
+            "errorType": "RATE_LIMIT",
+            "policyName": "TEN_SECONDLY_ROLLING",
+        });
+        Reply::json(StatusCode::TOO_MANY_REQUESTS, &body)
+            .with_header("x-hubspot-ratelimit-max", limit.requests)
+            .with_header("x-hubspot-ratelimit-remaining", 0)
+            .with_header(
+                "x-hubspot-ratelimit-interval-milliseconds",
+                limit.per.as_millis(),
+            )
+    }
+
+    fn records(&self) -> BTreeMap<String, RecordSnapshot> {
+        self.contacts
+            .iter()
+            .map(|(id, contact)| {
+                let record = RecordSnapshot {
+                    fields: contact.properties.clone(),
+                    external_id: None,
+                };
+                (id.clone(), record)
+            })
+            .collect()
+    }
+}
+
+impl HubSpot {
+    fn create(&mut self, properties: Map<String, Value>) -> Reply {
+        let id = next_record_number().to_string();
+        let now = now_rfc3339();
+        let contact = Contact {
+            properties,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        let reply = Reply::json(StatusCode::CREATED, &contact.to_json(&id));
+        self.contacts.insert(id, contact);
+        reply
+    }
+
+    fn update(&mut self, id: &str, properties: Map<String, Value>) -> Reply {
+        let Some(contact) = self.contacts.get_mut(id) else {
+            return not_found(id);
+        };
+        contact.properties.extend(properties);
+        contact.updated_at = now_rfc3339();
+        Reply::json(StatusCode::OK, &contact.to_json(id))
+    }
+
+    fn read(&self, id: &str) -> Reply {
+        match self.contacts.get(id) {
+            Some(contact) => Reply::json(StatusCode::OK, &contact.to_json(id)),
+            None => not_found(id),
+        }
+    }
+
+    fn archive(&mut self, id: &str) -> Reply {
+        match self.contacts.remove(id) {
+            Some(_) => Reply::empty(StatusCode::NO_CONTENT),
+            None => not_found(id),
+        }
+    }
+}
+
+async fn create(State(api): HubSpotApi, request: ApiRequest) -> Response {
+    api.serve_body(request, properties, HubSpot::create).await
+}
+
+async fn update(State(api): HubSpotApi, Path(id): Path<String>, request: ApiRequest) -> Response {
+    api.serve_body(request, properties, |hubspot, properties| {
+        hubspot.update(&id, properties)
+    })
+    .await
+}
+
+async fn read(State(api): HubSpotApi, Path(id): Path<String>, request: ApiRequest) -> Response {
+    api.serve(request, |hubspot| hubspot.read(&id)).await
+}
+
+async fn archive(State(api): HubSpotApi, Path(id): Path<String>, request: ApiRequest) -> Response {
+    api.serve(request, |hubspot| hubspot.archive(&id)).await
+}
+
+/// The `properties` of a create or update body, or the 400 HubSpot answers.
+fn properties(body: &[u8]) -> Result<Map<String, Value>, Reply> {
+    let mut body = parse_json(body).map_err(validation_error)?;
+    let properties = body
+        .get_mut("properties")
+        .map(Value::take)
+        .ok_or_else(|| validation_error(FieldsError::NotAnObject))?;
+    let properties = scalar_fields(properties).map_err(validation_error)?;
+    if let Some(email) = invalid_email(&properties, "email") {
+        let message = format!("Email address {email} is invalid");
+        let body = json!({
+            "status": "error",
+            "message": format!("Property values were not valid: {message}"),
+            "category": "VALIDATION_ERROR",
+            "errors": [{"code": "INVALID_EMAIL", "message": message, "context": {"propertyName": ["email"]}}],
+        });
+        return Err(Reply::json(StatusCode::BAD_REQUEST, &body));
+    }
+    Ok(properties)
+}
+
+fn validation_error(refusal: FieldsError) -> Reply {
+    let message = match refusal {
+        FieldsError::Unparsable(e) => format!("Invalid input JSON: {e}"),
+        FieldsError::NotAnObject => {
+            "The body must be an object with a \"properties\" object".to_owned()
+        }
+        FieldsError::Nested(name) => {
+            format!("Property \"{name}\" must be a string, number, boolean or null")
+        }
+    };
+    error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", &message)
+}
+
+fn not_found(id: &str) -> Reply {
+    error(
+        StatusCode::NOT_FOUND,
+        "OBJECT_NOT_FOUND",
+        &format!("Object not found. objectId {id} does not exist"),
+    )
+}
+
+fn error(status: StatusCode, category: &str, message: &str) -> Reply {
+    let body = json!({"status": "error", "message": message, "category": category});
+    Reply::json(status, &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::{Method, StatusCode};
+    use serde_json::json;
+
+    use crate::mock_crm::test_support::{Harness, send};
+    use crate::mock_crm::{MockCrmConfig, RateLimit};
+
+    const CONTACTS: &str = "/crm/v3/objects/contacts";
+
+    #[tokio::test]
+    async fn contacts_are_created_read_merged_and_archived() {
+        let h = Harness::start(MockCrmConfig::default()).await;
+        let create = json!({"properties": {"email": "a@b.c", "firstname": "A"}});
+        let (status, created) = send(h.hubspot(Method::POST, CONTACTS).json(&create)).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let id = created["id"].as_str().unwrap();
+        assert!(id.bytes().all(|b| b.is_ascii_digit()), "{id}");
+        assert_eq!(created["properties"], create["properties"]);
+        assert_eq!(created["archived"], false);
+        assert!(created["createdAt"].as_str().unwrap().ends_with('Z'));
+
+        let contact = format!("{CONTACTS}/{id}");
+        let update = json!({"properties": {"firstname": "B", "company": "ACME"}});
+        let (status, updated) = send(h.hubspot(Method::PATCH, &contact).json(&update)).await;
+        assert_eq!(status, StatusCode::OK);
+        let merged = json!({"email": "a@b.c", "firstname": "B", "company": "ACME"});
+        assert_eq!(updated["properties"], merged);
+
+        let (status, read) = send(h.hubspot(Method::GET, &contact)).await;
+        assert_eq!((status, &read["properties"]), (StatusCode::OK, &merged));
+        let snapshot = h.crm.snapshot().hubspot;
+        assert_eq!(json!(snapshot.records[id].fields), merged);
+        assert_eq!(snapshot.counters.creates, 1);
+
+        let (status, body) = send(h.hubspot(Method::DELETE, &contact)).await;
+        assert_eq!((status, body), (StatusCode::NO_CONTENT, json!(null)));
+        let (status, body) = send(h.hubspot(Method::GET, &contact)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["category"], "OBJECT_NOT_FOUND");
+        assert!(h.crm.snapshot().hubspot.records.is_empty());
+    }
+
+    #[tokio::test]
+    async fn unknown_ids_are_not_found() {
+        let h = Harness::start(MockCrmConfig::default()).await;
+        let path = format!("{CONTACTS}/404404");
+        let update = json!({"properties": {"firstname": "B"}});
+        for request in [
+            h.hubspot(Method::GET, &path),
+            h.hubspot(Method::PATCH, &path).json(&update),
+            h.hubspot(Method::DELETE, &path),
+        ] {
+            let (status, body) = send(request).await;
+            assert_eq!(status, StatusCode::NOT_FOUND);
+            assert_eq!(body["status"], "error");
+            assert_eq!(body["category"], "OBJECT_NOT_FOUND");
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_bodies_are_validation_errors() {
+        let h = Harness::start(MockCrmConfig::default()).await;
+        let bad_bodies = [
+            "not json".to_owned(),
+            json!({"email": "a@b.c"}).to_string(),
+            json!({"properties": "a@b.c"}).to_string(),
+            json!({"properties": {"address": {"city": "Paris"}}}).to_string(),
+            json!({"properties": {"tags": ["a"]}}).to_string(),
+            json!({"properties": {"email": "not-an-email"}}).to_string(),
+        ];
+        for bad in bad_bodies {
+            let (status, body) = send(h.hubspot(Method::POST, CONTACTS).body(bad.clone())).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(body["category"], "VALIDATION_ERROR", "{bad}");
+        }
+        assert!(h.crm.snapshot().hubspot.records.is_empty());
+
+        let id = h.create_hubspot_contact(json!({"email": "a@b.c"})).await;
+        let bad_email = json!({"properties": {"email": "a@b"}});
+        let patch = h.hubspot(Method::PATCH, &format!("{CONTACTS}/{id}"));
+        let (status, body) = send(patch.json(&bad_email)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["errors"][0]["code"], "INVALID_EMAIL");
+        let fields = &h.crm.snapshot().hubspot.records[&id].fields;
+        assert_eq!(fields["email"], "a@b.c");
+    }
+
+    #[tokio::test]
+    async fn over_the_limit_is_429_with_hubspot_headers_and_policy() {
+        let limit = RateLimit {
+            requests: 2,
+            per: std::time::Duration::from_secs(10),
+            burst: 2,
+        };
+        let h = Harness::start(MockCrmConfig {
+            hubspot_limit: Some(limit),
+            ..MockCrmConfig::default()
+        })
+        .await;
+        h.create_hubspot_contact(json!({"firstname": "A"})).await;
+        h.create_hubspot_contact(json!({"firstname": "B"})).await;
+
+        let create = json!({"properties": {"firstname": "C"}});
+        let response = h
+            .hubspot(Method::POST, CONTACTS)
+            .json(&create)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        let header = |name: &str| response.headers()[name].to_str().unwrap().to_owned();
+        let retry_after: u64 = header("retry-after").parse().unwrap();
+        assert!((1..=5).contains(&retry_after), "{retry_after}");
+        assert_eq!(header("x-hubspot-ratelimit-max"), "2");
+        assert_eq!(header("x-hubspot-ratelimit-remaining"), "0");
+        assert_eq!(header("x-hubspot-ratelimit-interval-milliseconds"), "10000");
+        let body = crate::mock_crm::test_support::body(response).await;
+        assert_eq!(body["policyName"], "TEN_SECONDLY_ROLLING");
+
+        let counters = h.crm.snapshot().hubspot.counters;
+        assert_eq!((counters.rate_limited, counters.creates), (1, 2));
+        assert_eq!(counters.count("POST", 429), 1);
+    }
+}

@@ -1,0 +1,449 @@
+//! The Salesforce-like API under `/salesforce`: REST API v60.0 Contact
+//! sObjects, with upsert by the external id field `Internal_Id__c`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, patch, post};
+use serde_json::{Map, Value, json};
+
+use super::RateLimit;
+use super::gateway::{Api, Provider};
+use super::records::{FieldsError, invalid_email, next_record_number, parse_json, scalar_fields};
+use super::reply::Reply;
+use super::request::ApiRequest;
+use super::snapshot::RecordSnapshot;
+
+const CONTACT_PATH: &str = "/services/data/v60.0/sobjects/Contact";
+const EXTERNAL_ID_FIELD: &str = "Internal_Id__c";
+const LAST_NAME: &str = "LastName";
+
+type SalesforceApi = State<Arc<Api<Salesforce>>>;
+
+pub(super) fn routes(api: Arc<Api<Salesforce>>) -> Router {
+    Router::new()
+        .route(CONTACT_PATH, post(create))
+        .route(
+            &format!("{CONTACT_PATH}/{{id}}"),
+            get(read).patch(update).delete(delete),
+        )
+        .route(
+            &format!("{CONTACT_PATH}/{EXTERNAL_ID_FIELD}/{{external_id}}"),
+            patch(upsert),
+        )
+        .with_state(api)
+}
+
+/// Salesforce's contacts, by id, and the index of their external ids.
+#[derive(Default)]
+pub(super) struct Salesforce {
+    contacts: HashMap<String, Contact>,
+    ids_by_external_id: HashMap<String, String>,
+}
+
+/// The external id is set when the record is created (by the create body's
+/// `Internal_Id__c` or the upsert path) and never changes: changing it
+/// through an update is not modelled.
+struct Contact {
+    fields: Map<String, Value>,
+    external_id: Option<String>,
+}
+
+impl Provider for Salesforce {
+    fn unauthorized() -> Reply {
+        errors(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_SESSION_ID",
+            "Session expired or invalid",
+            &[],
+        )
+    }
+
+    fn rate_limited(limit: &RateLimit) -> Reply {
+        let message = format!(
+            "Rate limit exceeded: {} requests per {:?}",
+            limit.requests, limit.per
+        );
+        errors(
+            StatusCode::TOO_MANY_REQUESTS,
+            "REQUEST_LIMIT_EXCEEDED",
+            &message,
+            &[],
+        )
+    }
+
+    fn records(&self) -> BTreeMap<String, RecordSnapshot> {
+        self.contacts
+            .iter()
+            .map(|(id, contact)| {
+                let record = RecordSnapshot {
+                    fields: contact.fields.clone(),
+                    external_id: contact.external_id.clone(),
+                };
+                (id.clone(), record)
+            })
+            .collect()
+    }
+}
+
+impl Salesforce {
+    fn create(&mut self, fields: Map<String, Value>) -> Reply {
+        if let Err(refusal) = require_last_name(&fields) {
+            return refusal;
+        }
+        let external_id = fields.get(EXTERNAL_ID_FIELD).and_then(Value::as_str);
+        if let Some(owner) = external_id.and_then(|value| self.ids_by_external_id.get(value)) {
+            let message = format!(
+                "duplicate value found: {EXTERNAL_ID_FIELD} duplicates value on record with id: {owner}"
+            );
+            return errors(StatusCode::BAD_REQUEST, "DUPLICATE_VALUE", &message, &[]);
+        }
+        let external_id = external_id.map(str::to_owned);
+        let id = self.insert(fields, external_id);
+        Reply::json(
+            StatusCode::CREATED,
+            &json!({"id": id, "success": true, "errors": []}),
+        )
+    }
+
+    fn update(&mut self, id: &str, fields: Map<String, Value>) -> Reply {
+        match self.contacts.get_mut(id) {
+            Some(contact) => {
+                contact.fields.extend(fields);
+                Reply::empty(StatusCode::NO_CONTENT)
+            }
+            None => not_found(),
+        }
+    }
+
+    /// Updates the contact with this external id, or creates it (and then
+    /// `LastName` is required, as on any create).
+    fn upsert(&mut self, external_id: String, fields: Map<String, Value>) -> Reply {
+        let existing = self.ids_by_external_id.get(&external_id);
+        if let Some((id, contact)) = existing.and_then(|id| Some((id, self.contacts.get_mut(id)?)))
+        {
+            contact.fields.extend(fields);
+            let body = json!({"id": id, "success": true, "errors": [], "created": false});
+            return Reply::json(StatusCode::OK, &body);
+        }
+        if let Err(refusal) = require_last_name(&fields) {
+            return refusal;
+        }
+        let id = self.insert(fields, Some(external_id));
+        let body = json!({"id": id, "success": true, "errors": [], "created": true});
+        Reply::json(StatusCode::CREATED, &body)
+    }
+
+    fn read(&self, id: &str) -> Reply {
+        let Some(contact) = self.contacts.get(id) else {
+            return not_found();
+        };
+        let mut body = contact.fields.clone();
+        body.insert(
+            "attributes".into(),
+            json!({"type": "Contact", "url": format!("{CONTACT_PATH}/{id}")}),
+        );
+        body.insert("Id".into(), id.into());
+        if let Some(external_id) = &contact.external_id {
+            body.insert(EXTERNAL_ID_FIELD.into(), external_id.as_str().into());
+        }
+        Reply::json(StatusCode::OK, &Value::Object(body))
+    }
+
+    fn delete(&mut self, id: &str) -> Reply {
+        let Some(contact) = self.contacts.remove(id) else {
+            return not_found();
+        };
+        if let Some(external_id) = contact.external_id {
+            self.ids_by_external_id.remove(&external_id);
+        }
+        Reply::empty(StatusCode::NO_CONTENT)
+    }
+
+    fn insert(&mut self, fields: Map<String, Value>, external_id: Option<String>) -> String {
+        // Contact ids are 18 characters with the key prefix 003.
+        let id = format!("003{:015}", next_record_number() % 10u64.pow(15));
+        if let Some(external_id) = &external_id {
+            self.ids_by_external_id
+                .insert(external_id.clone(), id.clone());
+        }
+        let contact = Contact {
+            fields,
+            external_id,
+        };
+        self.contacts.insert(id.clone(), contact);
+        id
+    }
+}
+
+async fn create(State(api): SalesforceApi, request: ApiRequest) -> Response {
+    api.serve_body(request, fields, Salesforce::create).await
+}
+
+async fn update(
+    State(api): SalesforceApi,
+    Path(id): Path<String>,
+    request: ApiRequest,
+) -> Response {
+    api.serve_body(request, fields, |salesforce, fields| {
+        salesforce.update(&id, fields)
+    })
+    .await
+}
+
+async fn upsert(
+    State(api): SalesforceApi,
+    Path(external_id): Path<String>,
+    request: ApiRequest,
+) -> Response {
+    api.serve_body(request, fields, |salesforce, fields| {
+        salesforce.upsert(external_id, fields)
+    })
+    .await
+}
+
+async fn read(State(api): SalesforceApi, Path(id): Path<String>, request: ApiRequest) -> Response {
+    api.serve(request, |salesforce| salesforce.read(&id)).await
+}
+
+async fn delete(
+    State(api): SalesforceApi,
+    Path(id): Path<String>,
+    request: ApiRequest,
+) -> Response {
+    api.serve(request, |salesforce| salesforce.delete(&id))
+        .await
+}
+
+/// The fields of a create, update or upsert body, or the 400 Salesforce
+/// answers. `LastName` may be left out (an update) but not emptied.
+fn fields(body: &[u8]) -> Result<Map<String, Value>, Reply> {
+    let fields = parse_json(body).and_then(scalar_fields).map_err(|error| {
+        let message = match error {
+            FieldsError::Unparsable(e) => format!("Cannot deserialize the request body: {e}"),
+            FieldsError::NotAnObject => "The request body must be a JSON object".to_owned(),
+            FieldsError::Nested(name) => {
+                format!("Field {name} must be a string, number, boolean or null")
+            }
+        };
+        errors(StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR", &message, &[])
+    })?;
+    if let Some(email) = invalid_email(&fields, "Email") {
+        let message = format!("Email: invalid email address: {email}");
+        return Err(errors(
+            StatusCode::BAD_REQUEST,
+            "INVALID_EMAIL_ADDRESS",
+            &message,
+            &["Email"],
+        ));
+    }
+    match fields.get(LAST_NAME) {
+        Some(last_name) if is_blank(last_name) => Err(last_name_missing()),
+        _ => Ok(fields),
+    }
+}
+
+fn require_last_name(fields: &Map<String, Value>) -> Result<(), Reply> {
+    match fields.get(LAST_NAME) {
+        Some(last_name) if !is_blank(last_name) => Ok(()),
+        _ => Err(last_name_missing()),
+    }
+}
+
+fn is_blank(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::String(s) => s.trim().is_empty(),
+        _ => false,
+    }
+}
+
+fn last_name_missing() -> Reply {
+    errors(
+        StatusCode::BAD_REQUEST,
+        "REQUIRED_FIELD_MISSING",
+        "Required fields are missing: [LastName]",
+        &[LAST_NAME],
+    )
+}
+
+fn not_found() -> Reply {
+    errors(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "The requested resource does not exist",
+        &[],
+    )
+}
+
+/// Salesforce's error body: a list of `{message, errorCode, fields}`.
+fn errors(status: StatusCode, code: &str, message: &str, fields: &[&str]) -> Reply {
+    let body = json!([{"message": message, "errorCode": code, "fields": fields}]);
+    Reply::json(status, &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::{Method, StatusCode};
+    use serde_json::{Value, json};
+
+    use super::CONTACT_PATH;
+    use crate::mock_crm::MockCrmConfig;
+    use crate::mock_crm::test_support::{Harness, send};
+
+    fn upsert_path(external_id: &str) -> String {
+        format!("{CONTACT_PATH}/Internal_Id__c/{external_id}")
+    }
+
+    async fn create(h: &Harness, fields: Value) -> String {
+        let (status, created) = send(h.salesforce(Method::POST, CONTACT_PATH).json(&fields)).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        assert_eq!(
+            (&created["success"], &created["errors"]),
+            (&json!(true), &json!([]))
+        );
+        created["id"].as_str().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn contacts_are_created_read_updated_and_deleted() {
+        let h = Harness::start(MockCrmConfig::default()).await;
+        let id = create(&h, json!({"LastName": "Doe", "Email": "j@doe.io"})).await;
+        assert_eq!(id.len(), 18);
+        assert!(id.starts_with("003"), "{id}");
+
+        let contact = format!("{CONTACT_PATH}/{id}");
+        let update = json!({"FirstName": "Jo"});
+        let (status, body) = send(h.salesforce(Method::PATCH, &contact).json(&update)).await;
+        assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
+
+        let (status, read) = send(h.salesforce(Method::GET, &contact)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(read["Id"], id.as_str());
+        assert_eq!(read["attributes"]["type"], "Contact");
+        assert_eq!(
+            (&read["LastName"], &read["FirstName"]),
+            (&json!("Doe"), &json!("Jo"))
+        );
+        let fields = &h.crm.snapshot().salesforce.records[&id].fields;
+        assert_eq!(
+            json!(fields),
+            json!({"LastName": "Doe", "Email": "j@doe.io", "FirstName": "Jo"})
+        );
+
+        let (status, _) = send(h.salesforce(Method::DELETE, &contact)).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        for request in [
+            h.salesforce(Method::GET, &contact),
+            h.salesforce(Method::PATCH, &contact).json(&update),
+            h.salesforce(Method::DELETE, &contact),
+        ] {
+            let (status, body) = send(request).await;
+            assert_eq!(status, StatusCode::NOT_FOUND);
+            assert_eq!(body[0]["errorCode"], "NOT_FOUND");
+        }
+    }
+
+    #[tokio::test]
+    async fn creates_need_a_last_name_and_a_valid_email() {
+        let h = Harness::start(MockCrmConfig::default()).await;
+        let (status, body) = send(
+            h.salesforce(Method::POST, CONTACT_PATH)
+                .json(&json!({"FirstName": "Jo"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body,
+            json!([{"message": "Required fields are missing: [LastName]", "errorCode": "REQUIRED_FIELD_MISSING", "fields": ["LastName"]}])
+        );
+
+        let bad_email = json!({"LastName": "Doe", "Email": "doe"});
+        let (status, body) = send(h.salesforce(Method::POST, CONTACT_PATH).json(&bad_email)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body[0]["errorCode"], "INVALID_EMAIL_ADDRESS");
+
+        for bad in ["[1]", "{", r#"{"LastName": {"x": 1}}"#] {
+            let (status, body) = send(h.salesforce(Method::POST, CONTACT_PATH).body(bad)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(body[0]["errorCode"], "JSON_PARSER_ERROR", "{bad}");
+        }
+
+        let id = create(&h, json!({"LastName": "Doe"})).await;
+        let emptied = json!({"LastName": ""});
+        let (status, body) = send(
+            h.salesforce(Method::PATCH, &format!("{CONTACT_PATH}/{id}"))
+                .json(&emptied),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body[0]["errorCode"], "REQUIRED_FIELD_MISSING");
+        assert_eq!(h.crm.snapshot().salesforce.records.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn upsert_by_external_id_creates_then_updates() {
+        let h = Harness::start(MockCrmConfig::default()).await;
+        let path = upsert_path("ext-7");
+        let (status, created) = send(
+            h.salesforce(Method::PATCH, &path)
+                .json(&json!({"LastName": "Doe"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(
+            (&created["success"], &created["created"]),
+            (&json!(true), &json!(true))
+        );
+        let id = created["id"].as_str().unwrap();
+
+        // An update by external id does not need LastName again.
+        let (status, updated) = send(
+            h.salesforce(Method::PATCH, &path)
+                .json(&json!({"FirstName": "Jo"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            updated,
+            json!({"id": id, "success": true, "errors": [], "created": false})
+        );
+
+        let records = h.crm.snapshot().salesforce.records;
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[id].external_id.as_deref(), Some("ext-7"));
+        assert_eq!(
+            json!(records[id].fields),
+            json!({"LastName": "Doe", "FirstName": "Jo"})
+        );
+
+        let (status, body) = send(
+            h.salesforce(Method::PATCH, &upsert_path("ext-8"))
+                .json(&json!({"FirstName": "Al"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body[0]["errorCode"], "REQUIRED_FIELD_MISSING");
+    }
+
+    #[tokio::test]
+    async fn a_created_external_id_is_found_by_upsert_and_unique() {
+        let h = Harness::start(MockCrmConfig::default()).await;
+        let id = create(&h, json!({"LastName": "Doe", "Internal_Id__c": "ext-1"})).await;
+        let (status, updated) = send(
+            h.salesforce(Method::PATCH, &upsert_path("ext-1"))
+                .json(&json!({"Title": "CEO"})),
+        )
+        .await;
+        assert_eq!((status, &updated["id"]), (StatusCode::OK, &json!(id)));
+
+        let duplicate = json!({"LastName": "Roe", "Internal_Id__c": "ext-1"});
+        let (status, body) = send(h.salesforce(Method::POST, CONTACT_PATH).json(&duplicate)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body[0]["errorCode"], "DUPLICATE_VALUE");
+    }
+}

@@ -1,0 +1,340 @@
+//! Checking a pipeline file against its provider and schemas, and compiling
+//! every JSONPath, script and schema it names.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{Pipeline, Rule};
+use crate::action::Action;
+use crate::config::diagnostics::Diagnostics;
+use crate::config::load::{SourceFile, Sourced};
+use crate::config::model::PipelineConfig;
+use crate::config::suggest::did_you_mean;
+use crate::config::yaml::Seg;
+use crate::expr::{Script, ScriptEngine};
+use crate::mapping::{Field, FieldSource, JsonPath, Mapping};
+use crate::path;
+use crate::provider::Provider;
+use crate::schema::{Schema, SchemaCache, SchemaError};
+
+/// What a pipeline is compiled against.
+pub struct Context<'a> {
+    pub dir: &'a Path,
+    pub engine: &'a ScriptEngine,
+    /// The name of every provider file, valid or not, for name lookups.
+    pub provider_names: &'a [String],
+    /// The providers that compiled.
+    pub providers: &'a BTreeMap<String, Arc<Provider>>,
+    pub schemas: &'a mut SchemaCache,
+}
+
+/// Checks and compiles one pipeline; `None` if it has errors (all of them
+/// are in `diags`).
+pub fn compile(
+    src: &Sourced<PipelineConfig>,
+    ctx: &mut Context<'_>,
+    diags: &mut Diagnostics,
+) -> Option<Pipeline> {
+    let (cfg, file) = (&src.value, &*src.file);
+    let before = diags.len();
+
+    let mut source = cfg.source.nats.clone();
+    let durable = source
+        .durable
+        .get_or_insert_with(|| cfg.name.clone())
+        .clone();
+    if durable.is_empty() || durable.contains(|c: char| c.is_whitespace() || ".*>".contains(c)) {
+        let at = if cfg.source.nats.durable.is_some() {
+            path!["source", "nats", "durable"].to_vec()
+        } else {
+            path!["name"].to_vec()
+        };
+        file.error(
+            diags,
+            &at,
+            format!("\"{durable}\" cannot name a NATS consumer: no spaces, '.', '*' or '>'"),
+        );
+    }
+    if source.batch == 0 {
+        file.error(
+            diags,
+            &path!["source", "nats", "batch"],
+            "batch must be at least 1",
+        );
+    }
+    if source.max_ack_pending < 1 {
+        file.error(
+            diags,
+            &path!["source", "nats", "max_ack_pending"],
+            "max_ack_pending must be at least 1",
+        );
+    }
+
+    let key = json_path(file, &path!["key"], &cfg.key, diags);
+    let record = json_path(file, &path!["record"], &cfg.record, diags);
+    let op = cfg
+        .op
+        .as_ref()
+        .map(|op| json_path(file, &path!["op"], op, diags));
+    let input_schema = cfg
+        .input_schema
+        .as_ref()
+        .map(|p| schema(file, &path!["input_schema"], p, ctx, diags));
+    let when = cfg
+        .when
+        .as_ref()
+        .map(|w| script(file, &path!["when"], w, ctx.engine, diags));
+
+    // Target: provider, then object, then each rule's action on it.
+    let provider = match ctx.providers.get(&cfg.target.provider) {
+        Some(p) => Some(p.clone()),
+        None => {
+            if !ctx.provider_names.contains(&cfg.target.provider) {
+                let names = ctx.provider_names.iter().map(String::as_str);
+                file.error(
+                    diags,
+                    &path!["target", "provider"],
+                    format!(
+                        "unknown provider \"{}\"{}",
+                        cfg.target.provider,
+                        did_you_mean(&cfg.target.provider, names)
+                    ),
+                );
+            }
+            // Otherwise the provider file has errors of its own, reported
+            // there; repeating them here would only add noise.
+            None
+        }
+    };
+    let object = provider
+        .as_ref()
+        .and_then(|p| match p.objects.get(&cfg.target.object) {
+            Some(o) => Some(o),
+            None => {
+                file.error(
+                    diags,
+                    &path!["target", "object"],
+                    format!(
+                        "provider \"{}\" has no object \"{}\"{}",
+                        p.name,
+                        cfg.target.object,
+                        did_you_mean(&cfg.target.object, p.objects.keys().map(String::as_str))
+                    ),
+                );
+                None
+            }
+        });
+
+    if cfg.rules.is_empty() {
+        file.error(
+            diags,
+            &path!["rules"],
+            "a pipeline needs at least one rule (records that match none are skipped)",
+        );
+    }
+    let mut rules = Vec::new();
+    for (i, rule) in cfg.rules.iter().enumerate() {
+        let condition = script(
+            file,
+            &path!["rules", i, "if"],
+            &rule.condition,
+            ctx.engine,
+            diags,
+        );
+        let action = match rule.then.parse::<Action>() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                file.error(diags, &path!["rules", i, "then"], e);
+                None
+            }
+        };
+        if let (Some(action), Some(object), Some(p)) = (action, object, &provider) {
+            if !object.supports(action) {
+                let need = if action == Action::Upsert {
+                    "an upsert endpoint, or both create and update"
+                } else {
+                    action.as_str()
+                };
+                file.error(
+                    diags,
+                    &path!["rules", i, "then"],
+                    format!(
+                        "{action}: provider \"{}\" object \"{}\" has no {need} endpoint",
+                        p.name, cfg.target.object
+                    ),
+                );
+            }
+        }
+        if let (Some(condition), Some(action)) = (condition, action) {
+            rules.push(Rule { condition, action });
+        }
+    }
+
+    let output_schema = cfg
+        .target
+        .schema
+        .as_ref()
+        .map(|p| schema(file, &path!["target", "schema"], p, ctx, diags));
+    let mapping = mapping(file, cfg, ctx.engine, diags);
+    let sends_body = cfg
+        .rules
+        .iter()
+        .any(|r| r.then.parse::<Action>().is_ok_and(Action::sends_body));
+    if sends_body && cfg.mapping.is_empty() {
+        file.error(
+            diags,
+            &path!["mapping"],
+            "rules create or update records but the mapping is empty",
+        );
+    }
+
+    if diags.len() != before {
+        return None;
+    }
+    let provider = provider?;
+    let input_schema = input_schema.flatten();
+    let output_schema = output_schema.flatten();
+    // The provider is not part of it: the runtime compares providers itself,
+    // because a provider's rate limit can change under a running pipeline.
+    let mut texts: Vec<String> = vec![file.text.clone()];
+    texts.extend(
+        input_schema
+            .iter()
+            .chain(output_schema.iter())
+            .map(|s| s.fingerprint.to_string()),
+    );
+    let fingerprint =
+        crate::config::fingerprint(&texts.iter().map(String::as_str).collect::<Vec<_>>());
+    Some(Pipeline {
+        name: cfg.name.clone(),
+        source,
+        key: key?,
+        record: record?,
+        op: op.flatten(),
+        input_schema,
+        when: when.flatten(),
+        rules,
+        mapping: mapping?,
+        output_schema,
+        object: cfg.target.object.clone(),
+        provider,
+        dead_letter_subject: cfg
+            .dead_letter
+            .as_ref()
+            .map(|d| d.subject.clone())
+            .unwrap_or_else(|| format!("syncflow.dlq.{}", cfg.name)),
+        tests: cfg.tests.clone(),
+        engine: ctx.engine.clone(),
+        fingerprint,
+    })
+}
+
+fn json_path(
+    file: &SourceFile,
+    at: &[Seg],
+    text: &str,
+    diags: &mut Diagnostics,
+) -> Option<JsonPath> {
+    JsonPath::compile(text)
+        .map_err(|e| file.text_error(diags, at, 1, e.col, e.message))
+        .ok()
+}
+
+fn script(
+    file: &SourceFile,
+    at: &[Seg],
+    text: &str,
+    engine: &ScriptEngine,
+    diags: &mut Diagnostics,
+) -> Option<Script> {
+    engine
+        .compile(text)
+        .map_err(|e| {
+            file.text_error(
+                diags,
+                at,
+                e.line,
+                e.col,
+                format!("invalid Rhai script: {}", e.message),
+            )
+        })
+        .ok()
+}
+
+fn schema(
+    file: &SourceFile,
+    at: &[Seg],
+    rel: &str,
+    ctx: &mut Context<'_>,
+    diags: &mut Diagnostics,
+) -> Option<Schema> {
+    match ctx.schemas.get(ctx.dir, rel) {
+        Ok(s) => Some(s),
+        Err(SchemaError::Missing { message }) => {
+            file.error(diags, at, message);
+            None
+        }
+        Err(SchemaError::Invalid {
+            file: schema_file,
+            pos,
+            message,
+        }) => {
+            // Reported once, in the schema file, however many pipelines use it.
+            let already = diags
+                .iter()
+                .any(|d| d.file == schema_file && d.line == pos.line && d.col == pos.col);
+            if !already {
+                diags.push(&schema_file, pos, message);
+            }
+            None
+        }
+    }
+}
+
+fn mapping(
+    file: &SourceFile,
+    cfg: &PipelineConfig,
+    engine: &ScriptEngine,
+    diags: &mut Diagnostics,
+) -> Option<Mapping> {
+    let before = diags.len();
+    let mut fields: Vec<Field> = Vec::new();
+    for (k, v) in &cfg.mapping {
+        let Some(name) = k.as_str() else {
+            diags.push(
+                &file.rel,
+                file.root.value_pos(&path!["mapping"]),
+                format!("mapping keys are output paths (strings), not {k:?}"),
+            );
+            continue;
+        };
+        let at = path!["mapping", name];
+        let source = match v {
+            serde_yaml::Value::String(p) => json_path(file, &at, p, diags).map(FieldSource::Path),
+            serde_yaml::Value::Mapping(m)
+                if m.len() == 1 && m.get("expr").is_some_and(|e| e.is_string()) =>
+            {
+                let text = m.get("expr").and_then(|e| e.as_str()).unwrap_or_default();
+                script(file, &path!["mapping", name, "expr"], text, engine, diags)
+                    .map(FieldSource::Expr)
+            }
+            _ => {
+                file.error(diags, &at, format!("mapping \"{name}\": expected a JSONPath string or {{ expr: <Rhai script> }}"));
+                None
+            }
+        };
+        let Some(source) = source else { continue };
+        match Field::new(name, source) {
+            Ok(field) => {
+                if let Some(other) = fields.iter().find(|f| f.conflicts_with(&field)) {
+                    file.key_error(diags, &at, format!("output path \"{name}\" conflicts with \"{}\": one would overwrite the other", other.name));
+                } else {
+                    fields.push(field);
+                }
+            }
+            Err(e) => file.key_error(diags, &at, e),
+        }
+    }
+    (diags.len() == before).then(|| Mapping::new(fields))
+}

@@ -1,0 +1,259 @@
+//! The per-record path: decode → key/record/op → input schema → `when` →
+//! rules (first match) → mapping → output schema.
+
+use std::fmt;
+
+use rhai::Dynamic;
+use serde_json::Value;
+
+use super::Pipeline;
+use crate::action::Action;
+use crate::error::{Fault, Retry};
+use crate::expr::{Vars, from_json};
+
+/// What the runtime knows about a message besides its bytes; exposed to
+/// scripts as `event`.
+#[derive(Debug, Clone, Default)]
+pub struct MessageMeta<'a> {
+    pub subject: &'a str,
+    pub seq: u64,
+    /// Publish time, milliseconds since the Unix epoch.
+    pub timestamp_ms: Option<i64>,
+    pub headers: &'a [(String, String)],
+}
+
+/// A record that made it through evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub key: String,
+    pub action: Action,
+    /// The mapped, schema-checked body for create/update/upsert.
+    pub body: Option<Value>,
+    /// Why a skipped record was skipped.
+    pub skip_reason: Option<&'static str>,
+}
+
+/// The stage at which a record failed; each is a dead-letter kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EvalErrorKind {
+    Decode,
+    Key,
+    InputSchema,
+    Script,
+    Mapping,
+    OutputSchema,
+}
+
+impl EvalErrorKind {
+    pub const NAMES: [&'static str; 6] = [
+        "decode",
+        "key",
+        "input_schema",
+        "script",
+        "mapping",
+        "output_schema",
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvalErrorKind::Decode => "decode",
+            EvalErrorKind::Key => "key",
+            EvalErrorKind::InputSchema => "input_schema",
+            EvalErrorKind::Script => "script",
+            EvalErrorKind::Mapping => "mapping",
+            EvalErrorKind::OutputSchema => "output_schema",
+        }
+    }
+}
+
+impl fmt::Display for EvalErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct EvalError {
+    pub kind: EvalErrorKind,
+    /// The key, when the failure came after it was read.
+    pub key: Option<String>,
+    /// The action a rule chose, when the failure came after that (mapping,
+    /// output schema): a dead letter says what was about to be done.
+    pub action: Option<Action>,
+    pub message: String,
+}
+
+impl EvalError {
+    /// A record that fails evaluation is the data's or the config's fault,
+    /// and evaluating it again gives the same answer: dead-letter it.
+    pub fn fault(&self) -> Fault {
+        Fault::User
+    }
+    pub fn retry(&self) -> Retry {
+        Retry::No
+    }
+}
+
+impl Pipeline {
+    /// Evaluates one message. Pure: no I/O, safe to call from any thread.
+    pub fn evaluate(&self, meta: &MessageMeta<'_>, data: &[u8]) -> Result<Outcome, EvalError> {
+        let fail = |kind, key: Option<&str>, message: String| EvalError {
+            kind,
+            key: key.map(str::to_string),
+            action: None,
+            message,
+        };
+        let message: Value = serde_json::from_slice(data).map_err(|e| {
+            fail(
+                EvalErrorKind::Decode,
+                None,
+                format!("message is not JSON: {e}"),
+            )
+        })?;
+
+        let key = match self.key.get(&message).as_deref() {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            Some(other) => {
+                return Err(fail(
+                    EvalErrorKind::Key,
+                    None,
+                    format!(
+                        "key at {} must be a non-empty string or a number, got {other}",
+                        self.key.as_str()
+                    ),
+                ));
+            }
+            None => {
+                return Err(fail(
+                    EvalErrorKind::Key,
+                    None,
+                    format!("no key at {}", self.key.as_str()),
+                ));
+            }
+        };
+        // Borrowed from the message for plain paths: no copy per record.
+        let record = self
+            .record
+            .get(&message)
+            .unwrap_or(std::borrow::Cow::Owned(Value::Null));
+        let record: &Value = &record;
+        let op = self.op.as_ref().and_then(|p| p.get(&message));
+
+        if let Some(schema) = &self.input_schema {
+            schema
+                .validate(record)
+                .map_err(|e| fail(EvalErrorKind::InputSchema, Some(&key), e))?;
+        }
+
+        let mut vars = Vars::new(from_json(record), self.event(meta, &key, op.as_deref()));
+        if let Some(when) = &self.when {
+            let pass = self
+                .engine
+                .eval_bool(when, &mut vars)
+                .map_err(|e| fail(EvalErrorKind::Script, Some(&key), format!("when: {e}")))?;
+            if !pass {
+                return Ok(skipped(key, "when"));
+            }
+        }
+        let mut action = None;
+        for (i, rule) in self.rules.iter().enumerate() {
+            let matched = self
+                .engine
+                .eval_bool(&rule.condition, &mut vars)
+                .map_err(|e| {
+                    fail(
+                        EvalErrorKind::Script,
+                        Some(&key),
+                        format!("rules[{i}].if: {e}"),
+                    )
+                })?;
+            if matched {
+                action = Some(rule.action);
+                break;
+            }
+        }
+        let action = match action {
+            None => return Ok(skipped(key, "no rule matched")),
+            Some(Action::Skip) => return Ok(skipped(key, "rule")),
+            Some(a) => a,
+        };
+        let body = if action.sends_body() {
+            let body = self
+                .mapping
+                .apply(record, &self.engine, &mut vars)
+                .map_err(|e| {
+                    let kind = if e.in_script {
+                        EvalErrorKind::Script
+                    } else {
+                        EvalErrorKind::Mapping
+                    };
+                    EvalError {
+                        action: Some(action),
+                        ..fail(
+                            kind,
+                            Some(&key),
+                            format!("mapping {}: {}", e.field, e.message),
+                        )
+                    }
+                })?;
+            if let Some(schema) = &self.output_schema {
+                schema.validate(&body).map_err(|e| EvalError {
+                    action: Some(action),
+                    ..fail(EvalErrorKind::OutputSchema, Some(&key), e)
+                })?;
+            }
+            Some(body)
+        } else {
+            None
+        };
+        Ok(Outcome {
+            key,
+            action,
+            body,
+            skip_reason: None,
+        })
+    }
+
+    fn event(&self, meta: &MessageMeta<'_>, key: &str, op: Option<&Value>) -> Dynamic {
+        let mut event = rhai::Map::new();
+        event.insert("op".into(), op.map(from_json).unwrap_or(Dynamic::UNIT));
+        event.insert(
+            "key".into(),
+            Dynamic::from(rhai::ImmutableString::from(key)),
+        );
+        event.insert(
+            "subject".into(),
+            Dynamic::from(rhai::ImmutableString::from(meta.subject)),
+        );
+        event.insert("seq".into(), Dynamic::from_int(meta.seq as i64));
+        event.insert(
+            "timestamp".into(),
+            meta.timestamp_ms
+                .map(Dynamic::from_int)
+                .unwrap_or(Dynamic::UNIT),
+        );
+        let headers: rhai::Map = meta
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().into(),
+                    Dynamic::from(rhai::ImmutableString::from(v.as_str())),
+                )
+            })
+            .collect();
+        event.insert("headers".into(), Dynamic::from_map(headers));
+        Dynamic::from_map(event)
+    }
+}
+
+fn skipped(key: String, reason: &'static str) -> Outcome {
+    Outcome {
+        key,
+        action: Action::Skip,
+        body: None,
+        skip_reason: Some(reason),
+    }
+}

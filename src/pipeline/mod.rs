@@ -1,0 +1,61 @@
+//! A pipeline compiled from `pipelines/<name>.yaml`, and the per-record
+//! evaluation every command shares: message bytes → action + body, or a
+//! typed error bound for the dead-letter subject.
+
+pub mod compile;
+mod evaluate;
+mod testcase;
+
+use std::sync::Arc;
+
+pub use compile::compile;
+pub use evaluate::{EvalError, EvalErrorKind, MessageMeta, Outcome};
+pub use testcase::{TestFailure, run_tests};
+
+use crate::action::Action;
+use crate::config::model::{NatsSourceConfig, TestCase};
+use crate::expr::{Script, ScriptEngine};
+use crate::mapping::{JsonPath, Mapping};
+use crate::provider::Provider;
+use crate::schema::Schema;
+
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    /// The NATS source, with `durable` defaulted to the pipeline name.
+    pub source: NatsSourceConfig,
+    key: JsonPath,
+    record: JsonPath,
+    op: Option<JsonPath>,
+    input_schema: Option<Schema>,
+    when: Option<Script>,
+    rules: Vec<Rule>,
+    mapping: Mapping,
+    output_schema: Option<Schema>,
+    pub provider: Arc<Provider>,
+    pub object: String,
+    pub dead_letter_subject: String,
+    pub tests: Vec<TestCase>,
+    engine: ScriptEngine,
+    /// Hash of the pipeline file and its schemas' texts: on reload, an
+    /// unchanged fingerprint (and an unchanged provider) leaves the pipeline
+    /// untouched.
+    pub fingerprint: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    condition: Script,
+    action: Action,
+}
+
+impl Pipeline {
+    /// The JSONPath of the record key, which routes records to lanes.
+    pub fn key_path(&self) -> &str {
+        self.key.as_str()
+    }
+
+    pub fn durable(&self) -> &str {
+        self.source.durable.as_deref().unwrap_or(&self.name)
+    }
+}

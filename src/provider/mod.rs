@@ -1,0 +1,386 @@
+//! A provider compiled from `providers/<name>.yaml`: endpoints with parsed
+//! path templates, auth, limits and retry policy, ready for the HTTP sink.
+
+mod template;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub use template::PathTemplate;
+
+use crate::action::Action;
+use crate::config::diagnostics::Diagnostics;
+use crate::config::load::Sourced;
+use crate::config::model::{
+    Auth, CircuitBreakerConfig, EndpointConfig, ProviderConfig, RetryConfig,
+};
+use crate::mapping::JsonPath;
+use crate::path;
+
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    /// Without a trailing slash; endpoint paths start with one.
+    pub base_url: String,
+    /// `(header name, value)` for auth and the configured extra headers.
+    pub headers: Vec<(String, String)>,
+    pub rate_limit: Option<RateLimit>,
+    pub max_in_flight: usize,
+    pub timeout: Duration,
+    pub retry: RetryConfig,
+    pub circuit_breaker: CircuitBreakerConfig,
+    pub idempotency_header: Option<String>,
+    pub objects: BTreeMap<String, Object>,
+    /// The provider as configured (variables resolved), to tell on reload
+    /// what changed: see [`Provider::same_except_rate_limit`].
+    pub config: ProviderConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub per: Duration,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Object {
+    pub create: Option<Endpoint>,
+    pub update: Option<Endpoint>,
+    pub upsert: Option<Endpoint>,
+    pub delete: Option<Endpoint>,
+    pub read: Option<Endpoint>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub method: reqwest::Method,
+    pub path: PathTemplate,
+    pub id_from: Option<JsonPath>,
+}
+
+/// One of an object's endpoints: what the executor resolved an action to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EndpointKind {
+    Create,
+    Update,
+    Upsert,
+    Delete,
+    Read,
+}
+
+impl EndpointKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointKind::Create => "create",
+            EndpointKind::Update => "update",
+            EndpointKind::Upsert => "upsert",
+            EndpointKind::Delete => "delete",
+            EndpointKind::Read => "read",
+        }
+    }
+}
+
+impl Provider {
+    /// Whether `other` talks to the API exactly as this one does (URL, auth,
+    /// endpoints, retries, concurrency...) and differs at most in its rate
+    /// limit, which a running sink can take over without being rebuilt.
+    pub fn same_except_rate_limit(&self, other: &Provider) -> bool {
+        let without_limit = |p: &Provider| ProviderConfig {
+            rate_limit: None,
+            ..p.config.clone()
+        };
+        without_limit(self) == without_limit(other)
+    }
+}
+
+impl Object {
+    pub fn endpoint(&self, kind: EndpointKind) -> Option<&Endpoint> {
+        match kind {
+            EndpointKind::Create => self.create.as_ref(),
+            EndpointKind::Update => self.update.as_ref(),
+            EndpointKind::Upsert => self.upsert.as_ref(),
+            EndpointKind::Delete => self.delete.as_ref(),
+            EndpointKind::Read => self.read.as_ref(),
+        }
+    }
+
+    /// Whether a rule may use `action` on this object.
+    pub fn supports(&self, action: Action) -> bool {
+        match action {
+            Action::Create => self.create.is_some(),
+            Action::Update => self.update.is_some(),
+            Action::Upsert => {
+                self.upsert.is_some() || (self.create.is_some() && self.update.is_some())
+            }
+            Action::Delete => self.delete.is_some(),
+            Action::Read => self.read.is_some(),
+            Action::Skip => true,
+        }
+    }
+}
+
+const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+const ENDPOINTS: [&str; 5] = ["create", "update", "upsert", "delete", "read"];
+
+/// Checks and compiles one provider file; `None` if it has errors.
+pub fn compile(src: &Sourced<ProviderConfig>, diags: &mut Diagnostics) -> Option<Provider> {
+    let (cfg, file) = (&src.value, &src.file);
+    let before = diags.len();
+
+    match reqwest::Url::parse(&cfg.base_url) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+        Ok(url) => file.error(
+            diags,
+            &path!["base_url"],
+            format!("base_url must be http or https, not \"{}\"", url.scheme()),
+        ),
+        Err(e) => file.error(
+            diags,
+            &path!["base_url"],
+            format!("invalid base_url \"{}\": {e}", cfg.base_url),
+        ),
+    }
+
+    let mut headers = Vec::new();
+    if let Some(auth) = &cfg.auth {
+        match auth_header(auth) {
+            Ok(header) => headers.push(header),
+            Err(e) => file.error(diags, &path!["auth"], e),
+        }
+    }
+    headers.extend(cfg.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+    for (name, value) in &headers {
+        let bad_name = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err();
+        let bad_value = reqwest::header::HeaderValue::from_str(value).is_err();
+        if bad_name || bad_value {
+            // Never echo the value: it may be a credential.
+            file.error(
+                diags,
+                &path!["auth"],
+                format!("invalid HTTP header \"{name}\""),
+            );
+        }
+    }
+    if let Some(h) = &cfg.idempotency_header {
+        if reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            file.error(
+                diags,
+                &path!["idempotency_header"],
+                format!("invalid HTTP header name \"{h}\""),
+            );
+        }
+    }
+
+    let rate_limit = cfg.rate_limit.as_ref().map(|rl| {
+        if rl.requests == 0 {
+            file.error(
+                diags,
+                &path!["rate_limit", "requests"],
+                "rate_limit.requests must be at least 1",
+            );
+        }
+        if rl.per.0.is_zero() {
+            file.error(
+                diags,
+                &path!["rate_limit", "per"],
+                "rate_limit.per must be longer than 0s",
+            );
+        }
+        if rl.burst == Some(0) {
+            file.error(
+                diags,
+                &path!["rate_limit", "burst"],
+                "rate_limit.burst must be at least 1",
+            );
+        }
+        RateLimit {
+            requests: rl.requests,
+            per: rl.per.0,
+            burst: rl.burst.unwrap_or(1),
+        }
+    });
+    if cfg.max_in_flight == 0 {
+        file.error(
+            diags,
+            &path!["max_in_flight"],
+            "max_in_flight must be at least 1",
+        );
+    }
+    if cfg.timeout.0.is_zero() {
+        file.error(diags, &path!["timeout"], "timeout must be longer than 0s");
+    }
+    check_retry(src, diags);
+    if cfg.circuit_breaker.failure_threshold == 0 {
+        file.error(
+            diags,
+            &path!["circuit_breaker", "failure_threshold"],
+            "circuit_breaker.failure_threshold must be at least 1",
+        );
+    }
+
+    if cfg.objects.is_empty() {
+        file.error(
+            diags,
+            &path!["objects"],
+            "a provider needs at least one object",
+        );
+    }
+    let mut objects = BTreeMap::new();
+    for (name, obj) in &cfg.objects {
+        let endpoints = [
+            &obj.create,
+            &obj.update,
+            &obj.upsert,
+            &obj.delete,
+            &obj.read,
+        ];
+        let compiled: Vec<Option<Endpoint>> = endpoints
+            .iter()
+            .zip(ENDPOINTS)
+            .map(|(ep, kind)| {
+                ep.as_ref()
+                    .and_then(|ep| compile_endpoint(src, name, kind, ep, diags))
+            })
+            .collect();
+        if endpoints.iter().all(|e| e.is_none()) {
+            file.error(
+                diags,
+                &path!["objects", name],
+                format!(
+                    "object \"{name}\" has no endpoints; give it at least one of {}",
+                    ENDPOINTS.join(", ")
+                ),
+            );
+        }
+        // `{id}` is learned from the create (or upsert) response; without
+        // `id_from` nothing ever fills the id map.
+        let learns_ids = [&obj.create, &obj.upsert]
+            .iter()
+            .any(|ep| ep.as_ref().is_some_and(|ep| ep.id_from.is_some()));
+        for (ep, kind) in endpoints.iter().zip(ENDPOINTS) {
+            if let Some(ep) = ep {
+                if ep.path.contains("{id}") && !learns_ids {
+                    file.error(
+                        diags,
+                        &path!["objects", name, kind, "path"],
+                        format!(
+                            "{{id}} in the {kind} path needs the provider's id of the record: add `id_from` (a JSONPath into the response) to object \"{name}\"'s create or upsert endpoint"
+                        ),
+                    );
+                }
+            }
+        }
+        let mut it = compiled.into_iter();
+        let mut next = || it.next().flatten();
+        objects.insert(
+            name.clone(),
+            Object {
+                create: next(),
+                update: next(),
+                upsert: next(),
+                delete: next(),
+                read: next(),
+            },
+        );
+    }
+
+    (diags.len() == before).then(|| Provider {
+        name: cfg.name.clone(),
+        base_url: cfg.base_url.trim_end_matches('/').to_string(),
+        headers,
+        rate_limit,
+        max_in_flight: cfg.max_in_flight,
+        timeout: cfg.timeout.0,
+        retry: cfg.retry.clone(),
+        circuit_breaker: cfg.circuit_breaker.clone(),
+        idempotency_header: cfg.idempotency_header.clone(),
+        objects,
+        config: cfg.clone(),
+    })
+}
+
+fn auth_header(auth: &Auth) -> Result<(String, String), String> {
+    match (&auth.bearer, &auth.header, &auth.basic) {
+        (Some(token), None, None) => Ok(("authorization".into(), format!("Bearer {token}"))),
+        (None, Some(h), None) => Ok((h.name.clone(), h.value.clone())),
+        (None, None, Some(b)) => {
+            use base64::Engine as _;
+            let creds = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", b.username, b.password));
+            Ok(("authorization".into(), format!("Basic {creds}")))
+        }
+        _ => Err("auth takes exactly one of bearer, header { name, value } or basic { username, password }".into()),
+    }
+}
+
+fn check_retry(src: &Sourced<ProviderConfig>, diags: &mut Diagnostics) {
+    let (retry, file) = (&src.value.retry, &src.file);
+    if retry.max_attempts == 0 {
+        file.error(
+            diags,
+            &path!["retry", "max_attempts"],
+            "retry.max_attempts counts the first try and must be at least 1",
+        );
+    }
+    if retry.initial_backoff > retry.max_backoff {
+        file.error(
+            diags,
+            &path!["retry", "initial_backoff"],
+            "retry.initial_backoff is longer than retry.max_backoff",
+        );
+    }
+    for (i, status) in retry.retry_on.iter().enumerate() {
+        if !(100..=599).contains(status) {
+            file.error(
+                diags,
+                &path!["retry", "retry_on", i],
+                format!("{status} is not an HTTP status"),
+            );
+        }
+    }
+}
+
+fn compile_endpoint(
+    src: &Sourced<ProviderConfig>,
+    object: &str,
+    kind: &str,
+    ep: &EndpointConfig,
+    diags: &mut Diagnostics,
+) -> Option<Endpoint> {
+    let file = &src.file;
+    let at = |field: &str| path!["objects", object, kind, field];
+    let method = ep.method.to_ascii_uppercase();
+    let method = if METHODS.contains(&method.as_str()) {
+        reqwest::Method::from_bytes(method.as_bytes()).ok()
+    } else {
+        file.error(
+            diags,
+            &at("method"),
+            format!(
+                "unknown HTTP method \"{}\"{}; expected one of {}",
+                ep.method,
+                crate::config::suggest::did_you_mean(&method, METHODS),
+                METHODS.join(", ")
+            ),
+        );
+        None
+    };
+    let template = PathTemplate::parse(&ep.path)
+        .map_err(|e| file.error(diags, &at("path"), e))
+        .ok();
+    let id_from = match &ep.id_from {
+        None => None,
+        Some(p) => match JsonPath::compile(p) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                file.text_error(diags, &at("id_from"), 1, e.col, e.message);
+                return None;
+            }
+        },
+    };
+    Some(Endpoint {
+        method: method?,
+        path: template?,
+        id_from,
+    })
+}

@@ -1,0 +1,106 @@
+//! Endpoint paths with `{key}` and `{id}` placeholders.
+
+use std::fmt::Write;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    /// The record key.
+    Key,
+    /// The provider's id of the record, from the id map.
+    Id,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathTemplate {
+    parts: Vec<Part>,
+}
+
+impl PathTemplate {
+    /// Fails on an unknown or unterminated placeholder, or a path that does
+    /// not start with `/`.
+    pub fn parse(path: &str) -> Result<Self, String> {
+        if !path.starts_with('/') {
+            return Err(format!("path \"{path}\" must start with \"/\""));
+        }
+        let mut parts = Vec::new();
+        let mut rest = path;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Literal(rest[..open].to_string()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("unterminated placeholder in path \"{path}\""))?;
+            let name = &rest[open + 1..open + close];
+            parts.push(match name {
+                "key" => Part::Key,
+                "id" => Part::Id,
+                other => {
+                    return Err(format!(
+                        "unknown placeholder \"{{{other}}}\" in path \"{path}\"{}; placeholders are {{key}} and {{id}}",
+                        crate::config::suggest::did_you_mean(other, ["key", "id"])
+                    ));
+                }
+            });
+            rest = &rest[open + close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Literal(rest.to_string()));
+        }
+        Ok(PathTemplate { parts })
+    }
+
+    pub fn needs_id(&self) -> bool {
+        self.parts.contains(&Part::Id)
+    }
+
+    /// The path with placeholders filled in, each value percent-encoded as
+    /// one path segment.
+    pub fn render(&self, key: &str, id: Option<&str>) -> String {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Literal(s) => out.push_str(s),
+                Part::Key => encode_segment(&mut out, key),
+                Part::Id => encode_segment(&mut out, id.unwrap_or_default()),
+            }
+        }
+        out
+    }
+}
+
+fn encode_segment(out: &mut String, value: &str) {
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_placeholders_encoded() {
+        let t = PathTemplate::parse("/sobjects/Contact/Internal_Id__c/{key}").unwrap();
+        assert_eq!(
+            t.render("a/b c", None),
+            "/sobjects/Contact/Internal_Id__c/a%2Fb%20c"
+        );
+        let t = PathTemplate::parse("/contacts/{id}").unwrap();
+        assert!(t.needs_id());
+        assert_eq!(t.render("k", Some("42")), "/contacts/42");
+    }
+
+    #[test]
+    fn rejects_bad_templates() {
+        assert!(PathTemplate::parse("contacts").is_err());
+        assert!(PathTemplate::parse("/c/{id").is_err());
+        let err = PathTemplate::parse("/c/{idd}").unwrap_err();
+        assert!(err.contains("did you mean \"id\""), "{err}");
+    }
+}

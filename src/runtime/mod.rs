@@ -1,0 +1,341 @@
+//! `syncflow run`: connects to NATS and Redis, starts one runner per
+//! pipeline, serves `/metrics`, applies reloaded configs, and drains cleanly
+//! on SIGINT/SIGTERM.
+
+mod providers;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+
+use crate::compile::Config;
+use crate::executor::{Ctx, IdMap, PipelineMetrics, PipelineRunner, ensure_dead_letter_streams};
+use crate::limiter;
+use crate::pipeline::Pipeline;
+use crate::reload::plan::{PipelineChange, Plan, plan};
+use crate::server::{self, Health};
+
+pub use providers::ProviderBuildError;
+use providers::Providers;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("invalid http.listen {0}")]
+    Listen(String),
+    #[error("cannot serve http on {addr}: {source}")]
+    Serve {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid nats.url: {0}")]
+    NatsUrl(String),
+    #[error("invalid redis.url: {0}")]
+    Redis(String),
+    #[error(transparent)]
+    Provider(#[from] ProviderBuildError),
+}
+
+/// Why a valid config could not be put in place; the running one stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Provider(#[from] ProviderBuildError),
+    #[error("cannot set up the dead-letter stream: {0}")]
+    DeadLetters(String),
+}
+
+/// What a reload did, for its log line.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub added: Vec<String>,
+    /// Took the new version over without stopping.
+    pub swapped: Vec<String>,
+    /// Their source changed: drained and started again.
+    pub restarted: Vec<String>,
+    pub removed: Vec<String>,
+    /// Providers whose limit changed.
+    pub rate_limits: Vec<String>,
+    pub globals_ignored: bool,
+}
+
+impl Applied {
+    /// No pipeline or provider changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.swapped.is_empty()
+            && self.restarted.is_empty()
+            && self.removed.is_empty()
+            && self.rate_limits.is_empty()
+    }
+}
+
+/// The running engine: shared connections and one runner per pipeline.
+pub struct Engine {
+    nats: async_nats::Client,
+    js: jetstream::Context,
+    idmap: IdMap,
+    health: Health,
+    providers: Providers,
+    config: Config,
+    runners: BTreeMap<String, PipelineRunner>,
+    drain_deadline: Duration,
+    pub http_addr: SocketAddr,
+}
+
+impl Engine {
+    /// Connects and starts every pipeline. NATS being down is not an error:
+    /// the engine waits for it (`/readyz` says so), as a supervisor expects.
+    /// `None` when shutdown was asked for while waiting.
+    pub async fn start(
+        config: Config,
+        drain_deadline: Duration,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Option<Engine>, RunError> {
+        let health = Health::default();
+        let listen: SocketAddr = config
+            .globals
+            .http
+            .listen
+            .parse()
+            .map_err(|_| RunError::Listen(config.globals.http.listen.clone()))?;
+        let mut http_shutdown = shutdown.clone();
+        let http_addr = server::serve(listen, health.clone(), async move {
+            let _ = http_shutdown.wait_for(|s| *s).await;
+        })
+        .await
+        .map_err(|source| RunError::Serve {
+            addr: listen.to_string(),
+            source,
+        })?;
+        tracing::info!(addr = %http_addr, "serving /metrics, /healthz, /readyz");
+
+        let nats = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .name("syncflow")
+            .connect(&config.globals.nats.url)
+            .await
+            .map_err(|e| RunError::NatsUrl(e.to_string()))?;
+        health.watch_nats(nats.clone());
+        let js = jetstream::new(nats.clone());
+        let Some(idmap) = wait_for_nats(&js, &config, shutdown).await else {
+            return Ok(None);
+        };
+
+        let redis = limiter::connect(&config.globals.redis.url)
+            .map_err(|e| RunError::Redis(e.to_string()))?;
+        let mut providers = Providers::new(redis);
+        let empty = Config {
+            globals: config.globals.clone(),
+            providers: BTreeMap::new(),
+            pipelines: BTreeMap::new(),
+        };
+        let plan = plan(&empty, &config);
+        providers.commit(providers.stage(&config.providers, &plan.providers)?, |_| {
+            true
+        });
+
+        let mut engine = Engine {
+            nats,
+            js,
+            idmap,
+            health,
+            providers,
+            config: empty,
+            runners: BTreeMap::new(),
+            drain_deadline,
+            http_addr,
+        };
+        engine.apply_pipelines(&plan, config).await;
+        metrics::gauge!("syncflow_config_generation").set(1.0);
+        Ok(Some(engine))
+    }
+
+    /// Puts a new, valid config in place: builds what changed first, then
+    /// swaps changed pipelines over (draining only those whose source
+    /// changed), starts added ones and drains removed ones. Unchanged
+    /// pipelines are not touched. On an error nothing changed.
+    pub async fn apply(&mut self, config: Config) -> Result<Applied, ApplyError> {
+        let plan = plan(&self.config, &config);
+        let staged = self.providers.stage(&config.providers, &plan.providers)?;
+        let subjects: Vec<String> = config
+            .pipelines
+            .values()
+            .map(|p| p.dead_letter_subject.clone())
+            .collect();
+        ensure_dead_letter_streams(&self.js, &subjects)
+            .await
+            .map_err(|e| ApplyError::DeadLetters(e.to_string()))?;
+        self.providers
+            .commit(staged, |name| config.providers.contains_key(name));
+        let globals_ignored = plan.globals_changed;
+        if globals_ignored {
+            tracing::warn!(
+                "syncflow.yaml changed: nats, redis and http settings take effect at the next start"
+            );
+        }
+        let mut applied = self.apply_pipelines(&plan, config).await;
+        applied.rate_limits = plan
+            .providers
+            .iter()
+            .filter(|(_, c)| **c == crate::reload::plan::ProviderChange::RateLimit)
+            .map(|(name, _)| name.clone())
+            .collect();
+        applied.globals_ignored = globals_ignored;
+        Ok(applied)
+    }
+
+    /// The pipeline side of [`apply`](Self::apply), once providers are in place.
+    async fn apply_pipelines(&mut self, plan: &Plan, config: Config) -> Applied {
+        let mut applied = Applied::default();
+        let mut draining = Vec::new();
+        for name in &plan.removed_pipelines {
+            if let Some(runner) = self.runners.remove(name) {
+                draining.push((runner, None));
+                applied.removed.push(name.clone());
+            }
+        }
+        for (name, change) in &plan.pipelines {
+            let pipeline = &config.pipelines[name];
+            match change {
+                PipelineChange::Unchanged => {}
+                PipelineChange::Added => {
+                    self.spawn(pipeline);
+                    applied.added.push(name.clone());
+                }
+                PipelineChange::Changed => {
+                    let ctx = self.ctx(pipeline);
+                    let runner = self.runners.remove(name).expect("a changed pipeline runs");
+                    if runner.can_swap_to(&ctx) {
+                        runner.swap(ctx);
+                        self.runners.insert(name.clone(), runner);
+                        applied.swapped.push(name.clone());
+                    } else {
+                        draining.push((runner, Some(ctx)));
+                        applied.restarted.push(name.clone());
+                    }
+                }
+            }
+        }
+        // Old versions drain side by side; each new one starts on the same
+        // consumer once its old one has let go.
+        let deadline = self.drain_deadline;
+        let drains = draining.into_iter().map(|(runner, next)| async move {
+            let name = runner.name.clone();
+            log_drain(&name, runner.drain(deadline).await);
+            next
+        });
+        for ctx in futures::future::join_all(drains)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            self.health.set_ready(&ctx.pipeline.name, false);
+            let runner = PipelineRunner::spawn(ctx, self.health.clone());
+            self.runners.insert(runner.name.clone(), runner);
+        }
+        self.config = config;
+        applied
+    }
+
+    fn ctx(&self, pipeline: &Arc<Pipeline>) -> Arc<Ctx> {
+        let provider = self
+            .providers
+            .get(&pipeline.provider.name)
+            .expect("providers are in place before their pipelines");
+        Arc::new(Ctx {
+            pipeline: pipeline.clone(),
+            sink: provider.sink.clone(),
+            idmap: self.idmap.clone(),
+            js: self.js.clone(),
+            metrics: PipelineMetrics::new(&pipeline.name),
+        })
+    }
+
+    fn spawn(&mut self, pipeline: &Arc<Pipeline>) {
+        let ctx = self.ctx(pipeline);
+        self.health.set_ready(&pipeline.name, false);
+        let runner = PipelineRunner::spawn(ctx, self.health.clone());
+        self.runners.insert(pipeline.name.clone(), runner);
+    }
+
+    /// Stops every pipeline: in-flight records finish (or are handed back
+    /// at the drain deadline), acks are flushed to the server.
+    pub async fn drain(self) {
+        let deadline = self.drain_deadline;
+        let drains = self.runners.into_values().map(|r| async move {
+            let name = r.name.clone();
+            log_drain(&name, r.drain(deadline).await);
+        });
+        futures::future::join_all(drains).await;
+        // Bounded: with NATS gone a flush would wait for a reconnect forever.
+        match tokio::time::timeout(Duration::from_secs(5), self.nats.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not flush acks to NATS; those messages will be redelivered")
+            }
+            Err(_) => tracing::warn!(
+                "NATS unreachable while flushing acks; those messages will be redelivered"
+            ),
+        }
+    }
+}
+
+fn log_drain(pipeline: &str, finished: bool) {
+    if finished {
+        tracing::info!(pipeline, "pipeline drained");
+    } else {
+        tracing::warn!(
+            pipeline,
+            "drain deadline reached; unfinished messages handed back"
+        );
+    }
+}
+
+/// Opens the id map and the dead-letter stream, retrying while NATS is
+/// unreachable. `None` when shutdown was asked for meanwhile.
+async fn wait_for_nats(
+    js: &jetstream::Context,
+    config: &Config,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Option<IdMap> {
+    let subjects: Vec<String> = config
+        .pipelines
+        .values()
+        .map(|p| p.dead_letter_subject.clone())
+        .collect();
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let attempt = async {
+            let idmap = IdMap::open(js).await.map_err(|e| e.to_string())?;
+            ensure_dead_letter_streams(js, &subjects)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(idmap)
+        };
+        match attempt.await {
+            Ok(idmap) => return Some(idmap),
+            Err(e) => {
+                tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "NATS JetStream unavailable");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait_for(|s| *s) => return None,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

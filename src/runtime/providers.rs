@@ -1,0 +1,148 @@
+//! The running side of providers: one HTTP sink per provider, and one shared
+//! rate limiter per provider that outlives sink rebuilds, so a reload never
+//! resets a provider's limit nor runs two limiters for the same key.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use redis::aio::ConnectionManager;
+
+use crate::limiter::{Limiter, LimiterError, RateLimitSpec, SharedLimiter};
+use crate::provider::{Provider, RateLimit};
+use crate::reload::plan::ProviderChange;
+use crate::sink::{HttpSink, SinkBuildError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderBuildError {
+    #[error(transparent)]
+    Sink(#[from] SinkBuildError),
+    #[error("provider {provider}: {source}")]
+    Limiter {
+        provider: String,
+        #[source]
+        source: LimiterError,
+    },
+}
+
+/// A provider's sink and the limiter inside it.
+#[derive(Clone)]
+pub struct ProviderRuntime {
+    pub sink: Arc<HttpSink>,
+    limiter: Option<(SharedLimiter, RateLimit)>,
+}
+
+/// Every provider's runtime, by name.
+pub struct Providers {
+    redis: ConnectionManager,
+    running: BTreeMap<String, ProviderRuntime>,
+}
+
+/// Providers built for a reload, not yet in use: dropping it changes nothing.
+pub struct Staged {
+    built: BTreeMap<String, ProviderRuntime>,
+    /// Limiters kept from the running providers that take a new rate.
+    new_rates: Vec<(String, SharedLimiter, RateLimit)>,
+}
+
+impl Providers {
+    pub fn new(redis: ConnectionManager) -> Self {
+        Providers {
+            redis,
+            running: BTreeMap::new(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ProviderRuntime> {
+        self.running.get(name)
+    }
+
+    /// Builds what `changes` needs (sinks of added and rebuilt providers) for
+    /// the providers in `new`, touching nothing that runs.
+    pub fn stage(
+        &self,
+        new: &BTreeMap<String, Arc<Provider>>,
+        changes: &BTreeMap<String, ProviderChange>,
+    ) -> Result<Staged, ProviderBuildError> {
+        let mut staged = Staged {
+            built: BTreeMap::new(),
+            new_rates: Vec::new(),
+        };
+        for (name, change) in changes {
+            let provider = &new[name];
+            let running = self.running.get(name);
+            match change {
+                ProviderChange::Unchanged => {}
+                ProviderChange::RateLimit => {
+                    let (Some((limiter, _)), Some(rl)) =
+                        (running.and_then(|r| r.limiter.clone()), provider.rate_limit)
+                    else {
+                        unreachable!("a rate-limit change keeps a limit on both sides");
+                    };
+                    staged.new_rates.push((name.clone(), limiter, rl));
+                }
+                ProviderChange::Rebuilt | ProviderChange::Added => {
+                    let kept = running.and_then(|r| r.limiter.clone());
+                    let limiter = match (kept, provider.rate_limit) {
+                        (_, None) => None,
+                        (Some((limiter, old)), Some(rl)) => {
+                            if old != rl {
+                                staged.new_rates.push((name.clone(), limiter.clone(), rl));
+                            }
+                            Some((limiter, rl))
+                        }
+                        (None, Some(rl)) => Some((self.new_limiter(provider, rl)?, rl)),
+                    };
+                    let sink_limiter = limiter
+                        .as_ref()
+                        .map_or(Limiter::Unlimited, |(l, _)| Limiter::Shared(l.clone()));
+                    let sink = HttpSink::new(provider.clone(), sink_limiter)?;
+                    staged.built.insert(
+                        name.clone(),
+                        ProviderRuntime {
+                            sink: Arc::new(sink),
+                            limiter,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(staged)
+    }
+
+    /// Puts staged providers in use and forgets providers no longer in
+    /// `keep` (pipelines still sending through them hold their own `Arc`).
+    pub fn commit(&mut self, staged: Staged, keep: impl Fn(&str) -> bool) {
+        self.running.extend(staged.built);
+        for (name, limiter, rl) in staged.new_rates {
+            if let Err(e) = limiter.set_spec(spec(rl)) {
+                tracing::error!(provider = %name, error = %e, "cannot apply the new rate limit");
+            }
+            if let Some(running) = self.running.get_mut(&name) {
+                running.limiter = Some((limiter, rl));
+            }
+        }
+
+        self.running.retain(|name, _| keep(name));
+    }
+
+    fn new_limiter(
+        &self,
+        provider: &Provider,
+        rl: RateLimit,
+    ) -> Result<SharedLimiter, ProviderBuildError> {
+        SharedLimiter::new(self.redis.clone(), &provider.name, spec(rl)).map_err(|source| {
+            ProviderBuildError::Limiter {
+                provider: provider.name.clone(),
+                source,
+            }
+        })
+    }
+}
+
+fn spec(rl: RateLimit) -> RateLimitSpec {
+    RateLimitSpec {
+        requests: rl.requests,
+        per: rl.per,
+        burst: rl.burst,
+    }
+}

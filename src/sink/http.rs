@@ -1,0 +1,295 @@
+//! [`HttpSink`]: one provider's HTTP API (the policy is in the module doc).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::{StatusCode, Url};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::breaker::{Breaker, BreakerState, Health};
+use super::metrics::ProviderMetrics;
+use super::outcome::{Attempt, Verdict};
+use super::retry::{backoff_ceiling, full_jitter, parse_retry_after};
+use super::slots::Slots;
+use super::{Sink, SinkError, SinkErrorKind, SinkRequest, SinkResponse};
+use crate::limiter::{Limiter, LimiterError};
+use crate::provider::{Endpoint, Provider};
+
+/// Sends records to one provider. Share it (`Arc`) between every pipeline
+/// that targets the provider: its concurrency bound and breaker are per sink.
+pub struct HttpSink {
+    provider: Arc<Provider>,
+    /// The concurrency bound and a client per request in flight.
+    slots: Slots,
+    limiter: Limiter,
+    in_flight: AtomicUsize,
+    breaker: Breaker,
+    idempotency_header: Option<HeaderName>,
+    metrics: ProviderMetrics,
+}
+
+/// The provider's settings cannot make an HTTP client. Header values are
+/// never shown: they may be credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkBuildError {
+    #[error("provider {provider}: invalid HTTP header \"{name}\"")]
+    Header { provider: String, name: String },
+    #[error("provider {provider}: cannot build the HTTP client: {source}")]
+    Client {
+        provider: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+/// What one send works out once and every attempt reuses.
+struct Call<'a> {
+    req: SinkRequest<'a>,
+    endpoint: &'a Endpoint,
+    url: Url,
+    idempotency_key: HeaderValue,
+    body: Option<Bytes>,
+}
+
+impl HttpSink {
+    pub fn new(provider: Arc<Provider>, limiter: Limiter) -> Result<Self, SinkBuildError> {
+        let bad_header = |name: &str| SinkBuildError::Header {
+            provider: provider.name.clone(),
+            name: name.to_string(),
+        };
+        let mut headers = HeaderMap::new();
+        for (name, value) in &provider.headers {
+            let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad_header(name))?;
+            let mut value = HeaderValue::from_str(value).map_err(|_| bad_header(name))?;
+            // Keeps auth out of any Debug output of requests.
+            value.set_sensitive(true);
+            headers.append(header, value);
+        }
+        let idempotency_header = provider
+            .idempotency_header
+            .as_deref()
+            .map(|name| HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad_header(name)))
+            .transpose()?;
+
+        // reqwest is built without a TLS crypto provider; installing ring
+        // again once one is installed is a harmless error.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let slots = Slots::new(provider.clone(), headers, limiter.clone()).map_err(|source| {
+            SinkBuildError::Client {
+                provider: provider.name.clone(),
+                source,
+            }
+        })?;
+
+        let metrics = ProviderMetrics::new(&provider.name);
+        let breaker = Breaker::new(
+            &provider.name,
+            &provider.circuit_breaker,
+            metrics.breaker_open.clone(),
+        );
+        Ok(HttpSink {
+            slots,
+            limiter,
+            in_flight: AtomicUsize::new(0),
+            breaker,
+            idempotency_header,
+            metrics,
+            provider,
+        })
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// HTTP requests to the provider in flight right now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn prepare<'a>(&'a self, req: SinkRequest<'a>) -> Result<Call<'a>, SinkError> {
+        let fail = |problem: String| internal(format!("{}: {problem}", self.what(&req)));
+        let endpoint = self
+            .provider
+            .objects
+            .get(req.object)
+            .and_then(|object| object.endpoint(req.endpoint))
+            .ok_or_else(|| fail("the provider has no such endpoint".into()))?;
+        if endpoint.path.needs_id() && req.id.is_none_or(str::is_empty) {
+            return Err(fail(format!(
+                "the path needs the provider's id of key \"{}\" and none was given",
+                req.key
+            )));
+        }
+        let url = format!(
+            "{}{}",
+            self.provider.base_url,
+            endpoint.path.render(req.key, req.id)
+        );
+        let url = Url::parse(&url).map_err(|e| fail(format!("bad URL: {e}")))?;
+        let idempotency_key = HeaderValue::from_str(req.idempotency_key).map_err(|_| {
+            fail(format!(
+                "idempotency key {:?} is not a valid header value",
+                req.idempotency_key
+            ))
+        })?;
+        Ok(Call {
+            req,
+            endpoint,
+            url,
+            idempotency_key,
+            body: req.body.map(|body| Bytes::from(body.to_string())),
+        })
+    }
+
+    /// One try: a slot (the concurrency bound, and the slot's connection),
+    /// then the rate limiter, then HTTP. The slot comes first so a granted
+    /// rate-limit cell is spent at once (slots.rs).
+    async fn attempt(&self, call: &Call<'_>) -> Result<Attempt, LimiterError> {
+        let slot = self.slots.take().await;
+        let waited = self.limiter.acquire().await?;
+        self.metrics.limiter_wait.record(waited);
+
+        let _in_flight = InFlight::start(self);
+        let started = Instant::now();
+        let mut request = slot
+            .client()
+            .request(call.endpoint.method.clone(), call.url.clone());
+        if let Some(name) = &self.idempotency_header {
+            request = request.header(name.clone(), call.idempotency_key.clone());
+        }
+        if let Some(body) = &call.body {
+            request = request
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone());
+        }
+        let attempt = match request.send().await {
+            Ok(response) => {
+                let status = response.status();
+                let retry_after = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                match response.bytes().await {
+                    Ok(body) => Attempt::Response {
+                        status,
+                        retry_after,
+                        body,
+                    },
+                    Err(e) => Attempt::Transport(e),
+                }
+            }
+            Err(e) => Attempt::Transport(e),
+        };
+        self.metrics.attempt(attempt.label(), started.elapsed());
+        Ok(attempt)
+    }
+
+    fn success(
+        &self,
+        call: &Call<'_>,
+        status: StatusCode,
+        body: Bytes,
+        attempts: u32,
+    ) -> SinkResponse {
+        let provider_id = call.endpoint.id_from.as_ref().and_then(|path| {
+            let json = serde_json::from_slice::<Value>(&body).ok();
+            let id = json.as_ref().and_then(|b| path.get(b)).and_then(|v| match &*v {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            });
+            if id.is_none() {
+                // The record exists at the provider but the id map will not
+                // learn it: later updates and deletes of the key will fail.
+                tracing::warn!(provider = %self.provider.name, object = call.req.object, endpoint = call.req.endpoint.as_str(), key = call.req.key, id_from = path.as_str(), "response has no id at id_from");
+            }
+            id
+        });
+        SinkResponse {
+            status: status.as_u16(),
+            body,
+            provider_id,
+            attempts,
+        }
+    }
+
+    fn what(&self, req: &SinkRequest<'_>) -> String {
+        format!(
+            "{} {} {}",
+            self.provider.name,
+            req.endpoint.as_str(),
+            req.object
+        )
+    }
+}
+
+impl Sink for HttpSink {
+    async fn send(&self, req: SinkRequest<'_>) -> Result<SinkResponse, SinkError> {
+        let call = self.prepare(req)?;
+        let retry = &self.provider.retry;
+        let max_attempts = retry.max_attempts.max(1);
+        let mut pass = self.breaker.pass();
+        let mut attempts = 0;
+        let failure = loop {
+            pass.ready().await;
+            attempts += 1;
+            let attempt = self.attempt(&call).await.map_err(|e| SinkError {
+                attempts: attempts - 1,
+                ..internal(format!("{}: {e}", self.what(&req)))
+            })?;
+            let verdict = attempt.classify(req.endpoint, &retry.retry_on, self.provider.timeout);
+            pass.attempted(verdict.health());
+            match verdict {
+                Verdict::Success { status, body } => {
+                    pass.finished(Health::Up);
+                    return Ok(self.success(&call, status, body, attempts));
+                }
+                Verdict::Retryable(failure) if attempts < max_attempts => {
+                    let wait = failure.retry_after.unwrap_or_else(|| {
+                        full_jitter(backoff_ceiling(retry, attempts), &mut rand::rng())
+                    });
+                    self.metrics.retries.increment(1);
+                    tracing::warn!(provider = %self.provider.name, object = req.object, endpoint = req.endpoint.as_str(), key = req.key, status = failure.status.map(|s| s.as_u16()), attempt = attempts, wait_ms = wait.as_millis() as u64, retry_after = failure.retry_after.is_some(), error = %failure.cause, "retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                Verdict::Final(failure) | Verdict::Retryable(failure) => break failure,
+            }
+        };
+        pass.finished(failure.health());
+        Err(failure.into_error(&self.what(&req), attempts))
+    }
+}
+
+/// Counts a request in flight for as long as it lives, cancellation included.
+struct InFlight<'a>(&'a HttpSink);
+
+impl<'a> InFlight<'a> {
+    fn start(sink: &'a HttpSink) -> Self {
+        sink.in_flight.fetch_add(1, Ordering::Relaxed);
+        sink.metrics.in_flight.increment(1.0);
+        InFlight(sink)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.in_flight.decrement(1.0);
+    }
+}
+
+fn internal(message: String) -> SinkError {
+    SinkError {
+        kind: SinkErrorKind::Internal,
+        status: None,
+        body: None,
+        attempts: 0,
+        message,
+    }
+}

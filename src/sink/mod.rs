@@ -1,0 +1,187 @@
+//! Sinks: where a record goes after evaluation. [`HttpSink`] talks to one
+//! provider (DESIGN.md §2, §5): it renders the endpoint, paces every attempt
+//! through the provider's rate limiter, bounds concurrency, retries with
+//! backoff and `Retry-After`, and holds callers back while the provider's
+//! circuit breaker is open.
+//!
+//! The executor calls [`Sink::send`] once per record, with the endpoint
+//! already resolved (it owns the id map, per-key order, acks and dead
+//! letters); the sink owns everything about talking to the provider.
+//!
+//! ```text
+//! send(req) ─ prepare: endpoint, URL, body (Internal error if impossible)
+//!   └─ per attempt: breaker (wait while open) → in-flight permit
+//!        → rate limiter → open connection, cell still fresh? → HTTP → classify
+//!          2xx ─────────────────────────→ Ok(SinkResponse)
+//!          404 on update/delete/read ───→ Err(NotFound)
+//!          other status not in retry_on → Err(Rejected)
+//!          retry_on status, connect error, timeout, other network error
+//!            → sleep (Retry-After, else full-jitter backoff) and try again,
+//!              or Err(RetriesExhausted) after `retry.max_attempts` tries
+//! ```
+//!
+//! - Concurrency: `max_in_flight` permits per sink, held for one attempt
+//!   (never while backing off or waiting on the breaker). The permit is taken
+//!   before the rate limiter so that a granted rate-limit slot is used at once:
+//!   holding it while queueing for a permit would let requests bunch up.
+//! - Connections (`http.rs`): a granted slot must be spent by a request that
+//!   leaves within the slot's lateness budget, so the connection is made ready
+//!   (opened if need be, without sending anything) after the slot is granted
+//!   and the slot's deadline is checked again just before sending; a slot that
+//!   went stale while a connection opened is given up for the next one, and
+//!   the connection kept. Each request in flight has an HTTP/1 client of its
+//!   own, so the connection found ready is the one the request goes over.
+//! - Backoff: sleep uniform in `[0, min(max_backoff, initial_backoff·2^(n−1))]`
+//!   after the n-th failed attempt. A `Retry-After` header (delta-seconds or
+//!   HTTP date) replaces it and is honoured in full, even beyond
+//!   `max_backoff`: the provider knows when its quota resets, and retrying
+//!   earlier only burns attempts and rate budget. A date in the past means no
+//!   wait.
+//! - Circuit breaker (`breaker.rs`): `failure_threshold` consecutive requests
+//!   that failed on the provider's side (retries exhausted, or a 5xx outside
+//!   `retry_on`) open it. While open, `send` waits instead of failing, so an
+//!   outage holds messages back rather than flooding the dead-letter subject;
+//!   requests already retrying wait at their next attempt. After `open_for`,
+//!   one attempt goes through as the probe: an answer that is not a provider
+//!   failure (a 4xx is not) closes the breaker and wakes every waiter; a
+//!   failure re-opens it for another `open_for`. The probe's attempt counts
+//!   towards its own request's `max_attempts`, so a record that keeps failing
+//!   is dead-lettered in time and cannot hold the breaker open alone.
+//! - Headers: the provider's (auth included; marked sensitive and never
+//!   logged), `content-type: application/json` with a body, and the
+//!   idempotency header carrying the same `idempotency_key` on every attempt.
+//!   Redirects are not followed: a 3xx is a wrong `base_url`, reported as
+//!   [`SinkErrorKind::Rejected`].
+//! - Metrics (label `provider`): `syncflow_provider_in_flight`,
+//!   `syncflow_provider_requests_total` and `syncflow_provider_request_seconds`
+//!   (plus `status`: the HTTP status, or `timeout` / `connect` / `network`),
+//!   `syncflow_provider_retries_total`, `syncflow_provider_breaker_open`
+//!   (0 closed, 1 open, 0.5 half-open), `syncflow_provider_limiter_wait_seconds`.
+//!
+//! [`Sink`] is generic (its future is `Send`, but the trait is not object
+//! safe): internal sinks (NATS publish, plain HTTP) slot in as further
+//! implementations, chosen by generics or by an enum over the sinks.
+
+mod breaker;
+mod connect;
+mod http;
+mod metrics;
+mod outcome;
+mod retry;
+mod slots;
+#[cfg(test)]
+mod test_server;
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+
+pub use breaker::BreakerState;
+pub use http::{HttpSink, SinkBuildError};
+
+use crate::error::{Fault, Retry};
+pub use crate::provider::EndpointKind;
+
+/// Somewhere records are sent.
+pub trait Sink: Send + Sync {
+    /// Sends one record, retrying as the sink's policy allows; waits (never
+    /// fails) while the destination's circuit breaker is open.
+    fn send(
+        &self,
+        req: SinkRequest<'_>,
+    ) -> impl Future<Output = Result<SinkResponse, SinkError>> + Send;
+}
+
+/// One record's request, as resolved by the executor.
+#[derive(Debug, Clone, Copy)]
+pub struct SinkRequest<'a> {
+    /// The provider object (`contact`).
+    pub object: &'a str,
+    /// The concrete endpoint: an `upsert` action is already resolved to
+    /// create or update when the object has no upsert endpoint.
+    pub endpoint: EndpointKind,
+    /// The record key, for `{key}` in the path.
+    pub key: &'a str,
+    /// The provider's id of the record, for `{id}` in the path.
+    pub id: Option<&'a str>,
+    pub body: Option<&'a serde_json::Value>,
+    /// Sent in the provider's idempotency header on every attempt; the
+    /// executor keeps it stable across redeliveries.
+    pub idempotency_key: &'a str,
+}
+
+#[derive(Debug, Clone)]
+pub struct SinkResponse {
+    pub status: u16,
+    /// The response body as received (parsed only when asked: most records
+    /// need nothing from it, or only `provider_id`).
+    pub body: bytes::Bytes,
+    /// The endpoint's `id_from` applied to the body; numbers become strings.
+    pub provider_id: Option<String>,
+    /// Tries it took, the successful one included.
+    pub attempts: u32,
+}
+
+impl SinkResponse {
+    /// The body: JSON when it parses, else the text as a string; `None`
+    /// when empty.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        (!self.body.is_empty()).then(|| {
+            serde_json::from_slice(&self.body).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&self.body).into_owned())
+            })
+        })
+    }
+}
+
+/// A request that did not succeed, with everything a dead letter needs.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct SinkError {
+    pub kind: SinkErrorKind,
+    /// The last HTTP status, if a response came back.
+    pub status: Option<u16>,
+    /// The last response body, truncated to [`BODY_LIMIT`] bytes.
+    pub body: Option<String>,
+    /// Tries made (0 when the request could not be made at all).
+    pub attempts: u32,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkErrorKind {
+    /// A final status outside `retry_on`: usually a 4xx (the record's or the
+    /// config's fault); a 3xx (wrong `base_url`) or an unlisted 5xx too.
+    Rejected,
+    /// 404 on update, delete or read: the record is gone at the provider.
+    NotFound,
+    /// Every attempt failed with a retryable status or a network error.
+    RetriesExhausted,
+    /// syncflow could not make the request: an `{id}` path without an id, an
+    /// endpoint the object does not have, a stopped rate limiter.
+    Internal,
+}
+
+/// How much of an error response body a [`SinkError`] keeps.
+pub const BODY_LIMIT: usize = 4096;
+
+impl SinkError {
+    pub fn fault(&self) -> Fault {
+        match self.kind {
+            SinkErrorKind::Rejected if self.status.is_some_and(|s| s >= 500) => Fault::External,
+            SinkErrorKind::Rejected => Fault::User,
+            SinkErrorKind::NotFound | SinkErrorKind::RetriesExhausted => Fault::External,
+            SinkErrorKind::Internal => Fault::Internal,
+        }
+    }
+
+    /// Whether sending the same record later may succeed.
+    pub fn retry(&self) -> Retry {
+        match self.kind {
+            SinkErrorKind::RetriesExhausted => Retry::WithBackoff,
+            SinkErrorKind::Rejected | SinkErrorKind::NotFound | SinkErrorKind::Internal => {
+                Retry::No
+            }
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! What one attempt's result means: success, a failure no retry fixes, or a
+//! failure worth another try; and how a failure reads in a dead letter.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::StatusCode;
+
+use super::breaker::Health;
+use super::metrics::AttemptLabel;
+use super::{BODY_LIMIT, EndpointKind, SinkError, SinkErrorKind};
+
+/// One attempt's result, before classification.
+pub(super) enum Attempt {
+    Response {
+        status: StatusCode,
+        retry_after: Option<Duration>,
+        body: Bytes,
+    },
+    /// No (complete) response: connect error, timeout, broken connection.
+    Transport(reqwest::Error),
+}
+
+pub(super) enum Verdict {
+    Success {
+        status: StatusCode,
+        body: Bytes,
+    },
+    /// No retry fixes it.
+    Final(Failure),
+    /// Another attempt may succeed; if none is left, the retries are exhausted.
+    Retryable(Failure),
+}
+
+pub(super) struct Failure {
+    kind: SinkErrorKind,
+    pub status: Option<StatusCode>,
+    body: Option<Bytes>,
+    pub retry_after: Option<Duration>,
+    /// The status, or the transport error, with a hint where there is one.
+    pub cause: String,
+}
+
+impl Attempt {
+    /// The `status` label of the request metrics.
+    pub fn label(&self) -> AttemptLabel {
+        match self {
+            Attempt::Response { status, .. } => AttemptLabel::Status(status.as_u16()),
+            Attempt::Transport(e) => AttemptLabel::Transport(transport_kind(e)),
+        }
+    }
+
+    /// `retry_on` statuses, timeouts and network errors are worth another
+    /// try. 404 on an endpoint that addresses an existing record means the
+    /// record is gone; any other status is the provider's final answer.
+    pub fn classify(self, endpoint: EndpointKind, retry_on: &[u16], timeout: Duration) -> Verdict {
+        let (status, retry_after, body) = match self {
+            Attempt::Transport(e) => {
+                return Verdict::Retryable(Failure {
+                    kind: SinkErrorKind::RetriesExhausted,
+                    status: None,
+                    body: None,
+                    retry_after: None,
+                    cause: describe(e, timeout),
+                });
+            }
+            Attempt::Response {
+                status,
+                retry_after,
+                body,
+            } => (status, retry_after, body),
+        };
+        if status.is_success() {
+            return Verdict::Success { status, body };
+        }
+        let failure = |kind, cause: String| Failure {
+            kind,
+            status: Some(status),
+            body: Some(body),
+            retry_after,
+            cause,
+        };
+        let addresses_existing = matches!(
+            endpoint,
+            EndpointKind::Update | EndpointKind::Delete | EndpointKind::Read
+        );
+        if retry_on.contains(&status.as_u16()) {
+            Verdict::Retryable(failure(SinkErrorKind::RetriesExhausted, status.to_string()))
+        } else if status == StatusCode::NOT_FOUND && addresses_existing {
+            let cause = format!("{status}: the record is gone at the provider");
+            Verdict::Final(failure(SinkErrorKind::NotFound, cause))
+        } else if status.is_redirection() {
+            let cause = format!("{status}: redirects are not followed, check base_url");
+            Verdict::Final(failure(SinkErrorKind::Rejected, cause))
+        } else {
+            Verdict::Final(failure(SinkErrorKind::Rejected, status.to_string()))
+        }
+    }
+}
+
+impl Verdict {
+    pub fn health(&self) -> Health {
+        match self {
+            Verdict::Success { .. } => Health::Up,
+            Verdict::Final(failure) | Verdict::Retryable(failure) => failure.health(),
+        }
+    }
+}
+
+impl Failure {
+    /// Down when the provider failed (a retryable failure, an unlisted 5xx);
+    /// a 4xx is the record's fault, not a sign of an outage.
+    pub fn health(&self) -> Health {
+        let provider_failed = self.kind == SinkErrorKind::RetriesExhausted
+            || self.status.is_none_or(|s| s.is_server_error());
+        if provider_failed {
+            Health::Down
+        } else {
+            Health::Up
+        }
+    }
+
+    /// `what` names the call (`hubspot update contact`).
+    pub fn into_error(self, what: &str, attempts: u32) -> SinkError {
+        let message = match self.kind {
+            SinkErrorKind::RetriesExhausted => {
+                format!("{what}: failed after {attempts} attempts: {}", self.cause)
+            }
+            _ => format!("{what}: {}", self.cause),
+        };
+        SinkError {
+            kind: self.kind,
+            status: self.status.map(|s| s.as_u16()),
+            body: self.body.as_deref().and_then(truncate),
+            attempts,
+            message,
+        }
+    }
+}
+
+fn transport_kind(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else {
+        "network"
+    }
+}
+
+/// A transport error by kind and root cause, without the URL: reqwest's own
+/// message is only the outermost layer ("error sending request").
+fn describe(e: reqwest::Error, timeout: Duration) -> String {
+    if e.is_timeout() {
+        return format!("timed out after {timeout:?}");
+    }
+    let kind = transport_kind(&e);
+    let e = e.without_url();
+    let mut root: &dyn std::error::Error = &e;
+    while let Some(source) = root.source() {
+        root = source;
+    }
+    format!("{kind} error: {root}")
+}
+
+/// An error body for a dead letter: lossy UTF-8, at most [`BODY_LIMIT`]
+/// bytes; `None` when empty.
+fn truncate(body: &[u8]) -> Option<String> {
+    if body.is_empty() {
+        return None;
+    }
+    // A character cut at the byte limit decodes as U+FFFD, which may push the
+    // text past the limit: cut again on a character boundary.
+    let text = String::from_utf8_lossy(&body[..body.len().min(BODY_LIMIT)]);
+    let mut end = text.len().min(BODY_LIMIT);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(text[..end].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RETRY_ON: [u16; 2] = [429, 503];
+
+    fn verdict(status: u16, endpoint: EndpointKind) -> Verdict {
+        let attempt = Attempt::Response {
+            status: StatusCode::from_u16(status).unwrap(),
+            retry_after: None,
+            body: Bytes::from_static(b"{}"),
+        };
+        attempt.classify(endpoint, &RETRY_ON, Duration::from_secs(1))
+    }
+
+    /// The error kind a final answer gives, `None` for success or a retry.
+    fn final_kind(status: u16, endpoint: EndpointKind) -> Option<SinkErrorKind> {
+        match verdict(status, endpoint) {
+            Verdict::Final(failure) => Some(failure.kind),
+            Verdict::Success { .. } | Verdict::Retryable(_) => None,
+        }
+    }
+
+    #[test]
+    fn statuses_are_classified_by_retry_on_and_endpoint() {
+        use EndpointKind::*;
+        assert!(matches!(verdict(204, Delete), Verdict::Success { .. }));
+        assert!(matches!(verdict(503, Create), Verdict::Retryable(_)));
+        assert!(matches!(verdict(429, Update), Verdict::Retryable(_)));
+        for endpoint in [Update, Delete, Read] {
+            assert_eq!(final_kind(404, endpoint), Some(SinkErrorKind::NotFound));
+        }
+        for endpoint in [Create, Upsert] {
+            assert_eq!(final_kind(404, endpoint), Some(SinkErrorKind::Rejected));
+        }
+        assert_eq!(final_kind(400, Create), Some(SinkErrorKind::Rejected));
+        assert_eq!(final_kind(301, Create), Some(SinkErrorKind::Rejected));
+        // Outside retry_on even though it is a 5xx: the operator's choice.
+        assert_eq!(final_kind(500, Create), Some(SinkErrorKind::Rejected));
+    }
+
+    #[test]
+    fn only_provider_failures_count_against_its_health() {
+        use EndpointKind::*;
+        assert_eq!(verdict(200, Create).health(), Health::Up);
+        assert_eq!(verdict(400, Create).health(), Health::Up);
+        assert_eq!(verdict(404, Update).health(), Health::Up);
+        assert_eq!(verdict(503, Create).health(), Health::Down);
+        assert_eq!(verdict(501, Create).health(), Health::Down);
+    }
+
+    #[test]
+    fn an_unlisted_5xx_is_the_providers_fault() {
+        let Verdict::Final(failure) = verdict(501, EndpointKind::Create) else {
+            panic!("501 is not in retry_on");
+        };
+        let err = failure.into_error("crm create contact", 1);
+        assert_eq!(err.fault(), crate::error::Fault::External);
+        assert_eq!(err.message, "crm create contact: 501 Not Implemented");
+    }
+
+    #[test]
+    fn error_bodies_are_cut_to_the_limit_on_a_character_boundary() {
+        assert_eq!(truncate(b""), None);
+        assert_eq!(truncate(b"oops").as_deref(), Some("oops"));
+        // "é" is two bytes: after one "x", the limit falls inside an "é".
+        let long = format!("x{}", "é".repeat(BODY_LIMIT));
+        let cut = truncate(long.as_bytes()).unwrap();
+        assert_eq!(cut, format!("x{}", "é".repeat(BODY_LIMIT / 2 - 1)));
+    }
+}

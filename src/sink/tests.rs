@@ -1,0 +1,348 @@
+//! The HTTP sink against real HTTP servers on loopback: the mock CRM for the
+//! shipped HubSpot provider, a scripted server for failures and timing.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::test_server::{Reply, TestServer};
+use super::*;
+use crate::config::duration::ConfigDuration;
+use crate::error::{Fault, Retry};
+use crate::limiter::{Limiter, RateLimitSpec, SharedLimiter};
+use crate::mock_crm::{MockCrm, MockCrmConfig};
+use crate::provider::Provider;
+
+const PROVIDER: &str = r#"
+name: crm
+base_url: "${CRM_URL}"
+auth: { bearer: secret-token }
+max_in_flight: 4
+timeout: 2s
+retry: { max_attempts: 3, initial_backoff: 1ms, max_backoff: 5ms, retry_on: [429, 503] }
+circuit_breaker: { failure_threshold: 100, open_for: 10s }
+idempotency_header: Idempotency-Key
+objects:
+  contact:
+    create: { method: POST, path: /contacts, id_from: $.id }
+    update: { method: PATCH, path: "/contacts/{id}" }
+    delete: { method: DELETE, path: "/contacts/{id}" }
+    read: { method: GET, path: "/contacts/{id}" }
+"#;
+
+/// A provider on `url` with quick retries, compiled from YAML like any
+/// other; tests adjust its fields.
+fn provider(url: &str) -> Provider {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("providers")).unwrap();
+    std::fs::write(dir.path().join("providers/crm.yaml"), PROVIDER).unwrap();
+    let env = HashMap::from([("CRM_URL".to_string(), url.to_string())]);
+    let config = crate::compile::compile_dir(dir.path(), &env, false).unwrap();
+    (*config.providers["crm"]).clone()
+}
+
+fn sink(provider: Provider) -> HttpSink {
+    HttpSink::new(Arc::new(provider), Limiter::Unlimited).unwrap()
+}
+
+fn req<'a>(
+    endpoint: EndpointKind,
+    id: Option<&'a str>,
+    body: Option<&'a Value>,
+) -> SinkRequest<'a> {
+    SinkRequest {
+        object: "contact",
+        endpoint,
+        key: "k1",
+        id,
+        body,
+        idempotency_key: "contacts:42",
+    }
+}
+
+fn create(body: &Value) -> SinkRequest<'_> {
+    req(EndpointKind::Create, None, Some(body))
+}
+
+fn header<'a>(seen: &'a test_server::Seen, name: &str) -> &'a str {
+    seen.headers.get(name).map_or("", |v| v.to_str().unwrap())
+}
+
+#[tokio::test]
+async fn the_shipped_hubspot_provider_creates_updates_and_deletes() {
+    let crm = MockCrm::start(MockCrmConfig::default()).await.unwrap();
+    let env = HashMap::from([("HUBSPOT_URL".to_string(), crm.hubspot_url())]);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = crate::compile::compile_dir(root, &env, false).unwrap();
+    let sink = HttpSink::new(config.providers["hubspot"].clone(), Limiter::Unlimited).unwrap();
+
+    // Each message has its own idempotency key: the mock replays a reused one.
+    let message = |n: &'static str, endpoint, id, body| SinkRequest {
+        idempotency_key: n,
+        ..req(endpoint, id, body)
+    };
+    let body = json!({"properties": {"email": "a@b.c", "firstname": "A"}});
+    let created = sink.send(message("1", EndpointKind::Create, None, Some(&body)));
+    let created = created.await.unwrap();
+    assert_eq!((created.status, created.attempts), (201, 1));
+    let id = created.provider_id.expect("id_from: $.id");
+    assert_eq!(crm.snapshot().hubspot.records[&id].fields["email"], "a@b.c");
+
+    let change = json!({"properties": {"firstname": "B"}});
+    let update = |n| message(n, EndpointKind::Update, Some(&id), Some(&change));
+    let updated = sink.send(update("2")).await.unwrap();
+    assert_eq!(updated.json().unwrap()["properties"]["firstname"], "B");
+    let deleted = sink.send(message("3", EndpointKind::Delete, Some(&id), None));
+    assert_eq!(deleted.await.unwrap().json(), None);
+
+    let gone = sink.send(update("4")).await.unwrap_err();
+    assert_eq!(
+        (gone.kind, gone.status, gone.attempts),
+        (SinkErrorKind::NotFound, Some(404), 1)
+    );
+}
+
+#[tokio::test]
+async fn numeric_ids_become_strings() {
+    let server = TestServer::start([], Reply::json(201, json!({"id": 42}))).await;
+    let sent = sink(provider(server.url())).send(create(&json!({}))).await;
+    assert_eq!(sent.unwrap().provider_id.as_deref(), Some("42"));
+}
+
+#[tokio::test]
+async fn every_attempt_carries_the_same_idempotency_key_auth_and_body() {
+    let script = [Reply::status(503), Reply::status(429)];
+    let server = TestServer::start(script, Reply::json(201, json!({"id": "c1"}))).await;
+    let body = json!({"email": "a@b.c"});
+    let sent = sink(provider(server.url()))
+        .send(create(&body))
+        .await
+        .unwrap();
+    assert_eq!(
+        (sent.attempts, sent.provider_id.as_deref()),
+        (3, Some("c1"))
+    );
+
+    let seen = server.seen();
+    assert_eq!(seen.len(), 3);
+    for request in &seen {
+        assert_eq!(
+            (request.method.as_str(), request.path.as_str()),
+            ("POST", "/contacts")
+        );
+        assert_eq!(header(request, "idempotency-key"), "contacts:42");
+        assert_eq!(header(request, "authorization"), "Bearer secret-token");
+        assert_eq!(header(request, "content-type"), "application/json");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&request.body).unwrap(),
+            body
+        );
+    }
+}
+
+#[tokio::test]
+async fn retry_after_in_seconds_is_waited_out() {
+    let script = [Reply::status(503).header("retry-after", 1)];
+    let server = TestServer::start(script, Reply::status(200)).await;
+    let sent = sink(provider(server.url())).send(create(&json!({}))).await;
+    assert_eq!(sent.unwrap().attempts, 2);
+    let seen = server.seen();
+    let waited = seen[1].at - seen[0].at;
+    assert!(waited >= Duration::from_secs(1), "retried after {waited:?}");
+}
+
+#[tokio::test]
+async fn retry_after_as_an_http_date_is_waited_out() {
+    let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(2));
+    // The date has whole seconds: what the sink must wait for is the parsed value.
+    let until = httpdate::parse_http_date(&date).unwrap();
+    assert!(until >= SystemTime::now() + Duration::from_secs(1));
+    let script = [Reply::status(429).header("retry-after", &date)];
+    let server = TestServer::start(script, Reply::status(200)).await;
+    let sent = sink(provider(server.url())).send(create(&json!({}))).await;
+    assert_eq!(sent.unwrap().attempts, 2);
+    assert!(server.seen()[1].wall >= until, "retried before {date}");
+}
+
+#[tokio::test]
+async fn exhausted_retries_report_the_last_status_and_body() {
+    let server = TestServer::start([], Reply::status(503).body("down for maintenance")).await;
+    let err = sink(provider(server.url()))
+        .send(create(&json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, SinkErrorKind::RetriesExhausted);
+    assert_eq!((err.status, err.attempts), (Some(503), 3));
+    assert_eq!(err.body.as_deref(), Some("down for maintenance"));
+    assert_eq!(
+        (err.fault(), err.retry()),
+        (Fault::External, Retry::WithBackoff)
+    );
+    assert!(err.message.contains("after 3 attempts"), "{}", err.message);
+    assert_eq!(server.seen().len(), 3);
+}
+
+#[tokio::test]
+async fn a_4xx_is_rejected_at_once_and_leaves_the_breaker_closed() {
+    let reply = Reply::json(400, json!({"message": "invalid email"}));
+    let server = TestServer::start([], reply).await;
+    let mut p = provider(server.url());
+    p.circuit_breaker.failure_threshold = 1;
+    let sink = sink(p);
+    let err = sink.send(create(&json!({}))).await.unwrap_err();
+    assert_eq!(
+        (err.kind, err.status, err.attempts),
+        (SinkErrorKind::Rejected, Some(400), 1)
+    );
+    assert_eq!((err.fault(), err.retry()), (Fault::User, Retry::No));
+    assert!(err.body.unwrap().contains("invalid email"));
+    assert_eq!(server.seen().len(), 1);
+    assert_eq!(sink.breaker_state(), BreakerState::Closed);
+}
+
+#[tokio::test]
+async fn a_404_is_not_found_on_update_but_rejected_on_create() {
+    let server = TestServer::start([], Reply::status(404)).await;
+    let sink = sink(provider(server.url()));
+    let body = json!({});
+    let update = sink.send(req(EndpointKind::Update, Some("7"), Some(&body)));
+    let err = update.await.unwrap_err();
+    assert_eq!((err.kind, err.attempts), (SinkErrorKind::NotFound, 1));
+    assert_eq!(server.seen()[0].path, "/contacts/7");
+    let err = sink.send(create(&body)).await.unwrap_err();
+    assert_eq!(err.kind, SinkErrorKind::Rejected);
+    assert_eq!(server.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn a_timeout_is_retried() {
+    let slow = Reply::status(200).after(Duration::from_secs(2));
+    let server = TestServer::start([slow], Reply::json(200, json!({"id": "c2"}))).await;
+    let mut p = provider(server.url());
+    p.timeout = Duration::from_millis(200);
+    let sent = sink(p).send(create(&json!({}))).await.unwrap();
+    assert_eq!(
+        (sent.attempts, sent.provider_id.as_deref()),
+        (2, Some("c2"))
+    );
+}
+
+#[tokio::test]
+async fn connect_errors_are_retried_until_exhausted() {
+    // A port nobody listens on any more.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let err = sink(provider(&url))
+        .send(create(&json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.kind, err.status, err.attempts),
+        (SinkErrorKind::RetriesExhausted, None, 3)
+    );
+    assert!(err.message.contains("connect error"), "{}", err.message);
+}
+
+#[tokio::test]
+async fn an_id_path_without_an_id_is_internal_and_sends_nothing() {
+    let server = TestServer::start([], Reply::status(200)).await;
+    let err = sink(provider(server.url()))
+        .send(req(EndpointKind::Delete, None, None))
+        .await
+        .unwrap_err();
+    assert_eq!((err.kind, err.attempts), (SinkErrorKind::Internal, 0));
+    assert_eq!(err.fault(), Fault::Internal);
+    assert!(server.seen().is_empty());
+}
+
+#[tokio::test]
+async fn max_in_flight_is_never_exceeded() {
+    let server = TestServer::start([], Reply::status(200).after(Duration::from_millis(100))).await;
+    let mut p = provider(server.url());
+    p.max_in_flight = 3;
+    let sink = sink(p);
+    let body = json!({});
+    let sends = (0..12).map(|_| sink.send(create(&body)));
+    let results = futures::future::join_all(sends).await;
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(server.seen().len(), 12);
+    assert_eq!(server.peak_concurrency(), 3);
+    assert_eq!(sink.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn every_attempt_waits_on_the_rate_limiter() {
+    let redis = crate::testkit::RedisServer::start().unwrap();
+    let spec = RateLimitSpec {
+        requests: 5,
+        per: Duration::from_secs(1),
+        burst: 1,
+    };
+    let conn = crate::limiter::connect(&redis.url()).unwrap();
+    let limiter = Limiter::Shared(SharedLimiter::new(conn, "crm", spec).unwrap());
+    let script = [Reply::status(503), Reply::status(503)];
+    let server = TestServer::start(script, Reply::status(200)).await;
+    let sink = HttpSink::new(Arc::new(provider(server.url())), limiter).unwrap();
+    assert_eq!(sink.send(create(&json!({}))).await.unwrap().attempts, 3);
+    // At most ⌈W/T⌉ + burst starts in any window W: three starts (backoff
+    // alone would be ~1 ms) must span more than one interval T.
+    let seen = server.seen();
+    let span = seen[2].at - seen[0].at;
+    assert!(span > spec.interval(), "3 attempts within {span:?}");
+}
+
+#[tokio::test]
+async fn an_open_breaker_holds_callers_until_a_probe_succeeds() {
+    let open_for = Duration::from_millis(300);
+    let server = TestServer::start([], Reply::status(503)).await;
+    let mut p = provider(server.url());
+    p.retry.max_attempts = 1;
+    p.circuit_breaker.failure_threshold = 2;
+    p.circuit_breaker.open_for = ConfigDuration(open_for);
+    let sink = Arc::new(sink(p));
+
+    let body = json!({});
+    let first = sink.send(create(&body)).await.unwrap_err();
+    // The second failure opens it, no earlier than this.
+    let opened = Instant::now();
+    let second = sink.send(create(&body)).await.unwrap_err();
+    for err in [first, second] {
+        assert_eq!(err.kind, SinkErrorKind::RetriesExhausted);
+    }
+    assert_eq!(sink.breaker_state(), BreakerState::Open);
+
+    let waiting: Vec<_> = (0..3)
+        .map(|_| {
+            let sink = sink.clone();
+            tokio::spawn(async move { sink.send(create(&json!({}))).await })
+        })
+        .collect();
+    tokio::time::sleep(open_for / 3).await;
+    assert!(
+        waiting.iter().all(|w| !w.is_finished()),
+        "a caller failed or went through while open"
+    );
+    assert_eq!(server.seen().len(), 2);
+
+    // The provider recovers; answers take a while so a second probe would show.
+    let answer_time = Duration::from_millis(200);
+    server.set_fallback(Reply::status(200).after(answer_time));
+    for caller in waiting {
+        assert_eq!(caller.await.unwrap().unwrap().status, 200);
+    }
+    assert_eq!(sink.breaker_state(), BreakerState::Closed);
+
+    let seen = server.seen();
+    assert_eq!(seen.len(), 5);
+    let probe = seen[2].at;
+    assert!(probe >= opened + open_for);
+    assert!(
+        seen[3..].iter().all(|s| s.at >= probe + answer_time),
+        "a request went alongside the probe"
+    );
+}

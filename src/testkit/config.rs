@@ -1,0 +1,29 @@
+//! A copy of the shipped config directory, for tests that edit it.
+
+use std::path::Path;
+
+/// Copies the repository's `syncflow.yaml`, `pipelines/`, `providers/` and
+/// `schemas/` into a new temporary directory.
+pub fn shipped_config() -> std::io::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for sub in ["pipelines", "providers", "schemas"] {
+        copy_tree(&root.join(sub), &dir.path().join(sub))?;
+    }
+    std::fs::copy(root.join("syncflow.yaml"), dir.path().join("syncflow.yaml"))?;
+    Ok(dir)
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}

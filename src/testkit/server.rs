@@ -1,0 +1,301 @@
+//! Supervision shared by every kind of test server: pick a port, spawn the
+//! binary with its output in a log file, wait until it answers, stop it.
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::marker::PhantomData;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::TestkitError;
+
+/// How long a server may take to answer after it was spawned.
+const READY_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a server may take to exit after SIGTERM before it is killed.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Connect and read timeout of one readiness probe.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Fresh ports tried when the chosen one was taken before the server bound it.
+const START_ATTEMPTS: usize = 3;
+const LOG_TAIL_LINES: usize = 20;
+
+/// What differs between kinds of server: the binary, its arguments and how
+/// to tell that it is ready.
+pub trait ServerKind {
+    /// Executable looked up on `PATH`.
+    const BINARY: &'static str;
+    /// The command that installs the binary, quoted when it is missing.
+    const INSTALL: &'static str;
+    /// Scheme of [`Server::url`].
+    const SCHEME: &'static str;
+    /// Arguments for a server listening on `port` and keeping its data in `dir`.
+    fn args(port: u16, dir: &Path) -> Vec<OsString>;
+    /// Succeeds once the server on `port` answers like a ready server.
+    fn probe(port: u16) -> io::Result<()>;
+}
+
+/// A running (or stopped) server process on a fixed loopback port.
+///
+/// Dropping it kills the process and removes its data directory.
+pub struct Server<K: ServerKind> {
+    port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+    kind: PhantomData<K>,
+}
+
+impl<K: ServerKind> Server<K> {
+    /// Starts the server on a free port and waits until it is ready.
+    pub fn start() -> Result<Self, TestkitError> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("syncflow-{}-", K::BINARY))
+            .tempdir()
+            .map_err(io_error("create a temporary directory"))?;
+        let mut server = Server {
+            port: 0,
+            dir,
+            child: None,
+            kind: PhantomData,
+        };
+        let mut attempt = 1;
+        loop {
+            server.port = free_port()?;
+            match server.launch() {
+                Ok(()) => return Ok(server),
+                // Between our probe bind and the server's own bind, another
+                // process (often a client's ephemeral port) may take the port.
+                Err(TestkitError::Exited { log_tail, .. })
+                    if attempt < START_ATTEMPTS && mentions_port_taken(&log_tail) =>
+                {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// `SCHEME://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("{}://127.0.0.1:{}", K::SCHEME, self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the process with SIGKILL, as a crash would. Does nothing if it is
+    /// not running.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Errors mean the process already exited: nothing left to kill.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the process gracefully (SIGTERM), killing it if it is still
+    /// running after a few seconds. Does nothing if it is not running.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // Linux PIDs are at most 2^22, so the cast to `pid_t` is exact.
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: `kill` has no memory-safety preconditions; `pid` is our own
+        // child, not yet reaped, so it cannot name another process.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_DEADLINE;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+        tracing::warn!(
+            binary = K::BINARY,
+            port = self.port,
+            "server ignored SIGTERM; killing it"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Stops the server if it is running, then starts it again on the same
+    /// port with the same data directory, and waits until it is ready.
+    pub fn restart(&mut self) -> Result<(), TestkitError> {
+        self.stop();
+        self.launch()
+    }
+
+    fn launch(&mut self) -> Result<(), TestkitError> {
+        let log = self.open_log()?;
+        let log_for_stderr = log
+            .try_clone()
+            .map_err(io_error("duplicate the log file"))?;
+        let child = Command::new(K::BINARY)
+            .args(K::args(self.port, self.dir.path()))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_for_stderr)
+            .spawn()
+            .map_err(|source| match source.kind() {
+                io::ErrorKind::NotFound => TestkitError::NotInstalled {
+                    binary: K::BINARY,
+                    install: K::INSTALL,
+                },
+                _ => io_error(&format!("spawn {}", K::BINARY))(source),
+            })?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> Result<(), TestkitError> {
+        let started = Instant::now();
+        loop {
+            // The exit check comes first: a probe answered by some other
+            // server on a stolen port must not count as ours being ready.
+            if let Some(status) = self.exit_status()? {
+                self.child = None;
+                return Err(TestkitError::Exited {
+                    binary: K::BINARY,
+                    port: self.port,
+                    status,
+                    log_tail: self.log_tail(),
+                });
+            }
+            let probe_error = match K::probe(self.port) {
+                Ok(()) => {
+                    tracing::debug!(binary = K::BINARY, port = self.port, elapsed = ?started.elapsed(), "test server ready");
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            if started.elapsed() >= READY_DEADLINE {
+                self.kill();
+                return Err(TestkitError::NotReady {
+                    binary: K::BINARY,
+                    port: self.port,
+                    waited: started.elapsed(),
+                    last_probe_error: probe_error.to_string(),
+                    log_tail: self.log_tail(),
+                });
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    fn exit_status(&mut self) -> Result<Option<std::process::ExitStatus>, TestkitError> {
+        match self.child.as_mut() {
+            Some(child) => child
+                .try_wait()
+                .map_err(io_error(&format!("check on {}", K::BINARY))),
+            None => Ok(None),
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("{}.log", K::BINARY))
+    }
+
+    /// Opened for appending, so a restart keeps the earlier runs' lines.
+    fn open_log(&self) -> Result<File, TestkitError> {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .map_err(io_error("open the server log"))
+    }
+
+    fn log_tail(&self) -> String {
+        let log = match std::fs::read(self.log_path()) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => return format!("(log unreadable: {e})"),
+        };
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    }
+}
+
+impl<K: ServerKind> Drop for Server<K> {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port that was free a moment ago (the OS picks it for a bind to port 0).
+fn free_port() -> Result<u16, TestkitError> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .map_err(io_error("find a free loopback port"))
+}
+
+/// Connects to the server on `port`, sends `request` (if any) and returns the
+/// first line it answers: the readiness probes of line-based protocols.
+pub(super) fn exchange_line(port: u16, request: &[u8]) -> io::Result<String> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)?;
+    stream.set_read_timeout(Some(PROBE_TIMEOUT))?;
+    stream.write_all(request)?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    Ok(line)
+}
+
+fn mentions_port_taken(log: &str) -> bool {
+    log.to_ascii_lowercase().contains("address already in use")
+}
+
+fn io_error(action: &str) -> impl FnOnce(io::Error) -> TestkitError + '_ {
+    move |source| TestkitError::Io {
+        action: action.to_owned(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Missing;
+
+    impl ServerKind for Missing {
+        const BINARY: &'static str = "syncflow-testkit-no-such-server";
+        const INSTALL: &'static str = "apt-get install -y syncflow-testkit-no-such-server";
+        const SCHEME: &'static str = "none";
+        fn args(_: u16, _: &Path) -> Vec<OsString> {
+            Vec::new()
+        }
+        fn probe(_: u16) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn missing_binary_names_the_install_command() {
+        let error = Server::<Missing>::start().err().expect("start must fail");
+        assert_eq!(
+            error.to_string(),
+            "syncflow-testkit-no-such-server not found on PATH: install it with \
+             \"apt-get install -y syncflow-testkit-no-such-server\""
+        );
+    }
+
+    #[test]
+    fn port_taken_is_recognised_in_either_spelling() {
+        assert!(mentions_port_taken(
+            "listen tcp 127.0.0.1:4222: bind: address already in use"
+        ));
+        assert!(mentions_port_taken(
+            "Warning: Could not create server TCP listening socket 127.0.0.1:6379: bind: Address already in use"
+        ));
+        assert!(!mentions_port_taken("Server is ready"));
+    }
+}

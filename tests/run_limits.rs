@@ -1,0 +1,214 @@
+//! Two `syncflow run` instances share one provider limit through Redis
+//! (DESIGN.md §5: one GCRA limit per provider, shared by all instances; no
+//! request is sent over the limit). The mock CRM enforces exactly the
+//! configured limit (same rate, same burst, no headroom): it must refuse
+//! nothing, and the fleet must sustain at least 90% of the limit. The same
+//! holds across a Redis outage and restart.
+//!
+//! The tests run one at a time: each starts NATS, Redis, the mock CRM and
+//! syncflow processes, and two at once on a small machine delay requests by
+//! more than any lateness budget, which the mock CRM then rightly refuses.
+
+mod common;
+
+use std::time::Duration;
+
+use syncflow::mock_crm::{LoggedRequest, MockCrmConfig, RateLimit};
+use tokio::sync::Mutex;
+
+use common::contacts;
+use common::harness::Harness;
+use common::metrics;
+
+const RATE: u32 = 100;
+const BURST: u32 = 2;
+/// Seconds of work at the limit.
+const SECONDS: u32 = 8;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+/// Prints the accepted and refused requests around each refusal, by arrival
+/// (milliseconds since the first), for a failure to point at its cause.
+fn print_refusals(log: &[LoggedRequest]) {
+    let mut arrivals: Vec<(u64, u16)> = log.iter().map(|r| (r.received_at_us, r.status)).collect();
+    arrivals.sort_unstable();
+    let Some(&(first, _)) = arrivals.first() else {
+        return;
+    };
+    for (i, &(_, status)) in arrivals.iter().enumerate() {
+        if status == 429 {
+            let around: Vec<String> = arrivals[i.saturating_sub(4)..(i + 2).min(arrivals.len())]
+                .iter()
+                .map(|&(at, status)| format!("{:.1}:{status}", (at - first) as f64 / 1e3))
+                .collect();
+            println!("  refused: {}", around.join(" "));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_the_limit_without_a_429_at_over_90_percent_of_it() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let h = Harness::start(MockCrmConfig {
+        hubspot_limit: Some(RateLimit {
+            requests: RATE,
+            per: Duration::from_secs(1),
+            burst: BURST,
+        }),
+        record_log: true,
+        ..MockCrmConfig::default()
+    })
+    .await;
+    h.remove_pipeline("contacts-to-salesforce");
+    h.set_rate_limit("hubspot", RATE, "1s", BURST);
+
+    let events: Vec<_> = (1..=RATE * SECONDS).map(contacts::created).collect();
+    contacts::publish_all(&h, &events).await;
+    let mut a = h.spawn();
+    let mut b = h.spawn();
+    a.wait_ready(Duration::from_secs(20)).await;
+    b.wait_ready(Duration::from_secs(20)).await;
+    h.wait_settled(Duration::from_secs(u64::from(SECONDS) * 3))
+        .await;
+    let (ma, mb) = (a.metrics().await, b.metrics().await);
+    assert!(a.sigterm().success(), "{}", a.log());
+    assert!(b.sigterm().success(), "{}", b.log());
+
+    let snap = h.crm.snapshot();
+    print_refusals(&snap.hubspot.log);
+    let sent = |m: &str| metrics::sum(m, "syncflow_pipeline_sent_total", &[]);
+    let (sent_a, sent_b) = (sent(&ma), sent(&mb));
+    // Sustained rate: the accepted requests between the first and the last,
+    // leaving out the first second (the initial burst, both instances starting).
+    let mut times: Vec<u64> = snap
+        .hubspot
+        .log
+        .iter()
+        .filter(|r| r.status == 201)
+        .map(|r| r.received_at_us)
+        .collect();
+    times.sort_unstable();
+    let (first, last) = (times[0], times[times.len() - 1]);
+    let from = first + 1_000_000;
+    let measured = times.iter().filter(|&&t| t >= from).count() - 1;
+    let seconds = (last - from) as f64 / 1e6;
+    let rate = measured as f64 / seconds;
+    let waits = |m: &str| {
+        let sum = metrics::sum(m, "syncflow_provider_limiter_wait_seconds_sum", &[]);
+        let count = metrics::sum(m, "syncflow_provider_limiter_wait_seconds_count", &[]);
+        sum / count.max(1.0)
+    };
+    println!(
+        "limit {RATE}/s burst {BURST}: two instances sustained {rate:.1}/s over {seconds:.1}s \
+         ({:.1}% of the limit); 429s {}; sent by A {sent_a}, by B {sent_b}; mean limiter wait A \
+         {:.0} ms, B {:.0} ms",
+        rate / f64::from(RATE) * 100.0,
+        snap.hubspot.counters.rate_limited,
+        waits(&ma) * 1e3,
+        waits(&mb) * 1e3,
+    );
+
+    assert_eq!(snap.hubspot.counters.rate_limited, 0, "429s from the CRM");
+    assert_eq!(snap.hubspot.counters.creates, u64::from(RATE * SECONDS));
+    assert!(
+        sent_a > 0.0 && sent_b > 0.0,
+        "both instances worked: {sent_a} + {sent_b}"
+    );
+    for m in [&ma, &mb] {
+        assert_eq!(
+            metrics::value(m, r#"syncflow_limiter_local{provider="hubspot"}"#),
+            Some(0.0),
+            "shared mode"
+        );
+    }
+    assert!(
+        rate >= 0.9 * f64::from(RATE),
+        "sustained {rate:.1}/s, under 90% of {RATE}/s"
+    );
+}
+
+/// Redis stopped mid-stream: the instance keeps sending on its local limiter
+/// and says so (`syncflow_limiter_local` 1, a warning in the log); Redis
+/// back on the same port, empty: the shared limit again (the metric back to
+/// 0, an info line). Every record is delivered once through both switches,
+/// and the provider refuses none: the local limiter starts only once the
+/// leased cells are spent, and the shared one after the local schedule
+/// (limiter/shared.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_means_the_local_limit_and_redis_back_means_shared_again() {
+    const RECORDS: u32 = 1000;
+    const LOCAL: &str = r#"syncflow_limiter_local{provider="hubspot"}"#;
+    /// The limiter's fallback delay (limiter/shared.rs) and some.
+    const FALLBACK_DELAY: Duration = Duration::from_millis(3500);
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let mut h = Harness::start(MockCrmConfig {
+        hubspot_limit: Some(RateLimit {
+            requests: RATE,
+            per: Duration::from_secs(1),
+            burst: BURST,
+        }),
+        record_log: true,
+        ..MockCrmConfig::default()
+    })
+    .await;
+    h.remove_pipeline("contacts-to-salesforce");
+    h.set_rate_limit("hubspot", RATE, "1s", BURST);
+    h.set_fast_retries("hubspot", 10);
+
+    let events: Vec<_> = (1..=RECORDS).map(contacts::created).collect();
+    contacts::publish_all(&h, &events).await;
+    let mut syncflow = h.spawn();
+    syncflow.wait_ready(Duration::from_secs(20)).await;
+    let creates = |h: &Harness| h.crm.snapshot().hubspot.counters.creates;
+    while creates(&h) < u64::from(RATE) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metrics::value(&syncflow.metrics().await, LOCAL), Some(0.0));
+
+    tokio::task::block_in_place(|| h.redis.stop());
+    syncflow
+        .wait_metric(LOCAL, 1.0, Duration::from_secs(5))
+        .await;
+    let fell_back = syncflow
+        .wait_log("rate limiter falling back to local", Duration::from_secs(1))
+        .await;
+    // No local request before every instance can have noticed.
+    tokio::time::sleep(FALLBACK_DELAY).await;
+    let before = creates(&h);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let local_rate = (creates(&h) - before) as f64 / 2.0;
+    assert!(
+        local_rate >= 0.5 * f64::from(RATE),
+        "{local_rate}/s on the local limiter"
+    );
+
+    tokio::task::block_in_place(|| h.redis.restart()).expect("restart redis");
+    syncflow
+        .wait_metric(LOCAL, 0.0, Duration::from_secs(10))
+        .await;
+    let back = syncflow
+        .wait_log(
+            "rate limiter back on the shared limit",
+            Duration::from_secs(1),
+        )
+        .await;
+    h.wait_settled(Duration::from_secs(30)).await;
+    let exposed = syncflow.metrics().await;
+    assert!(syncflow.sigterm().success(), "{}", syncflow.log());
+
+    let snap = h.crm.snapshot();
+    print_refusals(&snap.hubspot.log);
+    println!(
+        "redis outage: {local_rate:.0}/s on the local limiter (limit {RATE}/s); 429s {}; \
+         retries {}; creates {} of {RECORDS}\n  {}\n  {}",
+        snap.hubspot.counters.rate_limited,
+        metrics::sum(&exposed, "syncflow_pipeline_retries_total", &[]),
+        snap.hubspot.counters.creates,
+        fell_back.trim(),
+        back.trim(),
+    );
+    assert_eq!(snap.hubspot.counters.rate_limited, 0, "429s from the CRM");
+    assert_eq!(snap.hubspot.counters.creates, u64::from(RECORDS));
+    assert_eq!(snap.hubspot.records.len(), RECORDS as usize);
+    assert_eq!(h.dead_letters().await, Vec::<serde_json::Value>::new());
+}

@@ -1,0 +1,250 @@
+//! Table-driven: break the shipped config one way at a time and check that
+//! `syncflow validate` names the exact file:line:col and message.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{edit, shipped_config};
+
+/// Runs `syncflow validate` and returns (exit code, error lines).
+fn validate(dir: &Path) -> (i32, Vec<String>) {
+    let out = Command::new(env!("CARGO_BIN_EXE_syncflow"))
+        .args(["validate", "--dir"])
+        .arg(dir)
+        .env_remove("SYNCFLOW_TEST_UNSET")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines = stdout
+        .lines()
+        .filter(|l| l.contains(": error: "))
+        .map(str::to_string)
+        .collect();
+    (out.status.code().unwrap(), lines)
+}
+
+const HUBSPOT_PIPELINE: &str = "pipelines/contacts-to-hubspot.yaml";
+const HUBSPOT_PROVIDER: &str = "providers/hubspot.yaml";
+
+struct Case {
+    name: &'static str,
+    file: &'static str,
+    from: &'static str,
+    to: &'static str,
+    expect: &'static [&'static str],
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "typo'd provider",
+        file: HUBSPOT_PIPELINE,
+        from: "provider: hubspot",
+        to: "provider: hubspt",
+        expect: &[
+            r#"pipelines/contacts-to-hubspot.yaml:22:13: error: unknown provider "hubspt" (did you mean "hubspot"?)"#,
+        ],
+    },
+    Case {
+        name: "typo'd object",
+        file: HUBSPOT_PIPELINE,
+        from: "object: contact",
+        to: "object: contcat",
+        expect: &[
+            r#"pipelines/contacts-to-hubspot.yaml:23:11: error: provider "hubspot" has no object "contcat" (did you mean "contact"?)"#,
+        ],
+    },
+    Case {
+        name: "typo'd action",
+        file: HUBSPOT_PIPELINE,
+        from: "then: update",
+        to: "then: updte",
+        expect: &[
+            r#"pipelines/contacts-to-hubspot.yaml:20:11: error: unknown action "updte" (did you mean "update"?); expected one of create, update, upsert, delete, read, skip"#,
+        ],
+    },
+    Case {
+        name: "action the object has no endpoint for",
+        file: HUBSPOT_PROVIDER,
+        from: "    delete: { method: DELETE, path: \"/crm/v3/objects/contacts/{id}\" }\n",
+        to: "",
+        expect: &[
+            r#"pipelines/contacts-to-hubspot.yaml:16:11: error: delete: provider "hubspot" object "contact" has no delete endpoint"#,
+        ],
+    },
+    Case {
+        name: "unknown key",
+        file: HUBSPOT_PROVIDER,
+        from: "max_in_flight: 32",
+        to: "max_inflight: 32",
+        expect: &[
+            r#"providers/hubspot.yaml:6:1: error: unknown key "max_inflight" (did you mean "max_in_flight"?)"#,
+        ],
+    },
+    Case {
+        name: "Rhai syntax error",
+        file: HUBSPOT_PIPELINE,
+        from: "- if: 'event.op == \"c\" && record.company != ()'",
+        to: "- if: 'event.op == \"c\" && record.company !='",
+        expect: &[
+            r#"pipelines/contacts-to-hubspot.yaml:17:46: error: invalid Rhai script: the script ends too early (a value or a closing bracket is missing)"#,
+        ],
+    },
+    Case {
+        name: "bad JSONPath",
+        file: HUBSPOT_PIPELINE,
+        from: "key: $.after.id ",
+        to: "key: $.after[id ",
+        expect: &[
+            r#"pipelines/contacts-to-hubspot.yaml:9:14: error: invalid JSONPath "$.after[id": expected selector"#,
+        ],
+    },
+    Case {
+        name: "missing schema file",
+        file: HUBSPOT_PIPELINE,
+        from: "input_schema: schemas/internal/contact.json",
+        to: "input_schema: schemas/internal/contacts.json",
+        expect: &[
+            r#"pipelines/contacts-to-hubspot.yaml:12:15: error: cannot read schema schemas/internal/contacts.json: No such file or directory (os error 2)"#,
+        ],
+    },
+    Case {
+        name: "broken schema",
+        file: "schemas/hubspot/contact.json",
+        from: r#""lifecyclestage": { "enum": ["lead", "customer", "other"] }"#,
+        to: r#""lifecyclestage": { "type": "strng" }"#,
+        expect: &[
+            r#"schemas/hubspot/contact.json:14:29: error: invalid JSON Schema: keyword "type": "strng" is not valid under any of the schemas listed in the 'anyOf' keyword"#,
+        ],
+    },
+    Case {
+        name: "bad duration",
+        file: HUBSPOT_PROVIDER,
+        from: "timeout: 10s",
+        to: "timeout: 10 sec",
+        expect: &[
+            r#"providers/hubspot.yaml:7:10: error: invalid duration "10 sec": expected a number and a unit (ms, s, m, h), for example 200ms or 10s"#,
+        ],
+    },
+    Case {
+        name: "unset env var",
+        file: HUBSPOT_PROVIDER,
+        from: "\"${HUBSPOT_URL:-http://127.0.0.1:18080/hubspot}\"",
+        to: "\"${SYNCFLOW_TEST_UNSET}/hubspot\"",
+        expect: &[
+            r#"providers/hubspot.yaml:2:12: error: environment variable SYNCFLOW_TEST_UNSET is not set (set it, or give a default: ${SYNCFLOW_TEST_UNSET:-value})"#,
+        ],
+    },
+    Case {
+        name: "YAML syntax error",
+        file: HUBSPOT_PIPELINE,
+        from: "record: $.after\n",
+        to: "record: $.after\n  oops: [\n",
+        expect: &[
+            r#"pipelines/contacts-to-hubspot.yaml:11:7: error: invalid YAML: mapping values are not allowed in this context"#,
+        ],
+    },
+    Case {
+        name: "failing pipeline test",
+        file: HUBSPOT_PIPELINE,
+        from: "company: \"ANALYTICAL\"",
+        to: "company: \"Analytical\"",
+        expect: &[
+            r#"pipelines/contacts-to-hubspot.yaml:34:11: error: test "create with a company" failed: output differs: expected {"properties":{"company":"Analytical","email":"ada@example.com","firstname":"Ada","lastname":"Lovelace","lifecyclestage":"customer"}}, actual {"properties":{"company":"ANALYTICAL","email":"ada@example.com","firstname":"Ada","lastname":"Lovelace","lifecyclestage":"customer"}}"#,
+        ],
+    },
+];
+
+#[test]
+fn each_broken_config_is_reported_at_its_place() {
+    let mut failures = Vec::new();
+    for case in CASES {
+        let dir = shipped_config();
+        edit(dir.path(), case.file, case.from, case.to);
+        let (code, lines) = validate(dir.path());
+        if code != 1 || lines != case.expect {
+            failures.push(format!(
+                "{}: exit {code}\n  expected: {:#?}\n  actual:   {:#?}",
+                case.name, case.expect, lines
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn errors_in_several_files_are_all_reported_at_once() {
+    let dir = shipped_config();
+    edit(
+        dir.path(),
+        HUBSPOT_PIPELINE,
+        "provider: hubspot",
+        "provider: hubspt",
+    );
+    edit(dir.path(), HUBSPOT_PROVIDER, "timeout: 10s", "timeout: 10");
+    edit(
+        dir.path(),
+        "pipelines/contacts-to-salesforce.yaml",
+        "then: delete",
+        "then: remove",
+    );
+    edit(
+        dir.path(),
+        "pipelines/contacts-to-salesforce.yaml",
+        "LastName: $.last_name",
+        "LastName: $.last_name[",
+    );
+    let (code, lines) = validate(dir.path());
+    assert_eq!(code, 1);
+    let places: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split(": error: ").next().unwrap())
+        .collect();
+    assert_eq!(
+        places,
+        [
+            "pipelines/contacts-to-hubspot.yaml:22:13",
+            "pipelines/contacts-to-salesforce.yaml:16:11",
+            "pipelines/contacts-to-salesforce.yaml:27:25",
+            "providers/hubspot.yaml:7:10",
+        ],
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn json_format_lists_errors_as_objects() {
+    let dir = shipped_config();
+    edit(
+        dir.path(),
+        HUBSPOT_PIPELINE,
+        "provider: hubspot",
+        "provider: hubspt",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_syncflow"))
+        .args(["validate", "--format", "json", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["errors"][0]["file"], HUBSPOT_PIPELINE);
+    assert_eq!(v["errors"][0]["line"], 22);
+    assert_eq!(v["errors"][0]["col"], 13);
+}
+
+#[test]
+fn the_shipped_config_is_valid() {
+    let out = Command::new(env!("CARGO_BIN_EXE_syncflow"))
+        .args(["validate", "--dir", env!("CARGO_MANIFEST_DIR")])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("valid: 2 pipelines, 2 providers, 11 tests passed"),
+        "{stdout}"
+    );
+}
