@@ -225,13 +225,20 @@ async fn consume(
                     next = batch.next() => next,
                     _ = tick.tick(), if recovery.is_waiting() => {
                         recovery.keep_alive(progress_every).await;
+                        // Parked messages go on in stream order, before
+                        // anything the rest of this pull brings.
+                        if !*stop.borrow() {
+                            for msg in recovery.release(&mut consumer, &name, false).await {
+                                d.dispatch(msg).await;
+                            }
+                        }
                         continue;
                     }
                 };
                 let msg = match next {
                     None => {
                         if !*stop.borrow() {
-                            for msg in recovery.release(&mut consumer, &name).await {
+                            for msg in recovery.release(&mut consumer, &name, true).await {
                                 d.dispatch(msg).await;
                             }
                         }

@@ -23,8 +23,10 @@ use tokio::time::Instant;
 
 use crate::source::SourceMessage;
 
-/// How often the ack floor is read while messages are parked.
-const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// How often the ack floor is read while messages are parked: every check
+/// is one request to the server, every interval capacity another instance
+/// may leave unused after it settles the earlier messages.
+const CHECK_EVERY: Duration = Duration::from_millis(100);
 
 pub struct Recovery {
     /// Delivered before this bind and, at the last look, not all acked.
@@ -98,15 +100,19 @@ impl Recovery {
     /// Once everything up to the boundary is acked, returns the parked
     /// messages in stream order.
     ///
-    /// Call it between pulls: then no delivery is in flight to this runner,
-    /// so its parked messages are all the consumer's unacked ones it holds,
-    /// and "unacked = parked" means every earlier message is settled. (The
-    /// ack floor says so too, eventually; nats-server 2.9 moves it past a
-    /// redelivered message only at its next `ack_wait` check.)
+    /// `between_pulls`: no delivery is in flight to this runner, so its
+    /// parked messages are all the consumer's unacked ones it holds, and
+    /// "unacked = parked" means every earlier message is settled. (The ack
+    /// floor says so too, eventually; nats-server 2.9 moves it past a
+    /// redelivered message only at its next `ack_wait` check.) During a pull
+    /// only the ack floor counts; it is what releases a runner promptly when
+    /// the earlier messages were another instance's, acked as usual, and this
+    /// runner's pull waits for messages that are all taken.
     pub async fn release(
         &mut self,
         consumer: &mut PullConsumer,
         pipeline: &str,
+        between_pulls: bool,
     ) -> Vec<SourceMessage> {
         let Some(boundary) = self.boundary else {
             return Vec::new();
@@ -118,7 +124,7 @@ impl Recovery {
         match consumer.info().await {
             Ok(info)
                 if info.ack_floor.stream_sequence >= boundary
-                    || info.num_ack_pending <= self.parked.len() =>
+                    || (between_pulls && info.num_ack_pending <= self.parked.len()) =>
             {
                 tracing::info!(
                     pipeline,

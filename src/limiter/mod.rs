@@ -114,4 +114,20 @@ impl Limiter {
             Limiter::Shared(limiter) => limiter.acquire().await,
         }
     }
+
+    /// Like [`Limiter::acquire`], and returns the instant by which the
+    /// request must have started (none without a limit). `requeue`: the
+    /// caller's previous cell went stale unused, so it waits at the front.
+    pub async fn acquire_cell(
+        &self,
+        requeue: bool,
+    ) -> Result<(Duration, Option<tokio::time::Instant>), LimiterError> {
+        match self {
+            Limiter::Unlimited => Ok((Duration::ZERO, None)),
+            Limiter::Shared(limiter) => {
+                let (waited, deadline) = limiter.acquire_cell(requeue).await?;
+                Ok((waited, Some(deadline)))
+            }
+        }
+    }
 }

@@ -5,8 +5,8 @@
 //! receiving the reply (`received`), so the local instant of Redis time `r`
 //! lies in `[sent + (r - now), received + (r - now)]`. A cell is therefore
 //! handed out no earlier than the late end of that range (never early), and
-//! discarded once past the early end plus the lateness budget (never more
-//! than `lateness` late, whatever the round trip took). See [`super::gcra`]
+//! discarded once past the early end plus the spend budget (never more
+//! than `spend` late, whatever the round trip took: `Schedule::spend`). See [`super::gcra`]
 //! for why that bound keeps the whole fleet within the limit.
 
 use std::collections::VecDeque;
@@ -22,6 +22,8 @@ pub(crate) struct Grant {
     pub start_us: u64,
     pub interval_us: u64,
     pub granted: u32,
+    /// The TAT the call left in Redis.
+    pub tat_us: u64,
     /// Instances seen sharing the limit recently, this one included.
     pub instances: u32,
     /// When this Redis started keeping the provider's state.
@@ -55,6 +57,20 @@ impl Grant {
 struct Cell {
     at: Instant,
     deadline: Instant,
+    /// Which grant it came from ([`Pool::latest`]).
+    grant: u64,
+}
+
+/// The latest grant, while its last cells are pooled: they are the end of
+/// the fleet's timeline unless someone leased after it, and can be given
+/// back ([`Pool::give_back`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tail {
+    /// The TAT the grant left in Redis.
+    pub tat_us: u64,
+    pub interval_us: u64,
+    /// Its cells still pooled: the grant's last ones.
+    pub cells: u32,
 }
 
 #[derive(Debug, Default)]
@@ -62,25 +78,60 @@ pub(crate) struct Pool {
     /// In grant order; times are nearly but not strictly increasing (the
     /// burst tolerance lets a later grant start before an earlier one ends).
     cells: VecDeque<Cell>,
+    grants: u64,
+    /// The latest grant's id and the TAT it left.
+    latest: Option<(u64, u64, u64)>,
 }
 
 impl Pool {
-    /// Adds a grant's cells. The round trip must not exceed `lateness`, or
+    /// Adds a grant's cells. The round trip must not exceed `spend`, or
     /// every cell would be past its deadline on arrival.
-    pub fn add(&mut self, grant: &Grant, sent: Instant, received: Instant, lateness: Duration) {
-        debug_assert!(received - sent <= lateness, "stale grant");
+    pub fn add(&mut self, grant: &Grant, sent: Instant, received: Instant, spend: Duration) {
+        debug_assert!(received - sent <= spend, "stale grant");
+        if grant.granted == 0 {
+            return;
+        }
+        self.grants += 1;
+        let id = self.grants;
+        self.latest = Some((id, grant.tat_us, grant.interval_us));
         for i in 0..u64::from(grant.granted) {
             let conforms_us = grant.now_us.max(grant.start_us + i * grant.interval_us);
             let offset = Duration::from_micros(conforms_us - grant.now_us);
             self.cells.push_back(Cell {
                 at: received + offset,
-                deadline: sent + offset + lateness,
+                deadline: sent + offset + spend,
+                grant: id,
             });
         }
     }
 
     pub fn len(&self) -> usize {
         self.cells.len()
+    }
+
+    /// The latest grant's cells still pooled, if any.
+    pub fn tail(&self) -> Option<Tail> {
+        let (id, tat_us, interval_us) = self.latest?;
+        let cells = self
+            .cells
+            .iter()
+            .rev()
+            .take_while(|c| c.grant == id)
+            .count();
+        (cells > 0).then_some(Tail {
+            tat_us,
+            interval_us,
+            cells: cells as u32,
+        })
+    }
+
+    /// Drops the latest grant's pooled cells, to give them back to the
+    /// fleet: none of them may start after this.
+    pub fn give_back(&mut self) -> Option<Tail> {
+        let tail = self.tail()?;
+        self.cells.truncate(self.cells.len() - tail.cells as usize);
+        self.latest = None;
+        Some(tail)
     }
 
     /// When the next cell may be handed out.
@@ -121,6 +172,7 @@ mod tests {
             start_us: now_us.saturating_add_signed(start_offset_us),
             interval_us: 500,
             granted,
+            tat_us: now_us.saturating_add_signed(start_offset_us) + u64::from(granted) * 500,
             instances: 1,
             epoch_us: now_us,
             hold_us: None,
@@ -156,6 +208,30 @@ mod tests {
         assert_eq!(pool.discard_expired(now), 2);
         assert_eq!(pool.len(), 2);
         assert_eq!(pool.take_due(now), Some(sent + 3 * MS));
+    }
+
+    #[test]
+    fn only_the_latest_grants_pooled_cells_are_given_back() {
+        let sent = Instant::now();
+        let mut pool = Pool::default();
+        pool.add(&grant(0, 3), sent, sent, 2 * MS);
+        let latest = grant(1500, 4);
+        pool.add(&latest, sent, sent, 2 * MS);
+        pool.take_due(sent).unwrap();
+        // Two of the first grant's cells are left, then the latest's four.
+        assert_eq!(
+            pool.tail(),
+            Some(Tail {
+                tat_us: latest.tat_us,
+                interval_us: 500,
+                cells: 4
+            })
+        );
+        assert_eq!(pool.give_back().map(|t| t.cells), Some(4));
+        assert_eq!(pool.len(), 2);
+        // Given back once: the earlier grant's cells are not the timeline's end.
+        assert_eq!(pool.tail(), None);
+        assert_eq!(pool.give_back(), None);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::LimiterError;
 use super::gcra::Schedule;
-use super::pool::Grant;
+use super::pool::{Grant, Tail};
 
 /// How far ahead of Redis's `now` cells are leased. It bounds both how much of
 /// the fleet's capacity one call can take and how long a newcomer waits
@@ -85,7 +85,20 @@ end
 redis.call('ZADD', KEYS[2], now, ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - instance_ttl)
 redis.call('PEXPIRE', KEYS[2], math.ceil(instance_ttl / 1000))
-return {now, start, interval, granted, redis.call('ZCARD', KEYS[2]), epoch, hold or 0}
+return {now, start, interval, granted, redis.call('ZCARD', KEYS[2]), epoch, hold or 0, tat}
+";
+
+/// Gives back the last `ARGV[2]` cells of a grant, `ARGV[3]` apart, if they
+/// are still the end of the timeline: the TAT is the one that grant left
+/// (`ARGV[1]`), so nobody leased after it and no hold moved it. Then the
+/// timeline is as if the grant had been that much shorter, and the next
+/// lease (any instance's) takes those cells' times. Returns 1 if given back.
+const GIVE_BACK: &str = r"
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil or tat ~= tonumber(ARGV[1]) then return 0 end
+local back = tat - tonumber(ARGV[2]) * tonumber(ARGV[3])
+redis.call('SET', KEYS[1], string.format('%.0f', back), 'KEEPTTL')
+return 1
 ";
 
 /// A Redis handle for the limiters that connects lazily, so syncflow starts
@@ -117,6 +130,7 @@ pub(crate) struct Standing {
 pub(crate) struct LeaseClient {
     redis: ConnectionManager,
     script: Script,
+    give_back: Script,
     tat_key: String,
     instances_key: String,
     epoch_key: String,
@@ -130,6 +144,7 @@ impl LeaseClient {
         LeaseClient {
             redis,
             script: Script::new(LEASE),
+            give_back: Script::new(GIVE_BACK),
             instances_key: format!("{tat_key}:instances"),
             epoch_key: format!("{tat_key}:epoch"),
             hold_key: format!("{tat_key}:hold"),
@@ -162,12 +177,13 @@ impl LeaseClient {
         let reply = tokio::time::timeout(CALL_TIMEOUT, call.invoke_async(&mut redis))
             .await
             .map_err(|_| LimiterError::Timeout(CALL_TIMEOUT))?;
-        let (now_us, start_us, interval_us, granted, instances, epoch_us, hold_us): (
+        let (now_us, start_us, interval_us, granted, instances, epoch_us, hold_us, tat_us): (
             u64,
             u64,
             u64,
             u32,
             u32,
+            u64,
             u64,
             u64,
         ) = reply?;
@@ -176,9 +192,23 @@ impl LeaseClient {
             start_us,
             interval_us,
             granted,
+            tat_us,
             instances,
             epoch_us,
             hold_us: (hold_us != 0).then_some(hold_us),
         })
+    }
+
+    /// Gives a grant's unused tail back ([`GIVE_BACK`]); true if Redis took
+    /// it. The caller has dropped those cells already: whatever the answer,
+    /// none of them starts.
+    pub async fn give_back(&self, tail: Tail) -> Result<bool, LimiterError> {
+        let mut redis = self.redis.clone();
+        let mut call = self.give_back.key(&self.tat_key);
+        call.arg(tail.tat_us).arg(tail.cells).arg(tail.interval_us);
+        let taken: u8 = tokio::time::timeout(CALL_TIMEOUT, call.invoke_async(&mut redis))
+            .await
+            .map_err(|_| LimiterError::Timeout(CALL_TIMEOUT))??;
+        Ok(taken == 1)
     }
 }

@@ -117,9 +117,19 @@ pub(super) const FALLBACK_DELAY: Duration = HEARTBEAT
     .saturating_add(CALL_TIMEOUT)
     .saturating_add(BLIP)
     .saturating_add(NOTICE);
-/// Replies slower than the lateness budget in a row that mean Redis is too
-/// far for this limit (each one's cells are stale on arrival): fall back.
+/// How long an instance with leased cells left over waits for another
+/// caller before it gives them back to the fleet (its demand has stopped:
+/// a drained backlog, a quiet stream), rather than let them expire unused
+/// while other instances wait behind them.
+const GIVE_BACK_AFTER: Duration = Duration::from_millis(25);
+/// Replies slower than the spend budget in a row, over at least
+/// [`SLOW_FOR`], that mean Redis is too far for this limit (each one's cells
+/// are stale on arrival): fall back. A few slow replies in a burst are a
+/// hiccup (a process starting, its connection and script being set up, a
+/// busy machine): they waste a lease, where falling back would take local
+/// cells beside a fleet still on the shared limit.
 const SLOW_REPLIES_TO_FALL_BACK: u32 = 3;
+const SLOW_FOR: Duration = HEARTBEAT;
 
 /// A provider's limit, shared with every instance through Redis; cheap to clone.
 ///
@@ -133,6 +143,8 @@ struct Handle {
     provider: String,
     requests: mpsc::UnboundedSender<Request>,
     local: Arc<AtomicBool>,
+    /// Cells handed to a caller that ran only after their deadline.
+    late_cells: Counter,
 }
 
 /// Where the task sends a waiter its cell's deadline.
@@ -184,8 +196,13 @@ impl SharedLimiter {
             retry_at: now,
             backoff: PROBE_MIN,
             slow_replies: 0,
+            slow_since: now,
             local_gauge: metrics::gauge!("syncflow_limiter_local", "provider" => provider.to_owned()),
             redis_calls: metrics::counter!("syncflow_limiter_redis_calls_total", "provider" => provider.to_owned()),
+            last_arrival: now,
+            given_back: metrics::counter!("syncflow_limiter_given_back_cells_total", "provider" => provider.to_owned()),
+            expired_cells: wasted_cells(provider, "expired"),
+            stale_cells: wasted_cells(provider, "slow_reply"),
         };
         state.local_gauge.set(0.0);
         state.apply_spec(spec);
@@ -195,6 +212,7 @@ impl SharedLimiter {
                 provider: provider.to_owned(),
                 requests,
                 local,
+                late_cells: wasted_cells(provider, "late"),
             }),
         })
     }
@@ -229,6 +247,7 @@ impl SharedLimiter {
             if Instant::now() <= deadline {
                 return Ok((started.elapsed(), deadline));
             }
+            self.inner.late_cells.increment(1);
             request = Request::Requeue;
         }
     }
@@ -249,6 +268,12 @@ impl SharedLimiter {
             LimiterMode::Shared
         }
     }
+}
+
+/// Leased cells that went unused: capacity lost to lateness (a slow Redis
+/// reply, a busy runtime), never a request over the limit.
+fn wasted_cells(provider: &str, reason: &'static str) -> Counter {
+    metrics::counter!("syncflow_limiter_wasted_cells_total", "provider" => provider.to_owned(), "reason" => reason)
 }
 
 type Call = Pin<Box<dyn Future<Output = Reply> + Send>>;
@@ -320,8 +345,15 @@ struct State {
     retry_at: Instant,
     backoff: Duration,
     slow_replies: u32,
+    /// When the first of the current run of slow replies came.
+    slow_since: Instant,
     local_gauge: Gauge,
     redis_calls: Counter,
+    /// When the last caller came.
+    last_arrival: Instant,
+    given_back: Counter,
+    expired_cells: Counter,
+    stale_cells: Counter,
 }
 
 impl State {
@@ -343,6 +375,13 @@ impl State {
                 (None, true) => due,
                 (None, false) => now + HEARTBEAT,
             };
+            if let Some(idle_at) = self.give_back_at() {
+                if idle_at <= now {
+                    self.give_back();
+                } else {
+                    wake = wake.min(idle_at);
+                }
+            }
             // Wake at the switch back too, so the mode (and its metric and
             // log) changes when it happens rather than at the next caller.
             if let Some(Phase::Holding { until }) = self.local.as_ref().map(|f| f.phase) {
@@ -353,6 +392,7 @@ impl State {
                 request = queue.recv() => match request {
                     Some(Request::Acquire(waiter)) => {
                         self.sizer.arrival(now);
+                        self.last_arrival = now;
                         self.waiters.push_back(waiter);
                     }
                     Some(Request::Requeue(waiter)) => self.waiters.push_front(waiter),
@@ -380,6 +420,7 @@ impl State {
         }
         let expired = self.pool.discard_expired(now);
         self.sizer.expired(expired);
+        self.expired_cells.increment(u64::from(expired));
         while let Some(waiter) = self.waiters.front() {
             if waiter.is_closed() {
                 self.waiters.pop_front();
@@ -389,14 +430,14 @@ impl State {
                 self.sizer.used();
                 Some(deadline)
             } else {
-                let lateness = self.schedule.lateness;
+                let spend = self.schedule.spend();
                 self.local.as_mut().and_then(|fallback| {
                     if !fallback.may_take(now) {
                         return None;
                     }
-                    let at = fallback.gcra.take(now, lateness)?;
+                    let at = fallback.gcra.take(now, spend)?;
                     fallback.last_taken = Some(at);
-                    Some(at + lateness)
+                    Some(at + spend)
                 })
             };
             let Some(deadline) = deadline else { break };
@@ -406,6 +447,38 @@ impl State {
                 let _ = waiter.send(deadline);
             }
         }
+    }
+
+    /// When to give the latest grant's unused cells back, if there are any
+    /// and nobody waits for them: on the shared limit only (local cells are
+    /// nobody else's).
+    fn give_back_at(&self) -> Option<Instant> {
+        let idle = self.waiters.is_empty() && self.local.is_none();
+        (idle && self.pool.tail().is_some()).then(|| self.last_arrival + GIVE_BACK_AFTER)
+    }
+
+    /// Drops the latest grant's pooled cells and asks Redis to take them
+    /// back; if someone leased after them, Redis keeps its timeline and the
+    /// cells are only lost, as they would have been by expiring.
+    fn give_back(&mut self) {
+        let Some(tail) = self.pool.give_back() else {
+            return;
+        };
+        self.redis_calls.increment(1);
+        let (client, provider, given_back) = (
+            Arc::clone(&self.client),
+            self.provider.clone(),
+            self.given_back.clone(),
+        );
+        tokio::spawn(async move {
+            match client.give_back(tail).await {
+                Ok(true) => given_back.increment(u64::from(tail.cells)),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::debug!(provider, error = %error, "could not give leased cells back");
+                }
+            }
+        });
     }
 
     /// When the next cell can go to the front waiter, if anyone waits.
@@ -480,11 +553,14 @@ impl State {
             wanted,
             result,
         } = reply;
-        let (took, budget) = (received - sent, self.schedule.lateness);
+        let (took, budget) = (received - sent, self.schedule.spend());
         match result {
             // Every cell of a reply slower than the budget is stale on
             // arrival, and a hold it names is heard of again at the next call.
-            Ok(_) if took > budget => self.on_failure(LimiterError::SlowReply { took, budget }),
+            Ok(grant) if took > budget => {
+                self.stale_cells.increment(u64::from(grant.granted));
+                self.on_failure(LimiterError::SlowReply { took, budget });
+            }
             Ok(grant) => self.on_grant(&grant, sent, received, wanted),
             Err(error) => self.on_failure(error),
         }
@@ -505,7 +581,7 @@ impl State {
         self.backoff = PROBE_MIN;
         self.slow_replies = 0;
         self.last_ok = sent;
-        self.pool.add(grant, sent, received, self.schedule.lateness);
+        self.pool.add(grant, sent, received, self.schedule.spend());
         // The horizon is full: wait until a useful part of it frees up,
         // rather than calling again for a cell or two at a time.
         self.retry_at = if grant.granted < wanted {
@@ -595,9 +671,13 @@ impl State {
             tracing::debug!(provider = %self.provider, error = %error, "redis still unusable");
         } else if matches!(error, LimiterError::SlowReply { .. })
             && !matches!(self.phase(), Some(Phase::Announcing))
-            && self.slow_replies + 1 < SLOW_REPLIES_TO_FALL_BACK
+            && (self.slow_replies + 1 < SLOW_REPLIES_TO_FALL_BACK
+                || now < self.slow_since + SLOW_FOR)
         {
-            // A slow reply or two is waste, not yet an outage: call again.
+            // Slow replies for a moment are waste, not yet an outage: call again.
+            if self.slow_replies == 0 {
+                self.slow_since = now;
+            }
             self.slow_replies += 1;
             return;
         } else {

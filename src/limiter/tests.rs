@@ -612,3 +612,63 @@ async fn a_redis_too_slow_for_the_lateness_budget_means_local() {
         limiter.acquire().await.unwrap();
     }
 }
+
+/// Redis's clock and the TAT of `provider`, in microseconds.
+async fn tat_and_now(server: &RedisServer, provider: &str) -> (u64, u64) {
+    let mut redis = admin(server).await;
+    let tat: Option<u64> = redis::cmd("GET")
+        .arg(format!("syncflow:ratelimit:{{{provider}}}"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut redis).await.unwrap();
+    let now = secs * 1_000_000 + micros;
+    (tat.unwrap_or(now), now)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_demand_stops_gives_its_leased_cells_back() {
+    let server = RedisServer::start().expect("redis-server");
+    let spec = per_second(100, 2);
+    let [busy, other] = <[SharedLimiter; 2]>::try_from(fleet(&server, "give", spec, 2)).unwrap();
+    let origin = Instant::now();
+    // Saturating demand leases up to the horizon ahead (200 ms at 100/s),
+    // then stops at once: its callers go away while waiting.
+    let started = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = JoinSet::new();
+    for _ in 0..20 {
+        let (busy, started) = (busy.clone(), Arc::clone(&started));
+        tasks.spawn(async move {
+            loop {
+                let start = start_one(&busy, origin).await;
+                started.lock().unwrap().push(start);
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    let (tat, now) = tat_and_now(&server, "give").await;
+    let mut starts = std::mem::take(&mut *started.lock().unwrap());
+    let ahead_at_stop = tat.saturating_sub(now);
+    // Once nobody has asked for a while, the unused tail goes back: the
+    // timeline ends about where the last cell handed out was.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (tat, now) = tat_and_now(&server, "give").await;
+    let ahead_after = tat.saturating_sub(now);
+    println!("TAT ahead of now: {ahead_at_stop} µs at the stop, {ahead_after} µs 100 ms later");
+    assert!(
+        ahead_at_stop > 100_000,
+        "the busy instance had leased ahead"
+    );
+    assert_eq!(ahead_after, 0, "the unused cells went back");
+    // So the other instance is served at once, and the two stay within the limit.
+    let waited = Instant::now();
+    starts.push(start_one(&other, origin).await);
+    assert!(
+        waited.elapsed() < Duration::from_millis(50),
+        "{:?}",
+        waited.elapsed()
+    );
+    assert_within_limit(&mut starts, &spec);
+}

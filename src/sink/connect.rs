@@ -1,22 +1,28 @@
-//! A new connection takes a fresh rate-limit cell before it carries a request.
+//! A request over a new connection must still leave within its cell.
 //!
-//! A request takes its cell, then asks the HTTP pool for a connection. Over a
-//! kept-alive connection it leaves at once, within its cell's lateness
-//! budget. When the pool has to open a connection first (the first requests,
-//! or after the provider closed an idle one), the TCP and TLS handshakes
-//! would make the request leave late, possibly right before the next cells,
-//! which a provider enforcing the exact limit would refuse.
+//! A request takes its cell, then asks its slot's client for the connection.
+//! Over a kept-alive connection it leaves at once, within its cell's
+//! lateness budget. When the client has to open a connection first (a slot's
+//! first request, or after the provider closed an idle connection), the TCP
+//! and TLS handshakes can make the request leave late, possibly right before
+//! the next cells, which a provider enforcing the exact limit would refuse.
 //!
-//! So the connector itself waits for a fresh cell once the connection is
-//! established, and only then hands it to the pool, which sends the waiting
-//! request over it at once. The request's first cell is left unused: an
-//! unused cell only makes the fleet send less than the limit, never more.
-//! Kept-alive requests pay nothing for this; it runs once per connection.
+//! So the connector checks, once the connection is established, whether the
+//! request's cell (its deadline, which the sink notes in the slot's
+//! [`CellDeadline`] before sending) is still fresh. If it is (a fast
+//! handshake, as on a local network), the request goes out on it. If not,
+//! the connector waits for a fresh cell, at the front of the limiter's queue
+//! (this request was served already), and only then hands the connection to
+//! the client, which sends the request over it at once; the stale cell is
+//! left unused, which only makes the fleet send less than the limit, never
+//! more. Kept-alive requests pay nothing for this.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
+use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -24,15 +30,36 @@ use crate::limiter::Limiter;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The deadline of the cell the slot's current request holds: the latest
+/// instant it may leave. One per slot client, so one request at a time.
+#[derive(Debug, Default, Clone)]
+pub struct CellDeadline(Arc<Mutex<Option<Instant>>>);
+
+impl CellDeadline {
+    pub fn set(&self, deadline: Option<Instant>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = deadline;
+    }
+
+    /// Whether a request leaving now would still be within its cell; true
+    /// when no limit applies.
+    fn is_fresh(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none_or(|deadline| Instant::now() <= deadline)
+    }
+}
+
 /// Wraps reqwest's connector (`ClientBuilder::connector_layer`).
 #[derive(Clone)]
 pub struct FreshCellLayer {
     limiter: Limiter,
+    deadline: CellDeadline,
 }
 
 impl FreshCellLayer {
-    pub fn new(limiter: Limiter) -> Self {
-        FreshCellLayer { limiter }
+    pub fn new(limiter: Limiter, deadline: CellDeadline) -> Self {
+        FreshCellLayer { limiter, deadline }
     }
 }
 
@@ -43,6 +70,7 @@ impl<S> Layer<S> for FreshCellLayer {
         FreshCell {
             inner,
             limiter: self.limiter.clone(),
+            deadline: self.deadline.clone(),
         }
     }
 }
@@ -51,6 +79,7 @@ impl<S> Layer<S> for FreshCellLayer {
 pub struct FreshCell<S> {
     inner: S,
     limiter: Limiter,
+    deadline: CellDeadline,
 }
 
 impl<S, Request> Service<Request> for FreshCell<S>
@@ -70,10 +99,13 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         let connecting = self.inner.call(request);
-        let limiter = self.limiter.clone();
+        let (limiter, deadline) = (self.limiter.clone(), self.deadline.clone());
         Box::pin(async move {
             let connection = connecting.await.map_err(Into::into)?;
-            limiter.acquire().await?;
+            if !deadline.is_fresh() {
+                let (_, fresh) = limiter.acquire_cell(true).await?;
+                deadline.set(fresh);
+            }
             Ok(connection)
         })
     }
@@ -142,8 +174,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_over_a_new_connection_leaves_on_a_fresh_cell_one_over_a_kept_one_on_its_own()
-    {
+    async fn a_connection_made_within_the_cell_uses_it_a_late_one_takes_a_fresh_cell() {
         let redis = RedisServer::start().unwrap();
         // One cell every 200 ms, no burst.
         let spec = RateLimitSpec {
@@ -154,43 +185,60 @@ mod tests {
         let limiter = Limiter::Shared(
             SharedLimiter::new(connect(&redis.url()).unwrap(), "fresh", spec).unwrap(),
         );
-        let server = server().await;
-        let client = reqwest::Client::builder()
-            .connector_layer(FreshCellLayer::new(limiter.clone()))
-            .build()
-            .unwrap();
+        let (fast, slow) = (server().await, server().await);
+        let client = |deadline: &CellDeadline| {
+            reqwest::Client::builder()
+                .connector_layer(FreshCellLayer::new(limiter.clone(), deadline.clone()))
+                .pool_max_idle_per_host(1)
+                .build()
+                .unwrap()
+        };
+        let (fast_deadline, slow_deadline) = (CellDeadline::default(), CellDeadline::default());
+        let (fast_client, slow_client) = (client(&fast_deadline), client(&slow_deadline));
 
         let started = Instant::now();
-        // The request's own cell comes at once; its new connection waits for
-        // the next one.
-        limiter.acquire().await.unwrap();
-        client.get(&server.url).send().await.unwrap();
-        // Over the kept connection: its own cell only.
-        limiter.acquire().await.unwrap();
-        client.get(&server.url).send().await.unwrap();
+        // A loopback connection opens well within the cell: the request
+        // leaves on it, at once.
+        let (_, deadline) = limiter.acquire_cell(false).await.unwrap();
+        fast_deadline.set(deadline);
+        fast_client.get(&fast.url).send().await.unwrap();
+        let first = fast.arrivals.lock().unwrap()[0] - started;
+        assert!(first < Duration::from_millis(100), "{first:?}");
 
-        let arrivals: Vec<Duration> = server
-            .arrivals
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|t| *t - started)
-            .collect();
-        assert_eq!(server.connections.load(Ordering::SeqCst), 1);
-        assert_eq!(arrivals.len(), 2);
-        assert!(arrivals[0] >= Duration::from_millis(150), "{arrivals:?}");
+        // A cell that went stale while connecting (a slow handshake): the
+        // connection waits for a fresh cell, the next one (200 ms on).
+        let (_, deadline) = limiter.acquire_cell(false).await.unwrap();
+        slow_deadline.set(deadline.map(|d| d - Duration::from_secs(1)));
+        slow_client.get(&slow.url).send().await.unwrap();
+        let second = slow.arrivals.lock().unwrap()[0] - started;
+        assert!(second >= Duration::from_millis(350), "{second:?}");
         assert!(
-            arrivals[1] - arrivals[0] >= Duration::from_millis(150),
-            "{arrivals:?}"
+            slow_deadline
+                .0
+                .lock()
+                .unwrap()
+                .is_some_and(|d| d > started + Duration::from_millis(350)),
+            "the fresh cell's deadline is noted"
         );
-        assert!(arrivals[1] < Duration::from_millis(550), "{arrivals:?}");
+
+        // Over the kept connection the connector is not involved, whatever
+        // the deadline: the request leaves at once.
+        slow_deadline.set(Some(Instant::now() - Duration::from_secs(1)));
+        let before = Instant::now();
+        slow_client.get(&slow.url).send().await.unwrap();
+        assert!(before.elapsed() < Duration::from_millis(100));
+        assert_eq!(fast.connections.load(Ordering::SeqCst), 1);
+        assert_eq!(slow.connections.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
     async fn without_a_limit_connections_open_as_usual() {
         let server = server().await;
         let client = reqwest::Client::builder()
-            .connector_layer(FreshCellLayer::new(Limiter::Unlimited))
+            .connector_layer(FreshCellLayer::new(
+                Limiter::Unlimited,
+                CellDeadline::default(),
+            ))
             .build()
             .unwrap();
         client.get(&server.url).send().await.unwrap();

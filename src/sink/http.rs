@@ -151,13 +151,13 @@ impl HttpSink {
     /// rate-limit cell is spent at once (slots.rs).
     async fn attempt(&self, call: &Call<'_>) -> Result<Attempt, LimiterError> {
         let slot = self.slots.take().await;
-        let waited = self.limiter.acquire().await?;
+        let (waited, deadline) = self.limiter.acquire_cell(false).await?;
         self.metrics.limiter_wait.record(waited);
 
         let _in_flight = InFlight::start(self);
         let started = Instant::now();
         let mut request = slot
-            .client()
+            .client(deadline)
             .request(call.endpoint.method.clone(), call.url.clone());
         if let Some(name) = &self.idempotency_header {
             request = request.header(name.clone(), call.idempotency_key.clone());

@@ -15,26 +15,34 @@ use std::sync::{Arc, Mutex, PoisonError};
 use reqwest::header::HeaderMap;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use super::connect::FreshCellLayer;
+use super::connect::{CellDeadline, FreshCellLayer};
 use crate::limiter::Limiter;
 use crate::provider::Provider;
 
 pub(super) struct Slots {
     permits: Semaphore,
     /// Clients not in use, the most recently used last.
-    idle: Mutex<Vec<reqwest::Client>>,
+    idle: Mutex<Vec<SlotClient>>,
     /// Stands in should building another client ever fail (it built once):
     /// slots then share its pool, which only weakens the guarantee above.
-    first: reqwest::Client,
+    first: SlotClient,
     provider: Arc<Provider>,
     headers: HeaderMap,
     limiter: Limiter,
 }
 
+/// A slot's client, and the deadline of the cell its request holds, which
+/// its connector reads (connect.rs).
+#[derive(Clone)]
+struct SlotClient {
+    client: reqwest::Client,
+    deadline: CellDeadline,
+}
+
 /// A slot in use: its client, and the permit that bounds concurrency.
 pub(super) struct Slot<'a> {
     slots: &'a Slots,
-    client: Option<reqwest::Client>,
+    client: Option<SlotClient>,
     _permit: SemaphorePermit<'a>,
 }
 
@@ -82,8 +90,16 @@ impl Slots {
 }
 
 impl Slot<'_> {
-    pub fn client(&self) -> &reqwest::Client {
+    fn slot_client(&self) -> &SlotClient {
         self.client.as_ref().expect("taken only on drop")
+    }
+
+    /// The slot's client, for a request holding a cell with this deadline
+    /// (none without a limit).
+    pub fn client(&self, deadline: Option<tokio::time::Instant>) -> &reqwest::Client {
+        let slot = self.slot_client();
+        slot.deadline.set(deadline);
+        &slot.client
     }
 }
 
@@ -104,14 +120,16 @@ fn build_client(
     provider: &Provider,
     headers: &HeaderMap,
     limiter: &Limiter,
-) -> Result<reqwest::Client, reqwest::Error> {
+) -> Result<SlotClient, reqwest::Error> {
+    let deadline = CellDeadline::default();
     let builder = reqwest::Client::builder()
         .default_headers(headers.clone())
         .timeout(provider.timeout)
         // The slot's one connection, kept alive between its requests.
         .pool_max_idle_per_host(1)
-        // A new connection takes a fresh cell before it carries a request.
-        .connector_layer(FreshCellLayer::new(limiter.clone()))
+        // A new connection that took too long takes a fresh cell before it
+        // carries the request.
+        .connector_layer(FreshCellLayer::new(limiter.clone(), deadline.clone()))
         // Every request that goes out holds a cell of its own: no resending
         // behind the sink's back.
         .retry(reqwest::retry::never())
@@ -127,6 +145,7 @@ fn build_client(
     } else {
         builder.build()
     }
+    .map(|client| SlotClient { client, deadline })
 }
 
 #[cfg(test)]
