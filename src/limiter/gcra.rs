@@ -50,9 +50,9 @@ use std::time::Duration;
 
 use super::RateLimitSpec;
 
-/// Lateness every schedule tolerates at least: a Redis round trip plus the
-/// tokio timer's 1 ms granularity.
-const MIN_LATENESS: Duration = Duration::from_millis(2);
+/// Lateness every schedule tolerates at least: 2 ms to spend (a Redis round
+/// trip plus the tokio timer's 1 ms granularity) and the path's fifth.
+const MIN_LATENESS: Duration = Duration::from_micros(2500);
 /// Lateness beyond which more budget would only shrink the burst: enough for
 /// a slow round trip, and what a quiet instance's leases can stretch over.
 const MAX_LATENESS: Duration = Duration::from_millis(25);
@@ -168,14 +168,17 @@ mod tests {
         assert_eq!((s.interval_us, s.tolerance_us), (210_000, 0));
         assert_eq!(s.lateness, Duration::from_millis(10));
         assert!(s.is_slowed(&slow));
-        // 100/s, burst 1: T/20 is under the least lateness, 10 ms + 2 ms.
-        assert_eq!(Schedule::new(&spec(100, 1000, 1)).interval_us, 12_000);
-        // 10 000/s, burst 1: 100 µs + 2 ms.
+        // 100/s, burst 1: T/20 is under the least lateness, 10 ms + 2.5 ms.
+        let s = Schedule::new(&spec(100, 1000, 1));
+        assert_eq!(s.interval_us, 12_500);
+        // Of the least lateness, 2 ms may be spent.
+        assert_eq!(s.spend(), Duration::from_millis(2));
+        // 10 000/s, burst 1: 100 µs + 2.5 ms.
         let fast = spec(10_000, 1000, 1);
-        assert_eq!(Schedule::new(&fast).interval_us, 2_100);
-        // 2000/s, burst 4: tau = 1.5 ms < 2 ms, so Ts = (2 ms + 500 µs) / 4.
+        assert_eq!(Schedule::new(&fast).interval_us, 2_600);
+        // 2000/s, burst 4: tau = 1.5 ms < 2.5 ms, so Ts = (2.5 ms + 500 µs) / 4.
         let s = Schedule::new(&spec(2000, 1000, 4));
-        assert_eq!((s.interval_us, s.tolerance_us), (625, 0));
+        assert_eq!((s.interval_us, s.tolerance_us), (750, 0));
     }
 
     #[test]

@@ -147,6 +147,7 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+    const US: Duration = Duration::from_micros(1);
 
     fn share(spec: &RateLimitSpec, instances: u32) -> LocalShare {
         LocalShare::new(spec, &Schedule::new(spec), instances)
@@ -175,9 +176,9 @@ mod tests {
         assert_eq!(s.interval, 10 * MS);
         assert_eq!(s.tolerance, 65 * MS);
         assert!(s.exact);
-        // 100/s burst 1: the fleet's stretched 12 ms interval, no burst.
+        // 100/s burst 1: the fleet's stretched 12.5 ms interval, no burst.
         let s = share(&per_second(100, 1), 1);
-        assert_eq!((s.interval, s.tolerance), (12 * MS, Duration::ZERO));
+        assert_eq!((s.interval, s.tolerance), (12_500 * US, Duration::ZERO));
     }
 
     #[test]
@@ -201,7 +202,7 @@ mod tests {
     fn a_burst_smaller_than_the_instances_cannot_be_shared_exactly() {
         let s = share(&per_second(100, 1), 2);
         assert!(!s.exact);
-        assert_eq!((s.interval, s.tolerance), (24 * MS, Duration::ZERO));
+        assert_eq!((s.interval, s.tolerance), (25 * MS, Duration::ZERO));
     }
 
     #[test]
@@ -221,19 +222,19 @@ mod tests {
 
     #[test]
     fn a_late_taker_keeps_the_schedule_within_the_lateness() {
-        // 100/s, no burst: a cell every 12 ms from the start.
+        // 100/s, no burst: a cell every 12.5 ms from the start.
         let spec = per_second(100, 1);
-        assert_eq!(share(&spec, 1).interval, 12 * MS);
+        assert_eq!(share(&spec, 1).interval, 12_500 * US);
         let start = Instant::now();
         let mut gcra = LocalGcra::new(share(&spec, 1), start);
         // Taken 3 ms late with 2 ms of lateness: the cell is dated 1 ms, and
-        // the next one comes 12 ms after that, not after the take.
+        // the next one comes 12.5 ms after that, not after the take.
         assert_eq!(gcra.take(start + 3 * MS, 2 * MS), Some(start + MS));
-        assert_eq!(gcra.next_at(start + 3 * MS), start + 13 * MS);
+        assert_eq!(gcra.next_at(start + 3 * MS), start + 13_500 * US);
         // Taken long after: dated the lateness ago, and the schedule
         // restarts there.
         assert_eq!(gcra.take(start + 100 * MS, 2 * MS), Some(start + 98 * MS));
-        assert_eq!(gcra.next_at(start + 100 * MS), start + 110 * MS);
+        assert_eq!(gcra.next_at(start + 100 * MS), start + 110_500 * US);
     }
 
     #[test]
