@@ -29,7 +29,7 @@
 //!
 //! A cell is spent by starting a request by its deadline. The HTTP sink
 //! makes sure a request that must first open a connection does not start
-//! late: the new connection takes a fresh cell (sink/connect.rs).
+//! late: it opens it before taking the cell (sink/slots.rs).
 
 mod demand;
 mod gcra;

@@ -128,18 +128,22 @@ pub fn compile(src: &Sourced<ProviderConfig>, diags: &mut Diagnostics) -> Option
     let (cfg, file) = (&src.value, &src.file);
     let before = diags.len();
 
-    match reqwest::Url::parse(&cfg.base_url) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-        Ok(url) => file.error(
-            diags,
-            &path!["base_url"],
-            format!("base_url must be http or https, not \"{}\"", url.scheme()),
-        ),
-        Err(e) => file.error(
-            diags,
-            &path!["base_url"],
-            format!("invalid base_url \"{}\": {e}", cfg.base_url),
-        ),
+    // Parsed as the sink parses it (sink/conn.rs), so what validates connects.
+    let problem = match cfg.base_url.parse::<http::Uri>() {
+        Ok(uri) => match (uri.scheme_str(), uri.host()) {
+            (Some("http" | "https"), Some(_)) => None,
+            (Some("http" | "https"), None) => {
+                Some(format!("base_url \"{}\" has no host", cfg.base_url))
+            }
+            (scheme, _) => Some(format!(
+                "base_url must be http or https, not \"{}\"",
+                scheme.unwrap_or_default()
+            )),
+        },
+        Err(e) => Some(format!("invalid base_url \"{}\": {e}", cfg.base_url)),
+    };
+    if let Some(problem) = problem {
+        file.error(diags, &path!["base_url"], problem);
     }
 
     let mut headers = Vec::new();

@@ -5,12 +5,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
-use reqwest::{StatusCode, Url};
+use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use http::{StatusCode, Uri};
 use serde_json::Value;
 use tokio::time::Instant;
 
 use super::breaker::{Breaker, BreakerState, Health};
+use super::conn::Origin;
 use super::metrics::ProviderMetrics;
 use super::outcome::{Attempt, Verdict};
 use super::retry::{backoff_ceiling, full_jitter, parse_retry_after};
@@ -23,7 +24,10 @@ use crate::provider::{Endpoint, Provider};
 /// that targets the provider: its concurrency bound and breaker are per sink.
 pub struct HttpSink {
     provider: Arc<Provider>,
-    /// The concurrency bound and a client per request in flight.
+    origin: Origin,
+    /// The provider's headers (auth included, marked sensitive).
+    headers: HeaderMap,
+    /// The concurrency bound and a connection per request in flight.
     slots: Slots,
     limiter: Limiter,
     in_flight: AtomicUsize,
@@ -38,19 +42,15 @@ pub struct HttpSink {
 pub enum SinkBuildError {
     #[error("provider {provider}: invalid HTTP header \"{name}\"")]
     Header { provider: String, name: String },
-    #[error("provider {provider}: cannot build the HTTP client: {source}")]
-    Client {
-        provider: String,
-        #[source]
-        source: reqwest::Error,
-    },
+    #[error("provider {provider}: cannot build the HTTP client: {message}")]
+    Client { provider: String, message: String },
 }
 
 /// What one send works out once and every attempt reuses.
 struct Call<'a> {
     req: SinkRequest<'a>,
     endpoint: &'a Endpoint,
-    url: Url,
+    target: Uri,
     idempotency_key: HeaderValue,
     body: Option<Bytes>,
 }
@@ -75,15 +75,11 @@ impl HttpSink {
             .map(|name| HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad_header(name)))
             .transpose()?;
 
-        // reqwest is built without a TLS crypto provider; installing ring
-        // again once one is installed is a harmless error.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let slots = Slots::new(provider.clone(), headers, limiter.clone()).map_err(|source| {
-            SinkBuildError::Client {
-                provider: provider.name.clone(),
-                source,
-            }
+        let origin = Origin::new(&provider.base_url).map_err(|message| SinkBuildError::Client {
+            provider: provider.name.clone(),
+            message,
         })?;
+        let slots = Slots::new(provider.max_in_flight);
 
         let metrics = ProviderMetrics::new(&provider.name);
         let breaker = Breaker::new(
@@ -92,6 +88,8 @@ impl HttpSink {
             metrics.breaker_open.clone(),
         );
         Ok(HttpSink {
+            origin,
+            headers,
             slots,
             limiter,
             in_flight: AtomicUsize::new(0),
@@ -125,12 +123,10 @@ impl HttpSink {
                 req.key
             )));
         }
-        let url = format!(
-            "{}{}",
-            self.provider.base_url,
-            endpoint.path.render(req.key, req.id)
-        );
-        let url = Url::parse(&url).map_err(|e| fail(format!("bad URL: {e}")))?;
+        let target = self
+            .origin
+            .target(&endpoint.path.render(req.key, req.id))
+            .map_err(fail)?;
         let idempotency_key = HeaderValue::from_str(req.idempotency_key).map_err(|_| {
             fail(format!(
                 "idempotency key {:?} is not a valid header value",
@@ -140,51 +136,78 @@ impl HttpSink {
         Ok(Call {
             req,
             endpoint,
-            url,
+            target,
             idempotency_key,
             body: req.body.map(|body| Bytes::from(body.to_string())),
         })
     }
 
-    /// One try: a slot (the concurrency bound, and the slot's connection),
-    /// then the rate limiter, then HTTP. The slot comes first so a granted
-    /// rate-limit cell is spent at once (slots.rs).
+    /// One try: a slot (the concurrency bound, and the slot's connection,
+    /// made ready first), then the rate limiter, then HTTP. The slot comes
+    /// first so a granted rate-limit cell is spent at once (slots.rs).
     async fn attempt(&self, call: &Call<'_>) -> Result<Attempt, LimiterError> {
-        let slot = self.slots.take().await;
-        let (waited, deadline) = self.limiter.acquire_cell(false).await?;
+        let timeout = self.provider.timeout;
+        let mut slot = self.slots.take().await;
+        let started = Instant::now();
+        if let Err(e) = slot.ready(&self.origin, timeout).await {
+            // No connection, no cell spent: the attempt failed to connect.
+            let attempt = Attempt::Transport(e);
+            self.metrics.attempt(attempt.label(), started.elapsed());
+            return Ok(attempt);
+        }
+        let (mut waited, mut deadline) = self.limiter.acquire_cell(false).await?;
+        // The provider may have closed the connection while the request
+        // waited for its cell (an idle timeout): open it again, and if that
+        // made the cell stale, wait for a fresh one at the queue's front.
+        loop {
+            match slot.ready(&self.origin, timeout).await {
+                Ok(false) => break,
+                Ok(true) if deadline.is_none_or(|d| Instant::now() <= d) => break,
+                Ok(true) => {
+                    let (more, fresh) = self.limiter.acquire_cell(true).await?;
+                    (waited, deadline) = (waited + more, fresh);
+                }
+                Err(e) => {
+                    let attempt = Attempt::Transport(e);
+                    self.metrics.attempt(attempt.label(), started.elapsed());
+                    return Ok(attempt);
+                }
+            }
+        }
         self.metrics.limiter_wait.record(waited);
 
         let _in_flight = InFlight::start(self);
         let started = Instant::now();
-        let mut request = slot
-            .client(deadline)
-            .request(call.endpoint.method.clone(), call.url.clone());
-        if let Some(name) = &self.idempotency_header {
-            request = request.header(name.clone(), call.idempotency_key.clone());
-        }
-        if let Some(body) = &call.body {
-            request = request
-                .header(CONTENT_TYPE, "application/json")
-                .body(body.clone());
-        }
-        let attempt = match request.send().await {
-            Ok(response) => {
-                let status = response.status();
-                let retry_after = response
-                    .headers()
+        let idempotency = self
+            .idempotency_header
+            .as_ref()
+            .map(|name| (name, &call.idempotency_key));
+        let sent = self
+            .origin
+            .send(
+                slot.sender(),
+                call.endpoint.method.clone(),
+                call.target.clone(),
+                &self.headers,
+                idempotency,
+                call.body.clone(),
+                timeout,
+            )
+            .await;
+        let attempt = match sent {
+            Ok(response) => Attempt::Response {
+                status: response.status,
+                retry_after: response
+                    .headers
                     .get(RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
-                match response.bytes().await {
-                    Ok(body) => Attempt::Response {
-                        status,
-                        retry_after,
-                        body,
-                    },
-                    Err(e) => Attempt::Transport(e),
-                }
+                    .and_then(|v| parse_retry_after(v, SystemTime::now())),
+                body: response.body,
+            },
+            Err(e) => {
+                slot.discard();
+                Attempt::Transport(e)
             }
-            Err(e) => Attempt::Transport(e),
         };
         self.metrics.attempt(attempt.label(), started.elapsed());
         Ok(attempt)
@@ -243,7 +266,7 @@ impl Sink for HttpSink {
                 attempts: attempts - 1,
                 ..internal(format!("{}: {e}", self.what(&req)))
             })?;
-            let verdict = attempt.classify(req.endpoint, &retry.retry_on, self.provider.timeout);
+            let verdict = attempt.classify(req.endpoint, &retry.retry_on);
             pass.attempted(verdict.health());
             match verdict {
                 Verdict::Success { status, body } => {

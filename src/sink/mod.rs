@@ -10,8 +10,8 @@
 //!
 //! ```text
 //! send(req) ─ prepare: endpoint, URL, body (Internal error if impossible)
-//!   └─ per attempt: breaker (wait while open) → in-flight permit
-//!        → rate limiter → open connection, cell still fresh? → HTTP → classify
+//!   └─ per attempt: breaker (wait while open) → in-flight slot
+//!        → its connection ready (opened if need be) → rate limiter → HTTP → classify
 //!          2xx ─────────────────────────→ Ok(SinkResponse)
 //!          404 on update/delete/read ───→ Err(NotFound)
 //!          other status not in retry_on → Err(Rejected)
@@ -20,17 +20,16 @@
 //!              or Err(RetriesExhausted) after `retry.max_attempts` tries
 //! ```
 //!
-//! - Concurrency: `max_in_flight` permits per sink, held for one attempt
-//!   (never while backing off or waiting on the breaker). The permit is taken
-//!   before the rate limiter so that a granted rate-limit slot is used at once:
-//!   holding it while queueing for a permit would let requests bunch up.
-//! - Connections (`http.rs`): a granted slot must be spent by a request that
-//!   leaves within the slot's lateness budget, so the connection is made ready
-//!   (opened if need be, without sending anything) after the slot is granted
-//!   and the slot's deadline is checked again just before sending; a slot that
-//!   went stale while a connection opened is given up for the next one, and
-//!   the connection kept. Each request in flight has an HTTP/1 client of its
-//!   own, so the connection found ready is the one the request goes over.
+//! - Concurrency: `max_in_flight` slots per sink, held for one attempt
+//!   (never while backing off or waiting on the breaker). The slot is taken
+//!   before the rate limiter so that a granted rate-limit cell is used at once:
+//!   holding it while queueing for a slot would let requests bunch up.
+//! - Connections (`slots.rs`, `conn.rs`): a granted cell must be spent by a
+//!   request that leaves within the cell's lateness budget, so each slot has
+//!   an HTTP/1.1 connection of its own, made ready (opened if need be,
+//!   without sending anything) before the cell is taken. A connection that
+//!   closed while the request waited for its cell is opened again, and a
+//!   cell that went stale meanwhile is given up for a fresh one.
 //! - Backoff: sleep uniform in `[0, min(max_backoff, initial_backoff·2^(n−1))]`
 //!   after the n-th failed attempt. A `Retry-After` header (delta-seconds or
 //!   HTTP date) replaces it and is honoured in full, even beyond
@@ -63,7 +62,7 @@
 //! implementations, chosen by generics or by an enum over the sinks.
 
 mod breaker;
-mod connect;
+mod conn;
 mod http;
 mod metrics;
 mod outcome;

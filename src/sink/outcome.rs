@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::StatusCode;
+use http::StatusCode;
 
 use super::breaker::Health;
+use super::conn::TransportError;
 use super::metrics::AttemptLabel;
 use super::{BODY_LIMIT, EndpointKind, SinkError, SinkErrorKind};
 
@@ -18,7 +19,7 @@ pub(super) enum Attempt {
         body: Bytes,
     },
     /// No (complete) response: connect error, timeout, broken connection.
-    Transport(reqwest::Error),
+    Transport(TransportError),
 }
 
 pub(super) enum Verdict {
@@ -46,14 +47,14 @@ impl Attempt {
     pub fn label(&self) -> AttemptLabel {
         match self {
             Attempt::Response { status, .. } => AttemptLabel::Status(status.as_u16()),
-            Attempt::Transport(e) => AttemptLabel::Transport(transport_kind(e)),
+            Attempt::Transport(e) => AttemptLabel::Transport(e.kind.label()),
         }
     }
 
     /// `retry_on` statuses, timeouts and network errors are worth another
     /// try. 404 on an endpoint that addresses an existing record means the
     /// record is gone; any other status is the provider's final answer.
-    pub fn classify(self, endpoint: EndpointKind, retry_on: &[u16], timeout: Duration) -> Verdict {
+    pub fn classify(self, endpoint: EndpointKind, retry_on: &[u16]) -> Verdict {
         let (status, retry_after, body) = match self {
             Attempt::Transport(e) => {
                 return Verdict::Retryable(Failure {
@@ -61,7 +62,7 @@ impl Attempt {
                     status: None,
                     body: None,
                     retry_after: None,
-                    cause: describe(e, timeout),
+                    cause: e.to_string(),
                 });
             }
             Attempt::Response {
@@ -138,31 +139,6 @@ impl Failure {
     }
 }
 
-fn transport_kind(e: &reqwest::Error) -> &'static str {
-    if e.is_timeout() {
-        "timeout"
-    } else if e.is_connect() {
-        "connect"
-    } else {
-        "network"
-    }
-}
-
-/// A transport error by kind and root cause, without the URL: reqwest's own
-/// message is only the outermost layer ("error sending request").
-fn describe(e: reqwest::Error, timeout: Duration) -> String {
-    if e.is_timeout() {
-        return format!("timed out after {timeout:?}");
-    }
-    let kind = transport_kind(&e);
-    let e = e.without_url();
-    let mut root: &dyn std::error::Error = &e;
-    while let Some(source) = root.source() {
-        root = source;
-    }
-    format!("{kind} error: {root}")
-}
-
 /// An error body for a dead letter: lossy UTF-8, at most [`BODY_LIMIT`]
 /// bytes; `None` when empty.
 fn truncate(body: &[u8]) -> Option<String> {
@@ -191,7 +167,7 @@ mod tests {
             retry_after: None,
             body: Bytes::from_static(b"{}"),
         };
-        attempt.classify(endpoint, &RETRY_ON, Duration::from_secs(1))
+        attempt.classify(endpoint, &RETRY_ON)
     }
 
     /// The error kind a final answer gives, `None` for success or a retry.

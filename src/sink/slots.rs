@@ -1,66 +1,42 @@
-//! The sink's concurrency bound, and one HTTP client per request in flight.
+//! The sink's concurrency bound, and one connection per request in flight.
 //!
 //! A request's rate-limit cell must be spent by a request that leaves at
-//! once. Over a shared connection pool it may not: a request that waits for
-//! a connection can be handed one that another request just gave back, long
-//! after its own cell. So each of the `max_in_flight` slots has a client of
-//! its own, whose pool holds that slot's one kept-alive connection: a request
-//! either finds its slot's connection open and leaves at once, or its slot
-//! opens a connection, and a new connection takes a fresh cell before it
-//! carries anything (connect.rs). Slots are reused most recent first, so a
-//! sink keeps about as many warm connections as it has requests in flight.
+//! once. So each of the `max_in_flight` slots has a connection of its own
+//! (conn.rs), and a request makes its slot's connection ready (opening one
+//! if there is none, or the provider closed it) *before* it takes a cell:
+//! a handshake never makes a request late, and never costs a cell. Should
+//! the connection close while the request waits for its cell, it is opened
+//! again, and a cell that went stale meanwhile is traded for a fresh one
+//! (http.rs). Slots are reused most recent first, so a sink keeps about as
+//! many warm connections as it has requests in flight.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
-use reqwest::header::HeaderMap;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use super::connect::{CellDeadline, FreshCellLayer};
-use crate::limiter::Limiter;
-use crate::provider::Provider;
+use super::conn::{Origin, Sender, TransportError};
 
 pub(super) struct Slots {
     permits: Semaphore,
-    /// Clients not in use, the most recently used last.
-    idle: Mutex<Vec<SlotClient>>,
-    /// Stands in should building another client ever fail (it built once):
-    /// slots then share its pool, which only weakens the guarantee above.
-    first: SlotClient,
-    provider: Arc<Provider>,
-    headers: HeaderMap,
-    limiter: Limiter,
+    /// Connections of the slots not in use (none where a slot has not
+    /// connected yet or lost its connection), the most recently used last.
+    idle: Mutex<Vec<Option<Sender>>>,
 }
 
-/// A slot's client, and the deadline of the cell its request holds, which
-/// its connector reads (connect.rs).
-#[derive(Clone)]
-struct SlotClient {
-    client: reqwest::Client,
-    deadline: CellDeadline,
-}
-
-/// A slot in use: its client, and the permit that bounds concurrency.
+/// A slot in use: its connection, and the permit that bounds concurrency.
 pub(super) struct Slot<'a> {
     slots: &'a Slots,
-    client: Option<SlotClient>,
+    conn: Option<Sender>,
     _permit: SemaphorePermit<'a>,
 }
 
 impl Slots {
-    pub fn new(
-        provider: Arc<Provider>,
-        headers: HeaderMap,
-        limiter: Limiter,
-    ) -> Result<Self, reqwest::Error> {
-        let first = build_client(&provider, &headers, &limiter)?;
-        Ok(Slots {
-            permits: Semaphore::new(provider.max_in_flight.max(1)),
-            idle: Mutex::new(vec![first.clone()]),
-            first,
-            provider,
-            headers,
-            limiter,
-        })
+    pub fn new(max_in_flight: usize) -> Self {
+        Slots {
+            permits: Semaphore::new(max_in_flight.max(1)),
+            idle: Mutex::new(Vec::new()),
+        }
     }
 
     /// Waits for a free slot.
@@ -70,106 +46,72 @@ impl Slots {
             .acquire()
             .await
             .expect("the sink never closes its semaphore");
-        let idle = self
+        let conn = self
             .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        let client = idle.unwrap_or_else(|| {
-            build_client(&self.provider, &self.headers, &self.limiter).unwrap_or_else(|e| {
-                tracing::warn!(provider = %self.provider.name, error = %e, "cannot build another HTTP client: sharing the first one's connections");
-                self.first.clone()
-            })
-        });
+            .pop()
+            .flatten();
         Slot {
             slots: self,
-            client: Some(client),
+            conn,
             _permit: permit,
         }
     }
 }
 
 impl Slot<'_> {
-    fn slot_client(&self) -> &SlotClient {
-        self.client.as_ref().expect("taken only on drop")
+    /// Makes the slot's connection ready for a request, opening one if there
+    /// is none or the provider closed it; returns whether it opened one.
+    pub async fn ready(
+        &mut self,
+        origin: &Origin,
+        timeout: Duration,
+    ) -> Result<bool, TransportError> {
+        if let Some(sender) = &mut self.conn {
+            if !sender.is_closed() && sender.ready().await.is_ok() {
+                return Ok(false);
+            }
+        }
+        self.conn = None;
+        self.conn = Some(origin.connect(timeout).await?);
+        Ok(true)
     }
 
-    /// The slot's client, for a request holding a cell with this deadline
-    /// (none without a limit).
-    pub fn client(&self, deadline: Option<tokio::time::Instant>) -> &reqwest::Client {
-        let slot = self.slot_client();
-        slot.deadline.set(deadline);
-        &slot.client
+    /// The connection [`Slot::ready`] made ready.
+    pub fn sender(&mut self) -> &mut Sender {
+        self.conn.as_mut().expect("ready() first")
+    }
+
+    /// Drops the connection after a request on it failed: its state is
+    /// unknown (a response may still be on its way).
+    pub fn discard(&mut self) {
+        self.conn = None;
     }
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            let mut idle = self
-                .slots
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            idle.push(client);
-        }
+        let mut idle = self
+            .slots
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        idle.push(self.conn.take());
     }
-}
-
-fn build_client(
-    provider: &Provider,
-    headers: &HeaderMap,
-    limiter: &Limiter,
-) -> Result<SlotClient, reqwest::Error> {
-    let deadline = CellDeadline::default();
-    let builder = reqwest::Client::builder()
-        .default_headers(headers.clone())
-        .timeout(provider.timeout)
-        // The slot's one connection, kept alive between its requests.
-        .pool_max_idle_per_host(1)
-        // A new connection that took too long takes a fresh cell before it
-        // carries the request.
-        .connector_layer(FreshCellLayer::new(limiter.clone(), deadline.clone()))
-        // Every request that goes out holds a cell of its own: no resending
-        // behind the sink's back.
-        .retry(reqwest::retry::never())
-        .tcp_nodelay(true)
-        // A redirect means a wrong base_url; following it could turn a POST
-        // into a GET. Reported as a rejection instead.
-        .redirect(reqwest::redirect::Policy::none());
-    if provider.base_url.starts_with("http://") {
-        // No TLS to verify: skip loading the system's certificates, which
-        // costs milliseconds per client (redirects are not followed, so no
-        // request of this client can go to an https URL).
-        builder.tls_certs_only([]).build()
-    } else {
-        builder.build()
-    }
-    .map(|client| SlotClient { client, deadline })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn provider(max_in_flight: usize) -> Arc<Provider> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let dir = crate::testkit::shipped_config().unwrap();
-        let config =
-            crate::compile::compile_dir(dir.path(), &std::collections::HashMap::new(), false)
-                .unwrap();
-        let mut provider = (*config.providers["hubspot"]).clone();
-        provider.max_in_flight = max_in_flight;
-        Arc::new(provider)
-    }
-
     #[tokio::test]
     async fn slots_bound_concurrency_and_are_reused_most_recent_first() {
-        let slots = Slots::new(provider(2), HeaderMap::new(), Limiter::Unlimited).unwrap();
+        let slots = Slots::new(2);
         let a = slots.take().await;
         let b = slots.take().await;
         assert!(
-            tokio::time::timeout(std::time::Duration::from_millis(50), slots.take())
+            tokio::time::timeout(Duration::from_millis(50), slots.take())
                 .await
                 .is_err(),
             "a third request waits for a slot"
@@ -177,7 +119,6 @@ mod tests {
         drop(b);
         drop(a);
         assert_eq!(slots.idle.lock().unwrap().len(), 2);
-        // Two clients, built once each, reused from now on.
         let _a = slots.take().await;
         let _b = slots.take().await;
         assert!(slots.idle.lock().unwrap().is_empty());

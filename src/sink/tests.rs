@@ -68,6 +68,20 @@ fn create(body: &Value) -> SinkRequest<'_> {
     req(EndpointKind::Create, None, Some(body))
 }
 
+/// A shared limit of one request every 200 ms, no burst.
+fn five_per_second(redis: &crate::testkit::RedisServer) -> (Limiter, RateLimitSpec) {
+    let spec = RateLimitSpec {
+        requests: 5,
+        per: Duration::from_secs(1),
+        burst: 1,
+    };
+    let conn = crate::limiter::connect(&redis.url()).unwrap();
+    (
+        Limiter::Shared(SharedLimiter::new(conn, "crm", spec).unwrap()),
+        spec,
+    )
+}
+
 fn header<'a>(seen: &'a test_server::Seen, name: &str) -> &'a str {
     seen.headers.get(name).map_or("", |v| v.to_str().unwrap())
 }
@@ -278,13 +292,7 @@ async fn max_in_flight_is_never_exceeded() {
 #[tokio::test]
 async fn every_attempt_waits_on_the_rate_limiter() {
     let redis = crate::testkit::RedisServer::start().unwrap();
-    let spec = RateLimitSpec {
-        requests: 5,
-        per: Duration::from_secs(1),
-        burst: 1,
-    };
-    let conn = crate::limiter::connect(&redis.url()).unwrap();
-    let limiter = Limiter::Shared(SharedLimiter::new(conn, "crm", spec).unwrap());
+    let (limiter, spec) = five_per_second(&redis);
     let script = [Reply::status(503), Reply::status(503)];
     let server = TestServer::start(script, Reply::status(200)).await;
     let sink = HttpSink::new(Arc::new(provider(server.url())), limiter).unwrap();
@@ -344,5 +352,50 @@ async fn an_open_breaker_holds_callers_until_a_probe_succeeds() {
     assert!(
         seen[3..].iter().all(|s| s.at >= probe + answer_time),
         "a request went alongside the probe"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_the_provider_closed_is_reopened_without_a_failed_attempt() {
+    let close = || Reply::status(201).header("connection", "close");
+    let server = TestServer::start([close(), close()], Reply::status(201)).await;
+    let mut p = provider(server.url());
+    p.max_in_flight = 1;
+    let sink = sink(p);
+    for _ in 0..4 {
+        let response = sink.send(create(&json!({}))).await.unwrap();
+        assert_eq!(response.attempts, 1);
+    }
+    let seen = server.seen();
+    assert_eq!(seen.len(), 4);
+    assert_eq!(
+        header(&seen[0], "host"),
+        server.url().trim_start_matches("http://")
+    );
+    assert!(header(&seen[0], "user-agent").starts_with("syncflow/"));
+    assert_eq!(header(&seen[0], "content-length"), "2");
+}
+
+#[tokio::test]
+async fn a_new_connection_opens_before_the_cell_and_costs_none() {
+    let redis = crate::testkit::RedisServer::start().unwrap();
+    let (limiter, spec) = five_per_second(&redis);
+    let server = TestServer::start([], Reply::status(201)).await;
+    let sink = HttpSink::new(Arc::new(provider(server.url())), limiter).unwrap();
+    let started = Instant::now();
+    for _ in 0..3 {
+        sink.send(create(&json!({}))).await.unwrap();
+    }
+    // The first request leaves on the first cell, over the connection it
+    // opened before taking it; the next two on the next two cells.
+    let at: Vec<Duration> = server.seen().iter().map(|s| s.at - started).collect();
+    assert!(at[0] < Duration::from_millis(150), "{at:?}");
+    assert!(
+        at[2] < Duration::from_millis(150) + 2 * spec.interval() + Duration::from_millis(100),
+        "{at:?}"
+    );
+    assert!(
+        at[2] - at[0] >= 2 * spec.interval() - Duration::from_millis(5),
+        "{at:?}"
     );
 }

@@ -1,0 +1,314 @@
+//! The provider's origin and one HTTP/1.1 connection per slot, over hyper.
+//!
+//! Why not a pooled client (reqwest): a request's rate-limit cell must be
+//! spent by a request that leaves at once, so the sink must know which
+//! connection a request goes over and whether it is open before it takes a
+//! cell (slots.rs). A pool decides that on its own. And at full speed a
+//! general client's per-request work (parsing the URL and proxy rules,
+//! cloning its service stack, redirect bookkeeping) was a fifth of
+//! syncflow's CPU (perf, `bench/run.sh throughput --perf`): here a request is
+//! a method, a path, headers and a body on a connection that is already
+//! there.
+//!
+//! Redirects are never followed (a 3xx is a wrong `base_url`), no proxy is
+//! used, and HTTPS verifies the server with the platform's verifier (the
+//! system's roots, as reqwest does).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderValue, USER_AGENT};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+pub(super) type Sender = SendRequest<Full<Bytes>>;
+
+/// Where a provider's requests go: scheme, host and port, and the path
+/// prefix of its `base_url`.
+pub(super) struct Origin {
+    host: String,
+    port: u16,
+    /// The `Host` header.
+    authority: HeaderValue,
+    /// `base_url`'s path without a trailing slash ("" for none).
+    prefix: String,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+/// A request that got no (complete) response.
+#[derive(Debug)]
+pub(super) struct TransportError {
+    pub kind: TransportKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TransportKind {
+    /// No connection: refused, unresolvable, TLS handshake failed.
+    Connect,
+    /// No answer within the provider's `timeout`.
+    Timeout,
+    /// The connection broke while the request was under way.
+    Network,
+}
+
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+impl TransportKind {
+    /// The `status` label of the request metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            TransportKind::Connect => "connect",
+            TransportKind::Timeout => "timeout",
+            TransportKind::Network => "network",
+        }
+    }
+}
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            TransportKind::Timeout => f.write_str(&self.message),
+            kind => write!(f, "{kind} error: {}", self.message),
+        }
+    }
+}
+
+impl std::error::Error for TransportError {}
+
+impl TransportError {
+    fn new(kind: TransportKind, error: &dyn std::error::Error) -> Self {
+        // The root cause says what happened; the outer layers only where.
+        let mut root = error;
+        while let Some(source) = root.source() {
+            root = source;
+        }
+        TransportError {
+            kind,
+            message: root.to_string(),
+        }
+    }
+
+    fn timeout(after: Duration) -> Self {
+        TransportError {
+            kind: TransportKind::Timeout,
+            message: format!("timed out after {after:?}"),
+        }
+    }
+}
+
+/// A response, read in full.
+pub(super) struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+const AGENT: &str = concat!("syncflow/", env!("CARGO_PKG_VERSION"));
+
+impl Origin {
+    /// `base_url` as validated by the provider's compilation (http or https,
+    /// a host). The TLS configuration is built once, here.
+    pub fn new(base_url: &str) -> Result<Self, String> {
+        let uri: Uri = base_url
+            .parse()
+            .map_err(|e| format!("invalid base_url {base_url:?}: {e}"))?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(format!("base_url {base_url:?} must be http or https")),
+        };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("base_url {base_url:?} has no host"))?;
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let tls = if https {
+            let config = tls_config().map_err(|e| format!("TLS setup: {e}"))?;
+            let name = ServerName::try_from(host.clone())
+                .map_err(|e| format!("base_url host {host:?}: {e}"))?;
+            Some((TlsConnector::from(Arc::new(config)), name))
+        } else {
+            None
+        };
+        Ok(Origin {
+            host,
+            port,
+            authority: HeaderValue::from_str(authority.as_str())
+                .map_err(|e| format!("base_url host: {e}"))?,
+            prefix: uri.path().trim_end_matches('/').to_owned(),
+            tls,
+        })
+    }
+
+    /// The request target for `path` (which starts with '/').
+    pub fn target(&self, path: &str) -> Result<Uri, String> {
+        let mut target = String::with_capacity(self.prefix.len() + path.len());
+        target.push_str(&self.prefix);
+        target.push_str(path);
+        Uri::try_from(target).map_err(|e| format!("bad request path {path:?}: {e}"))
+    }
+
+    /// Opens a connection (TCP, TLS for https, HTTP/1.1 handshake) within
+    /// `timeout`; a task of its own drives it until the sender is dropped or
+    /// the server closes it.
+    pub async fn connect(&self, timeout: Duration) -> Result<Sender, TransportError> {
+        tokio::time::timeout(timeout, self.open())
+            .await
+            .map_err(|_| TransportError::timeout(timeout))?
+    }
+
+    async fn open(&self) -> Result<Sender, TransportError> {
+        let connect_error =
+            |e: &dyn std::error::Error| TransportError::new(TransportKind::Connect, e);
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| connect_error(&e))?;
+        // Requests are single small writes: don't hold them back.
+        tcp.set_nodelay(true).map_err(|e| connect_error(&e))?;
+        match &self.tls {
+            None => handshake(tcp).await,
+            Some((connector, name)) => {
+                let tls = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| connect_error(&e))?;
+                handshake(tls).await
+            }
+        }
+    }
+
+    /// Sends one request over `sender` and reads the whole response, within
+    /// `timeout`. `headers` are the provider's (auth included, sensitive).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn send(
+        &self,
+        sender: &mut Sender,
+        method: Method,
+        target: Uri,
+        headers: &HeaderMap,
+        extra: Option<(&http::HeaderName, &HeaderValue)>,
+        body: Option<Bytes>,
+        timeout: Duration,
+    ) -> Result<Response, TransportError> {
+        let has_body = body.is_some();
+        let body = body.unwrap_or_default();
+        let length = HeaderValue::from(body.len());
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = method;
+        *request.uri_mut() = target;
+        let h = request.headers_mut();
+        h.reserve(headers.len() + 5);
+        h.insert(HOST, self.authority.clone());
+        h.insert(USER_AGENT, HeaderValue::from_static(AGENT));
+        for (name, value) in headers {
+            h.append(name, value.clone());
+        }
+        if let Some((name, value)) = extra {
+            h.insert(name, value.clone());
+        }
+        if has_body {
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            h.insert(CONTENT_LENGTH, length);
+        }
+        let exchange = async {
+            let network = |e: hyper::Error| TransportError::new(TransportKind::Network, &e);
+            let response = sender.send_request(request).await.map_err(network)?;
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.map_err(network)?.to_bytes();
+            Ok(Response {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| TransportError::timeout(timeout))?
+    }
+}
+
+async fn handshake<S>(stream: S) -> Result<Sender, TransportError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| TransportError::new(TransportKind::Connect, &e))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "provider connection closed");
+        }
+    });
+    Ok(sender)
+}
+
+/// TLS with the platform's verifier and ring (installed as the process's
+/// default provider), HTTP/1.1 only.
+fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
+    use rustls_platform_verifier::BuilderVerifierExt;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut config = rustls::ClientConfig::builder()
+        .with_platform_verifier()?
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_split_host_port_and_prefix() {
+        let o = Origin::new("http://127.0.0.1:8080").unwrap();
+        assert_eq!(
+            (o.host.as_str(), o.port, o.prefix.as_str()),
+            ("127.0.0.1", 8080, "")
+        );
+        assert_eq!(o.authority, "127.0.0.1:8080");
+        assert!(o.tls.is_none());
+        assert_eq!(
+            o.target("/crm/v3/objects/contacts").unwrap(),
+            "/crm/v3/objects/contacts"
+        );
+
+        let o = Origin::new("https://api.example.com/services/").unwrap();
+        assert_eq!((o.host.as_str(), o.port), ("api.example.com", 443));
+        assert!(o.tls.is_some());
+        assert_eq!(o.target("/data/x?y=1").unwrap(), "/services/data/x?y=1");
+
+        let o = Origin::new("http://[::1]/v1").unwrap();
+        assert_eq!(
+            (o.host.as_str(), o.port, o.prefix.as_str()),
+            ("::1", 80, "/v1")
+        );
+        assert!(Origin::new("ftp://x").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let origin = Origin::new(&format!("http://127.0.0.1:{port}")).unwrap();
+        let e = origin.connect(Duration::from_secs(5)).await.err().unwrap();
+        assert_eq!(e.kind, TransportKind::Connect);
+        assert!(e.to_string().starts_with("connect error: "), "{e}");
+    }
+}
