@@ -107,17 +107,10 @@ pub enum Limiter {
 }
 
 impl Limiter {
-    /// Waits until one request may start; returns how long that took.
-    pub async fn acquire(&self) -> Result<Duration, LimiterError> {
-        match self {
-            Limiter::Unlimited => Ok(Duration::ZERO),
-            Limiter::Shared(limiter) => limiter.acquire().await,
-        }
-    }
-
-    /// Like [`Limiter::acquire`], and returns the instant by which the
-    /// request must have started (none without a limit). `requeue`: the
-    /// caller's previous cell went stale unused, so it waits at the front.
+    /// Waits until one request may start; returns how long that took and
+    /// the instant by which the request must have started (none without a
+    /// limit). `requeue`: the caller's previous cell went stale unused, so it
+    /// waits at the front.
     pub async fn acquire_cell(
         &self,
         requeue: bool,

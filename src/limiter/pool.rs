@@ -57,8 +57,6 @@ impl Grant {
 struct Cell {
     at: Instant,
     deadline: Instant,
-    /// Which grant it came from ([`Pool::latest`]).
-    grant: u64,
 }
 
 /// The latest grant, while its last cells are pooled: they are the end of
@@ -78,9 +76,10 @@ pub(crate) struct Pool {
     /// In grant order; times are nearly but not strictly increasing (the
     /// burst tolerance lets a later grant start before an earlier one ends).
     cells: VecDeque<Cell>,
-    grants: u64,
-    /// The latest grant's id and the TAT it left.
-    latest: Option<(u64, u64, u64)>,
+    /// The latest grant while none of it was given back. Its cells went in
+    /// last and cells leave from the front, so those still pooled are the
+    /// last `min(granted, len)`.
+    latest: Option<Grant>,
 }
 
 impl Pool {
@@ -91,16 +90,13 @@ impl Pool {
         if grant.granted == 0 {
             return;
         }
-        self.grants += 1;
-        let id = self.grants;
-        self.latest = Some((id, grant.tat_us, grant.interval_us));
+        self.latest = Some(*grant);
         for i in 0..u64::from(grant.granted) {
             let conforms_us = grant.now_us.max(grant.start_us + i * grant.interval_us);
             let offset = Duration::from_micros(conforms_us - grant.now_us);
             self.cells.push_back(Cell {
                 at: received + offset,
                 deadline: sent + offset + spend,
-                grant: id,
             });
         }
     }
@@ -111,16 +107,11 @@ impl Pool {
 
     /// The latest grant's cells still pooled, if any.
     pub fn tail(&self) -> Option<Tail> {
-        let (id, tat_us, interval_us) = self.latest?;
-        let cells = self
-            .cells
-            .iter()
-            .rev()
-            .take_while(|c| c.grant == id)
-            .count();
+        let latest = self.latest?;
+        let cells = (latest.granted as usize).min(self.cells.len());
         (cells > 0).then_some(Tail {
-            tat_us,
-            interval_us,
+            tat_us: latest.tat_us,
+            interval_us: latest.interval_us,
             cells: cells as u32,
         })
     }

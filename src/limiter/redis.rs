@@ -174,9 +174,7 @@ impl LeaseClient {
             .arg(standing.epoch_us.unwrap_or(0))
             .arg(u8::from(standing.returning))
             .arg(standing.hold_for.as_micros() as u64);
-        let reply = tokio::time::timeout(CALL_TIMEOUT, call.invoke_async(&mut redis))
-            .await
-            .map_err(|_| LimiterError::Timeout(CALL_TIMEOUT))?;
+        let reply = within_call_timeout(call.invoke_async(&mut redis)).await?;
         let (now_us, start_us, interval_us, granted, instances, epoch_us, hold_us, tat_us): (
             u64,
             u64,
@@ -186,7 +184,7 @@ impl LeaseClient {
             u64,
             u64,
             u64,
-        ) = reply?;
+        ) = reply;
         Ok(Grant {
             now_us,
             start_us,
@@ -206,9 +204,16 @@ impl LeaseClient {
         let mut redis = self.redis.clone();
         let mut call = self.give_back.key(&self.tat_key);
         call.arg(tail.tat_us).arg(tail.cells).arg(tail.interval_us);
-        let taken: u8 = tokio::time::timeout(CALL_TIMEOUT, call.invoke_async(&mut redis))
-            .await
-            .map_err(|_| LimiterError::Timeout(CALL_TIMEOUT))??;
+        let taken: u8 = within_call_timeout(call.invoke_async(&mut redis)).await?;
         Ok(taken == 1)
     }
+}
+
+/// A script call that did not answer within [`CALL_TIMEOUT`] failed.
+async fn within_call_timeout<T>(
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, LimiterError> {
+    Ok(tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| LimiterError::Timeout(CALL_TIMEOUT))??)
 }

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderValue, USER_AGENT};
-use http::{Method, Request, StatusCode, Uri};
+use http::header::{HOST, HeaderMap, HeaderValue, USER_AGENT};
+use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -192,39 +192,18 @@ impl Origin {
         }
     }
 
-    /// Sends one request over `sender` and reads the whole response, within
-    /// `timeout`. `headers` are the provider's (auth included, sensitive).
-    #[allow(clippy::too_many_arguments)]
+    /// Sends `request` over `sender`, with this origin's `Host` and
+    /// syncflow's `User-Agent`, and reads the whole response, within
+    /// `timeout`.
     pub async fn send(
         &self,
         sender: &mut Sender,
-        method: Method,
-        target: Uri,
-        headers: &HeaderMap,
-        extra: Option<(&http::HeaderName, &HeaderValue)>,
-        body: Option<Bytes>,
+        mut request: Request<Full<Bytes>>,
         timeout: Duration,
     ) -> Result<Response, TransportError> {
-        let has_body = body.is_some();
-        let body = body.unwrap_or_default();
-        let length = HeaderValue::from(body.len());
-        let mut request = Request::new(Full::new(body));
-        *request.method_mut() = method;
-        *request.uri_mut() = target;
-        let h = request.headers_mut();
-        h.reserve(headers.len() + 5);
-        h.insert(HOST, self.authority.clone());
-        h.insert(USER_AGENT, HeaderValue::from_static(AGENT));
-        for (name, value) in headers {
-            h.append(name, value.clone());
-        }
-        if let Some((name, value)) = extra {
-            h.insert(name, value.clone());
-        }
-        if has_body {
-            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            h.insert(CONTENT_LENGTH, length);
-        }
+        let headers = request.headers_mut();
+        headers.insert(HOST, self.authority.clone());
+        headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
         let exchange = async {
             let network = |e: hyper::Error| TransportError::new(TransportKind::Network, &e);
             let response = sender.send_request(request).await.map_err(network)?;

@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
-use http::{StatusCode, Uri};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use http::{Request, StatusCode, Uri};
+use http_body_util::Full;
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -149,11 +150,14 @@ impl HttpSink {
         let timeout = self.provider.timeout;
         let mut slot = self.slots.take().await;
         let started = Instant::now();
-        if let Err(e) = slot.ready(&self.origin, timeout).await {
-            // No connection, no cell spent: the attempt failed to connect.
+        // No connection, no cell spent: the attempt failed to connect.
+        let connect_failed = |e| {
             let attempt = Attempt::Transport(e);
             self.metrics.attempt(attempt.label(), started.elapsed());
-            return Ok(attempt);
+            Ok(attempt)
+        };
+        if let Err(e) = slot.ready(&self.origin, timeout).await {
+            return connect_failed(e);
         }
         let (mut waited, mut deadline) = self.limiter.acquire_cell(false).await?;
         // The provider may have closed the connection while the request
@@ -167,33 +171,15 @@ impl HttpSink {
                     let (more, fresh) = self.limiter.acquire_cell(true).await?;
                     (waited, deadline) = (waited + more, fresh);
                 }
-                Err(e) => {
-                    let attempt = Attempt::Transport(e);
-                    self.metrics.attempt(attempt.label(), started.elapsed());
-                    return Ok(attempt);
-                }
+                Err(e) => return connect_failed(e),
             }
         }
         self.metrics.limiter_wait.record(waited);
 
         let _in_flight = InFlight::start(self);
         let started = Instant::now();
-        let idempotency = self
-            .idempotency_header
-            .as_ref()
-            .map(|name| (name, &call.idempotency_key));
-        let sent = self
-            .origin
-            .send(
-                slot.sender(),
-                call.endpoint.method.clone(),
-                call.target.clone(),
-                &self.headers,
-                idempotency,
-                call.body.clone(),
-                timeout,
-            )
-            .await;
+        let request = self.request(call);
+        let sent = self.origin.send(slot.sender(), request, timeout).await;
         let attempt = match sent {
             Ok(response) => Attempt::Response {
                 status: response.status,
@@ -211,6 +197,29 @@ impl HttpSink {
         };
         self.metrics.attempt(attempt.label(), started.elapsed());
         Ok(attempt)
+    }
+
+    /// The HTTP request of one attempt: the endpoint's method and path, the
+    /// provider's headers, the idempotency key and the JSON body.
+    fn request(&self, call: &Call<'_>) -> Request<Full<Bytes>> {
+        let body = call.body.clone().unwrap_or_default();
+        let length = HeaderValue::from(body.len());
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = call.endpoint.method.clone();
+        *request.uri_mut() = call.target.clone();
+        let headers = request.headers_mut();
+        headers.reserve(self.headers.len() + 5);
+        for (name, value) in &self.headers {
+            headers.append(name, value.clone());
+        }
+        if let Some(name) = &self.idempotency_header {
+            headers.insert(name, call.idempotency_key.clone());
+        }
+        if call.body.is_some() {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(CONTENT_LENGTH, length);
+        }
+        request
     }
 
     fn success(
