@@ -74,7 +74,7 @@ if [ "$mode" = all ]; then
   done
   exit 0
 fi
-bin=target/release
+bin=${BENCH_BIN_DIR:-target/release}  # e.g. a frame-pointer build for --perf
 out=target/bench/$mode-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$out"
 work=$(mktemp -d)
@@ -182,7 +182,7 @@ start_syncflow() {
   syncflow_started_us=$(now_us)
   NATS_URL="$nats" REDIS_URL="$redis" SYNCFLOW_HTTP="127.0.0.1:$HTTP_PORT" \
     CRM_URL="$crm/hubspot" CRM_TOKEN="$TOKEN" BENCH_MAX_IN_FLIGHT="$INFLIGHT" \
-    "$bin/syncflow" run --dir bench/config >"$out/syncflow.log" 2>&1 &
+    ${SYNCFLOW_WRAP:-} "$bin/syncflow" run --dir "${BENCH_CONFIG:-bench/config}" >"$out/syncflow.log" 2>&1 &
   syncflow_pid=$!; pids+=("$syncflow_pid")
   if [ -n "$SCRAPE" ]; then
     (while kill -0 "$syncflow_pid" 2>/dev/null; do

@@ -23,6 +23,10 @@ use async_nats::jetstream::{self, context::PublishAckFuture};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
+#[path = "shared/bench_event.rs"]
+mod bench_event;
+use bench_event::event;
+
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Parser)]
@@ -193,21 +197,6 @@ impl<'a> Publisher<'a> {
         }
         Ok(())
     }
-}
-
-/// A contact create: eight fields besides the id, the shape the benchmark
-/// pipeline maps. Every one passes its `when` and ends in `create`.
-fn event(id: u64, sent_at_us: u64) -> String {
-    let company = match id % 3 {
-        0 => "null".to_owned(),
-        n => format!("\"Company {}\"", id % 97 + n),
-    };
-    let status = ["active", "lead", "inactive"][(id % 3) as usize];
-    format!(
-        r#"{{"op":"c","after":{{"id":"{id}","email":"person{id}@example.com","first_name":"First{id}","last_name":"Last{id}","phone":"+1 555 {:04}","city":"City {}","company":{company},"status":"{status}","sent_at_us":{sent_at_us}}}}}"#,
-        id % 10_000,
-        id % 50,
-    )
 }
 
 /// Publishes `rate` events per second for `warmup + duration`; resets the

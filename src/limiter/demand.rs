@@ -62,6 +62,20 @@ impl LeaseSizer {
         self.rate_at = now;
     }
 
+    /// `n` arrivals served at once from the pool (shared.rs's fast path),
+    /// counted when the task hears of them: arrivals and spent cells.
+    pub fn arrivals(&mut self, now: Instant, n: u32) {
+        self.rate = self.rate_at(now) + f64::from(n) / RATE_WINDOW.as_secs_f64();
+        self.rate_at = now;
+        self.used += n;
+    }
+
+    /// Pooled cells below which the pool no longer covers the expected
+    /// demand and a lease is wanted (with nobody waiting); at least 1.
+    pub fn refill_below(&self, now: Instant) -> usize {
+        ((self.rate_at(now) * REFILL_AHEAD.as_secs_f64()).floor() as usize).max(1)
+    }
+
     fn rate_at(&self, now: Instant) -> f64 {
         let age = now.saturating_duration_since(self.rate_at);
         self.rate * (-age.as_secs_f64() / RATE_WINDOW.as_secs_f64()).exp()

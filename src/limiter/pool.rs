@@ -140,6 +140,16 @@ impl Pool {
         expired
     }
 
+    /// Takes the front cell if it may be handed out at `now` and is not past
+    /// its deadline (an expired one is left for the task to count).
+    pub fn take_fresh(&mut self, now: Instant) -> Option<Instant> {
+        let cell = *self.cells.front()?;
+        (cell.at <= now && now <= cell.deadline).then(|| {
+            self.cells.pop_front();
+            cell.deadline
+        })
+    }
+
     /// Takes the front cell if it may be handed out at `now`; returns its
     /// deadline. Call [`Pool::discard_expired`] first, so it is not past it.
     pub fn take_due(&mut self, now: Instant) -> Option<Instant> {

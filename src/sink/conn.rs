@@ -10,11 +10,19 @@
 //! a method, a path, headers and a body on a connection that is already
 //! there.
 //!
+//! A connection has no task of its own: whoever uses it drives its I/O
+//! while waiting for its response ([`Conn`]). With a task per connection,
+//! every request crossed tasks three or four times (request in, response
+//! and body out), and those wake-ups cost more than the request itself.
+//!
 //! Redirects are never followed (a 3xx is a wrong `base_url`), no proxy is
 //! used, and HTTPS verifies the server with the platform's verifier (the
 //! system's roots, as reqwest does).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,7 +35,71 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-pub(super) type Sender = SendRequest<Full<Bytes>>;
+/// One HTTP/1.1 connection: the handle requests go in through, and the
+/// future doing its reads and writes, polled only by the request using the
+/// connection (an idle connection is not polled: a close by the provider is
+/// seen at [`Conn::ready`]).
+pub(super) struct Conn {
+    sender: SendRequest<Full<Bytes>>,
+    io: Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>,
+    /// The I/O future has finished: the connection is closed.
+    ended: bool,
+}
+
+impl Conn {
+    /// Drives the connection until it can take a request; false when it is
+    /// closed (the provider closed it while idle, or it broke).
+    pub async fn ready(&mut self) -> bool {
+        if self.ended {
+            return false;
+        }
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = self.io.as_mut().poll(cx) {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "provider connection closed");
+                }
+                self.ended = true;
+                return Poll::Ready(false);
+            }
+            self.sender.poll_ready(cx).map(|r| r.is_ok())
+        })
+        .await
+    }
+
+    /// Runs `exchange` (a request on this connection) while driving the
+    /// connection's I/O; a connection that ends before the exchange does
+    /// is a network error.
+    async fn drive<T>(
+        &mut self,
+        exchange: impl Future<Output = hyper::Result<T>>,
+    ) -> Result<T, TransportError> {
+        let network = |e: hyper::Error| TransportError::new(TransportKind::Network, &e);
+        let mut exchange = std::pin::pin!(exchange);
+        std::future::poll_fn(|cx| {
+            // The I/O first: it may complete the exchange in this same poll.
+            if !self.ended
+                && let Poll::Ready(result) = self.io.as_mut().poll(cx)
+            {
+                self.ended = true;
+                if let Err(e) = result {
+                    return match exchange.as_mut().poll(cx) {
+                        Poll::Ready(Ok(done)) => Poll::Ready(Ok(done)),
+                        _ => Poll::Ready(Err(network(e))),
+                    };
+                }
+            }
+            match exchange.as_mut().poll(cx) {
+                Poll::Ready(result) => Poll::Ready(result.map_err(network)),
+                Poll::Pending if self.ended => Poll::Ready(Err(TransportError {
+                    kind: TransportKind::Network,
+                    message: "the provider closed the connection before the response".into(),
+                })),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
 
 /// Where a provider's requests go: scheme, host and port, and the path
 /// prefix of its `base_url`.
@@ -164,15 +236,14 @@ impl Origin {
     }
 
     /// Opens a connection (TCP, TLS for https, HTTP/1.1 handshake) within
-    /// `timeout`; a task of its own drives it until the sender is dropped or
-    /// the server closes it.
-    pub async fn connect(&self, timeout: Duration) -> Result<Sender, TransportError> {
+    /// `timeout`.
+    pub async fn connect(&self, timeout: Duration) -> Result<Conn, TransportError> {
         tokio::time::timeout(timeout, self.open())
             .await
             .map_err(|_| TransportError::timeout(timeout))?
     }
 
-    async fn open(&self) -> Result<Sender, TransportError> {
+    async fn open(&self) -> Result<Conn, TransportError> {
         let connect_error =
             |e: &dyn std::error::Error| TransportError::new(TransportKind::Connect, e);
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
@@ -192,12 +263,12 @@ impl Origin {
         }
     }
 
-    /// Sends `request` over `sender`, with this origin's `Host` and
-    /// syncflow's `User-Agent`, and reads the whole response, within
+    /// Sends `request` over `conn` (made ready), with this origin's `Host`
+    /// and syncflow's `User-Agent`, and reads the whole response, within
     /// `timeout`.
     pub async fn send(
         &self,
-        sender: &mut Sender,
+        conn: &mut Conn,
         mut request: Request<Full<Bytes>>,
         timeout: Duration,
     ) -> Result<Response, TransportError> {
@@ -205,10 +276,10 @@ impl Origin {
         headers.insert(HOST, self.authority.clone());
         headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
         let exchange = async {
-            let network = |e: hyper::Error| TransportError::new(TransportKind::Network, &e);
-            let response = sender.send_request(request).await.map_err(network)?;
+            let response = conn.sender.send_request(request);
+            let response = conn.drive(response).await?;
             let (parts, body) = response.into_parts();
-            let body = body.collect().await.map_err(network)?.to_bytes();
+            let body = conn.drive(body.collect()).await?.to_bytes();
             Ok(Response {
                 status: parts.status,
                 headers: parts.headers,
@@ -221,7 +292,7 @@ impl Origin {
     }
 }
 
-async fn handshake<S>(stream: S) -> Result<Sender, TransportError>
+async fn handshake<S>(stream: S) -> Result<Conn, TransportError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
@@ -229,12 +300,11 @@ where
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| TransportError::new(TransportKind::Connect, &e))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "provider connection closed");
-        }
-    });
-    Ok(sender)
+    Ok(Conn {
+        sender,
+        io: Box::pin(connection),
+        ended: false,
+    })
 }
 
 /// TLS with the platform's verifier and ring (installed as the process's

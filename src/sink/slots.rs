@@ -15,19 +15,19 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use super::conn::{Origin, Sender, TransportError};
+use super::conn::{Conn, Origin, TransportError};
 
 pub(super) struct Slots {
     permits: Semaphore,
     /// Connections of the slots not in use (none where a slot has not
     /// connected yet or lost its connection), the most recently used last.
-    idle: Mutex<Vec<Option<Sender>>>,
+    idle: Mutex<Vec<Option<Conn>>>,
 }
 
 /// A slot in use: its connection, and the permit that bounds concurrency.
 pub(super) struct Slot<'a> {
     slots: &'a Slots,
-    conn: Option<Sender>,
+    conn: Option<Conn>,
     _permit: SemaphorePermit<'a>,
 }
 
@@ -68,10 +68,10 @@ impl Slot<'_> {
         origin: &Origin,
         timeout: Duration,
     ) -> Result<bool, TransportError> {
-        if let Some(sender) = &mut self.conn {
-            if !sender.is_closed() && sender.ready().await.is_ok() {
-                return Ok(false);
-            }
+        if let Some(conn) = &mut self.conn
+            && conn.ready().await
+        {
+            return Ok(false);
         }
         self.conn = None;
         self.conn = Some(origin.connect(timeout).await?);
@@ -79,7 +79,7 @@ impl Slot<'_> {
     }
 
     /// The connection [`Slot::ready`] made ready.
-    pub fn sender(&mut self) -> &mut Sender {
+    pub fn conn(&mut self) -> &mut Conn {
         self.conn.as_mut().expect("ready() first")
     }
 

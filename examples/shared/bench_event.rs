@@ -1,0 +1,17 @@
+//! The benchmark's event, shared by bench_load (which publishes it) and
+//! bench_evaluate (which evaluates it without NATS).
+
+/// A contact create: eight fields besides the id, the shape the benchmark
+/// pipeline maps. Every one passes its `when` and ends in `create`.
+pub fn event(id: u64, sent_at_us: u64) -> String {
+    let company = match id % 3 {
+        0 => "null".to_owned(),
+        n => format!("\"Company {}\"", id % 97 + n),
+    };
+    let status = ["active", "lead", "inactive"][(id % 3) as usize];
+    format!(
+        r#"{{"op":"c","after":{{"id":"{id}","email":"person{id}@example.com","first_name":"First{id}","last_name":"Last{id}","phone":"+1 555 {:04}","city":"City {}","company":{company},"status":"{status}","sent_at_us":{sent_at_us}}}}}"#,
+        id % 10_000,
+        id % 50,
+    )
+}
