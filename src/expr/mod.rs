@@ -5,11 +5,14 @@
 //! disabled, printing is silenced and every resource is bounded, so a
 //! runaway script fails its record, never the process.
 
+mod native;
 mod value;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use rhai::{Dynamic, Engine, EvalAltResult, Position, Scope};
+use serde_json::Value;
 
 pub use value::{from_json, to_json};
 
@@ -54,10 +57,19 @@ pub struct ScriptError {
     pub message: String,
 }
 
-/// A compiled script and the text it came from (for error messages).
+/// A compiled script: Rhai's AST and, when the script is simple enough,
+/// its native translation (see `native`).
 #[derive(Clone)]
 pub struct Script {
     ast: Arc<rhai::AST>,
+    native: Option<Arc<native::Node>>,
+}
+
+impl Script {
+    /// Whether records are evaluated natively (Rhai only when unsure).
+    pub fn is_native(&self) -> bool {
+        self.native.is_some()
+    }
 }
 
 impl std::fmt::Debug for Script {
@@ -91,11 +103,17 @@ impl ScriptEngine {
     }
 
     pub fn compile(&self, source: &str) -> Result<Script, CompileError> {
+        // Declared (strict variables) but not as constants: the optimizer
+        // folds a constant's value into the script, and `record == ()`
+        // would compile to `true`. At run time they are constants.
         let mut scope = Scope::new();
-        scope.push_constant(RECORD, Dynamic::UNIT);
-        scope.push_constant(EVENT, Dynamic::UNIT);
+        scope.push(RECORD, Dynamic::UNIT);
+        scope.push(EVENT, Dynamic::UNIT);
         match self.engine.compile_with_scope(&scope, source) {
-            Ok(ast) => Ok(Script { ast: Arc::new(ast) }),
+            Ok(ast) => Ok(Script {
+                native: native::translate(&ast).map(Arc::new),
+                ast: Arc::new(ast),
+            }),
             Err(err) => {
                 let (line, col) = line_col(err.position());
                 let message = match err.err_type() {
@@ -111,35 +129,148 @@ impl ScriptEngine {
     }
 
     /// Runs `script` with `record` and `event` in scope.
-    pub fn eval(&self, script: &Script, vars: &mut Vars) -> Result<Dynamic, ScriptError> {
+    pub fn eval<'a>(
+        &self,
+        script: &'a Script,
+        vars: &mut Vars<'a>,
+    ) -> Result<ScriptValue<'a>, ScriptError> {
+        if let Some(node) = &script.native
+            && let Some(value) = native::eval(node, vars.record, &vars.event)
+        {
+            return Ok(ScriptValue::Native(value));
+        }
+        self.eval_rhai(script, vars).map(ScriptValue::Rhai)
+    }
+
+    /// Rhai's answer, whether or not the script has a native translation.
+    fn eval_rhai(&self, script: &Script, vars: &mut Vars<'_>) -> Result<Dynamic, ScriptError> {
         self.engine
-            .eval_ast_with_scope::<Dynamic>(&mut vars.scope, &script.ast)
+            .eval_ast_with_scope::<Dynamic>(vars.scope(), &script.ast)
             .map_err(|e| ScriptError {
                 message: describe(&e),
             })
     }
 
     /// Runs a condition; anything but a bool is an error naming its type.
-    pub fn eval_bool(&self, script: &Script, vars: &mut Vars) -> Result<bool, ScriptError> {
-        let value = self.eval(script, vars)?;
+    pub fn eval_bool(&self, script: &Script, vars: &mut Vars<'_>) -> Result<bool, ScriptError> {
+        if let Some(node) = &script.native
+            && let Some(native::Val::Bool(b)) = native::eval(node, vars.record, &vars.event)
+        {
+            return Ok(b);
+        }
+        let value = self.eval_rhai(script, vars)?;
         value.as_bool().map_err(|type_name| ScriptError {
             message: format!("condition must return true or false, got {type_name}"),
         })
     }
 }
 
-/// The scope of one record's scripts, built once and shared by `when`, the
-/// rules and the mapping expressions.
-pub struct Vars {
-    scope: Scope<'static>,
+/// A script's result, from whichever evaluator produced it.
+#[derive(Debug)]
+pub enum ScriptValue<'a> {
+    Native(native::Val<'a>),
+    Rhai(Dynamic),
 }
 
-impl Vars {
-    pub fn new(record: Dynamic, event: Dynamic) -> Self {
-        let mut scope = Scope::new();
-        scope.push_constant(RECORD, record);
-        scope.push_constant(EVENT, event);
-        Vars { scope }
+impl ScriptValue<'_> {
+    /// `()` becomes `None`: a mapping expression returning `()` leaves its
+    /// field out.
+    pub fn into_json(self) -> Result<Option<Value>, String> {
+        match self {
+            ScriptValue::Native(v) => v.into_json(),
+            ScriptValue::Rhai(d) => to_json(d),
+        }
+    }
+}
+
+/// What scripts see as `event`: the message's metadata besides its record.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Event<'a> {
+    /// The value at the pipeline's `op` path.
+    pub op: Option<&'a Value>,
+    pub key: &'a str,
+    pub subject: &'a str,
+    pub seq: u64,
+    /// Publish time, milliseconds since the Unix epoch.
+    pub timestamp_ms: Option<i64>,
+    pub headers: &'a [(String, String)],
+}
+
+impl<'a> Event<'a> {
+    fn property(&self, name: &str) -> native::Val<'a> {
+        use native::Val;
+        match name {
+            "op" => self.op.map_or(Val::Unit, native::json),
+            "key" => Val::Str(Cow::Borrowed(self.key)),
+            "subject" => Val::Str(Cow::Borrowed(self.subject)),
+            "seq" => Val::Int(self.seq as i64),
+            "timestamp" => self.timestamp_ms.map_or(Val::Unit, Val::Int),
+            "headers" => Val::Headers,
+            _ => Val::Unit,
+        }
+    }
+
+    /// A header's value; of repeated names the last, as in the Rhai map.
+    fn header(&self, name: &str) -> native::Val<'a> {
+        self.headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map_or(native::Val::Unit, |(_, v)| {
+                native::Val::Str(Cow::Borrowed(v.as_str()))
+            })
+    }
+
+    /// The Rhai map scripts get as `event`.
+    fn to_dynamic(self) -> Dynamic {
+        let string = |s: &str| Dynamic::from(rhai::ImmutableString::from(s));
+        let mut event = rhai::Map::new();
+        event.insert("op".into(), self.op.map(from_json).unwrap_or(Dynamic::UNIT));
+        event.insert("key".into(), string(self.key));
+        event.insert("subject".into(), string(self.subject));
+        event.insert("seq".into(), Dynamic::from_int(self.seq as i64));
+        event.insert(
+            "timestamp".into(),
+            self.timestamp_ms
+                .map(Dynamic::from_int)
+                .unwrap_or(Dynamic::UNIT),
+        );
+        let headers: rhai::Map = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().into(), string(v)))
+            .collect();
+        event.insert("headers".into(), Dynamic::from_map(headers));
+        Dynamic::from_map(event)
+    }
+}
+
+/// What one record's scripts see. The Rhai scope (a copy of the record and
+/// event as Rhai values) is built on the first script Rhai has to run, and
+/// then shared by `when`, the rules and the mapping expressions.
+pub struct Vars<'a> {
+    record: &'a Value,
+    event: Event<'a>,
+    scope: Option<Scope<'static>>,
+}
+
+impl<'a> Vars<'a> {
+    pub fn new(record: &'a Value, event: Event<'a>) -> Self {
+        Vars {
+            record,
+            event,
+            scope: None,
+        }
+    }
+
+    fn scope(&mut self) -> &mut Scope<'static> {
+        let (record, event) = (self.record, self.event);
+        self.scope.get_or_insert_with(|| {
+            let mut scope = Scope::new();
+            scope.push_constant(RECORD, from_json(record));
+            scope.push_constant(EVENT, event.to_dynamic());
+            scope
+        })
     }
 }
 
@@ -173,8 +304,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn vars(record: serde_json::Value) -> Vars {
-        Vars::new(from_json(&record), from_json(&json!({"op": "c"})))
+    fn vars(record: &Value) -> Vars<'_> {
+        Vars::new(record, Event::default())
     }
 
     #[test]
@@ -183,11 +314,35 @@ mod tests {
         let s = e
             .compile(r#"event.op == "c" && record.company != ()"#)
             .unwrap();
+        let op = json!("c");
+        let event = Event {
+            op: Some(&op),
+            ..Event::default()
+        };
+        let with_company = json!({"company": "acme"});
+        let without = json!({});
         assert!(
-            e.eval_bool(&s, &mut vars(json!({"company": "acme"})))
+            e.eval_bool(&s, &mut Vars::new(&with_company, event))
                 .unwrap()
         );
-        assert!(!e.eval_bool(&s, &mut vars(json!({}))).unwrap());
+        assert!(!e.eval_bool(&s, &mut Vars::new(&without, event)).unwrap());
+    }
+
+    #[test]
+    fn whole_record_and_event_are_not_folded_at_compile_time() {
+        let e = ScriptEngine::new();
+        let s = e.compile("record == () || event == ()").unwrap();
+        assert!(!e.eval_bool(&s, &mut vars(&json!({}))).unwrap());
+        let s = e.compile("type_of(record)").unwrap();
+        let kind = e.eval(&s, &mut vars(&json!({}))).unwrap().into_json();
+        assert_eq!(kind, Ok(Some(json!("map"))));
+    }
+
+    #[test]
+    fn scripts_cannot_assign_to_record_or_event() {
+        let e = ScriptEngine::new();
+        let s = e.compile("record = 1; true").unwrap();
+        assert!(e.eval_bool(&s, &mut vars(&json!({}))).is_err());
     }
 
     #[test]
@@ -214,25 +369,27 @@ mod tests {
     fn a_script_that_loops_forever_fails_its_record() {
         let e = ScriptEngine::new();
         let s = e.compile("loop { }").unwrap();
-        let err = e.eval(&s, &mut vars(json!({}))).unwrap_err();
+        let empty = json!({});
+        let err = e.eval(&s, &mut vars(&empty)).unwrap_err();
         assert!(err.message.contains("operations"), "{}", err.message);
         // The engine is still usable afterwards.
         let ok = e.compile("1 + 1").unwrap();
-        assert_eq!(e.eval(&ok, &mut vars(json!({}))).unwrap().as_int(), Ok(2));
+        let two = e.eval(&ok, &mut vars(&empty)).unwrap().into_json();
+        assert_eq!(two, Ok(Some(json!(2))));
     }
 
     #[test]
     fn unbounded_strings_are_stopped() {
         let e = ScriptEngine::new();
         let s = e.compile(r#"let s = "x"; loop { s += s; }"#).unwrap();
-        assert!(e.eval(&s, &mut vars(json!({}))).is_err());
+        assert!(e.eval(&s, &mut vars(&json!({}))).is_err());
     }
 
     #[test]
     fn non_bool_conditions_are_errors() {
         let e = ScriptEngine::new();
         let s = e.compile(r#""yes""#).unwrap();
-        let err = e.eval_bool(&s, &mut vars(json!({}))).unwrap_err();
+        let err = e.eval_bool(&s, &mut vars(&json!({}))).unwrap_err();
         assert!(err.message.contains("true or false"), "{}", err.message);
     }
 }

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 pub use path::{JsonPath, PathError};
 
-use crate::expr::{Script, ScriptEngine, Vars, to_json};
+use crate::expr::{Script, ScriptEngine, Vars};
 
 /// Where one output field's value comes from.
 #[derive(Debug, Clone)]
@@ -79,11 +79,11 @@ impl Mapping {
     }
 
     /// Builds the output body of one record.
-    pub fn apply(
-        &self,
+    pub fn apply<'a>(
+        &'a self,
         record: &Value,
         engine: &ScriptEngine,
-        vars: &mut Vars,
+        vars: &mut Vars<'a>,
     ) -> Result<Value, FieldError> {
         let mut out = Map::new();
         for field in &self.fields {
@@ -95,7 +95,7 @@ impl Mapping {
                         in_script: true,
                         message: e.message,
                     })?;
-                    to_json(result).map_err(|message| FieldError {
+                    result.into_json().map_err(|message| FieldError {
                         field: field.name.clone(),
                         in_script: false,
                         message,
@@ -129,7 +129,7 @@ fn insert(out: &mut Map<String, Value>, segments: &[String], value: Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::expr::from_json;
+    use crate::expr::Event;
     use serde_json::json;
 
     fn path(p: &str) -> FieldSource {
@@ -157,7 +157,7 @@ mod tests {
             Field::new("source", expr(&engine, r#""syncflow""#)).unwrap(),
         ]);
         let record = json!({"email": "a@b.c"});
-        let mut vars = Vars::new(from_json(&record), from_json(&json!({})));
+        let mut vars = Vars::new(&record, Event::default());
         let out = mapping.apply(&record, &engine, &mut vars).unwrap();
         assert_eq!(
             out,
@@ -172,7 +172,7 @@ mod tests {
             Field::new("x", expr(&engine, "record.n / 0")).unwrap(),
         ]);
         let record = json!({"n": 1});
-        let mut vars = Vars::new(from_json(&record), from_json(&json!({})));
+        let mut vars = Vars::new(&record, Event::default());
         let err = mapping.apply(&record, &engine, &mut vars).unwrap_err();
         assert_eq!(err.field, "x");
         assert!(err.in_script);

@@ -3,13 +3,12 @@
 
 use std::fmt;
 
-use rhai::Dynamic;
 use serde_json::Value;
 
 use super::Pipeline;
 use crate::action::Action;
 use crate::error::{Fault, Retry};
-use crate::expr::{Vars, from_json};
+use crate::expr::{Event, Vars};
 
 /// What the runtime knows about a message besides its bytes; exposed to
 /// scripts as `event`.
@@ -147,7 +146,15 @@ impl Pipeline {
                 .map_err(|e| fail(EvalErrorKind::InputSchema, Some(&key), e))?;
         }
 
-        let mut vars = Vars::new(from_json(record), self.event(meta, &key, op.as_deref()));
+        let event = Event {
+            op: op.as_deref(),
+            key: &key,
+            subject: meta.subject,
+            seq: meta.seq,
+            timestamp_ms: meta.timestamp_ms,
+            headers: meta.headers,
+        };
+        let mut vars = Vars::new(record, event);
         if let Some(when) = &self.when {
             let pass = self
                 .engine
@@ -214,38 +221,6 @@ impl Pipeline {
             body,
             skip_reason: None,
         })
-    }
-
-    fn event(&self, meta: &MessageMeta<'_>, key: &str, op: Option<&Value>) -> Dynamic {
-        let mut event = rhai::Map::new();
-        event.insert("op".into(), op.map(from_json).unwrap_or(Dynamic::UNIT));
-        event.insert(
-            "key".into(),
-            Dynamic::from(rhai::ImmutableString::from(key)),
-        );
-        event.insert(
-            "subject".into(),
-            Dynamic::from(rhai::ImmutableString::from(meta.subject)),
-        );
-        event.insert("seq".into(), Dynamic::from_int(meta.seq as i64));
-        event.insert(
-            "timestamp".into(),
-            meta.timestamp_ms
-                .map(Dynamic::from_int)
-                .unwrap_or(Dynamic::UNIT),
-        );
-        let headers: rhai::Map = meta
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().into(),
-                    Dynamic::from(rhai::ImmutableString::from(v.as_str())),
-                )
-            })
-            .collect();
-        event.insert("headers".into(), Dynamic::from_map(headers));
-        Dynamic::from_map(event)
     }
 }
 

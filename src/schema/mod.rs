@@ -1,5 +1,7 @@
 //! JSON Schemas (draft 2020-12 and 7), compiled once per file.
 
+mod email;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -101,6 +103,7 @@ fn compile(dir: &Path, rel: &Path) -> Result<Schema, SchemaError> {
     let validator = jsonschema::options()
         .with_base_uri(format!("file://{}", abs.display()))
         .should_validate_formats(true)
+        .with_format("email", email::is_email)
         .build(&schema)
         .map_err(|e| {
             // The error's instance is the schema itself: its path names the

@@ -1,0 +1,193 @@
+//! Differential tests: on every script × record below, the native evaluator
+//! either gives up or gives exactly Rhai's answer.
+
+use serde_json::{Value, json};
+
+use super::super::{Event, ScriptEngine, Vars, to_json};
+
+/// The scripts of the shipped and benchmark pipelines, and the shapes
+/// around them (each operator and method on every kind of value).
+const SCRIPTS: &[&str] = &[
+    r#"record.email != ()"#,
+    r#"event.op == "d" || record.email != ()"#,
+    r#"event.op == "c" && record.company != ()"#,
+    r#"event.op == "u" && record.status == "active""#,
+    r#"record.status == "blocked""#,
+    r#"event.op == "c" || event.op == "u""#,
+    r#"if record.company != () { record.company.to_upper() } else { () }"#,
+    r#"if record.status == "active" { "customer" } else { "lead" }"#,
+    r#"if record.status == "lead" { "Web" } else { () }"#,
+    r#"`Synced from System A (${record.status ?? "unknown"})`"#,
+    r#"`${record.first_name} ${record.last_name}: ${record.age} ${record.vip}`"#,
+    r#"`${record.score}`"#,
+    r#"record.email"#,
+    r#"record.company.to_lower()"#,
+    r#"to_upper(record.company)"#,
+    r#"record.company.len()"#,
+    r#"record.tags.len()"#,
+    r#"record.tags.is_empty()"#,
+    r#"record.address.city"#,
+    r#"record.address.city.to_upper()"#,
+    r#"record.address"#,
+    r#"record.email.contains("@")"#,
+    r#"record.email.starts_with("ada")"#,
+    r#"record.email.ends_with(record.domain)"#,
+    r#"record.age > 17"#,
+    r#"record.age >= 18 && record.age < 65"#,
+    r#"record.score <= 2"#,
+    r#"record.score == 2"#,
+    r#"record.age == 2.0"#,
+    r#"record.age + 1"#,
+    r#"record.age + record.score"#,
+    r#"record.big + 1"#,
+    r#"record.first_name + " " + record.last_name"#,
+    r#"record.first_name + record.age"#,
+    r#"record.vip == true"#,
+    r#"!record.vip"#,
+    r#"record.vip < false"#,
+    r#"record.status < "b""#,
+    r#"record.status < 3"#,
+    r#"record.missing == ()"#,
+    r#"record.missing.deeper"#,
+    r#"record.email.deeper"#,
+    r#"record.age ?? 0"#,
+    r#"record.missing ?? record.status ?? "none""#,
+    r#"if record.vip { 1 } else { 2 }"#,
+    r#"if record.age { 1 } else { 2 }"#,
+    r#"if record.vip { 1 }"#,
+    r#"record.vip && record.age"#,
+    r#"record.age || true"#,
+    r#"record == ()"#,
+    r#"record.tags == ()"#,
+    r#"event.key + "/" + event.subject"#,
+    r#"event.seq + 1"#,
+    r#"event.timestamp"#,
+    r#"event.headers.source"#,
+    r#"event.headers.missing"#,
+    r#"event.nothing"#,
+    r#"event"#,
+    r#"event.headers"#,
+    r#"{ record.email }"#,
+    r#""""#,
+    r#"1.5"#,
+    r#"()"#,
+    // Not translated: Rhai only.
+    r#"record["email"]"#,
+    r#"let x = record.age; x + 1"#,
+    r#"record.email.split("@")"#,
+    r#"fn f(x) { x } f(record.age)"#,
+    r#"record?.email"#,
+];
+
+fn records() -> Vec<Value> {
+    vec![
+        json!({}),
+        json!(null),
+        json!("just a string"),
+        json!({"email": "ada@example.com", "domain": "example.com", "first_name": "Ada",
+               "last_name": "Lovelace", "company": "Analytical Engines", "status": "active",
+               "age": 36, "score": 2.5, "vip": true, "tags": ["a", "b"],
+               "address": {"city": "London"}, "big": 9223372036854775807_i64}),
+        json!({"email": null, "company": "ÉCOLE straße ǅ", "status": "blocked", "age": 2,
+               "score": 2, "vip": false, "tags": [], "address": {}, "first_name": "",
+               "last_name": "X", "domain": 5}),
+        json!({"email": 5, "company": 7, "status": 1, "age": 17.0, "score": -1e308,
+               "vip": "yes", "tags": {"k": 1}, "address": "flat", "big": 18446744073709551615_u64}),
+        json!({"email": ["x"], "company": {"name": "x"}, "status": true, "age": -3,
+               "score": 1e308, "vip": null, "tags": "not a list", "address": {"city": 5}}),
+    ]
+}
+
+#[test]
+fn native_answers_are_rhais_answers() {
+    let engine = ScriptEngine::new();
+    let headers = vec![
+        ("source".to_string(), "first".to_string()),
+        ("source".to_string(), "crm".to_string()),
+    ];
+    let ops = [json!("c"), json!(1), Value::Null];
+    let mut native_answers = 0;
+    for source in SCRIPTS {
+        let script = engine.compile(source).unwrap();
+        let Some(node) = &script.native else { continue };
+        for record in &records() {
+            for op in &ops {
+                let event = Event {
+                    op: Some(op),
+                    key: "k-1",
+                    subject: "contacts.created",
+                    seq: 42,
+                    timestamp_ms: Some(1_700_000_000_000),
+                    headers: &headers,
+                };
+                let mut vars = Vars::new(record, event);
+                let rhai = engine.eval_rhai(&script, &mut vars);
+                let Some(native) = super::eval(node, record, &event) else {
+                    continue;
+                };
+                native_answers += 1;
+                let rhai = rhai.unwrap_or_else(|e| {
+                    panic!("{source} on {record}: native {native:?}, Rhai failed: {e}")
+                });
+                let rhai_type = rhai.type_name();
+                let rhai_json = to_json(rhai);
+                assert_eq!(
+                    native.clone().into_json(),
+                    rhai_json,
+                    "{source} on {record} (op {op}): native {native:?}, Rhai {rhai_type}"
+                );
+            }
+        }
+    }
+    // The comparison above is not vacuous.
+    assert!(native_answers > 500, "{native_answers}");
+}
+
+#[test]
+fn the_shipped_shapes_are_native_and_the_rest_is_not() {
+    let engine = ScriptEngine::new();
+    let native = |s: &str| engine.compile(s).unwrap().is_native();
+    for s in &SCRIPTS[..SCRIPTS.len() - 5] {
+        assert!(native(s), "{s} should be evaluated natively");
+    }
+    for s in &SCRIPTS[SCRIPTS.len() - 5..] {
+        assert!(!native(s), "{s} should be left to Rhai");
+    }
+}
+
+#[test]
+fn gives_up_where_rhai_fails_or_decides() {
+    let engine = ScriptEngine::new();
+    let record = json!({"age": 36, "big": i64::MAX, "name": "x", "email": "a@b"});
+    let event = Event::default();
+    let native = |s: &str| {
+        let script = engine.compile(s).unwrap();
+        super::eval(script.native.as_deref().unwrap(), &record, &event)
+            .map(|v| v.into_json().unwrap())
+    };
+    // Errors: overflow, `<` across types, property of a string, non-bool `if`.
+    assert_eq!(native("record.big + 1"), None);
+    assert_eq!(native("record.age < record.name"), None);
+    assert_eq!(native("record.name.first"), None);
+    assert_eq!(native("if record.age { 1 } else { 2 }"), None);
+    // And answers where it is sure.
+    assert_eq!(native("record.age + 1"), Some(Some(json!(37))));
+    assert_eq!(native("record.email != ()"), Some(Some(json!(true))));
+}
+
+#[test]
+fn scripts_fall_back_to_rhai_with_its_messages() {
+    let engine = ScriptEngine::new();
+    let record = json!({"name": "x"});
+    let script = engine.compile("record.name.first").unwrap();
+    assert!(script.is_native());
+    let err = engine
+        .eval(&script, &mut Vars::new(&record, Event::default()))
+        .unwrap_err();
+    assert!(err.message.contains("first"), "{}", err.message);
+    let cond = engine.compile("record.name").unwrap();
+    let err = engine
+        .eval_bool(&cond, &mut Vars::new(&record, Event::default()))
+        .unwrap_err();
+    assert!(err.message.contains("true or false"), "{}", err.message);
+}
