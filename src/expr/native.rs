@@ -122,9 +122,10 @@ impl Val<'_> {
                 .map(Value::Number)
                 .ok_or_else(|| format!("cannot turn the script's float {f} into JSON"))?,
             Val::Str(s) => Value::String(s.into_owned()),
-            Val::Json(v) => v.clone(),
-            // Never returned by `eval` (see `finish`).
-            Val::Event | Val::Headers => return Err("unreachable: event as a value".into()),
+            // Never returned by `eval`.
+            Val::Json(_) | Val::Event | Val::Headers => {
+                return Err("unreachable: a container as a native result".into());
+            }
         }))
     }
 }
@@ -265,7 +266,10 @@ fn call(f: &rhai::FnCallExpr, budget: &mut usize) -> Option<Node> {
 /// record to Rhai.
 pub fn eval<'a>(node: &'a Node, record: &'a Value, event: &Event<'a>) -> Option<Val<'a>> {
     match value(node, record, event)? {
-        Val::Event | Val::Headers => None,
+        // A whole array or object is Rhai's to return: its copy of the
+        // record turned integers above i64::MAX into floats, and a
+        // mapping must not depend on which evaluator ran.
+        Val::Json(_) | Val::Event | Val::Headers => None,
         v => Some(v),
     }
 }
@@ -375,18 +379,20 @@ fn string(s: Cow<'_, str>) -> Option<Val<'_>> {
 
 fn call_method<'a>(method: Method, receiver: Val<'a>, arg: Option<Val<'a>>) -> Option<Val<'a>> {
     match (method, receiver, arg) {
+        // Unchanged strings are not copied; only ASCII can be judged so
+        // cheaply (`ǅ` is neither upper nor lower case, yet has an upper).
         (Method::ToUpper, Val::Str(s), None) => {
-            if s.chars().any(char::is_lowercase) {
-                string(Cow::Owned(s.to_uppercase()))
-            } else {
+            if s.bytes().all(|b| b.is_ascii() && !b.is_ascii_lowercase()) {
                 Some(Val::Str(s))
+            } else {
+                string(Cow::Owned(s.to_uppercase()))
             }
         }
         (Method::ToLower, Val::Str(s), None) => {
-            if s.chars().any(char::is_uppercase) {
-                string(Cow::Owned(s.to_lowercase()))
-            } else {
+            if s.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
                 Some(Val::Str(s))
+            } else {
+                string(Cow::Owned(s.to_lowercase()))
             }
         }
         (Method::Len, Val::Str(s), None) => Some(Val::Int(s.chars().count() as i64)),

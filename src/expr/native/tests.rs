@@ -22,6 +22,8 @@ const SCRIPTS: &[&str] = &[
     r#"`${record.score}`"#,
     r#"record.email"#,
     r#"record.company.to_lower()"#,
+    r#"record.status.to_upper()"#,
+    r#"record.first_name.to_lower() + record.last_name.to_upper()"#,
     r#"to_upper(record.company)"#,
     r#"record.company.len()"#,
     r#"record.tags.len()"#,
@@ -29,6 +31,7 @@ const SCRIPTS: &[&str] = &[
     r#"record.address.city"#,
     r#"record.address.city.to_upper()"#,
     r#"record.address"#,
+    r#"record"#,
     r#"record.email.contains("@")"#,
     r#"record.email.starts_with("ada")"#,
     r#"record.email.ends_with(record.domain)"#,
@@ -96,6 +99,7 @@ fn records() -> Vec<Value> {
                "last_name": "X", "domain": 5}),
         json!({"email": 5, "company": 7, "status": 1, "age": 17.0, "score": -1e308,
                "vip": "yes", "tags": {"k": 1}, "address": "flat", "big": 18446744073709551615_u64}),
+        json!({"company": "ǅ", "status": "ß", "first_name": "ABC", "last_name": "abc"}),
         json!({"email": ["x"], "company": {"name": "x"}, "status": true, "age": -3,
                "score": 1e308, "vip": null, "tags": "not a list", "address": {"city": 5}}),
     ]
@@ -244,7 +248,7 @@ fn random_scripts_agree_with_rhai() {
                 "event.subject",
             ][rng.random_range(0..6)]
             .to_string(),
-            6 => "record.address.city".to_string(),
+            6 => ["record.address.city", "record"][rng.random_range(0..2)].to_string(),
             _ => LITERALS[rng.random_range(0..LITERALS.len())].to_string(),
         }
     }
