@@ -383,24 +383,22 @@ fn call_method<'a>(method: Method, receiver: Val<'a>, arg: Option<Val<'a>>) -> O
         // cheaply (`ǅ` is neither upper nor lower case, yet has an upper).
         (Method::ToUpper, Val::Str(s), None) => {
             if s.bytes().all(|b| b.is_ascii() && !b.is_ascii_lowercase()) {
-                Some(Val::Str(s))
+                string(s) // Rhai checks the size of every result
             } else {
                 string(Cow::Owned(s.to_uppercase()))
             }
         }
         (Method::ToLower, Val::Str(s), None) => {
             if s.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
-                Some(Val::Str(s))
+                string(s)
             } else {
                 string(Cow::Owned(s.to_lowercase()))
             }
         }
+        // On arrays and maps these are Rhai's: it first checks the whole
+        // container (nested items, strings) against its size limits.
         (Method::Len, Val::Str(s), None) => Some(Val::Int(s.chars().count() as i64)),
-        (Method::Len, Val::Json(Value::Array(a)), None) => Some(Val::Int(a.len() as i64)),
-        (Method::Len, Val::Json(Value::Object(m)), None) => Some(Val::Int(m.len() as i64)),
         (Method::IsEmpty, Val::Str(s), None) => Some(Val::Bool(s.is_empty())),
-        (Method::IsEmpty, Val::Json(Value::Array(a)), None) => Some(Val::Bool(a.is_empty())),
-        (Method::IsEmpty, Val::Json(Value::Object(m)), None) => Some(Val::Bool(m.is_empty())),
         (Method::Contains, Val::Str(s), Some(Val::Str(p))) => Some(Val::Bool(s.contains(&*p))),
         (Method::StartsWith, Val::Str(s), Some(Val::Str(p))) => Some(Val::Bool(s.starts_with(&*p))),
         (Method::EndsWith, Val::Str(s), Some(Val::Str(p))) => Some(Val::Bool(s.ends_with(&*p))),

@@ -28,6 +28,8 @@ const SCRIPTS: &[&str] = &[
     r#"record.company.len()"#,
     r#"record.tags.len()"#,
     r#"record.tags.is_empty()"#,
+    r#"record.address.len()"#,
+    r#"record.address.is_empty()"#,
     r#"record.address.city"#,
     r#"record.address.city.to_upper()"#,
     r#"record.address"#,
@@ -331,4 +333,49 @@ fn random_scripts_agree_with_rhai() {
     // Not vacuous: thousands of scripts, and many records get an answer.
     assert!(translated > 4_000, "{translated}");
     assert!(answered > 8_000, "{answered}");
+}
+
+/// Rhai checks every function result (and a container passed to one)
+/// against its size limits: the native tree gives those cases up too.
+#[test]
+fn size_limits_are_rhais() {
+    let engine = ScriptEngine::new();
+    let items = 10_001; // one over MAX_ARRAY / MAX_MAP
+    let record = json!({
+        "tags": (0..items).collect::<Vec<_>>(),
+        "fields": (0..items).map(|i| (i.to_string(), json!(i))).collect::<serde_json::Map<_, _>>(),
+        "notes": "x".repeat(70_000), // over 64 KiB
+        "short": "y",
+    });
+    let scripts = [
+        "record.tags.len()",
+        "record.fields.is_empty()",
+        "record.fields.len() > 0",
+        "record.notes",
+        "record.notes.len()",
+        "record.notes.contains(\"xx\")",
+        "record.notes == \"a\"",
+        "record.notes.to_lower()",
+        "record.notes.to_upper()",
+        "record.notes + record.short",
+        "`${record.notes}`",
+        "record.short + record.short",
+        "record.fields[\"1\"]",
+    ];
+    let mut answered = 0;
+    for source in scripts {
+        let script = engine.compile(source).unwrap();
+        let mut vars = Vars::new(&record, Event::default());
+        let rhai = engine.eval_rhai(&script, &mut vars).map(to_json);
+        let native = script
+            .native
+            .as_deref()
+            .and_then(|node| super::eval(node, &record, &Event::default()));
+        if let Some(native) = native {
+            answered += 1;
+            let rhai = rhai.unwrap_or_else(|e| panic!("{source}: native answers, Rhai: {e}"));
+            assert_eq!(native.into_json(), rhai, "{source}");
+        }
+    }
+    assert!(answered >= 4, "{answered}");
 }
