@@ -3,10 +3,10 @@
 //! Most `when`, rule and mapping scripts are a comparison, a property read,
 //! an `if` choosing between two literals or a `to_upper()`. Rhai runs each
 //! of them in a few thousand instructions (a fresh runtime state per call,
-//! the record and event copied into a scope first); a profile of the
-//! throughput benchmark put that at a sixth of syncflow's CPU. At load, a
-//! script whose compiled Rhai AST uses only the constructs below is also
-//! translated into a small tree that reads the JSON record in place.
+//! the record and event copied into a scope first); callgrind on the
+//! throughput benchmark put that at a fifth of syncflow's instructions. At
+//! load, a script whose compiled Rhai AST uses only the constructs below is
+//! also translated into a small tree that reads the JSON record in place.
 //!
 //! The tree never decides anything Rhai would decide differently: for
 //! every case it is unsure about (a type mismatch, an overflow, a value
