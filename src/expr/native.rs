@@ -305,26 +305,9 @@ fn value<'a>(node: &'a Node, record: &'a Value, event: &Event<'a>) -> Option<Val
         },
         Node::Cmp(op, pair) => Val::Bool(compare(*op, &v(&pair.0)?, &v(&pair.1)?)?),
         Node::Add(pair) => add(v(&pair.0)?, v(&pair.1)?)?,
-        Node::And(items) => {
-            for item in items {
-                match v(item)? {
-                    Val::Bool(true) => {}
-                    Val::Bool(false) => return Some(Val::Bool(false)),
-                    _ => return None,
-                }
-            }
-            Val::Bool(true)
-        }
-        Node::Or(items) => {
-            for item in items {
-                match v(item)? {
-                    Val::Bool(false) => {}
-                    Val::Bool(true) => return Some(Val::Bool(true)),
-                    _ => return None,
-                }
-            }
-            Val::Bool(false)
-        }
+        // `&&` stops at the first false, `||` at the first true.
+        Node::And(items) => Val::Bool(short_circuit(items, false, v)?),
+        Node::Or(items) => Val::Bool(short_circuit(items, true, v)?),
         Node::Coalesce(items) => {
             let mut last = Val::Unit;
             for item in items {
@@ -357,6 +340,23 @@ fn value<'a>(node: &'a Node, record: &'a Value, event: &Event<'a>) -> Option<Val
             string(Cow::Owned(out))?
         }
     })
+}
+
+/// Evaluates bool operands until one is `decisive` (which is then the
+/// answer); a non-bool operand reached is Rhai's error to report.
+fn short_circuit<'a>(
+    items: &'a [Node],
+    decisive: bool,
+    mut v: impl FnMut(&'a Node) -> Option<Val<'a>>,
+) -> Option<bool> {
+    for item in items {
+        match v(item)? {
+            Val::Bool(b) if b == decisive => return Some(decisive),
+            Val::Bool(_) => {}
+            _ => return None,
+        }
+    }
+    Some(!decisive)
 }
 
 /// A JSON value as Rhai sees it after `from_json`.
