@@ -4,12 +4,12 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin syncflow --example mock_crm --example demo_events
+RUN cargo build --release --locked --bin syncflow --bin mock-crm --example demo_events
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/syncflow /usr/local/bin/syncflow
-COPY --from=build /src/target/release/examples/mock_crm /usr/local/bin/mock_crm
+COPY --from=build /src/target/release/mock-crm /usr/local/bin/mock-crm
 COPY --from=build /src/target/release/examples/demo_events /usr/local/bin/demo_events
 # The shipped config; mount your own over /config.
 COPY syncflow.yaml /config/syncflow.yaml

@@ -64,7 +64,7 @@ ensure_commands wrk jq curl redis-cli:redis-tools /usr/bin/time:time
 if [ "$BUILD" = 1 ]; then
   echo "== building (release)"
   cargo build --release --quiet --bin syncflow \
-    --example mock_crm --example bench_load --example bench_limiter
+    --bin mock-crm --example bench_load --example bench_limiter
 fi
 if [ "$mode" = all ]; then
   for m in throughput latency limiter; do
@@ -171,7 +171,7 @@ start_services() {
   if [ "$CRM" = nginx ]; then
     start_nginx
   else
-    "$bin/examples/mock_crm" --listen "127.0.0.1:$CRM_PORT" --no-limits --token "$TOKEN" \
+    "$bin/mock-crm" --listen "127.0.0.1:$CRM_PORT" --no-limits --token "$TOKEN" \
       --latency-field properties.sent_at_us >"$out/crm.log" 2>&1 &
     crm_pid=$!; pids+=("$crm_pid")
   fi

@@ -210,10 +210,7 @@ async fn paced(
     duration: Duration,
     reset_url: Option<&str>,
 ) -> Result<serde_json::Value, Error> {
-    let http = reset_url.map(|_| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        reqwest::Client::new()
-    });
+    let http = reset_url.map(|_| reqwest::Client::new());
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let started = Instant::now();

@@ -175,7 +175,6 @@ async fn wait(
 }
 
 async fn summary(js: &jetstream::Context, crm: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let state: Value = reqwest::Client::new()
         .get(format!("{crm}/_admin/state"))
         .send()

@@ -25,7 +25,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== building"
-cargo build --quiet --bin syncflow --example mock_crm --example demo_events
+cargo build --quiet --bin syncflow --bin mock-crm --example demo_events
 
 echo "== starting nats-server (JetStream) :$NATS_PORT, redis-server :$REDIS_PORT, mock CRM :$CRM_PORT"
 nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$work/nats" >"$work/nats.log" 2>&1 &
@@ -34,7 +34,7 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --d
 pids+=($!)
 # The CRMs' own limits match the providers' (HubSpot 100/10s, Salesforce 25/s);
 # 5% of requests fail with 503 to show retries.
-target/debug/examples/mock_crm --listen "127.0.0.1:$CRM_PORT" \
+target/debug/mock-crm --listen "127.0.0.1:$CRM_PORT" \
   --hubspot-limit 100/10s:10 --salesforce-limit 25/1s:5 --fail-rate 0.05 >"$work/crm.log" 2>&1 &
 pids+=($!)
 wait_for_port "$NATS_PORT"; wait_for_port "$REDIS_PORT"; wait_for_port "$CRM_PORT"

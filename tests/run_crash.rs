@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use syncflow::mock_crm::MockCrmConfig;
+use syncflow_mock_crm::MockCrmConfig;
 
 use common::contacts::{self, assert_crm_state, assert_hubspot_order, requests};
 use common::harness::Harness;

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use syncflow::mock_crm::{Fault, MockApi, MockCrmConfig};
+use syncflow_mock_crm::{Fault, MockApi, MockCrmConfig};
 
 use common::contacts::{self, hubspot_by_key};
 use common::harness::Harness;

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use syncflow::mock_crm::MockCrmConfig;
+use syncflow_mock_crm::MockCrmConfig;
 
 use common::contacts::{self, assert_crm_state, requests};
 use common::harness::Harness;

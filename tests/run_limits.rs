@@ -22,7 +22,7 @@ mod common;
 
 use std::time::Duration;
 
-use syncflow::mock_crm::{LoggedRequest, MockCrmConfig, RateLimit};
+use syncflow_mock_crm::{LoggedRequest, MockCrmConfig, RateLimit};
 use tokio::sync::Mutex;
 
 use common::contacts;

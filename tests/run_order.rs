@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use syncflow::mock_crm::MockCrmConfig;
+use syncflow_mock_crm::MockCrmConfig;
 
 use common::contacts::{self, Event, hubspot_by_key};
 use common::harness::Harness;

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
-use syncflow::mock_crm::{LoggedRequest, MockCrmConfig};
+use syncflow_mock_crm::{LoggedRequest, MockCrmConfig};
 
 use common::harness::{Harness, Syncflow};
 use common::metrics;

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use syncflow::mock_crm::MockCrmConfig;
+use syncflow_mock_crm::MockCrmConfig;
 
 use common::contacts::{self, Event};
 use common::harness::{Harness, Syncflow};

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use syncflow::mock_crm::MockCrmConfig;
+use syncflow_mock_crm::MockCrmConfig;
 
 use common::contacts::{self, assert_crm_state, assert_hubspot_order, ops_by_key};
 use common::harness::Harness;

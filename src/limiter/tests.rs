@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::{LimiterMode, RateLimitSpec, SharedLimiter, connect};
-use crate::testkit::RedisServer;
+use syncflow_testkit::RedisServer;
 
 /// The largest number of `starts` (sorted) inside any closed window of length `w`.
 pub(super) fn max_in_window(starts: &[Duration], w: Duration) -> usize {

@@ -54,7 +54,7 @@ pub struct Object {
 
 #[derive(Debug, Clone)]
 pub struct Endpoint {
-    pub method: reqwest::Method,
+    pub method: http::Method,
     pub path: PathTemplate,
     pub id_from: Option<JsonPath>,
 }
@@ -155,8 +155,8 @@ pub fn compile(src: &Sourced<ProviderConfig>, diags: &mut Diagnostics) -> Option
     }
     headers.extend(cfg.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
     for (name, value) in &headers {
-        let bad_name = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err();
-        let bad_value = reqwest::header::HeaderValue::from_str(value).is_err();
+        let bad_name = http::header::HeaderName::from_bytes(name.as_bytes()).is_err();
+        let bad_value = http::header::HeaderValue::from_str(value).is_err();
         if bad_name || bad_value {
             // Never echo the value: it may be a credential.
             file.error(
@@ -167,7 +167,7 @@ pub fn compile(src: &Sourced<ProviderConfig>, diags: &mut Diagnostics) -> Option
         }
     }
     if let Some(h) = &cfg.idempotency_header {
-        if reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
+        if http::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
             file.error(
                 diags,
                 &path!["idempotency_header"],
@@ -355,7 +355,7 @@ fn compile_endpoint(
     let at = |field: &str| path!["objects", object, kind, field];
     let method = ep.method.to_ascii_uppercase();
     let method = if METHODS.contains(&method.as_str()) {
-        reqwest::Method::from_bytes(method.as_bytes()).ok()
+        http::Method::from_bytes(method.as_bytes()).ok()
     } else {
         file.error(
             diags,

@@ -129,7 +129,7 @@ mod tests {
 
     /// The shipped config, with `edits` (file, from, to) applied.
     fn shipped_with(edits: &[(&str, &str, &str)]) -> Config {
-        let dir = crate::testkit::shipped_config().unwrap();
+        let dir = syncflow_testkit::shipped_config().unwrap();
         for (file, from, to) in edits {
             let path = dir.path().join(file);
             let text = std::fs::read_to_string(&path).unwrap();

@@ -14,8 +14,8 @@ use super::*;
 use crate::config::duration::ConfigDuration;
 use crate::error::{Fault, Retry};
 use crate::limiter::{Limiter, RateLimitSpec, SharedLimiter};
-use crate::mock_crm::{MockCrm, MockCrmConfig};
 use crate::provider::Provider;
+use syncflow_mock_crm::{MockCrm, MockCrmConfig};
 
 const PROVIDER: &str = r#"
 name: crm
@@ -69,7 +69,7 @@ fn create(body: &Value) -> SinkRequest<'_> {
 }
 
 /// A shared limit of one request every 200 ms, no burst.
-fn five_per_second(redis: &crate::testkit::RedisServer) -> (Limiter, RateLimitSpec) {
+fn five_per_second(redis: &syncflow_testkit::RedisServer) -> (Limiter, RateLimitSpec) {
     let spec = RateLimitSpec {
         requests: 5,
         per: Duration::from_secs(1),
@@ -291,7 +291,7 @@ async fn max_in_flight_is_never_exceeded() {
 
 #[tokio::test]
 async fn every_attempt_waits_on_the_rate_limiter() {
-    let redis = crate::testkit::RedisServer::start().unwrap();
+    let redis = syncflow_testkit::RedisServer::start().unwrap();
     let (limiter, spec) = five_per_second(&redis);
     let script = [Reply::status(503), Reply::status(503)];
     let server = TestServer::start(script, Reply::status(200)).await;
@@ -378,7 +378,7 @@ async fn a_connection_the_provider_closed_is_reopened_without_a_failed_attempt()
 
 #[tokio::test]
 async fn a_new_connection_opens_before_the_cell_and_costs_none() {
-    let redis = crate::testkit::RedisServer::start().unwrap();
+    let redis = syncflow_testkit::RedisServer::start().unwrap();
     let (limiter, spec) = five_per_second(&redis);
     let server = TestServer::start([], Reply::status(201)).await;
     let sink = HttpSink::new(Arc::new(provider(server.url())), limiter).unwrap();

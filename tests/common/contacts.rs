@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use rand::Rng;
 use rand::rngs::StdRng;
 use serde_json::{Map, Value, json};
-use syncflow::mock_crm::{ApiSnapshot, LoggedRequest, Snapshot};
+use syncflow_mock_crm::{ApiSnapshot, LoggedRequest, Snapshot};
 
 use super::harness::Harness;
 

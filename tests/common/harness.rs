@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use futures::StreamExt;
 use serde_json::Value;
-use syncflow::mock_crm::{MockCrm, MockCrmConfig};
-use syncflow::testkit::{NatsServer, RedisServer};
+use syncflow_mock_crm::{MockCrm, MockCrmConfig};
+use syncflow_testkit::{NatsServer, RedisServer};
 
 pub struct Harness {
     pub nats: NatsServer,
@@ -335,7 +335,6 @@ fn free_addr() -> SocketAddr {
 /// A client that gives up after a few seconds, so a hung syncflow fails the
 /// test instead of hanging it.
 fn http_client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()

@@ -5,7 +5,7 @@ use std::path::Path;
 
 /// A copy of the shipped config in a temporary directory.
 pub fn shipped_config() -> tempfile::TempDir {
-    syncflow::testkit::shipped_config().expect("copy the shipped config")
+    syncflow_testkit::shipped_config().expect("copy the shipped config")
 }
 
 /// Replaces the one line of `file` that contains `needle` with `line`.

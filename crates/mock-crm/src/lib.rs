@@ -8,7 +8,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use syncflow::mock_crm::{MockCrm, MockCrmConfig};
+//! use syncflow_mock_crm::{MockCrm, MockCrmConfig};
 //! let crm = MockCrm::start(MockCrmConfig::default()).await?;
 //! let hubspot_base_url = crm.hubspot_url(); // http://127.0.0.1:PORT/hubspot
 //! // ... run syncflow against it ...

@@ -6,8 +6,8 @@
 //! the process and removes the directory.
 //!
 //! ```no_run
-//! # fn main() -> Result<(), syncflow::testkit::TestkitError> {
-//! let mut nats = syncflow::testkit::NatsServer::start()?;
+//! # fn main() -> Result<(), syncflow_testkit::TestkitError> {
+//! let mut nats = syncflow_testkit::NatsServer::start()?;
 //! let url = nats.url(); // nats://127.0.0.1:PORT
 //! nats.restart()?; // same port, same JetStream store
 //! # Ok(()) }

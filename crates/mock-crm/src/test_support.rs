@@ -14,9 +14,6 @@ pub(super) struct Harness {
 
 impl Harness {
     pub(super) async fn start(config: MockCrmConfig) -> Harness {
-        // reqwest is built without a bundled TLS provider; plain HTTP still
-        // needs one installed to build a client.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let crm = MockCrm::start(config).await.expect("start the mock CRM");
         Harness {
             crm,

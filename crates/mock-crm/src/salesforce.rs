@@ -292,8 +292,8 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::CONTACT_PATH;
-    use crate::mock_crm::MockCrmConfig;
-    use crate::mock_crm::test_support::{Harness, send};
+    use crate::MockCrmConfig;
+    use crate::test_support::{Harness, send};
 
     fn upsert_path(external_id: &str) -> String {
         format!("{CONTACT_PATH}/Internal_Id__c/{external_id}")

@@ -3,7 +3,7 @@
 //! http://127.0.0.1:18080/salesforce.
 //!
 //! ```text
-//! cargo run --example mock_crm -- --listen 127.0.0.1:18080 \
+//! cargo run --bin mock-crm -- --listen 127.0.0.1:18080 \
 //!     [--hubspot-limit 100/10s:10] [--salesforce-limit 25/1s:5] [--no-limits] \
 //!     [--fail-rate 0.05] [--latency 20ms] [--token dev-token] [--log] \
 //!     [--latency-field properties.sent_at_us]
@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use syncflow::mock_crm::{MockCrm, MockCrmConfig, RateLimit, parse_duration};
+use syncflow_mock_crm::{MockCrm, MockCrmConfig, RateLimit, parse_duration};
 use tracing_subscriber::EnvFilter;
 
 /// HubSpot- and Salesforce-like mock CRM. Inspect it at /_admin/state.

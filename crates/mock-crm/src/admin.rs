@@ -93,8 +93,8 @@ mod tests {
     use reqwest::{Method, StatusCode};
     use serde_json::json;
 
-    use crate::mock_crm::test_support::{Harness, send};
-    use crate::mock_crm::{MockCrmConfig, Snapshot};
+    use crate::test_support::{Harness, send};
+    use crate::{MockCrmConfig, Snapshot};
 
     #[tokio::test]
     async fn state_is_the_snapshot_as_json() {

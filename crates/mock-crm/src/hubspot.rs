@@ -203,8 +203,8 @@ mod tests {
     use reqwest::{Method, StatusCode};
     use serde_json::json;
 
-    use crate::mock_crm::test_support::{Harness, send};
-    use crate::mock_crm::{MockCrmConfig, RateLimit};
+    use crate::test_support::{Harness, send};
+    use crate::{MockCrmConfig, RateLimit};
 
     const CONTACTS: &str = "/crm/v3/objects/contacts";
 
@@ -315,7 +315,7 @@ mod tests {
         assert_eq!(header("x-hubspot-ratelimit-max"), "2");
         assert_eq!(header("x-hubspot-ratelimit-remaining"), "0");
         assert_eq!(header("x-hubspot-ratelimit-interval-milliseconds"), "10000");
-        let body = crate::mock_crm::test_support::body(response).await;
+        let body = crate::test_support::body(response).await;
         assert_eq!(body["policyName"], "TEN_SECONDLY_ROLLING");
 
         let counters = h.crm.snapshot().hubspot.counters;

@@ -56,7 +56,7 @@ fn ping(port: u16) -> io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::RedisServer;
+    use crate::RedisServer;
 
     #[test]
     fn answers_ping_and_again_after_restart() {

@@ -6,7 +6,8 @@ use std::path::Path;
 /// `schemas/` into a new temporary directory.
 pub fn shipped_config() -> std::io::Result<tempfile::TempDir> {
     let dir = tempfile::tempdir()?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // This crate lives in `crates/testkit` of the repository.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     for sub in ["pipelines", "providers", "schemas"] {
         copy_tree(&root.join(sub), &dir.path().join(sub))?;
     }

@@ -52,7 +52,7 @@ fn read_info(port: u16) -> io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::NatsServer;
+    use crate::NatsServer;
 
     #[test]
     fn starts_with_jetstream_and_answers_again_after_restart() {
