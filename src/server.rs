@@ -1,8 +1,7 @@
 //! The HTTP endpoint: `/metrics` (Prometheus), `/healthz`, `/readyz`.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use axum::Router;
 use axum::extract::State;
@@ -10,67 +9,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-/// Which pipelines have a working source: `/readyz` is 200 when NATS is
-/// connected and every pipeline's consumer is bound.
-#[derive(Clone, Default)]
-pub struct Health {
-    ready: Arc<Mutex<BTreeMap<String, bool>>>,
-    /// The sources' connection: while it is down, no pipeline is ready,
-    /// whatever its last pull said.
-    nats: Arc<OnceLock<async_nats::Client>>,
-}
-
-impl Health {
-    pub fn set_ready(&self, pipeline: &str, ready: bool) {
-        self.ready
-            .lock()
-            .expect("health")
-            .insert(pipeline.to_string(), ready);
-    }
-
-    pub fn remove(&self, pipeline: &str) {
-        self.ready.lock().expect("health").remove(pipeline);
-    }
-
-    /// Makes readiness follow `client`'s connection too.
-    pub fn watch_nats(&self, client: async_nats::Client) {
-        let _ = self.nats.set(client);
-    }
-
-    fn nats_connected(&self) -> bool {
-        self.nats.get().is_none_or(|client| {
-            client.connection_state() == async_nats::connection::State::Connected
-        })
-    }
-
-    /// Ready when NATS is connected, at least one pipeline runs and none is
-    /// cut off.
-    pub fn is_ready(&self) -> bool {
-        let ready = self.ready.lock().expect("health");
-        self.nats_connected() && !ready.is_empty() && ready.values().all(|r| *r)
-    }
-
-    /// Why not ready, for `/readyz`'s body: the pipelines that are not.
-    fn not_ready(&self) -> String {
-        let connected = self.nats_connected();
-        let ready = self.ready.lock().expect("health");
-        let waiting: Vec<&str> = ready
-            .iter()
-            .filter(|(_, r)| !connected || !**r)
-            .map(|(p, _)| p.as_str())
-            .collect();
-        let pipelines = if ready.is_empty() {
-            "no pipeline running".to_string()
-        } else {
-            waiting.join(", ")
-        };
-        if connected {
-            pipelines
-        } else {
-            format!("NATS disconnected: {pipelines}")
-        }
-    }
-}
+use crate::readiness::Readiness;
 
 /// How often the recorder folds histogram samples into their buckets.
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -93,7 +32,7 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-pub fn router(health: Health) -> Router {
+pub fn router(health: Readiness) -> Router {
     let metrics = prometheus();
     Router::new()
         .route("/metrics", get(move || async move { metrics.render() }))
@@ -102,7 +41,7 @@ pub fn router(health: Health) -> Router {
         .with_state(health)
 }
 
-async fn readyz(State(health): State<Health>) -> (StatusCode, String) {
+async fn readyz(State(health): State<Readiness>) -> (StatusCode, String) {
     if health.is_ready() {
         (StatusCode::OK, "ready\n".into())
     } else {
@@ -118,7 +57,7 @@ async fn readyz(State(health): State<Health>) -> (StatusCode, String) {
 /// engine serves HTTP before it builds anything that records metrics.
 pub async fn serve(
     listen: SocketAddr,
-    health: Health,
+    health: Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen).await?;

@@ -154,6 +154,33 @@ const CASES: &[Case] = &[
             r#"pipelines/contacts-to-hubspot.yaml:34:11: error: test "create with a company" failed: output differs: expected {"properties":{"company":"Analytical","email":"ada@example.com","firstname":"Ada","lastname":"Lovelace","lifecyclestage":"customer"}}, actual {"properties":{"company":"ANALYTICAL","email":"ada@example.com","firstname":"Ada","lastname":"Lovelace","lifecyclestage":"customer"}}"#,
         ],
     },
+    Case {
+        name: "a target that is both a provider object and a subject",
+        file: HUBSPOT_PIPELINE,
+        from: "  object: contact\n",
+        to: "  object: contact\n  nats: { subject: systema.contacts }\n",
+        expect: &[
+            r#"pipelines/contacts-to-hubspot.yaml:24:9: error: a target is either a provider object (provider, object) or a NATS subject (nats), not both"#,
+        ],
+    },
+    Case {
+        name: "a provider without an object",
+        file: HUBSPOT_PIPELINE,
+        from: "  object: contact\n",
+        to: "",
+        expect: &[
+            r#"pipelines/contacts-to-hubspot.yaml:22:13: error: the target names a provider but no object"#,
+        ],
+    },
+    Case {
+        name: "a subject target with a wildcard",
+        file: HUBSPOT_PIPELINE,
+        from: "  provider: hubspot\n  object: contact\n",
+        to: "  nats: { subject: \"systema.*.{key}\" }\n",
+        expect: &[
+            r#"pipelines/contacts-to-hubspot.yaml:22:20: error: subject "systema.*.{key}" has a wildcard: records are published to one subject each"#,
+        ],
+    },
 ];
 
 #[test]

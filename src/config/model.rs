@@ -270,13 +270,27 @@ pub struct RuleConfig {
     pub then: String,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// Where a pipeline's records go: a provider object (`provider` and
+/// `object`), or a NATS subject (`nats`). Exactly one (checked when compiling).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
-    pub provider: String,
-    pub object: String,
+    #[serde(default)]
+    pub provider: Option<String>,
+    #[serde(default)]
+    pub object: Option<String>,
+    #[serde(default)]
+    pub nats: Option<NatsTargetConfig>,
     #[serde(default)]
     pub schema: Option<String>,
+}
+
+/// Records published to a JetStream subject, each confirmed by a publish ack.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NatsTargetConfig {
+    /// May hold `{key}` and `{action}`, for example `systema.contacts.{action}.{key}`.
+    pub subject: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -13,8 +13,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::acks::Acks;
-use super::process::{self, Ctx};
+use super::deliver::{self, Ctx};
 use crate::pipeline::{EvalError, Outcome};
 use crate::source::SourceMessage;
 
@@ -36,7 +35,6 @@ pub struct Job {
 /// `progress_every` tick keeps telling JetStream it is being worked on.
 pub async fn run(
     mut rx: mpsc::UnboundedReceiver<Job>,
-    acks: Acks,
     mut abort: watch::Receiver<bool>,
     progress_every: Duration,
     done: impl Fn(u64) + Send,
@@ -57,7 +55,7 @@ pub async fn run(
             None => return,
         };
         {
-            let work = process::handle(&job.ctx, &job.msg, &job.eval);
+            let work = deliver::handle(&job.ctx, &job.msg, &job.eval);
             tokio::pin!(work);
             loop {
                 tokio::select! {
@@ -93,8 +91,9 @@ pub async fn run(
             .metrics
             .ack_latency
             .record(job.received.elapsed().as_secs_f64());
-        acks.ack(job.msg.seq, job.msg.ack);
-        done(job.msg.seq);
+        let seq = job.msg.seq;
+        job.msg.ack.ack(seq);
+        done(seq);
     }
 }
 

@@ -10,8 +10,8 @@ pub struct PipelineMetrics {
     pub skipped: Counter,
     pub retries: Counter,
     pub ack_latency: Histogram,
-    /// By action and HTTP status.
-    sent: Handles<(&'static str, u16), Counter>,
+    /// By action and HTTP status (none for a publish).
+    sent: Handles<(&'static str, Option<u16>), Counter>,
     /// By dead-letter kind.
     dead_letters: Handles<&'static str, Counter>,
 }
@@ -25,12 +25,13 @@ impl PipelineMetrics {
             skipped: counter!("syncflow_pipeline_skipped_total", "pipeline" => p.clone()),
             retries: counter!("syncflow_pipeline_retries_total", "pipeline" => p.clone()),
             ack_latency: histogram!("syncflow_pipeline_ack_latency_seconds", "pipeline" => p),
-            sent: Handles::new(move |&(action, status): &(&'static str, u16)| {
+            sent: Handles::new(move |&(action, status): &(&'static str, Option<u16>)| {
+                let status = status.map_or_else(|| "published".to_string(), |s| s.to_string());
                 counter!(
                     "syncflow_pipeline_sent_total",
                     "pipeline" => sent_p.clone(),
                     "action" => action,
-                    "status" => status.to_string()
+                    "status" => status
                 )
             }),
             dead_letters: Handles::new(move |&kind: &&'static str| {
@@ -43,8 +44,14 @@ impl PipelineMetrics {
         }
     }
 
-    pub fn sent(&self, action: &'static str, status: u16) {
+    pub fn sent(&self, action: &'static str, status: Option<u16>) {
         self.sent.get((action, status)).increment(1);
+    }
+
+    /// A delivery that took `attempts` tries: all but the first were retries.
+    pub fn retried(&self, attempts: u32) {
+        self.retries
+            .increment(u64::from(attempts.saturating_sub(1)));
     }
 
     pub fn dead_lettered(&self, kind: &'static str) {

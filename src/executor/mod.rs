@@ -8,35 +8,28 @@
 //! across the swap and nothing is handed back. Only a change of the source
 //! itself (stream, subject, consumer settings) needs a drain and a new runner.
 
-mod acks;
 mod dead_letter;
-mod idmap;
+mod deliver;
 mod lane;
 mod metrics;
-mod process;
-mod recovery;
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 pub use dead_letter::{DLQ_STREAM, ensure_streams as ensure_dead_letter_streams};
-pub use idmap::{BUCKET as IDMAP_BUCKET, IdMap};
+pub use deliver::Ctx;
 pub use metrics::PipelineMetrics;
-pub use process::Ctx;
 
 use crate::config::model::NatsSourceConfig;
 use crate::pipeline::MessageMeta;
-use crate::server::Health;
-use crate::source::{SourceMessage, nats};
-use acks::Acks;
-use recovery::Recovery;
+use crate::readiness::Readiness;
+use crate::source::{JetStreamSource, Source, SourceMessage, jetstream};
 
 /// A running pipeline.
 pub struct PipelineRunner {
@@ -51,13 +44,21 @@ pub struct PipelineRunner {
 
 impl PipelineRunner {
     /// Starts pulling and processing.
-    pub fn spawn(ctx: Arc<Ctx>, health: Health) -> Self {
+    pub fn spawn(ctx: Arc<Ctx>, readiness: Readiness) -> Self {
         let (stop, stop_rx) = watch::channel(false);
         let (abort, abort_rx) = watch::channel(false);
         let name = ctx.pipeline.name.clone();
         let source = ctx.pipeline.source.clone();
+        let pulled = JetStreamSource::new(
+            ctx.js.clone(),
+            source.clone(),
+            &name,
+            readiness.clone(),
+            stop_rx,
+        );
+        let progress_every = jetstream::progress_every(source.ack_wait.0);
         let (version, version_rx) = watch::channel(ctx);
-        let task = tokio::spawn(run(version_rx, health, stop_rx, abort_rx));
+        let task = tokio::spawn(run(pulled, version_rx, readiness, abort_rx, progress_every));
         PipelineRunner {
             name,
             source,
@@ -99,174 +100,71 @@ impl PipelineRunner {
 }
 
 /// Lanes per pipeline: enough that lanes waiting on backoff or the limiter
-/// don't leave the provider's `max_in_flight` idle.
+/// don't leave the target's `max_in_flight` idle.
 fn lane_count(ctx: &Ctx) -> usize {
-    (ctx.pipeline.provider.max_in_flight * 2).clamp(1, 1024)
+    (ctx.pipeline.target.max_in_flight() * 2).clamp(1, 1024)
 }
 
-/// Stream sequences being handled, so a redelivery of one of them is not
-/// handled twice.
+/// Stream sequences dispatched and not yet settled, so a redelivery of one
+/// of them is not handled twice.
 #[derive(Clone, Default)]
-struct InFlight(Arc<Mutex<HashSet<u64>>>);
+struct Dispatched(Arc<Mutex<HashSet<u64>>>);
 
-impl InFlight {
+impl Dispatched {
     /// False when `seq` is already being handled.
     fn insert(&self, seq: u64) -> bool {
-        self.0.lock().expect("in-flight set").insert(seq)
+        self.0.lock().expect("dispatched set").insert(seq)
     }
 
     fn remove(&self, seq: u64) {
-        self.0.lock().expect("in-flight set").remove(&seq);
+        self.0.lock().expect("dispatched set").remove(&seq);
     }
 
     /// Waits until every dispatched record has been settled.
     async fn wait_empty(&self) {
-        while !self.0.lock().expect("in-flight set").is_empty() {
+        while !self.0.lock().expect("dispatched set").is_empty() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 }
 
+/// Pulls from the source into the lanes until the source stops, then lets
+/// the lanes finish and the source deliver its last acks.
 async fn run(
+    mut source: impl Source,
     mut version: watch::Receiver<Arc<Ctx>>,
-    health: Health,
-    stop: watch::Receiver<bool>,
+    readiness: Readiness,
     abort: watch::Receiver<bool>,
+    progress_every: Duration,
 ) {
     let ctx = version.borrow_and_update().clone();
     let name = ctx.pipeline.name.clone();
-    let source = ctx.pipeline.source.clone();
-    let durable = ctx.pipeline.durable().to_string();
-    let progress_every = (source.ack_wait.0 / 3).max(Duration::from_millis(100));
-    let in_flight = InFlight::default();
-    let (acks, acks_task) = Acks::start(name.clone());
+    let dispatched = Dispatched::default();
     let mut tasks = JoinSet::new();
     let lanes = (0..lane_count(&ctx))
         .map(|_| {
             let (tx, rx) = mpsc::unbounded_channel();
-            let in_flight = in_flight.clone();
-            let done = move |seq| in_flight.remove(seq);
-            tasks.spawn(lane::run(
-                rx,
-                acks.clone(),
-                abort.clone(),
-                progress_every,
-                done,
-            ));
+            let dispatched = dispatched.clone();
+            let done = move |seq| dispatched.remove(seq);
+            tasks.spawn(lane::run(rx, abort.clone(), progress_every, done));
             tx
         })
         .collect();
-    drop(acks);
     let mut dispatcher = Dispatcher {
         ctx,
         version,
         lanes,
-        in_flight,
+        dispatched,
     };
-    consume(
-        &mut dispatcher,
-        &health,
-        stop,
-        &source,
-        &durable,
-        progress_every,
-    )
-    .await;
-    health.remove(&name);
+    while let Some(msg) = source.next().await {
+        dispatcher.dispatch(msg).await;
+    }
+    readiness.remove(&name);
     drop(dispatcher);
     while tasks.join_next().await.is_some() {}
     // Every lane is done: the last acks go out before the runner ends.
-    let _ = acks_task.await;
+    source.close().await;
     tracing::info!(pipeline = %name, "drained");
-}
-
-/// Binds the consumer and pulls batch after batch into the dispatcher until
-/// `stop`; rebinds (with backoff) when the source fails.
-async fn consume(
-    d: &mut Dispatcher,
-    health: &Health,
-    mut stop: watch::Receiver<bool>,
-    source: &NatsSourceConfig,
-    durable: &str,
-    progress_every: Duration,
-) {
-    let name = d.ctx.pipeline.name.clone();
-    let js = d.ctx.js.clone();
-    let mut backoff = Duration::from_millis(250);
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    while !*stop.borrow() {
-        let mut consumer = match nats::bind(&js, source, durable).await {
-            Ok(consumer) => consumer,
-            Err(e) => {
-                health.set_ready(&name, false);
-                tracing::error!(pipeline = %name, error = %e, retry_in_ms = backoff.as_millis() as u64, "source unavailable");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                continue;
-            }
-        };
-        health.set_ready(&name, true);
-        backoff = Duration::from_millis(250);
-        tracing::info!(pipeline = %name, durable, "consuming");
-        let mut recovery = Recovery::at_bind(&mut consumer, &name).await;
-        'pull: while !*stop.borrow() {
-            let mut batch = match nats::fetch(&consumer, source.batch, durable).await {
-                Ok(batch) => Box::pin(batch),
-                Err(e) => {
-                    tracing::warn!(pipeline = %name, error = %e, "pull failed; reconnecting");
-                    break 'pull;
-                }
-            };
-            loop {
-                let next = tokio::select! {
-                    next = batch.next() => next,
-                    _ = tick.tick(), if recovery.is_waiting() => {
-                        recovery.keep_alive(progress_every).await;
-                        // Parked messages go on in stream order, before
-                        // anything the rest of this pull brings.
-                        if !*stop.borrow() {
-                            for msg in recovery.release(&mut consumer, &name, false).await {
-                                d.dispatch(msg).await;
-                            }
-                        }
-                        continue;
-                    }
-                };
-                let msg = match next {
-                    None => {
-                        if !*stop.borrow() {
-                            for msg in recovery.release(&mut consumer, &name, true).await {
-                                d.dispatch(msg).await;
-                            }
-                        }
-                        break;
-                    }
-                    Some(Ok(msg)) => msg,
-                    Some(Err(e)) => {
-                        tracing::warn!(pipeline = %name, error = %e, "pull failed; reconnecting");
-                        break 'pull;
-                    }
-                };
-                if *stop.borrow() {
-                    // The batch is ours until it ends: hand the rest back
-                    // now rather than leaving it to ack_wait.
-                    hand_back(&name, &msg).await;
-                } else if let Some(msg) = recovery.admit(msg) {
-                    d.dispatch(msg).await;
-                }
-            }
-        }
-        // Stopped or cut off: what waits goes back, still in order.
-        for msg in recovery.take_parked() {
-            hand_back(&name, &msg).await;
-        }
-        if !*stop.borrow() {
-            health.set_ready(&name, false);
-        }
-    }
 }
 
 /// Evaluates pulled messages with the current pipeline version and routes
@@ -275,12 +173,12 @@ struct Dispatcher {
     ctx: Arc<Ctx>,
     version: watch::Receiver<Arc<Ctx>>,
     lanes: Vec<mpsc::UnboundedSender<lane::Job>>,
-    in_flight: InFlight,
+    dispatched: Dispatched,
 }
 
 impl Dispatcher {
     async fn dispatch(&mut self, msg: SourceMessage) {
-        if !self.in_flight.insert(msg.seq) {
+        if !self.dispatched.insert(msg.seq) {
             // A redelivery of a message still being handled here: its first
             // delivery will ack it.
             return;
@@ -315,7 +213,7 @@ impl Dispatcher {
         // A lane ends early only when aborted at the drain deadline.
         if let Err(mpsc::error::SendError(job)) = self.lanes[lane].send(job) {
             hand_back(&job.ctx.pipeline.name, &job.msg).await;
-            self.in_flight.remove(job.msg.seq);
+            self.dispatched.remove(job.msg.seq);
         }
     }
 
@@ -325,7 +223,7 @@ impl Dispatcher {
             // Records are routed to lanes by key: with another key, a record
             // could overtake an earlier one of the same record still queued
             // under the old key. Wait for the lanes to empty first.
-            self.in_flight.wait_empty().await;
+            self.dispatched.wait_empty().await;
         }
         tracing::info!(pipeline = %next.pipeline.name, "new version takes over");
         self.ctx = next;

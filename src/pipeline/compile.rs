@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{Pipeline, Rule};
+use super::{Pipeline, Rule, SubjectTemplate, Target};
 use crate::action::Action;
 use crate::config::diagnostics::Diagnostics;
 use crate::config::load::{SourceFile, Sourced};
@@ -86,45 +86,11 @@ pub fn compile(
         .as_ref()
         .map(|w| script(file, &path!["when"], w, ctx.engine, diags));
 
-    // Target: provider, then object, then each rule's action on it.
-    let provider = match ctx.providers.get(&cfg.target.provider) {
-        Some(p) => Some(p.clone()),
-        None => {
-            if !ctx.provider_names.contains(&cfg.target.provider) {
-                let names = ctx.provider_names.iter().map(String::as_str);
-                file.error(
-                    diags,
-                    &path!["target", "provider"],
-                    format!(
-                        "unknown provider \"{}\"{}",
-                        cfg.target.provider,
-                        did_you_mean(&cfg.target.provider, names)
-                    ),
-                );
-            }
-            // Otherwise the provider file has errors of its own, reported
-            // there; repeating them here would only add noise.
-            None
-        }
+    let target = target(file, cfg, ctx, diags);
+    let object = match &target {
+        Some(Target::Provider { provider, object }) => provider.objects.get(object),
+        _ => None,
     };
-    let object = provider
-        .as_ref()
-        .and_then(|p| match p.objects.get(&cfg.target.object) {
-            Some(o) => Some(o),
-            None => {
-                file.error(
-                    diags,
-                    &path!["target", "object"],
-                    format!(
-                        "provider \"{}\" has no object \"{}\"{}",
-                        p.name,
-                        cfg.target.object,
-                        did_you_mean(&cfg.target.object, p.objects.keys().map(String::as_str))
-                    ),
-                );
-                None
-            }
-        });
 
     if cfg.rules.is_empty() {
         file.error(
@@ -149,8 +115,14 @@ pub fn compile(
                 None
             }
         };
-        if let (Some(action), Some(object), Some(p)) = (action, object, &provider) {
-            if !object.supports(action) {
+        match (action, &target) {
+            (
+                Some(action),
+                Some(Target::Provider {
+                    provider,
+                    object: name,
+                }),
+            ) if object.is_some_and(|object| !object.supports(action)) => {
                 let need = if action == Action::Upsert {
                     "an upsert endpoint, or both create and update"
                 } else {
@@ -160,11 +132,17 @@ pub fn compile(
                     diags,
                     &path!["rules", i, "then"],
                     format!(
-                        "{action}: provider \"{}\" object \"{}\" has no {need} endpoint",
-                        p.name, cfg.target.object
+                        "{action}: provider \"{}\" object \"{name}\" has no {need} endpoint",
+                        provider.name
                     ),
                 );
             }
+            (Some(Action::Read), Some(Target::Subject(_))) => file.error(
+                diags,
+                &path!["rules", i, "then"],
+                "read: a nats target publishes records and cannot read one",
+            ),
+            _ => {}
         }
         if let (Some(condition), Some(action)) = (condition, action) {
             rules.push(Rule { condition, action });
@@ -192,7 +170,7 @@ pub fn compile(
     if diags.len() != before {
         return None;
     }
-    let provider = provider?;
+    let target = target?;
     let input_schema = input_schema.flatten();
     let output_schema = output_schema.flatten();
     // The provider is not part of it: the runtime compares providers itself,
@@ -217,8 +195,7 @@ pub fn compile(
         rules,
         mapping: mapping?,
         output_schema,
-        object: cfg.target.object.clone(),
-        provider,
+        target,
         dead_letter_subject: cfg
             .dead_letter
             .as_ref()
@@ -228,6 +205,83 @@ pub fn compile(
         engine: ctx.engine.clone(),
         fingerprint,
     })
+}
+
+/// The target: a provider and one of its objects, or a NATS subject.
+fn target(
+    file: &SourceFile,
+    cfg: &PipelineConfig,
+    ctx: &Context<'_>,
+    diags: &mut Diagnostics,
+) -> Option<Target> {
+    let t = &cfg.target;
+    match (&t.provider, &t.object, &t.nats) {
+        (Some(provider), Some(object), None) => {
+            let Some(provider) = ctx.providers.get(provider) else {
+                if !ctx.provider_names.contains(provider) {
+                    let names = ctx.provider_names.iter().map(String::as_str);
+                    file.error(
+                        diags,
+                        &path!["target", "provider"],
+                        format!(
+                            "unknown provider \"{provider}\"{}",
+                            did_you_mean(provider, names)
+                        ),
+                    );
+                }
+                // Otherwise the provider file has errors of its own, reported
+                // there; repeating them here would only add noise.
+                return None;
+            };
+            if !provider.objects.contains_key(object) {
+                file.error(
+                    diags,
+                    &path!["target", "object"],
+                    format!(
+                        "provider \"{}\" has no object \"{object}\"{}",
+                        provider.name,
+                        did_you_mean(object, provider.objects.keys().map(String::as_str))
+                    ),
+                );
+                return None;
+            }
+            Some(Target::Provider {
+                provider: provider.clone(),
+                object: object.clone(),
+            })
+        }
+        (None, None, Some(nats)) => match SubjectTemplate::parse(&nats.subject) {
+            Ok(subject) => Some(Target::Subject(subject)),
+            Err(e) => {
+                file.error(diags, &path!["target", "nats", "subject"], e);
+                None
+            }
+        },
+        (_, _, Some(_)) => {
+            file.error(
+                diags,
+                &path!["target", "nats"],
+                "a target is either a provider object (provider, object) or a NATS subject (nats), not both",
+            );
+            None
+        }
+        (None, _, None) => {
+            file.error(
+                diags,
+                &path!["target"],
+                "the target needs a provider and an object, or nats: { subject }",
+            );
+            None
+        }
+        (Some(_), None, None) => {
+            file.error(
+                diags,
+                &path!["target", "provider"],
+                "the target names a provider but no object",
+            );
+            None
+        }
+    }
 }
 
 fn json_path(

@@ -4,19 +4,18 @@
 
 pub mod compile;
 mod evaluate;
+mod target;
 mod testcase;
-
-use std::sync::Arc;
 
 pub use compile::compile;
 pub use evaluate::{EvalError, EvalErrorKind, MessageMeta, Outcome};
+pub use target::{SubjectTemplate, Target};
 pub use testcase::{TestFailure, run_tests};
 
 use crate::action::Action;
 use crate::config::model::{NatsSourceConfig, TestCase};
 use crate::expr::{Script, ScriptEngine};
 use crate::mapping::{JsonPath, Mapping};
-use crate::provider::Provider;
 use crate::schema::Schema;
 
 #[derive(Debug, Clone)]
@@ -32,8 +31,7 @@ pub struct Pipeline {
     rules: Vec<Rule>,
     mapping: Mapping,
     output_schema: Option<Schema>,
-    pub provider: Arc<Provider>,
-    pub object: String,
+    pub target: Target,
     pub dead_letter_subject: String,
     pub tests: Vec<TestCase>,
     engine: ScriptEngine,

@@ -8,7 +8,6 @@
 //! reload) and `syncflow_config_errors` (errors of the last refused config; 0
 //! once a valid one is in place).
 
-pub mod plan;
 pub mod watch;
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,7 @@
 //! pipeline, serves `/metrics`, applies reloaded configs, and drains cleanly
 //! on SIGINT/SIGTERM.
 
+pub mod plan;
 mod providers;
 
 use std::collections::BTreeMap;
@@ -12,11 +13,15 @@ use std::time::Duration;
 use async_nats::jetstream;
 
 use crate::compile::Config;
-use crate::executor::{Ctx, IdMap, PipelineMetrics, PipelineRunner, ensure_dead_letter_streams};
+use crate::executor::{Ctx, PipelineMetrics, PipelineRunner, ensure_dead_letter_streams};
+use crate::idmap::IdMap;
 use crate::limiter;
 use crate::pipeline::Pipeline;
-use crate::reload::plan::{PipelineChange, Plan, plan};
-use crate::server::{self, Health};
+use crate::pipeline::Target;
+use crate::readiness::Readiness;
+use crate::runtime::plan::{PipelineChange, Plan, plan};
+use crate::server;
+use crate::sink::{ProviderSink, SubjectSink, TargetSink};
 
 pub use providers::ProviderBuildError;
 use providers::Providers;
@@ -78,7 +83,7 @@ pub struct Engine {
     nats: async_nats::Client,
     js: jetstream::Context,
     idmap: IdMap,
-    health: Health,
+    readiness: Readiness,
     providers: Providers,
     config: Config,
     runners: BTreeMap<String, PipelineRunner>,
@@ -95,7 +100,7 @@ impl Engine {
         drain_deadline: Duration,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Option<Engine>, RunError> {
-        let health = Health::default();
+        let readiness = Readiness::default();
         let listen: SocketAddr = config
             .globals
             .http
@@ -103,7 +108,7 @@ impl Engine {
             .parse()
             .map_err(|_| RunError::Listen(config.globals.http.listen.clone()))?;
         let mut http_shutdown = shutdown.clone();
-        let http_addr = server::serve(listen, health.clone(), async move {
+        let http_addr = server::serve(listen, readiness.clone(), async move {
             let _ = http_shutdown.wait_for(|s| *s).await;
         })
         .await
@@ -119,7 +124,7 @@ impl Engine {
             .connect(&config.globals.nats.url)
             .await
             .map_err(|e| RunError::NatsUrl(e.to_string()))?;
-        health.watch_nats(nats.clone());
+        readiness.watch_nats(nats.clone());
         let js = jetstream::new(nats.clone());
         let Some(idmap) = wait_for_nats(&js, &config, shutdown).await else {
             return Ok(None);
@@ -142,7 +147,7 @@ impl Engine {
             nats,
             js,
             idmap,
-            health,
+            readiness,
             providers,
             config: empty,
             runners: BTreeMap::new(),
@@ -181,7 +186,7 @@ impl Engine {
         applied.rate_limits = plan
             .providers
             .iter()
-            .filter(|(_, c)| **c == crate::reload::plan::ProviderChange::RateLimit)
+            .filter(|(_, c)| **c == plan::ProviderChange::RateLimit)
             .map(|(name, _)| name.clone())
             .collect();
         applied.globals_ignored = globals_ignored;
@@ -233,8 +238,8 @@ impl Engine {
             .into_iter()
             .flatten()
         {
-            self.health.set_ready(&ctx.pipeline.name, false);
-            let runner = PipelineRunner::spawn(ctx, self.health.clone());
+            self.readiness.set_ready(&ctx.pipeline.name, false);
+            let runner = PipelineRunner::spawn(ctx, self.readiness.clone());
             self.runners.insert(runner.name.clone(), runner);
         }
         self.config = config;
@@ -242,14 +247,25 @@ impl Engine {
     }
 
     fn ctx(&self, pipeline: &Arc<Pipeline>) -> Arc<Ctx> {
-        let provider = self
-            .providers
-            .get(&pipeline.provider.name)
-            .expect("providers are in place before their pipelines");
+        let sink = match &pipeline.target {
+            Target::Provider { provider, object } => {
+                let running = self
+                    .providers
+                    .get(&provider.name)
+                    .expect("providers are in place before their pipelines");
+                TargetSink::Provider(Box::new(ProviderSink::new(
+                    running.api.clone(),
+                    self.idmap.clone(),
+                    object,
+                )))
+            }
+            Target::Subject(subject) => {
+                TargetSink::Subject(Box::new(SubjectSink::new(self.js.clone(), subject.clone())))
+            }
+        };
         Arc::new(Ctx {
             pipeline: pipeline.clone(),
-            sink: provider.sink.clone(),
-            idmap: self.idmap.clone(),
+            sink,
             js: self.js.clone(),
             metrics: PipelineMetrics::new(&pipeline.name),
         })
@@ -257,8 +273,8 @@ impl Engine {
 
     fn spawn(&mut self, pipeline: &Arc<Pipeline>) {
         let ctx = self.ctx(pipeline);
-        self.health.set_ready(&pipeline.name, false);
-        let runner = PipelineRunner::spawn(ctx, self.health.clone());
+        self.readiness.set_ready(&pipeline.name, false);
+        let runner = PipelineRunner::spawn(ctx, self.readiness.clone());
         self.runners.insert(pipeline.name.clone(), runner);
     }
 

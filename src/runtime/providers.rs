@@ -1,5 +1,5 @@
-//! The running side of providers: one HTTP sink per provider, and one shared
-//! rate limiter per provider that outlives sink rebuilds, so a reload never
+//! The running side of providers: one HTTP API client per provider, and one
+//! shared rate limiter per provider that outlives client rebuilds, so a reload never
 //! resets a provider's limit nor runs two limiters for the same key.
 
 use std::collections::BTreeMap;
@@ -7,15 +7,15 @@ use std::sync::Arc;
 
 use redis::aio::ConnectionManager;
 
+use super::plan::ProviderChange;
 use crate::limiter::{Limiter, LimiterError, RateLimitSpec, SharedLimiter};
 use crate::provider::{Provider, RateLimit};
-use crate::reload::plan::ProviderChange;
-use crate::sink::{HttpSink, SinkBuildError};
+use crate::sink::http::{ApiBuildError, ProviderApi};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderBuildError {
     #[error(transparent)]
-    Sink(#[from] SinkBuildError),
+    Api(#[from] ApiBuildError),
     #[error("provider {provider}: {source}")]
     Limiter {
         provider: String,
@@ -24,10 +24,10 @@ pub enum ProviderBuildError {
     },
 }
 
-/// A provider's sink and the limiter inside it.
+/// A provider's API client and the limiter inside it.
 #[derive(Clone)]
 pub struct ProviderRuntime {
-    pub sink: Arc<HttpSink>,
+    pub api: Arc<ProviderApi>,
     limiter: Option<(SharedLimiter, RateLimit)>,
 }
 
@@ -95,11 +95,11 @@ impl Providers {
                     let sink_limiter = limiter
                         .as_ref()
                         .map_or(Limiter::Unlimited, |(l, _)| Limiter::Shared(l.clone()));
-                    let sink = HttpSink::new(provider.clone(), sink_limiter)?;
+                    let sink = ProviderApi::new(provider.clone(), sink_limiter)?;
                     staged.built.insert(
                         name.clone(),
                         ProviderRuntime {
-                            sink: Arc::new(sink),
+                            api: Arc::new(sink),
                             limiter,
                         },
                     );

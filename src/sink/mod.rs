@@ -1,186 +1,121 @@
-//! Sinks: where a record goes after evaluation. [`HttpSink`] talks to one
-//! provider (DESIGN.md §2, §5): it renders the endpoint, paces every attempt
-//! through the provider's rate limiter, bounds concurrency, retries with
-//! backoff and `Retry-After`, and holds callers back while the provider's
-//! circuit breaker is open.
+//! Sinks: where an evaluated record goes.
 //!
-//! The executor calls [`Sink::send`] once per record, with the endpoint
-//! already resolved (it owns the id map, per-key order, acks and dead
-//! letters); the sink owns everything about talking to the provider.
+//! The executor hands a sink a [`Record`] (key, action, mapped body,
+//! idempotency key) and gets back a [`Delivery`]: sent (with the
+//! destination's id of the record when it told one), skipped, or failed
+//! with a dead-letter kind. Everything that is particular to a destination
+//! lives in its sink:
+//! - [`ProviderSink`] (`provider.rs`): a provider object over HTTP. It knows
+//!   the CRM's ways: the id map (which `{id}` a key has), upsert resolution,
+//!   a 404 on delete meaning done. The HTTP itself (limits, retries,
+//!   breaker, connections) is [`http::ProviderApi`].
+//! - [`SubjectSink`] (`nats.rs`): a JetStream subject, each record confirmed
+//!   by a publish ack.
 //!
-//! ```text
-//! send(req) ─ prepare: endpoint, URL, body (Internal error if impossible)
-//!   └─ per attempt: breaker (wait while open) → in-flight slot
-//!        → its connection ready (opened if need be) → rate limiter → HTTP → classify
-//!          2xx ─────────────────────────→ Ok(SinkResponse)
-//!          404 on update/delete/read ───→ Err(NotFound)
-//!          other status not in retry_on → Err(Rejected)
-//!          retry_on status, connect error, timeout, other network error
-//!            → sleep (Retry-After, else full-jitter backoff) and try again,
-//!              or Err(RetriesExhausted) after `retry.max_attempts` tries
-//! ```
-//!
-//! - Concurrency: `max_in_flight` slots per sink, held for one attempt
-//!   (never while backing off or waiting on the breaker). The slot is taken
-//!   before the rate limiter so that a granted rate-limit cell is used at once:
-//!   holding it while queueing for a slot would let requests bunch up.
-//! - Connections (`slots.rs`, `conn.rs`): a granted cell must be spent by a
-//!   request that leaves within the cell's lateness budget, so each slot has
-//!   an HTTP/1.1 connection of its own, made ready (opened if need be,
-//!   without sending anything) before the cell is taken. A connection that
-//!   closed while the request waited for its cell is opened again, and a
-//!   cell that went stale meanwhile is given up for a fresh one.
-//! - Backoff: sleep uniform in `[0, min(max_backoff, initial_backoff·2^(n−1))]`
-//!   after the n-th failed attempt. A `Retry-After` header (delta-seconds or
-//!   HTTP date) replaces it and is honoured in full, even beyond
-//!   `max_backoff`: the provider knows when its quota resets, and retrying
-//!   earlier only burns attempts and rate budget. A date in the past means no
-//!   wait.
-//! - Circuit breaker (`breaker.rs`): `failure_threshold` consecutive requests
-//!   that failed on the provider's side (retries exhausted, or a 5xx outside
-//!   `retry_on`) open it. While open, `send` waits instead of failing, so an
-//!   outage holds messages back rather than flooding the dead-letter subject;
-//!   requests already retrying wait at their next attempt. After `open_for`,
-//!   one attempt goes through as the probe: an answer that is not a provider
-//!   failure (a 4xx is not) closes the breaker and wakes every waiter; a
-//!   failure re-opens it for another `open_for`. The probe's attempt counts
-//!   towards its own request's `max_attempts`, so a record that keeps failing
-//!   is dead-lettered in time and cannot hold the breaker open alone.
-//! - Headers: the provider's (auth included; marked sensitive and never
-//!   logged), `content-type: application/json` with a body, and the
-//!   idempotency header carrying the same `idempotency_key` on every attempt.
-//!   Redirects are not followed: a 3xx is a wrong `base_url`, reported as
-//!   [`SinkErrorKind::Rejected`].
-//! - Metrics (label `provider`): `syncflow_provider_in_flight`,
-//!   `syncflow_provider_requests_total` and `syncflow_provider_request_seconds`
-//!   (plus `status`: the HTTP status, or `timeout` / `connect` / `network`),
-//!   `syncflow_provider_retries_total`, `syncflow_provider_breaker_open`
-//!   (0 closed, 1 open, 0.5 half-open), `syncflow_provider_limiter_wait_seconds`.
-//!
-//! [`Sink`] is generic (its future is `Send`, but the trait is not object
-//! safe): internal sinks (NATS publish, plain HTTP) slot in as further
-//! implementations, chosen by generics or by an enum over the sinks.
+//! A new kind of sink is a new file and one arm in [`TargetSink`].
 
-mod breaker;
-mod conn;
-mod http;
-mod metrics;
-mod outcome;
-mod retry;
-mod slots;
-#[cfg(test)]
-mod test_server;
-#[cfg(test)]
-mod tests;
+pub mod http;
+mod nats;
+mod provider;
 
 use std::future::Future;
 
-pub use breaker::BreakerState;
-pub use http::{HttpSink, SinkBuildError};
+use serde_json::Value;
 
-use crate::error::{Fault, Retry};
-pub use crate::provider::EndpointKind;
+pub use http::BreakerState;
+pub use nats::SubjectSink;
+pub use provider::ProviderSink;
 
-/// Somewhere records are sent.
+use crate::action::Action;
+
+/// Somewhere records are delivered.
 pub trait Sink: Send + Sync {
-    /// Sends one record, retrying as the sink's policy allows; waits (never
-    /// fails) while the destination's circuit breaker is open.
-    fn send(
-        &self,
-        req: SinkRequest<'_>,
-    ) -> impl Future<Output = Result<SinkResponse, SinkError>> + Send;
+    /// Delivers one record, retrying as the destination's policy allows.
+    fn deliver(&self, record: &Record<'_>) -> impl Future<Output = Delivery> + Send;
 }
 
-/// One record's request, as resolved by the executor.
+/// One evaluated record, as the executor hands it over.
 #[derive(Debug, Clone, Copy)]
-pub struct SinkRequest<'a> {
-    /// The provider object (`contact`).
-    pub object: &'a str,
-    /// The concrete endpoint: an `upsert` action is already resolved to
-    /// create or update when the object has no upsert endpoint.
-    pub endpoint: EndpointKind,
-    /// The record key, for `{key}` in the path.
+pub struct Record<'a> {
+    /// The pipeline it comes from (for logs).
+    pub pipeline: &'a str,
     pub key: &'a str,
-    /// The provider's id of the record, for `{id}` in the path.
-    pub id: Option<&'a str>,
-    pub body: Option<&'a serde_json::Value>,
-    /// Sent in the provider's idempotency header on every attempt; the
-    /// executor keeps it stable across redeliveries.
+    /// Never `Skip`: skipped records do not reach a sink.
+    pub action: Action,
+    /// The mapped, schema-checked body, for actions that send one.
+    pub body: Option<&'a Value>,
+    /// The same for every delivery of the same message (DESIGN.md §5).
     pub idempotency_key: &'a str,
+    /// The message's position in its stream (for logs).
+    pub seq: u64,
 }
 
-#[derive(Debug, Clone)]
-pub struct SinkResponse {
-    pub status: u16,
-    /// The response body as received (parsed only when asked: most records
-    /// need nothing from it, or only `provider_id`).
-    pub body: bytes::Bytes,
-    /// The endpoint's `id_from` applied to the body; numbers become strings.
-    pub provider_id: Option<String>,
-    /// Tries it took, the successful one included.
-    pub attempts: u32,
+/// What became of a record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    /// The destination took it.
+    Sent {
+        /// The HTTP status; `None` for a destination without one (a publish).
+        status: Option<u16>,
+        /// The destination's id of the record, when it told one.
+        id: Option<String>,
+        /// Tries it took, the successful one included.
+        attempts: u32,
+    },
+    /// Nothing needed doing (deleting what syncflow already deleted).
+    Skipped { reason: &'static str },
+    /// No retry can fix it: a dead letter.
+    Failed(Failure),
 }
 
-impl SinkResponse {
-    /// The body: JSON when it parses, else the text as a string; `None`
-    /// when empty.
-    pub fn json(&self) -> Option<serde_json::Value> {
-        (!self.body.is_empty()).then(|| {
-            serde_json::from_slice(&self.body).unwrap_or_else(|_| {
-                serde_json::Value::String(String::from_utf8_lossy(&self.body).into_owned())
-            })
-        })
-    }
-}
-
-/// A request that did not succeed, with everything a dead letter needs.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct SinkError {
-    pub kind: SinkErrorKind,
+/// Why a record could not be delivered, with what its dead letter says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
     /// The last HTTP status, if a response came back.
     pub status: Option<u16>,
-    /// The last response body, truncated to [`BODY_LIMIT`] bytes.
+    /// The last response body, truncated.
     pub body: Option<String>,
-    /// Tries made (0 when the request could not be made at all).
+    /// Tries made (0 when none could be made).
     pub attempts: u32,
-    pub message: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SinkErrorKind {
-    /// A final status outside `retry_on`: usually a 4xx (the record's or the
-    /// config's fault); a 3xx (wrong `base_url`) or an unlisted 5xx too.
-    Rejected,
-    /// 404 on update, delete or read: the record is gone at the provider.
-    NotFound,
+/// A delivery failure's dead-letter kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// An update or delete of a key whose provider id is not known.
+    UnknownId,
+    /// A final answer of the destination (a 4xx, a status outside `retry_on`).
+    ProviderRejected,
     /// Every attempt failed with a retryable status or a network error.
     RetriesExhausted,
-    /// syncflow could not make the request: an `{id}` path without an id, an
-    /// endpoint the object does not have, a stopped rate limiter.
+    /// syncflow could not make the request.
     Internal,
 }
 
-/// How much of an error response body a [`SinkError`] keeps.
-pub const BODY_LIMIT: usize = 4096;
-
-impl SinkError {
-    pub fn fault(&self) -> Fault {
-        match self.kind {
-            SinkErrorKind::Rejected if self.status.is_some_and(|s| s >= 500) => Fault::External,
-            SinkErrorKind::Rejected => Fault::User,
-            SinkErrorKind::NotFound | SinkErrorKind::RetriesExhausted => Fault::External,
-            SinkErrorKind::Internal => Fault::Internal,
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::UnknownId => "unknown_id",
+            FailureKind::ProviderRejected => "provider_rejected",
+            FailureKind::RetriesExhausted => "retries_exhausted",
+            FailureKind::Internal => "internal",
         }
     }
+}
 
-    /// Whether sending the same record later may succeed.
-    pub fn retry(&self) -> Retry {
-        match self.kind {
-            SinkErrorKind::RetriesExhausted => Retry::WithBackoff,
-            SinkErrorKind::Rejected | SinkErrorKind::NotFound | SinkErrorKind::Internal => {
-                Retry::No
-            }
+/// A pipeline's sink, whatever its kind.
+pub enum TargetSink {
+    Provider(Box<ProviderSink>),
+    Subject(Box<SubjectSink>),
+}
+
+impl Sink for TargetSink {
+    async fn deliver(&self, record: &Record<'_>) -> Delivery {
+        match self {
+            TargetSink::Provider(sink) => sink.deliver(record).await,
+            TargetSink::Subject(sink) => sink.deliver(record).await,
         }
     }
 }

@@ -1,14 +1,35 @@
-//! Where records come from. The executor works on [`SourceMessage`]s and
-//! settles them through their [`AckHandle`]; the NATS JetStream pull
-//! consumer (`nats`) is the one source today. Inbound sources (provider
-//! webhooks, polling) slot in by producing the same messages, with their
-//! own way of settling in `AckHandle`.
+//! Where a pipeline's records come from.
+//!
+//! The executor sees a [`Source`]: a stream of [`SourceMessage`]s, each with
+//! the [`AckHandle`] that settles it. How messages are fetched, kept in
+//! order across restarts and acknowledged is the source's business; the one
+//! kind today is a JetStream durable pull consumer ([`jetstream`]). Provider
+//! changes (webhooks, polling) are stored in JetStream first, so they reach
+//! pipelines through the same source.
 
-pub mod nats;
+pub mod jetstream;
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
+
+pub use jetstream::JetStreamSource;
+
+/// A stream of messages for one pipeline.
+///
+/// A source stops when the stop signal it was built with turns true: it
+/// hands back (for redelivery) whatever it holds that it has not given out,
+/// and [`Source::next`] returns `None`.
+pub trait Source: Send {
+    /// The next message, waiting as long as it takes (reconnecting when
+    /// the source is cut off); `None` once stopped.
+    fn next(&mut self) -> impl Future<Output = Option<SourceMessage>> + Send;
+
+    /// Called once every message the source gave out has been settled:
+    /// delivers what settling left pending (gathered acks).
+    fn close(self) -> impl Future<Output = ()> + Send;
+}
 
 /// One message from a source, owned, with the handle that settles it.
 #[derive(Debug)]
@@ -35,14 +56,14 @@ impl SourceMessage {
     }
 }
 
-/// Settles a message with its source (a JetStream acker; other sources
-/// will add their own way of settling here).
-pub struct AckHandle(pub async_nats::jetstream::message::Acker);
+/// Settles a message with the source that gave it out.
+#[derive(Debug)]
+pub struct AckHandle(Settle);
 
-impl std::fmt::Debug for AckHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AckHandle")
-    }
+/// One way of settling per kind of source.
+#[derive(Debug)]
+enum Settle {
+    JetStream(jetstream::Ack),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,27 +71,27 @@ impl std::fmt::Debug for AckHandle {
 pub struct AckError(String);
 
 impl AckHandle {
-    /// Done: the record was delivered, skipped or dead-lettered.
-    pub async fn ack(&self) -> Result<(), AckError> {
-        self.0.ack().await.map_err(|e| AckError(e.to_string()))
+    /// Done: the record was delivered, skipped or dead-lettered. The source
+    /// may gather acks and send them together; a lost ack means a
+    /// redelivery, which the idempotency key makes harmless.
+    pub fn ack(self, seq: u64) {
+        match self.0 {
+            Settle::JetStream(ack) => ack.ack(seq),
+        }
     }
 
     /// Still working on it (waiting on the limiter, a backoff or an open
     /// breaker): do not redeliver yet.
     pub async fn in_progress(&self) -> Result<(), AckError> {
-        use async_nats::jetstream::AckKind;
-        self.0
-            .ack_with(AckKind::Progress)
-            .await
-            .map_err(|e| AckError(e.to_string()))
+        match &self.0 {
+            Settle::JetStream(ack) => ack.in_progress().await,
+        }
     }
 
-    /// Hand it back for redelivery after `delay` (used when draining).
+    /// Hand it back for redelivery, after `delay` if given.
     pub async fn nak(&self, delay: Option<Duration>) -> Result<(), AckError> {
-        use async_nats::jetstream::AckKind;
-        self.0
-            .ack_with(AckKind::Nak(delay))
-            .await
-            .map_err(|e| AckError(e.to_string()))
+        match &self.0 {
+            Settle::JetStream(ack) => ack.nak(delay).await,
+        }
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::compile::Config;
+use crate::pipeline::Pipeline;
 
 /// How a provider in the new config relates to the running one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,11 +92,13 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
                 None => PipelineChange::Added,
                 Some(o)
                     if o.fingerprint != p.fingerprint
-                        || o.provider.name != p.provider.name
-                        || matches!(
-                            providers[&p.provider.name],
-                            ProviderChange::Rebuilt | ProviderChange::Added
-                        ) =>
+                        || provider_name(o) != provider_name(p)
+                        || provider_name(p).is_some_and(|name| {
+                            matches!(
+                                providers[name],
+                                ProviderChange::Rebuilt | ProviderChange::Added
+                            )
+                        }) =>
                 {
                     PipelineChange::Changed
                 }
@@ -111,6 +114,11 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
         removed_pipelines: removed(&old.pipelines, &new.pipelines),
         globals_changed: old.globals != new.globals,
     }
+}
+
+/// The provider a pipeline sends to; none for a subject target.
+fn provider_name(pipeline: &Pipeline) -> Option<&str> {
+    pipeline.target.provider().map(|p| p.name.as_str())
 }
 
 fn removed<T>(old: &BTreeMap<String, T>, new: &BTreeMap<String, T>) -> Vec<String> {

@@ -6,10 +6,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 
-use super::breaker::Health;
+use super::breaker::ProviderHealth;
 use super::conn::TransportError;
 use super::metrics::AttemptLabel;
-use super::{BODY_LIMIT, EndpointKind, SinkError, SinkErrorKind};
+use super::{ApiError, ApiErrorKind, BODY_LIMIT, EndpointKind};
 
 /// One attempt's result, before classification.
 pub(super) enum Attempt {
@@ -33,8 +33,20 @@ pub(super) enum Verdict {
     Retryable(Failure),
 }
 
+/// What kind of failure an attempt was; a dead letter's kind comes from it
+/// once no attempt is left ([`Failure::into_error`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FailureKind {
+    /// A final status outside `retry_on`.
+    Rejected,
+    /// 404 on an endpoint that addresses an existing record.
+    NotFound,
+    /// A `retry_on` status or a transport error: another attempt may succeed.
+    Transient,
+}
+
 pub(super) struct Failure {
-    kind: SinkErrorKind,
+    kind: FailureKind,
     pub status: Option<StatusCode>,
     body: Option<Bytes>,
     pub retry_after: Option<Duration>,
@@ -58,7 +70,7 @@ impl Attempt {
         let (status, retry_after, body) = match self {
             Attempt::Transport(e) => {
                 return Verdict::Retryable(Failure {
-                    kind: SinkErrorKind::RetriesExhausted,
+                    kind: FailureKind::Transient,
                     status: None,
                     body: None,
                     retry_after: None,
@@ -86,23 +98,23 @@ impl Attempt {
             EndpointKind::Update | EndpointKind::Delete | EndpointKind::Read
         );
         if retry_on.contains(&status.as_u16()) {
-            Verdict::Retryable(failure(SinkErrorKind::RetriesExhausted, status.to_string()))
+            Verdict::Retryable(failure(FailureKind::Transient, status.to_string()))
         } else if status == StatusCode::NOT_FOUND && addresses_existing {
             let cause = format!("{status}: the record is gone at the provider");
-            Verdict::Final(failure(SinkErrorKind::NotFound, cause))
+            Verdict::Final(failure(FailureKind::NotFound, cause))
         } else if status.is_redirection() {
             let cause = format!("{status}: redirects are not followed, check base_url");
-            Verdict::Final(failure(SinkErrorKind::Rejected, cause))
+            Verdict::Final(failure(FailureKind::Rejected, cause))
         } else {
-            Verdict::Final(failure(SinkErrorKind::Rejected, status.to_string()))
+            Verdict::Final(failure(FailureKind::Rejected, status.to_string()))
         }
     }
 }
 
 impl Verdict {
-    pub fn health(&self) -> Health {
+    pub fn health(&self) -> ProviderHealth {
         match self {
-            Verdict::Success { .. } => Health::Up,
+            Verdict::Success { .. } => ProviderHealth::Up,
             Verdict::Final(failure) | Verdict::Retryable(failure) => failure.health(),
         }
     }
@@ -111,26 +123,30 @@ impl Verdict {
 impl Failure {
     /// Down when the provider failed (a retryable failure, an unlisted 5xx);
     /// a 4xx is the record's fault, not a sign of an outage.
-    pub fn health(&self) -> Health {
-        let provider_failed = self.kind == SinkErrorKind::RetriesExhausted
-            || self.status.is_none_or(|s| s.is_server_error());
+    pub fn health(&self) -> ProviderHealth {
+        let provider_failed =
+            self.kind == FailureKind::Transient || self.status.is_none_or(|s| s.is_server_error());
         if provider_failed {
-            Health::Down
+            ProviderHealth::Down
         } else {
-            Health::Up
+            ProviderHealth::Up
         }
     }
 
-    /// `what` names the call (`hubspot update contact`).
-    pub fn into_error(self, what: &str, attempts: u32) -> SinkError {
-        let message = match self.kind {
-            SinkErrorKind::RetriesExhausted => {
-                format!("{what}: failed after {attempts} attempts: {}", self.cause)
-            }
-            _ => format!("{what}: {}", self.cause),
+    /// The request's error after its last attempt; `what` names the call
+    /// (`hubspot update contact`). A transient failure with no attempt left
+    /// means the retries are exhausted.
+    pub fn into_error(self, what: &str, attempts: u32) -> ApiError {
+        let (kind, message) = match self.kind {
+            FailureKind::Transient => (
+                ApiErrorKind::RetriesExhausted,
+                format!("{what}: failed after {attempts} attempts: {}", self.cause),
+            ),
+            FailureKind::Rejected => (ApiErrorKind::Rejected, format!("{what}: {}", self.cause)),
+            FailureKind::NotFound => (ApiErrorKind::NotFound, format!("{what}: {}", self.cause)),
         };
-        SinkError {
-            kind: self.kind,
+        ApiError {
+            kind,
             status: self.status.map(|s| s.as_u16()),
             body: self.body.as_deref().and_then(truncate),
             attempts,
@@ -171,7 +187,7 @@ mod tests {
     }
 
     /// The error kind a final answer gives, `None` for success or a retry.
-    fn final_kind(status: u16, endpoint: EndpointKind) -> Option<SinkErrorKind> {
+    fn final_kind(status: u16, endpoint: EndpointKind) -> Option<FailureKind> {
         match verdict(status, endpoint) {
             Verdict::Final(failure) => Some(failure.kind),
             Verdict::Success { .. } | Verdict::Retryable(_) => None,
@@ -185,25 +201,25 @@ mod tests {
         assert!(matches!(verdict(503, Create), Verdict::Retryable(_)));
         assert!(matches!(verdict(429, Update), Verdict::Retryable(_)));
         for endpoint in [Update, Delete, Read] {
-            assert_eq!(final_kind(404, endpoint), Some(SinkErrorKind::NotFound));
+            assert_eq!(final_kind(404, endpoint), Some(FailureKind::NotFound));
         }
         for endpoint in [Create, Upsert] {
-            assert_eq!(final_kind(404, endpoint), Some(SinkErrorKind::Rejected));
+            assert_eq!(final_kind(404, endpoint), Some(FailureKind::Rejected));
         }
-        assert_eq!(final_kind(400, Create), Some(SinkErrorKind::Rejected));
-        assert_eq!(final_kind(301, Create), Some(SinkErrorKind::Rejected));
+        assert_eq!(final_kind(400, Create), Some(FailureKind::Rejected));
+        assert_eq!(final_kind(301, Create), Some(FailureKind::Rejected));
         // Outside retry_on even though it is a 5xx: the operator's choice.
-        assert_eq!(final_kind(500, Create), Some(SinkErrorKind::Rejected));
+        assert_eq!(final_kind(500, Create), Some(FailureKind::Rejected));
     }
 
     #[test]
     fn only_provider_failures_count_against_its_health() {
         use EndpointKind::*;
-        assert_eq!(verdict(200, Create).health(), Health::Up);
-        assert_eq!(verdict(400, Create).health(), Health::Up);
-        assert_eq!(verdict(404, Update).health(), Health::Up);
-        assert_eq!(verdict(503, Create).health(), Health::Down);
-        assert_eq!(verdict(501, Create).health(), Health::Down);
+        assert_eq!(verdict(200, Create).health(), ProviderHealth::Up);
+        assert_eq!(verdict(400, Create).health(), ProviderHealth::Up);
+        assert_eq!(verdict(404, Update).health(), ProviderHealth::Up);
+        assert_eq!(verdict(503, Create).health(), ProviderHealth::Down);
+        assert_eq!(verdict(501, Create).health(), ProviderHealth::Down);
     }
 
     #[test]

@@ -45,16 +45,12 @@ fn provider(url: &str) -> Provider {
     (*config.providers["crm"]).clone()
 }
 
-fn sink(provider: Provider) -> HttpSink {
-    HttpSink::new(Arc::new(provider), Limiter::Unlimited).unwrap()
+fn sink(provider: Provider) -> ProviderApi {
+    ProviderApi::new(Arc::new(provider), Limiter::Unlimited).unwrap()
 }
 
-fn req<'a>(
-    endpoint: EndpointKind,
-    id: Option<&'a str>,
-    body: Option<&'a Value>,
-) -> SinkRequest<'a> {
-    SinkRequest {
+fn req<'a>(endpoint: EndpointKind, id: Option<&'a str>, body: Option<&'a Value>) -> ApiRequest<'a> {
+    ApiRequest {
         object: "contact",
         endpoint,
         key: "k1",
@@ -64,7 +60,7 @@ fn req<'a>(
     }
 }
 
-fn create(body: &Value) -> SinkRequest<'_> {
+fn create(body: &Value) -> ApiRequest<'_> {
     req(EndpointKind::Create, None, Some(body))
 }
 
@@ -92,10 +88,10 @@ async fn the_shipped_hubspot_provider_creates_updates_and_deletes() {
     let env = HashMap::from([("HUBSPOT_URL".to_string(), crm.hubspot_url())]);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let config = crate::compile::compile_dir(root, &env, false).unwrap();
-    let sink = HttpSink::new(config.providers["hubspot"].clone(), Limiter::Unlimited).unwrap();
+    let sink = ProviderApi::new(config.providers["hubspot"].clone(), Limiter::Unlimited).unwrap();
 
     // Each message has its own idempotency key: the mock replays a reused one.
-    let message = |n: &'static str, endpoint, id, body| SinkRequest {
+    let message = |n: &'static str, endpoint, id, body| ApiRequest {
         idempotency_key: n,
         ..req(endpoint, id, body)
     };
@@ -116,7 +112,7 @@ async fn the_shipped_hubspot_provider_creates_updates_and_deletes() {
     let gone = sink.send(update("4")).await.unwrap_err();
     assert_eq!(
         (gone.kind, gone.status, gone.attempts),
-        (SinkErrorKind::NotFound, Some(404), 1)
+        (ApiErrorKind::NotFound, Some(404), 1)
     );
 }
 
@@ -189,7 +185,7 @@ async fn exhausted_retries_report_the_last_status_and_body() {
         .send(create(&json!({})))
         .await
         .unwrap_err();
-    assert_eq!(err.kind, SinkErrorKind::RetriesExhausted);
+    assert_eq!(err.kind, ApiErrorKind::RetriesExhausted);
     assert_eq!((err.status, err.attempts), (Some(503), 3));
     assert_eq!(err.body.as_deref(), Some("down for maintenance"));
     assert_eq!(
@@ -210,7 +206,7 @@ async fn a_4xx_is_rejected_at_once_and_leaves_the_breaker_closed() {
     let err = sink.send(create(&json!({}))).await.unwrap_err();
     assert_eq!(
         (err.kind, err.status, err.attempts),
-        (SinkErrorKind::Rejected, Some(400), 1)
+        (ApiErrorKind::Rejected, Some(400), 1)
     );
     assert_eq!((err.fault(), err.retry()), (Fault::User, Retry::No));
     assert!(err.body.unwrap().contains("invalid email"));
@@ -225,10 +221,10 @@ async fn a_404_is_not_found_on_update_but_rejected_on_create() {
     let body = json!({});
     let update = sink.send(req(EndpointKind::Update, Some("7"), Some(&body)));
     let err = update.await.unwrap_err();
-    assert_eq!((err.kind, err.attempts), (SinkErrorKind::NotFound, 1));
+    assert_eq!((err.kind, err.attempts), (ApiErrorKind::NotFound, 1));
     assert_eq!(server.seen()[0].path, "/contacts/7");
     let err = sink.send(create(&body)).await.unwrap_err();
-    assert_eq!(err.kind, SinkErrorKind::Rejected);
+    assert_eq!(err.kind, ApiErrorKind::Rejected);
     assert_eq!(server.seen().len(), 2);
 }
 
@@ -257,7 +253,7 @@ async fn connect_errors_are_retried_until_exhausted() {
         .unwrap_err();
     assert_eq!(
         (err.kind, err.status, err.attempts),
-        (SinkErrorKind::RetriesExhausted, None, 3)
+        (ApiErrorKind::RetriesExhausted, None, 3)
     );
     assert!(err.message.contains("connect error"), "{}", err.message);
 }
@@ -269,7 +265,7 @@ async fn an_id_path_without_an_id_is_internal_and_sends_nothing() {
         .send(req(EndpointKind::Delete, None, None))
         .await
         .unwrap_err();
-    assert_eq!((err.kind, err.attempts), (SinkErrorKind::Internal, 0));
+    assert_eq!((err.kind, err.attempts), (ApiErrorKind::Internal, 0));
     assert_eq!(err.fault(), Fault::Internal);
     assert!(server.seen().is_empty());
 }
@@ -295,7 +291,7 @@ async fn every_attempt_waits_on_the_rate_limiter() {
     let (limiter, spec) = five_per_second(&redis);
     let script = [Reply::status(503), Reply::status(503)];
     let server = TestServer::start(script, Reply::status(200)).await;
-    let sink = HttpSink::new(Arc::new(provider(server.url())), limiter).unwrap();
+    let sink = ProviderApi::new(Arc::new(provider(server.url())), limiter).unwrap();
     assert_eq!(sink.send(create(&json!({}))).await.unwrap().attempts, 3);
     // At most ⌈W/T⌉ + burst starts in any window W: three starts (backoff
     // alone would be ~1 ms) must span more than one interval T.
@@ -320,7 +316,7 @@ async fn an_open_breaker_holds_callers_until_a_probe_succeeds() {
     let opened = Instant::now();
     let second = sink.send(create(&body)).await.unwrap_err();
     for err in [first, second] {
-        assert_eq!(err.kind, SinkErrorKind::RetriesExhausted);
+        assert_eq!(err.kind, ApiErrorKind::RetriesExhausted);
     }
     assert_eq!(sink.breaker_state(), BreakerState::Open);
 
@@ -381,7 +377,7 @@ async fn a_new_connection_opens_before_the_cell_and_costs_none() {
     let redis = syncflow_testkit::RedisServer::start().unwrap();
     let (limiter, spec) = five_per_second(&redis);
     let server = TestServer::start([], Reply::status(201)).await;
-    let sink = HttpSink::new(Arc::new(provider(server.url())), limiter).unwrap();
+    let sink = ProviderApi::new(Arc::new(provider(server.url())), limiter).unwrap();
     let started = Instant::now();
     for _ in 0..3 {
         sink.send(create(&json!({}))).await.unwrap();

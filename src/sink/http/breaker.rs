@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::config::model::CircuitBreakerConfig;
 
-/// What [`HttpSink::breaker_state`](super::HttpSink::breaker_state) reports.
+/// What [`ProviderApi::breaker_state`](super::ProviderApi::breaker_state) reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
     Closed,
@@ -39,7 +39,7 @@ enum State {
 /// How a finished attempt or request bears on the provider's health. A 4xx
 /// rejection is `Up`: the provider answered, the record was at fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Health {
+pub(super) enum ProviderHealth {
     Up,
     Down,
 }
@@ -174,7 +174,7 @@ impl Pass<'_> {
     }
 
     /// Reports an attempt's outcome: decides the probe, if this is it.
-    pub fn attempted(&mut self, health: Health) {
+    pub fn attempted(&mut self, health: ProviderHealth) {
         if !std::mem::take(&mut self.probe) {
             return;
         }
@@ -184,8 +184,8 @@ impl Pass<'_> {
                 return false;
             }
             match health {
-                Health::Up => breaker.enter(state, State::Closed { failures: 0 }),
-                Health::Down => breaker.open(state),
+                ProviderHealth::Up => breaker.enter(state, State::Closed { failures: 0 }),
+                ProviderHealth::Down => breaker.open(state),
             }
             true
         });
@@ -193,19 +193,19 @@ impl Pass<'_> {
 
     /// Reports the request's final outcome: counts consecutive failures
     /// while closed.
-    pub fn finished(self, health: Health) {
+    pub fn finished(self, health: ProviderHealth) {
         let breaker = self.breaker;
         breaker.state.send_if_modified(|state| {
             let State::Closed { failures } = state else {
                 return false;
             };
             match health {
-                Health::Up => *failures = 0,
-                Health::Down if *failures + 1 >= breaker.threshold => {
+                ProviderHealth::Up => *failures = 0,
+                ProviderHealth::Down if *failures + 1 >= breaker.threshold => {
                     breaker.open(state);
                     return true;
                 }
-                Health::Down => *failures += 1,
+                ProviderHealth::Down => *failures += 1,
             }
             // Nobody waits on a closed breaker's count.
             false
@@ -253,7 +253,7 @@ mod tests {
     }
 
     fn fail(breaker: &Breaker) {
-        breaker.pass().finished(Health::Down);
+        breaker.pass().finished(ProviderHealth::Down);
     }
 
     /// Spawns a request that reports when its attempt may go, then waits to
@@ -262,14 +262,14 @@ mod tests {
         breaker: &Arc<Breaker>,
         id: usize,
         ready: &mpsc::UnboundedSender<usize>,
-    ) -> oneshot::Sender<Health> {
+    ) -> oneshot::Sender<ProviderHealth> {
         let (breaker, ready) = (breaker.clone(), ready.clone());
         let (report, outcome) = oneshot::channel();
         tokio::spawn(async move {
             let mut pass = breaker.pass();
             pass.ready().await;
             ready.send(id).unwrap();
-            let health = outcome.await.unwrap_or(Health::Down);
+            let health = outcome.await.unwrap_or(ProviderHealth::Down);
             pass.attempted(health);
             pass.finished(health);
         });
@@ -285,7 +285,7 @@ mod tests {
         let b = breaker(3);
         fail(&b);
         fail(&b);
-        b.pass().finished(Health::Up);
+        b.pass().finished(ProviderHealth::Up);
         fail(&b);
         fail(&b);
         assert_eq!(b.state(), BreakerState::Closed);
@@ -308,7 +308,11 @@ mod tests {
         assert_eq!(b.state(), BreakerState::HalfOpen);
         assert!(none_within(&mut ready, OPEN_FOR).await, "second probe");
 
-        reports[probe].take().unwrap().send(Health::Up).unwrap();
+        reports[probe]
+            .take()
+            .unwrap()
+            .send(ProviderHealth::Up)
+            .unwrap();
         let others = [ready.recv().await.unwrap(), ready.recv().await.unwrap()];
         assert!(!others.contains(&probe));
         assert_eq!(b.state(), BreakerState::Closed);
@@ -322,13 +326,13 @@ mod tests {
         pass.ready().await;
         assert_eq!(b.state(), BreakerState::HalfOpen);
         let reopened = Instant::now();
-        pass.attempted(Health::Down);
+        pass.attempted(ProviderHealth::Down);
         assert_eq!(b.state(), BreakerState::Open);
 
         pass.ready().await;
         assert!(reopened.elapsed() >= OPEN_FOR);
-        pass.attempted(Health::Up);
-        pass.finished(Health::Up);
+        pass.attempted(ProviderHealth::Up);
+        pass.finished(ProviderHealth::Up);
         assert_eq!(b.state(), BreakerState::Closed);
     }
 

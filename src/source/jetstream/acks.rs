@@ -1,20 +1,13 @@
-//! Acks leave through one task per pipeline, in bursts.
-//!
-//! A JetStream ack is a tiny publish. Sent by each lane the moment its
-//! record is done, nearly every ack became its own write on the NATS socket
-//! and its own read on the server (a profile of the throughput benchmark put
-//! the client's writes at a fifth of syncflow's CPU, and nats-server spent
-//! more per record than syncflow's own evaluation). Funnelled through one
-//! task that hands every ack waiting to the client at once, they share
-//! writes. An ack waits at most for the task's next turn: the promise (ack
-//! only after delivery) is kept, only the ack's own delivery is batched.
+//! Acks leave through one task per pipeline, in bursts: an ack waits up to
+//! [`GATHER`] for others so they share one write to NATS. Only the ack's
+//! own delivery is delayed, never a record (docs/acks-and-order.md).
 
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::source::AckHandle;
+use async_nats::jetstream::message::Acker;
 
 /// Acks sent together at most.
 const BURST: usize = 256;
@@ -25,7 +18,7 @@ const GATHER: Duration = Duration::from_millis(1);
 /// Where lanes hand their settled messages' acks.
 #[derive(Clone)]
 pub struct Acks {
-    tx: mpsc::UnboundedSender<(u64, AckHandle)>,
+    tx: mpsc::UnboundedSender<(u64, Acker)>,
 }
 
 impl Acks {
@@ -37,7 +30,7 @@ impl Acks {
     }
 
     /// Acks the message with stream sequence `seq`.
-    pub fn ack(&self, seq: u64, handle: AckHandle) {
+    pub fn ack(&self, seq: u64, handle: Acker) {
         if let Err(mpsc::error::SendError((seq, handle))) = self.tx.send((seq, handle)) {
             // Unreachable while lanes run (the task outlives them); if it
             // happens, ack in place rather than lose the ack.
@@ -49,7 +42,7 @@ impl Acks {
     }
 }
 
-async fn send_all(pipeline: String, mut rx: mpsc::UnboundedReceiver<(u64, AckHandle)>) {
+async fn send_all(pipeline: String, mut rx: mpsc::UnboundedReceiver<(u64, Acker)>) {
     let mut burst = Vec::with_capacity(BURST);
     while rx.recv_many(&mut burst, BURST).await > 0 {
         if burst.len() < BURST {

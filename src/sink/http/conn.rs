@@ -1,23 +1,14 @@
 //! The provider's origin and one HTTP/1.1 connection per slot, over hyper.
 //!
-//! Why not a pooled client (reqwest): a request's rate-limit cell must be
-//! spent by a request that leaves at once, so the sink must know which
-//! connection a request goes over and whether it is open before it takes a
-//! cell (slots.rs). A pool decides that on its own. And at full speed a
-//! general client's per-request work (parsing the URL and proxy rules,
-//! cloning its service stack, redirect bookkeeping) was a fifth of
-//! syncflow's CPU (perf, `bench/run.sh throughput --perf`): here a request is
-//! a method, a path, headers and a body on a connection that is already
-//! there.
-//!
-//! A connection has no task of its own: whoever uses it drives its I/O
-//! while waiting for its response ([`Conn`]). With a task per connection,
-//! every request crossed tasks three or four times (request in, response
-//! and body out), and those wake-ups cost more than the request itself.
+//! The sink must know which connection a request goes over, and that it is
+//! open, before it takes a rate-limit cell (docs/sink-connections.md), so
+//! there is no pool. A connection has no task of its own: whoever uses it
+//! drives its I/O while waiting for its response ([`Conn`]), which saves the
+//! cross-task wake-ups a connection task costs per request.
 //!
 //! Redirects are never followed (a 3xx is a wrong `base_url`), no proxy is
 //! used, and HTTPS verifies the server with the platform's verifier (the
-//! system's roots, as reqwest does).
+//! system's roots).
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,13 +1,15 @@
-//! The NATS JetStream source: one durable pull consumer per pipeline,
-//! explicit acks, batched pulls, bounded unacked messages.
+//! The durable pull consumer: binding it with the pipeline's settings, and
+//! one pull request at a time.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
 
-use super::{AckHandle, SourceMessage};
+use super::Ack;
+use super::acks::Acks;
 use crate::config::model::NatsSourceConfig;
+use crate::source::{AckHandle, Settle, SourceMessage};
 
 /// How long one pull request waits on the server for messages. It bounds
 /// how long a stop waits for the current request to end, and costs one idle
@@ -137,6 +139,7 @@ pub async fn fetch(
     consumer: &PullConsumer,
     batch: usize,
     durable: &str,
+    acks: &Acks,
 ) -> Result<
     impl futures::Stream<Item = Result<SourceMessage, NatsSourceError>> + use<>,
     NatsSourceError,
@@ -153,20 +156,22 @@ pub async fn fetch(
         .await
         .map_err(|e| pull_error(&e))?;
     let durable = durable.to_string();
+    let acks = acks.clone();
     // The server ends the request after PULL_EXPIRES. If its answer never
     // comes (the server restarted, the connection dropped and came back),
     // async-nats would wait 5 s more; end it soon after instead, so the
     // next pull goes to the server that is there now.
     let lost = tokio::time::sleep(PULL_EXPIRES + PULL_GRACE);
     Ok(stream.take_until(lost).map(move |m| {
-        m.map(to_source_message).map_err(|e| NatsSourceError::Pull {
-            durable: durable.clone(),
-            message: e.to_string(),
-        })
+        m.map(|m| to_source_message(m, &acks))
+            .map_err(|e| NatsSourceError::Pull {
+                durable: durable.clone(),
+                message: e.to_string(),
+            })
     }))
 }
 
-fn to_source_message(m: jetstream::Message) -> SourceMessage {
+fn to_source_message(m: jetstream::Message, acks: &Acks) -> SourceMessage {
     let delivery = m.reply.as_deref().and_then(Delivery::parse);
     let (seq, delivered, timestamp_ms) = match delivery {
         Some(d) => (d.stream_sequence, d.delivered, Some(d.timestamp_ms)),
@@ -189,7 +194,10 @@ fn to_source_message(m: jetstream::Message) -> SourceMessage {
         headers,
         payload: msg.payload,
         delivered,
-        ack: AckHandle(acker),
+        ack: AckHandle(Settle::JetStream(Ack {
+            acker,
+            acks: acks.clone(),
+        })),
     }
 }
 

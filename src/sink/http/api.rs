@@ -1,4 +1,4 @@
-//! [`HttpSink`]: one provider's HTTP API (the policy is in the module doc).
+//! [`ProviderApi`]: one provider's HTTP API (the policy is in the module doc).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,19 +11,19 @@ use http_body_util::Full;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::breaker::{Breaker, BreakerState, Health};
+use super::breaker::{Breaker, BreakerState, ProviderHealth};
 use super::conn::Origin;
 use super::metrics::ProviderMetrics;
-use super::outcome::{Attempt, Verdict};
 use super::retry::{backoff_ceiling, full_jitter, parse_retry_after};
 use super::slots::Slots;
-use super::{Sink, SinkError, SinkErrorKind, SinkRequest, SinkResponse};
+use super::verdict::{Attempt, Verdict};
+use super::{ApiError, ApiErrorKind, ApiRequest, ApiResponse};
 use crate::limiter::{Limiter, LimiterError};
 use crate::provider::{Endpoint, Provider};
 
 /// Sends records to one provider. Share it (`Arc`) between every pipeline
 /// that targets the provider: its concurrency bound and breaker are per sink.
-pub struct HttpSink {
+pub struct ProviderApi {
     provider: Arc<Provider>,
     origin: Origin,
     /// The provider's headers (auth included, marked sensitive).
@@ -40,7 +40,7 @@ pub struct HttpSink {
 /// The provider's settings cannot make an HTTP client. Header values are
 /// never shown: they may be credentials.
 #[derive(Debug, thiserror::Error)]
-pub enum SinkBuildError {
+pub enum ApiBuildError {
     #[error("provider {provider}: invalid HTTP header \"{name}\"")]
     Header { provider: String, name: String },
     #[error("provider {provider}: cannot build the HTTP client: {message}")]
@@ -49,16 +49,16 @@ pub enum SinkBuildError {
 
 /// What one send works out once and every attempt reuses.
 struct Call<'a> {
-    req: SinkRequest<'a>,
+    req: ApiRequest<'a>,
     endpoint: &'a Endpoint,
     target: Uri,
     idempotency_key: HeaderValue,
     body: Option<Bytes>,
 }
 
-impl HttpSink {
-    pub fn new(provider: Arc<Provider>, limiter: Limiter) -> Result<Self, SinkBuildError> {
-        let bad_header = |name: &str| SinkBuildError::Header {
+impl ProviderApi {
+    pub fn new(provider: Arc<Provider>, limiter: Limiter) -> Result<Self, ApiBuildError> {
+        let bad_header = |name: &str| ApiBuildError::Header {
             provider: provider.name.clone(),
             name: name.to_string(),
         };
@@ -76,7 +76,7 @@ impl HttpSink {
             .map(|name| HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad_header(name)))
             .transpose()?;
 
-        let origin = Origin::new(&provider.base_url).map_err(|message| SinkBuildError::Client {
+        let origin = Origin::new(&provider.base_url).map_err(|message| ApiBuildError::Client {
             provider: provider.name.clone(),
             message,
         })?;
@@ -88,7 +88,7 @@ impl HttpSink {
             &provider.circuit_breaker,
             metrics.breaker_open.clone(),
         );
-        Ok(HttpSink {
+        Ok(ProviderApi {
             origin,
             headers,
             slots,
@@ -101,6 +101,11 @@ impl HttpSink {
         })
     }
 
+    /// The provider this API talks to.
+    pub fn provider(&self) -> &Arc<Provider> {
+        &self.provider
+    }
+
     pub fn breaker_state(&self) -> BreakerState {
         self.breaker.state()
     }
@@ -110,7 +115,7 @@ impl HttpSink {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    fn prepare<'a>(&'a self, req: SinkRequest<'a>) -> Result<Call<'a>, SinkError> {
+    fn prepare<'a>(&'a self, req: ApiRequest<'a>) -> Result<Call<'a>, ApiError> {
         let fail = |problem: String| internal(format!("{}: {problem}", self.what(&req)));
         let endpoint = self
             .provider
@@ -176,7 +181,7 @@ impl HttpSink {
         }
         self.metrics.limiter_wait.record(waited);
 
-        let _in_flight = InFlight::start(self);
+        let _in_flight = RequestInFlight::start(self);
         let started = Instant::now();
         let request = self.request(call);
         let sent = self.origin.send(slot.conn(), request, timeout).await;
@@ -228,7 +233,7 @@ impl HttpSink {
         status: StatusCode,
         body: Bytes,
         attempts: u32,
-    ) -> SinkResponse {
+    ) -> ApiResponse {
         let provider_id = call.endpoint.id_from.as_ref().and_then(|path| {
             let json = serde_json::from_slice::<Value>(&body).ok();
             let id = json.as_ref().and_then(|b| path.get(b)).and_then(|v| match &*v {
@@ -243,7 +248,7 @@ impl HttpSink {
             }
             id
         });
-        SinkResponse {
+        ApiResponse {
             status: status.as_u16(),
             body,
             provider_id,
@@ -251,7 +256,7 @@ impl HttpSink {
         }
     }
 
-    fn what(&self, req: &SinkRequest<'_>) -> String {
+    fn what(&self, req: &ApiRequest<'_>) -> String {
         format!(
             "{} {} {}",
             self.provider.name,
@@ -261,8 +266,10 @@ impl HttpSink {
     }
 }
 
-impl Sink for HttpSink {
-    async fn send(&self, req: SinkRequest<'_>) -> Result<SinkResponse, SinkError> {
+impl ProviderApi {
+    /// Sends one request, retrying as the provider's policy allows; waits
+    /// (never fails) while the provider's circuit breaker is open.
+    pub async fn send(&self, req: ApiRequest<'_>) -> Result<ApiResponse, ApiError> {
         let call = self.prepare(req)?;
         let retry = &self.provider.retry;
         let max_attempts = retry.max_attempts.max(1);
@@ -271,7 +278,7 @@ impl Sink for HttpSink {
         let failure = loop {
             pass.ready().await;
             attempts += 1;
-            let attempt = self.attempt(&call).await.map_err(|e| SinkError {
+            let attempt = self.attempt(&call).await.map_err(|e| ApiError {
                 attempts: attempts - 1,
                 ..internal(format!("{}: {e}", self.what(&req)))
             })?;
@@ -279,7 +286,7 @@ impl Sink for HttpSink {
             pass.attempted(verdict.health());
             match verdict {
                 Verdict::Success { status, body } => {
-                    pass.finished(Health::Up);
+                    pass.finished(ProviderHealth::Up);
                     return Ok(self.success(&call, status, body, attempts));
                 }
                 Verdict::Retryable(failure) if attempts < max_attempts => {
@@ -299,17 +306,17 @@ impl Sink for HttpSink {
 }
 
 /// Counts a request in flight for as long as it lives, cancellation included.
-struct InFlight<'a>(&'a HttpSink);
+struct RequestInFlight<'a>(&'a ProviderApi);
 
-impl<'a> InFlight<'a> {
-    fn start(sink: &'a HttpSink) -> Self {
-        sink.in_flight.fetch_add(1, Ordering::Relaxed);
-        sink.metrics.in_flight.increment(1.0);
-        InFlight(sink)
+impl<'a> RequestInFlight<'a> {
+    fn start(api: &'a ProviderApi) -> Self {
+        api.in_flight.fetch_add(1, Ordering::Relaxed);
+        api.metrics.in_flight.increment(1.0);
+        RequestInFlight(api)
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for RequestInFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.0.metrics.in_flight.decrement(1.0);
@@ -324,9 +331,9 @@ fn json_bytes(body: &Value) -> Bytes {
     Bytes::from(buf)
 }
 
-fn internal(message: String) -> SinkError {
-    SinkError {
-        kind: SinkErrorKind::Internal,
+fn internal(message: String) -> ApiError {
+    ApiError {
+        kind: ApiErrorKind::Internal,
         status: None,
         body: None,
         attempts: 0,

@@ -1,0 +1,267 @@
+//! The JetStream source: one durable pull consumer per pipeline, explicit
+//! acks, batched pulls, bounded unacked messages.
+//!
+//! - `consumer`: binding the consumer and one pull request at a time;
+//! - `recovery`: at bind, messages newer than the ones a previous holder
+//!   left unacked wait until those are settled (per-key order across a
+//!   restart, docs/acks-and-order.md);
+//! - `acks`: acks gathered for one write per burst.
+//!
+//! A cut-off source (a pull error, NATS away) rebinds with backoff and is
+//! reported not ready meanwhile.
+
+mod acks;
+mod consumer;
+mod recovery;
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{self, AckKind};
+use futures::{Stream, StreamExt};
+use tokio::sync::watch;
+
+pub use consumer::{NatsSourceError, PULL_EXPIRES, consumer_config};
+
+use super::{AckError, Source, SourceMessage};
+use crate::config::model::NatsSourceConfig;
+use crate::readiness::Readiness;
+use acks::Acks;
+use recovery::Recovery;
+
+/// How often a message held but not settled is reported in progress, for
+/// a consumer whose `ack_wait` is `ack_wait`.
+pub fn progress_every(ack_wait: Duration) -> Duration {
+    (ack_wait / 3).max(Duration::from_millis(100))
+}
+
+type Batch = Pin<Box<dyn Stream<Item = Result<SourceMessage, NatsSourceError>> + Send>>;
+
+/// A pipeline's durable pull consumer as a [`Source`].
+pub struct JetStreamSource {
+    js: jetstream::Context,
+    config: NatsSourceConfig,
+    durable: String,
+    pipeline: String,
+    readiness: Readiness,
+    stop: watch::Receiver<bool>,
+    acks: Acks,
+    acks_task: tokio::task::JoinHandle<()>,
+    consumer: Option<PullConsumer>,
+    batch: Option<Batch>,
+    recovery: Option<Recovery>,
+    /// Parked messages released in stream order, given out before any new one.
+    released: VecDeque<SourceMessage>,
+    backoff: Duration,
+    tick: tokio::time::Interval,
+}
+
+impl JetStreamSource {
+    /// Binds lazily: the first [`Source::next`] creates or updates the
+    /// durable consumer.
+    pub fn new(
+        js: jetstream::Context,
+        config: NatsSourceConfig,
+        pipeline: &str,
+        readiness: Readiness,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        let durable = config
+            .durable
+            .clone()
+            .unwrap_or_else(|| pipeline.to_string());
+        let (acks, acks_task) = Acks::start(pipeline.to_string());
+        JetStreamSource {
+            js,
+            config,
+            durable,
+            pipeline: pipeline.to_string(),
+            readiness,
+            stop,
+            acks,
+            acks_task,
+            consumer: None,
+            batch: None,
+            recovery: None,
+            released: VecDeque::new(),
+            backoff: Duration::from_millis(250),
+            tick: tokio::time::interval(Duration::from_millis(100)),
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Creates or updates the consumer; on failure waits out a backoff.
+    async fn bind(&mut self) {
+        match consumer::bind(&self.js, &self.config, &self.durable).await {
+            Ok(mut consumer) => {
+                self.readiness.set_ready(&self.pipeline, true);
+                self.backoff = Duration::from_millis(250);
+                tracing::info!(pipeline = %self.pipeline, durable = %self.durable, "consuming");
+                self.recovery = Some(Recovery::at_bind(&mut consumer, &self.pipeline).await);
+                self.consumer = Some(consumer);
+            }
+            Err(e) => {
+                self.readiness.set_ready(&self.pipeline, false);
+                tracing::error!(pipeline = %self.pipeline, error = %e, retry_in_ms = self.backoff.as_millis() as u64, "source unavailable");
+                tokio::select! {
+                    _ = tokio::time::sleep(self.backoff) => {}
+                    _ = self.stop.changed() => {}
+                }
+                self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+
+    /// The pull failed: what waits goes back (still in order), and the
+    /// consumer is bound again.
+    async fn cut_off(&mut self, error: &NatsSourceError) {
+        tracing::warn!(pipeline = %self.pipeline, error = %error, "pull failed; reconnecting");
+        self.batch = None;
+        self.consumer = None;
+        self.hand_back_parked().await;
+        self.readiness.set_ready(&self.pipeline, false);
+    }
+
+    async fn hand_back_parked(&mut self) {
+        if let Some(recovery) = &mut self.recovery {
+            for msg in recovery.take_parked() {
+                hand_back(&self.pipeline, &msg).await;
+            }
+        }
+        for msg in std::mem::take(&mut self.released) {
+            hand_back(&self.pipeline, &msg).await;
+        }
+    }
+
+    /// Parked messages that may go on now join `released`.
+    async fn release(&mut self, between_pulls: bool) {
+        let (Some(recovery), Some(consumer)) = (&mut self.recovery, &mut self.consumer) else {
+            return;
+        };
+        let released = recovery
+            .release(consumer, &self.pipeline, between_pulls)
+            .await;
+        self.released.extend(released);
+    }
+
+    /// Stopping: the current pull's messages are ours until it ends, so
+    /// they are handed back now rather than left to `ack_wait`; so are the
+    /// parked ones.
+    async fn wind_down(&mut self) {
+        if let Some(mut batch) = self.batch.take() {
+            while let Some(Ok(msg)) = batch.next().await {
+                hand_back(&self.pipeline, &msg).await;
+            }
+        }
+        self.hand_back_parked().await;
+    }
+}
+
+impl Source for JetStreamSource {
+    async fn next(&mut self) -> Option<SourceMessage> {
+        loop {
+            if self.stopped() {
+                self.wind_down().await;
+                return None;
+            }
+            if let Some(msg) = self.released.pop_front() {
+                return Some(msg);
+            }
+            let Some(consumer) = &self.consumer else {
+                self.bind().await;
+                continue;
+            };
+            let batch = match &mut self.batch {
+                Some(batch) => batch,
+                None => {
+                    match consumer::fetch(consumer, self.config.batch, &self.durable, &self.acks)
+                        .await
+                    {
+                        Ok(batch) => self.batch.insert(Box::pin(batch)),
+                        Err(e) => {
+                            self.cut_off(&e).await;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let waiting = self.recovery.as_ref().is_some_and(Recovery::is_waiting);
+            tokio::select! {
+                next = batch.next() => match next {
+                    None => {
+                        self.batch = None;
+                        self.release(true).await;
+                    }
+                    Some(Ok(msg)) => {
+                        let admitted = match &mut self.recovery {
+                            Some(recovery) => recovery.admit(msg),
+                            None => Some(msg),
+                        };
+                        if admitted.is_some() {
+                            return admitted;
+                        }
+                    }
+                    Some(Err(e)) => self.cut_off(&e).await,
+                },
+                _ = self.tick.tick(), if waiting => {
+                    let every = progress_every(self.config.ack_wait.0);
+                    if let Some(recovery) = &mut self.recovery {
+                        recovery.keep_alive(every).await;
+                    }
+                    self.release(false).await;
+                }
+                _ = self.stop.changed() => {}
+            }
+        }
+    }
+
+    async fn close(self) {
+        drop(self.acks);
+        let _ = self.acks_task.await;
+    }
+}
+
+/// Naks a message so it is redelivered now rather than after ack_wait.
+async fn hand_back(pipeline: &str, msg: &SourceMessage) {
+    if let Err(e) = msg.ack.nak(None).await {
+        tracing::warn!(pipeline, seq = msg.seq, error = %e, "could not hand message back; it will be redelivered after ack_wait");
+    }
+}
+
+/// How a JetStream message is settled: acks go through the pipeline's ack
+/// task (`acks`), the rest straight to the server.
+pub(crate) struct Ack {
+    acker: jetstream::message::Acker,
+    acks: Acks,
+}
+
+impl std::fmt::Debug for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JetStreamAck")
+    }
+}
+
+impl Ack {
+    pub(super) fn ack(self, seq: u64) {
+        self.acks.ack(seq, self.acker);
+    }
+
+    pub(super) async fn in_progress(&self) -> Result<(), AckError> {
+        self.acker
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(|e| AckError(e.to_string()))
+    }
+
+    pub(super) async fn nak(&self, delay: Option<Duration>) -> Result<(), AckError> {
+        self.acker
+            .ack_with(AckKind::Nak(delay))
+            .await
+            .map_err(|e| AckError(e.to_string()))
+    }
+}
