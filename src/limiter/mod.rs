@@ -31,19 +31,21 @@
 //! makes sure a request that must first open a connection does not start
 //! late: it opens it before taking the cell (sink/slots.rs).
 
+mod core;
 mod demand;
+mod direct;
+mod driver;
 mod gcra;
 mod local;
 mod pool;
 mod redis;
-mod shared;
 #[cfg(test)]
 mod tests;
 
 use std::time::Duration;
 
+pub use self::driver::SharedLimiter;
 pub use self::redis::connect;
-pub use self::shared::SharedLimiter;
 
 /// A provider's rate limit: `requests` per `per`, at most `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

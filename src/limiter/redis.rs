@@ -126,7 +126,25 @@ pub(crate) struct Standing {
     pub hold_for: Duration,
 }
 
+/// What the limiter needs of Redis: the lease and give-back scripts. The
+/// futures own what they need, so the driver can hold one across its loop.
+pub(crate) trait LeaseBackend: Send + Sync + 'static {
+    /// Asks for up to `wanted` cells (0: heartbeat only), within [`CALL_TIMEOUT`].
+    fn lease(
+        &self,
+        schedule: Schedule,
+        wanted: u32,
+        standing: Standing,
+    ) -> BoxFuture<Result<Grant, LimiterError>>;
+
+    /// Gives a grant's unused tail back ([`GIVE_BACK`]); true if Redis took it.
+    fn give_back(&self, tail: Tail) -> BoxFuture<Result<bool, LimiterError>>;
+}
+
+pub(crate) type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
 /// One provider's keys and this instance's identity in them.
+#[derive(Clone)]
 pub(crate) struct LeaseClient {
     redis: ConnectionManager,
     script: Script,
@@ -153,8 +171,7 @@ impl LeaseClient {
         }
     }
 
-    /// Asks for up to `wanted` cells (0: heartbeat only), within [`CALL_TIMEOUT`].
-    pub async fn lease(
+    async fn call_lease(
         &self,
         schedule: Schedule,
         wanted: u32,
@@ -197,15 +214,31 @@ impl LeaseClient {
         })
     }
 
-    /// Gives a grant's unused tail back ([`GIVE_BACK`]); true if Redis took
-    /// it. The caller has dropped those cells already: whatever the answer,
-    /// none of them starts.
-    pub async fn give_back(&self, tail: Tail) -> Result<bool, LimiterError> {
+    async fn call_give_back(&self, tail: Tail) -> Result<bool, LimiterError> {
         let mut redis = self.redis.clone();
         let mut call = self.give_back.key(&self.tat_key);
         call.arg(tail.tat_us).arg(tail.cells).arg(tail.interval_us);
         let taken: u8 = within_call_timeout(call.invoke_async(&mut redis)).await?;
         Ok(taken == 1)
+    }
+}
+
+impl LeaseBackend for LeaseClient {
+    fn lease(
+        &self,
+        schedule: Schedule,
+        wanted: u32,
+        standing: Standing,
+    ) -> BoxFuture<Result<Grant, LimiterError>> {
+        let client = self.clone();
+        Box::pin(async move { client.call_lease(schedule, wanted, standing).await })
+    }
+
+    /// The caller has dropped those cells already: whatever the answer,
+    /// none of them starts.
+    fn give_back(&self, tail: Tail) -> BoxFuture<Result<bool, LimiterError>> {
+        let client = self.clone();
+        Box::pin(async move { client.call_give_back(tail).await })
     }
 }
 

@@ -363,7 +363,7 @@ async fn an_outage_and_a_restart_keep_the_fleet_within_the_limit() {
         Some(1.0)
     );
     // Past the fallback delay, and long enough on the local shares.
-    tokio::time::sleep(super::shared::FALLBACK_DELAY + Duration::from_millis(800)).await;
+    tokio::time::sleep(super::core::FALLBACK_DELAY + Duration::from_millis(800)).await;
     tokio::task::block_in_place(|| server.restart()).expect("restart redis-server");
     let back = origin.elapsed();
     wait_for_mode(&instances, LimiterMode::Shared, Duration::from_secs(5)).await;
@@ -377,7 +377,7 @@ async fn an_outage_and_a_restart_keep_the_fleet_within_the_limit() {
         let mut mine: Vec<Duration> = tasks.join_all().await.into_iter().flatten().collect();
         mine.sort();
         // A window well inside the outage, once local cells flow.
-        let from = down + super::shared::FALLBACK_DELAY + Duration::from_millis(300);
+        let from = down + super::core::FALLBACK_DELAY + Duration::from_millis(300);
         let to = from + Duration::from_millis(400);
         local_counts.push(mine.iter().filter(|&&t| from <= t && t < to).count());
         starts.extend(mine);
