@@ -137,6 +137,7 @@ pub(super) struct CoreMetrics {
     given_back: Counter,
     expired_cells: Counter,
     stale_cells: Counter,
+    unanswered: Counter,
 }
 
 impl CoreMetrics {
@@ -148,12 +149,8 @@ impl CoreMetrics {
             given_back: metrics::counter!("syncflow_limiter_given_back_cells_total", "provider" => p()),
             expired_cells: wasted_cells(provider, "expired"),
             stale_cells: wasted_cells(provider, "slow_reply"),
+            unanswered: wasted_cells(provider, "unanswered_give_back"),
         }
-    }
-
-    /// Cells Redis took back.
-    pub fn given_back(&self) -> Counter {
-        self.given_back.clone()
     }
 }
 
@@ -187,6 +184,9 @@ pub(super) struct Core<W> {
     last_call: Instant,
     /// A lease call is out.
     calling: bool,
+    /// Cells are being offered back; no lease until Redis answers, so the
+    /// offered cells stay the pool's last.
+    giving_back: bool,
     /// No lease call before this (after a short grant, or the next probe).
     retry_at: Instant,
     backoff: Duration,
@@ -223,6 +223,7 @@ impl<W: Waiter> Core<W> {
             // Redis is there before anyone waits on it.
             last_call: now.checked_sub(HEARTBEAT).unwrap_or(now),
             calling: false,
+            giving_back: false,
             retry_at: now,
             backoff: PROBE_MIN,
             slow_replies: 0,
@@ -233,10 +234,6 @@ impl<W: Waiter> Core<W> {
         core.set_local_flag(false);
         core.set_spec(spec);
         core
-    }
-
-    pub fn metrics(&self) -> &CoreMetrics {
-        &self.metrics
     }
 
     /// A caller asks for a cell.
@@ -257,21 +254,23 @@ impl<W: Waiter> Core<W> {
         self.serve(now);
         let mut step = Step::default();
         let (due, wanted) = self.next_call(now);
-        if !self.calling && due <= now {
+        if !self.calling && !self.giving_back && due <= now {
             step.call = Some(self.start_call(wanted, now));
         }
+        // While Redis is answering a call or an offer, its answer wakes us.
+        let waiting_on_redis = self.calling || self.giving_back;
         let next_cell = self.next_cell_at(now);
-        let mut wake = match (next_cell, self.calling) {
+        let mut wake = match (next_cell, waiting_on_redis) {
             (Some(cell), false) => cell.min(due),
             (Some(cell), true) => cell,
             (None, false) => due,
             (None, true) => now + HEARTBEAT,
         };
         if let Some(idle_at) = self.give_back_at() {
-            if idle_at <= now {
+            if idle_at <= now && !self.calling {
                 step.give_back = self.give_back();
             } else {
-                wake = wake.min(idle_at);
+                wake = wake.min(idle_at.max(now + Duration::from_millis(1)));
             }
         }
         // Wake at the switch back too, so the mode (and its metric and
@@ -343,17 +342,40 @@ impl<W: Waiter> Core<W> {
     /// and nobody waits for them: on the shared limit only (local cells are
     /// nobody else's).
     fn give_back_at(&self) -> Option<Instant> {
-        let idle = self.waiters.is_empty() && self.local.is_none();
+        let idle = self.waiters.is_empty() && self.local.is_none() && !self.giving_back;
         (idle && self.direct.pool().tail().is_some()).then(|| self.last_arrival + GIVE_BACK_AFTER)
     }
 
-    /// Drops the latest grant's pooled cells, to be given back to Redis; if
-    /// someone leased after them, Redis keeps its timeline and the cells are
-    /// only lost, as they would have been by expiring.
+    /// Offers the latest grant's pooled cells back to Redis; they wait for
+    /// its answer ([`Core::on_given_back`]).
     fn give_back(&mut self) -> Option<Tail> {
         let tail = self.direct.pool().give_back()?;
+        self.giving_back = true;
         self.metrics.redis_calls.increment(1);
         Some(tail)
+    }
+
+    /// Redis's answer to a give-back: taken, the cells are dropped (others
+    /// lease their times now); refused, someone leased after them and they
+    /// are this instance's to hand out again. Unanswered, Redis may have
+    /// taken them: they are dropped, capacity lost rather than the limit
+    /// risked.
+    pub fn on_given_back(&mut self, tail: Tail, answer: Result<bool, LimiterError>) {
+        self.giving_back = false;
+        let dropped = match answer {
+            Ok(taken) => {
+                if taken {
+                    self.metrics.given_back.increment(u64::from(tail.cells));
+                }
+                taken
+            }
+            Err(error) => {
+                tracing::debug!(provider = %self.provider, error = %error, "no answer to giving leased cells back: dropping them");
+                self.metrics.unanswered.increment(u64::from(tail.cells));
+                true
+            }
+        };
+        self.direct.pool().given_back(dropped);
     }
 
     /// When the next cell can go to the front waiter, if anyone waits.

@@ -124,7 +124,7 @@ impl LeaseSizer {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::per_second;
+    use super::super::sim::per_second;
     use super::*;
 
     /// 100 000/s, burst 200: a lateness budget (2 ms) too small to matter here.

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use super::core::{Call, Core, Reply, Waiter, wasted_cells};
 use super::direct::Direct;
+use super::pool::Tail;
 use super::redis::{LeaseBackend, LeaseClient};
 use super::{LimiterError, LimiterMode, RateLimitSpec};
 
@@ -167,6 +168,7 @@ impl SharedLimiter {
 }
 
 type InFlightCall = Pin<Box<dyn Future<Output = Reply> + Send>>;
+type InFlightOffer = Pin<Box<dyn Future<Output = (Tail, Result<bool, LimiterError>)> + Send>>;
 
 /// The task: steps the core, does what it says, and waits for the next event.
 async fn run(
@@ -176,6 +178,7 @@ async fn run(
     mut queue: mpsc::UnboundedReceiver<Request>,
 ) {
     let mut call: Option<InFlightCall> = None;
+    let mut offer: Option<InFlightOffer> = None;
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
     loop {
@@ -184,16 +187,10 @@ async fn run(
             call = Some(lease(&backend, plan));
         }
         if let Some(tail) = step.give_back {
-            let (backend, given_back) = (Arc::clone(&backend), core.metrics().given_back());
-            tokio::spawn(async move {
-                match backend.give_back(tail).await {
-                    Ok(true) => given_back.increment(u64::from(tail.cells)),
-                    Ok(false) => {}
-                    Err(error) => {
-                        tracing::debug!(error = %error, "could not give leased cells back");
-                    }
-                }
-            });
+            let backend = Arc::clone(&backend);
+            offer = Some(Box::pin(
+                async move { (tail, backend.give_back(tail).await) },
+            ));
         }
         if let Some(wake) = step.wake_at {
             timer.as_mut().reset(wake);
@@ -209,6 +206,10 @@ async fn run(
             reply = async { call.as_mut().expect("guarded by is_some").await }, if call.is_some() => {
                 call = None;
                 core.on_reply(reply);
+            }
+            (tail, answer) = async { offer.as_mut().expect("guarded by is_some").await }, if offer.is_some() => {
+                offer = None;
+                core.on_given_back(tail, answer);
             }
             () = &mut timer => {}
         }

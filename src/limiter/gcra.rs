@@ -1,50 +1,41 @@
 //! The GCRA parameters the fleet schedules with, and why leased cells spent
-//! late never break the limit.
+//! late never break the limit (docs/limiter.md has the whole argument).
 //!
-//! The contract (module docs): taken at the moments they start, the fleet's
-//! requests are a sequence that a GCRA with interval `T = per / requests` and
-//! tolerance `tau = (b-1)·T` accepts in full, `b` the burst; that is what a
-//! provider enforcing the same limit does. Equivalently, any closed window of
-//! length `W` holds at most `⌊W/T⌋ + b` starts. Redis hands out cells at
-//! conformance times `c` of a GCRA with interval `Ts ≥ T` and tolerance
-//! `taus`; an instance starts cell `j` at some `s_j ∈ [c_j, c_j + L]`, `L`
-//! the lateness budget (reply delay, timer granularity, queueing).
+//! Redis hands out cells at conformance times `c` of a GCRA with interval
+//! `Ts` and tolerance `taus`; an instance starts cell `j` at some
+//! `s_j ∈ [c_j, c_j + L]`, `L` the lateness budget (reply delay, timer
+//! granularity, a busy runtime, and the way to the provider). Which promise
+//! the starts keep depends on how much burst the limit leaves room for.
 //!
-//! Proof that this respects the contract when `L + taus ≤ b·Ts - T`:
-//! GCRA gives, for cells `j < m` in grant order, `c_m ≥ c_j + (m-j)·Ts - taus`.
-//! Take `n` cells starting inside a window `[a, a+W]`, first and last in
-//! grant order `j` and `m`: `c_m - c_j ≤ s_m - (s_j - L) ≤ W + L`, and
-//! `m - j ≥ n - 1`, so `W ≥ (n-1)·Ts - L - taus`. The contract asks for
-//! `W ≥ (n-b)·T`, which holds for `n ≤ b` whatever `W`, and for `n ≥ b+1`
-//! follows from `(n-1)·Ts - L - taus ≥ (n-b)·T`, i.e.
-//! `L + taus ≤ (n-1)·Ts - (n-b)·T`; the right side grows with `n` (as
-//! `Ts ≥ T`), so `n = b+1` is the binding case: `L + taus ≤ b·Ts - T`.
+//! **GCRA-exact** (the burst tolerance holds the budget): the fleet's starts
+//! are a sequence a GCRA with `T = per / requests` and `tau = (b-1)·T`
+//! accepts in full, so any closed window of length `W` holds at most
+//! `⌊W/T⌋ + b` starts. Proof: GCRA gives, for cells `j < m`,
+//! `c_m ≥ c_j + (m-j)·Ts - taus`; `n` starts inside `[a, a+W]`, first and
+//! last in grant order `j` and `m`, have `c_m - c_j ≤ W + L` and
+//! `m - j ≥ n - 1`, so `W ≥ (n-1)·Ts - L - taus`, which gives the bound when
+//! `L + taus ≤ b·Ts - T` (`n = b+1` is the binding case). So `L` and `taus`
+//! share the slack `b·Ts - T` (`= tau` when `Ts = T`): `L` takes what it can
+//! use, up to [`MAX_LATENESS`], and the burst keeps the rest.
 //!
-//! So `L` and `taus` share the slack `b·Ts - T`, which is `tau` when
-//! `Ts = T`: a GCRA lets `b` requests through at once and then one per `T`,
-//! so a burst started `L` late followed by an on-time cell uses `L` of the
-//! tolerance. (Sharing `b·T` instead, one interval more, let the fleet send
-//! sequences the provider refuses: a burst of 1 at 50/s drew hundreds of
-//! 429s from a mock CRM enforcing exactly that limit.) `L` takes as much of
-//! the slack as it can use (up to [`MAX_LATENESS`]) and the burst tolerance
-//! keeps the rest, so the fleet bursts less than the provider would allow and
-//! never more. When the slack cannot hold even [`MIN_LATENESS`] (a burst of
-//! 1, or a fast limit with a small burst), the interval is stretched instead
-//! to `Ts = (L + T)/b`, which lowers the rate: sharing a limit that leaves no
-//! room for lateness across machines cannot be done exactly. With a burst of
-//! 1 (the default) the slack is nil and `L = T/20` (within the bounds): a
-//! slow limit gives up 5% of its rate for a budget a slow reply fits in.
+//! **Window-exact** (the slack cannot hold [`MIN_LATENESS`]: a burst of 1,
+//! or a fast limit with a small burst): any half-open window of the limit's
+//! own length `per` holds at most `requests + b - 1` starts, as in the GCRA
+//! case, but a shorter window may see two starts closer than `T`. Proof:
+//! with `taus = 0` consecutive cells are at least `Ts` apart, and the starts
+//! in `[a, a+per)` have cells in `[a-L, a+per)`, so there are at most
+//! `⌈(per + L)/Ts⌉` of them, which `Ts ≥ (per + L)/(requests + b - 1)`
+//! keeps within the bound. The rate given up is about `L/per`, where making
+//! a burst of 1 GCRA-exact would stretch every interval by `L` (at 100/s a
+//! fifth of the rate, and a 2 ms budget that a Redis round trip and the
+//! 1 ms timer eat whole). Providers count requests per window (HubSpot: 100
+//! per 10 s), which is the promise that matters to them; a provider that
+//! enforces spacing to the millisecond needs a burst of at least 2.
 //!
-//! The provider clocks a request when it arrives, not when it starts, and the
-//! way there takes longer for some requests than for others (the network,
-//! the provider's own queueing). What matters to the provider is how late a
-//! request *arrives* relative to its cell, so `L` covers both: a cell may be
-//! spent up to [`Schedule::spend`] late, and the rest of `L`
-//! ([`PATH_SHARE`] of it) is kept for the spread of the way to the
-//! provider. (With all of `L` spendable, a burst of 2 at 100/s drew a 429
-//! now and then from a mock CRM on a busy machine: a cell started at the
-//! end of its budget whose request then waited a few milliseconds more in
-//! the mock's runtime.)
+//! The provider clocks a request when it arrives, not when it starts, so `L`
+//! also covers the spread of the way there: a cell may be spent up to
+//! [`Schedule::spend`] late, and the rest of `L` ([`PATH_SHARE`] of it) is
+//! kept for the way.
 
 use std::time::Duration;
 
@@ -53,12 +44,24 @@ use super::RateLimitSpec;
 /// Lateness every schedule tolerates at least: 2 ms to spend (a Redis round
 /// trip plus the tokio timer's 1 ms granularity) and the path's fifth.
 const MIN_LATENESS: Duration = Duration::from_micros(2500);
-/// Lateness beyond which more budget would only shrink the burst: enough for
-/// a slow round trip, and what a quiet instance's leases can stretch over.
+/// Lateness beyond which more budget would only shrink the burst (or, for a
+/// window-exact schedule, the rate): enough for a slow round trip on a busy
+/// machine, and what a quiet instance's leases can stretch over.
 const MAX_LATENESS: Duration = Duration::from_millis(25);
+/// A window-exact schedule gives up at most this share of `per` to lateness.
+const WINDOW_SHARE: u32 = 40;
 /// The part of the lateness budget kept for the spread of the way from a
 /// request's start to the provider's clock (module docs): one fifth.
 pub(crate) const PATH_SHARE: u32 = 5;
+
+/// Which promise a schedule keeps (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exactness {
+    /// At most `⌊W/T⌋ + b` starts in any closed window of length `W`.
+    Gcra,
+    /// At most `requests + b - 1` starts in any half-open window of `per`.
+    Window,
+}
 
 /// What the Redis script runs with (`interval_us`, `tolerance_us`: whole
 /// microseconds on Redis's clock) and how late a leased cell may be spent.
@@ -67,6 +70,7 @@ pub(crate) struct Schedule {
     pub interval_us: u64,
     pub tolerance_us: u64,
     pub lateness: Duration,
+    pub exactness: Exactness,
 }
 
 impl Schedule {
@@ -74,30 +78,34 @@ impl Schedule {
         let (requests, burst) = (u128::from(spec.requests), u128::from(spec.burst));
         let per_ns = spec.per.as_nanos();
         // Rounded up to whole microseconds: a longer interval is only ever slower.
-        let mut interval_us = per_ns.div_ceil(requests).div_ceil(1000).max(1);
-        // The slack `b·Ts - T`, rounded down (see the proof).
+        let interval_us = per_ns.div_ceil(requests).div_ceil(1000).max(1);
+        // The slack `b·Ts - T`, rounded down (module docs).
         let slack_us =
             (burst * interval_us * 1000 * requests).saturating_sub(per_ns) / requests / 1000;
-        // With a burst of 1 the slack is nil: the lateness must come out of
-        // the rate, and T/20 (at most 5% of it) absorbs a slow Redis reply.
-        let lateness_us = slack_us
-            .max(interval_us / 20)
-            .clamp(MIN_LATENESS.as_micros(), MAX_LATENESS.as_micros());
-        let tolerance_us = match slack_us.checked_sub(lateness_us) {
-            Some(tolerance_us) => tolerance_us,
-            None => {
-                // The smallest `Ts` with `b·Ts - T ≥ L`.
-                let stretched_ns =
-                    (lateness_us * 1000 * requests + per_ns).div_ceil(burst * requests);
-                interval_us = interval_us.max(stretched_ns.div_ceil(1000));
-                0
-            }
-        };
+        let (min, max) = (MIN_LATENESS.as_micros(), MAX_LATENESS.as_micros());
         let us = |v: u128| u64::try_from(v).unwrap_or(u64::MAX);
+        if slack_us >= min {
+            let lateness_us = slack_us.min(max);
+            return Schedule {
+                interval_us: us(interval_us),
+                tolerance_us: us(slack_us - lateness_us),
+                lateness: Duration::from_micros(us(lateness_us)),
+                exactness: Exactness::Gcra,
+            };
+        }
+        // Window-exact: a budget of at most one interval and a fortieth of
+        // the window, and `Ts ≥ (per + L)/(requests + b - 1)`.
+        let lateness_us = interval_us
+            .min(per_ns / 1000 / u128::from(WINDOW_SHARE))
+            .clamp(min, max);
+        let window_us = (per_ns + lateness_us * 1000)
+            .div_ceil(requests + burst - 1)
+            .div_ceil(1000);
         Schedule {
-            interval_us: us(interval_us),
-            tolerance_us: us(tolerance_us),
+            interval_us: us(interval_us.max(window_us)),
+            tolerance_us: 0,
             lateness: Duration::from_micros(us(lateness_us)),
+            exactness: Exactness::Window,
         }
     }
 
@@ -112,10 +120,10 @@ impl Schedule {
         self.lateness - self.lateness / PATH_SHARE
     }
 
-    /// True when the burst was too small to absorb [`MIN_LATENESS`], so the
-    /// fleet runs slower than the spec (worth a warning).
+    /// True when the fleet runs more than 5% slower than the spec (worth a
+    /// warning): a window-exact schedule of a short `per`.
     pub fn is_slowed(&self, spec: &RateLimitSpec) -> bool {
-        self.interval() > spec.interval() + Duration::from_micros(1)
+        self.interval() > spec.interval() * 21 / 20
     }
 }
 
@@ -124,7 +132,8 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
-    use super::super::tests::{gcra_refusals, max_in_window, window_bound};
+    use super::super::sim::max_in_half_open_window;
+    use super::super::sim::{gcra_refusals, max_in_window, window_bound};
     use super::*;
 
     fn spec(requests: u32, per_ms: u64, burst: u32) -> RateLimitSpec {
@@ -159,26 +168,37 @@ mod tests {
     }
 
     #[test]
-    fn no_burst_stretches_the_interval_by_the_lateness() {
-        // 5/s, burst 1: the provider wants every request 200 ms after the
-        // previous one, so a cell that may start 10 ms (T/20) late comes
-        // every 210 ms.
+    fn a_burst_too_small_for_the_budget_keeps_the_window_exact() {
+        // 5/s, burst 1: 25 ms of budget (a fortieth of the second), paid for
+        // by stretching 5 intervals by 5 ms each: 205 ms, 2.4% of the rate.
         let slow = spec(5, 1000, 1);
         let s = Schedule::new(&slow);
-        assert_eq!((s.interval_us, s.tolerance_us), (210_000, 0));
-        assert_eq!(s.lateness, Duration::from_millis(10));
-        assert!(s.is_slowed(&slow));
-        // 100/s, burst 1: T/20 is under the least lateness, 10 ms + 2.5 ms.
+        assert_eq!(s.exactness, Exactness::Window);
+        assert_eq!((s.interval_us, s.tolerance_us), (205_000, 0));
+        assert_eq!(s.lateness, MAX_LATENESS);
+        assert_eq!(s.spend(), Duration::from_millis(20));
+        assert!(!s.is_slowed(&slow));
+        // 20/s, burst 1: 51.25 ms.
+        assert_eq!(Schedule::new(&spec(20, 1000, 1)).interval_us, 51_250);
+        // 100/s, burst 1: the budget is at most one interval, 10 ms; 1% of the rate.
         let s = Schedule::new(&spec(100, 1000, 1));
-        assert_eq!(s.interval_us, 12_500);
-        // Of the least lateness, 2 ms may be spent.
-        assert_eq!(s.spend(), Duration::from_millis(2));
-        // 10 000/s, burst 1: 100 µs + 2.5 ms.
-        let fast = spec(10_000, 1000, 1);
-        assert_eq!(Schedule::new(&fast).interval_us, 2_600);
-        // 2000/s, burst 4: tau = 1.5 ms < 2.5 ms, so Ts = (2.5 ms + 500 µs) / 4.
+        assert_eq!(
+            (s.interval_us, s.lateness),
+            (10_100, Duration::from_millis(10))
+        );
+        // HubSpot's 100 per 10 s, burst 1: 25 ms over 10 s.
+        let s = Schedule::new(&spec(100, 10_000, 1));
+        assert_eq!((s.interval_us, s.lateness), (100_250, MAX_LATENESS));
+        // 10 000/s, burst 1: the least budget, and whole microseconds.
+        let s = Schedule::new(&spec(10_000, 1000, 1));
+        assert_eq!((s.interval_us, s.lateness), (101, MIN_LATENESS));
+        // 2000/s, burst 4: tau = 1.5 ms < 2.5 ms; the window takes 3 more.
         let s = Schedule::new(&spec(2000, 1000, 4));
-        assert_eq!((s.interval_us, s.tolerance_us), (750, 0));
+        assert_eq!((s.interval_us, s.tolerance_us), (501, 0));
+        assert_eq!(s.exactness, Exactness::Window);
+        // A short window pays more: 1 per 100 ms loses a fortieth.
+        let short = spec(1, 100, 1);
+        assert_eq!(Schedule::new(&short).interval_us, 102_500);
     }
 
     #[test]
@@ -189,8 +209,10 @@ mod tests {
         assert_eq!(Schedule::new(&spec(u32::MAX, 1, 1_000_000)).interval_us, 1);
     }
 
-    /// The proof above, checked: the earliest cells a schedule allows, each
-    /// started up to `lateness` late, never exceed `⌈W/T⌉ + burst` in any window.
+    /// The proofs above, checked: the earliest cells a schedule allows, each
+    /// started up to `lateness` late, never exceed `⌈W/T⌉ + burst` in any
+    /// window (GCRA-exact), or `requests + burst - 1` in a window of `per`
+    /// (window-exact).
     #[test]
     fn late_cells_of_a_greedy_schedule_stay_within_the_window_bound() {
         let mut rng = StdRng::seed_from_u64(7);
@@ -201,6 +223,9 @@ mod tests {
             spec(100, 10_000, 10),
             spec(500, 1000, 1),
             spec(3, 1000, 2),
+            spec(20, 1000, 1),
+            spec(2000, 1000, 4),
+            spec(100, 10_000, 1),
         ];
         for spec in specs {
             let s = Schedule::new(&spec);
@@ -221,6 +246,12 @@ mod tests {
                 })
                 .collect();
             starts.sort();
+            if s.exactness == Exactness::Window {
+                let seen = max_in_half_open_window(&starts, spec.per);
+                let bound = (spec.requests + spec.burst - 1) as usize;
+                assert!(seen <= bound, "{spec:?}: {seen} in a window of per");
+                continue;
+            }
             assert_eq!(gcra_refusals(&starts, &spec), 0, "{spec:?}: a GCRA refuses");
             let t = spec.interval();
             for w in [t / 3, t, t * 7 / 2, t * 20, t * 200, Duration::from_secs(1)] {

@@ -33,13 +33,18 @@
 //! start one request at the same instant, more than the provider allows at
 //! once. The share is then `N·Ts` with a burst of 1, marked inexact, and the
 //! fallback says so in its log.
+//!
+//! A window-exact fleet (gcra.rs) is shared by the window instead: each
+//! instance keeps to `⌊(requests + b - 1)/N⌋` starts per window of `per`,
+//! with `Tl = max(N·Ts, (per + L)/⌊(requests + b - 1)/N⌋)`, and the fleet's
+//! argument applied to each instance's quota bounds their sum.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::RateLimitSpec;
-use super::gcra::Schedule;
+use super::gcra::{Exactness, Schedule};
 
 /// One instance's part of a limit while it runs on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +63,9 @@ impl LocalShare {
         let fleet_ns = u128::from(schedule.interval_us) * 1000;
         let lateness_ns = schedule.lateness.as_nanos();
         let (local_burst, spare) = (burst / n, burst % n);
+        if schedule.exactness == Exactness::Window {
+            return Self::window_exact(spec, schedule, n);
+        }
         let (interval_ns, tolerance_ns, exact) = if local_burst == 0 {
             (n * fleet_ns, 0, false)
         } else {
@@ -82,6 +90,30 @@ impl LocalShare {
             interval: ns(interval_ns),
             tolerance: ns(tolerance_ns),
             exact,
+        }
+    }
+}
+
+impl LocalShare {
+    /// A window-exact fleet's share: each of the `n` instances keeps to
+    /// `⌊(requests + b - 1)/n⌋` starts per window of `per`, by the same
+    /// argument as the fleet's (gcra.rs). None when that is 0.
+    fn window_exact(spec: &RateLimitSpec, schedule: &Schedule, n: u128) -> Self {
+        let fleet_ns = u128::from(schedule.interval_us) * 1000;
+        let quota = (u128::from(spec.requests) + u128::from(spec.burst) - 1) / n;
+        let ns = |v: u128| Duration::from_nanos(u64::try_from(v).unwrap_or(u64::MAX));
+        if quota == 0 {
+            return LocalShare {
+                interval: ns(n * fleet_ns),
+                tolerance: Duration::ZERO,
+                exact: false,
+            };
+        }
+        let window_ns = (spec.per.as_nanos() + schedule.lateness.as_nanos()).div_ceil(quota);
+        LocalShare {
+            interval: ns((n * fleet_ns).max(window_ns)),
+            tolerance: Duration::ZERO,
+            exact: true,
         }
     }
 }
@@ -143,7 +175,7 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
-    use super::super::tests::{gcra_refusals, max_in_window, per_second, window_bound};
+    use super::super::sim::{gcra_refusals, max_in_window, per_second, window_bound};
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
@@ -176,9 +208,9 @@ mod tests {
         assert_eq!(s.interval, 10 * MS);
         assert_eq!(s.tolerance, 65 * MS);
         assert!(s.exact);
-        // 100/s burst 1: the fleet's stretched 12.5 ms interval, no burst.
+        // 100/s burst 1: the fleet's window-exact 10.1 ms interval, no burst.
         let s = share(&per_second(100, 1), 1);
-        assert_eq!((s.interval, s.tolerance), (12_500 * US, Duration::ZERO));
+        assert_eq!((s.interval, s.tolerance), (10_100 * US, Duration::ZERO));
     }
 
     #[test]
@@ -200,9 +232,31 @@ mod tests {
 
     #[test]
     fn a_burst_smaller_than_the_instances_cannot_be_shared_exactly() {
-        let s = share(&per_second(100, 1), 2);
+        // GCRA-exact (100/s burst 2, L = 10 ms) over 3: no burst to split.
+        let s = share(&per_second(100, 2), 3);
         assert!(!s.exact);
-        assert_eq!((s.interval, s.tolerance), (25 * MS, Duration::ZERO));
+        assert_eq!((s.interval, s.tolerance), (30 * MS, Duration::ZERO));
+    }
+
+    #[test]
+    fn a_window_exact_limit_is_shared_by_the_window() {
+        // 20/s burst 1 over 3: 6 each per second of 1.025 s, 170.83 ms apart.
+        let s = share(&per_second(20, 1), 3);
+        assert!(s.exact);
+        assert_eq!(
+            (s.interval, s.tolerance),
+            (Duration::from_nanos(170_833_334), Duration::ZERO)
+        );
+        // 2 per 10 s over 3: nobody's quota is whole.
+        let s = share(
+            &RateLimitSpec {
+                requests: 2,
+                per: Duration::from_secs(10),
+                burst: 1,
+            },
+            3,
+        );
+        assert!(!s.exact);
     }
 
     #[test]
@@ -222,19 +276,19 @@ mod tests {
 
     #[test]
     fn a_late_taker_keeps_the_schedule_within_the_lateness() {
-        // 100/s, no burst: a cell every 12.5 ms from the start.
+        // 100/s, no burst: a cell every 10.1 ms from the start.
         let spec = per_second(100, 1);
-        assert_eq!(share(&spec, 1).interval, 12_500 * US);
+        assert_eq!(share(&spec, 1).interval, 10_100 * US);
         let start = Instant::now();
         let mut gcra = LocalGcra::new(share(&spec, 1), start);
         // Taken 3 ms late with 2 ms of lateness: the cell is dated 1 ms, and
-        // the next one comes 12.5 ms after that, not after the take.
+        // the next one comes 10.1 ms after that, not after the take.
         assert_eq!(gcra.take(start + 3 * MS, 2 * MS), Some(start + MS));
-        assert_eq!(gcra.next_at(start + 3 * MS), start + 13_500 * US);
+        assert_eq!(gcra.next_at(start + 3 * MS), start + 11_100 * US);
         // Taken long after: dated the lateness ago, and the schedule
         // restarts there.
         assert_eq!(gcra.take(start + 100 * MS, 2 * MS), Some(start + 98 * MS));
-        assert_eq!(gcra.next_at(start + 100 * MS), start + 110_500 * US);
+        assert_eq!(gcra.next_at(start + 100 * MS), start + 108_100 * US);
     }
 
     #[test]

@@ -40,7 +40,11 @@ mod local;
 mod pool;
 mod redis;
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod timing;
 
 use std::time::Duration;
 

@@ -80,6 +80,9 @@ pub(crate) struct Pool {
     /// last and cells leave from the front, so those still pooled are the
     /// last `min(granted, len)`.
     latest: Option<Grant>,
+    /// The last this many cells are being offered back to Redis: nobody may
+    /// take them until it answers ([`Pool::given_back`]).
+    withheld: usize,
 }
 
 impl Pool {
@@ -87,6 +90,7 @@ impl Pool {
     /// every cell would be past its deadline on arrival.
     pub fn add(&mut self, grant: &Grant, sent: Instant, received: Instant, spend: Duration) {
         debug_assert!(received - sent <= spend, "stale grant");
+        debug_assert_eq!(self.withheld, 0, "a lease while cells are offered back");
         if grant.granted == 0 {
             return;
         }
@@ -101,12 +105,16 @@ impl Pool {
         }
     }
 
+    /// Cells that may still be handed out.
     pub fn len(&self) -> usize {
-        self.cells.len()
+        self.cells.len() - self.withheld.min(self.cells.len())
     }
 
     /// The latest grant's cells still pooled, if any.
     pub fn tail(&self) -> Option<Tail> {
+        if self.withheld > 0 {
+            return None;
+        }
         let latest = self.latest?;
         let cells = (latest.granted as usize).min(self.cells.len());
         (cells > 0).then_some(Tail {
@@ -116,24 +124,43 @@ impl Pool {
         })
     }
 
-    /// Drops the latest grant's pooled cells, to give them back to the
-    /// fleet: none of them may start after this.
+    /// Withholds the latest grant's pooled cells, to offer them back to the
+    /// fleet: none of them starts until Redis answers. Nothing may be added
+    /// meanwhile (the withheld cells stay the last ones).
     pub fn give_back(&mut self) -> Option<Tail> {
         let tail = self.tail()?;
-        self.cells.truncate(self.cells.len() - tail.cells as usize);
+        self.withheld = tail.cells as usize;
         self.latest = None;
         Some(tail)
     }
 
+    /// The end of a [`Pool::give_back`]: the withheld cells are dropped, or
+    /// (Redis refused them: someone leased after them) handed out again.
+    pub fn given_back(&mut self, dropped: bool) {
+        if dropped {
+            let keep = self.cells.len() - self.withheld.min(self.cells.len());
+            self.cells.truncate(keep);
+        }
+        self.withheld = 0;
+    }
+
+    /// The front cell, unless it is withheld.
+    fn front(&self) -> Option<&Cell> {
+        (self.len() > 0).then(|| self.cells.front()).flatten()
+    }
+
     /// When the next cell may be handed out.
     pub fn next_at(&self) -> Option<Instant> {
-        self.cells.front().map(|cell| cell.at)
+        self.front().map(|cell| cell.at)
     }
 
     /// Drops the cells at the front whose deadline has passed; returns how many.
     pub fn discard_expired(&mut self, now: Instant) -> u32 {
         let mut expired = 0;
         while self.cells.front().is_some_and(|cell| cell.deadline < now) {
+            if self.cells.len() <= self.withheld {
+                self.withheld -= 1;
+            }
             self.cells.pop_front();
             expired += 1;
         }
@@ -143,7 +170,7 @@ impl Pool {
     /// Takes the front cell if it may be handed out at `now` and is not past
     /// its deadline (an expired one is left for the task to count).
     pub fn take_fresh(&mut self, now: Instant) -> Option<Instant> {
-        let cell = *self.cells.front()?;
+        let cell = *self.front()?;
         (cell.at <= now && now <= cell.deadline).then(|| {
             self.cells.pop_front();
             cell.deadline
@@ -153,7 +180,7 @@ impl Pool {
     /// Takes the front cell if it may be handed out at `now`; returns its
     /// deadline. Call [`Pool::discard_expired`] first, so it is not past it.
     pub fn take_due(&mut self, now: Instant) -> Option<Instant> {
-        let cell = self.cells.front().filter(|cell| cell.at <= now)?;
+        let cell = self.front().filter(|cell| cell.at <= now)?;
         let deadline = cell.deadline;
         self.cells.pop_front();
         Some(deadline)
@@ -229,10 +256,29 @@ mod tests {
             })
         );
         assert_eq!(pool.give_back().map(|t| t.cells), Some(4));
+        // Withheld until Redis answers: only the first grant's two go out.
+        assert_eq!(pool.len(), 2);
+        pool.given_back(true);
         assert_eq!(pool.len(), 2);
         // Given back once: the earlier grant's cells are not the timeline's end.
         assert_eq!(pool.tail(), None);
         assert_eq!(pool.give_back(), None);
+    }
+
+    #[test]
+    fn cells_offered_back_wait_for_the_answer_and_return_when_refused() {
+        let sent = Instant::now();
+        let mut pool = Pool::default();
+        pool.add(&grant(0, 3), sent, sent, 2 * MS);
+        assert_eq!(pool.give_back().map(|t| t.cells), Some(3));
+        // Offered back: none of them may start, even when due.
+        assert_eq!((pool.len(), pool.next_at()), (0, None));
+        assert_eq!(pool.take_due(sent), None);
+        assert_eq!(pool.take_fresh(sent), None);
+        // Someone leased after them: they are ours again, in order.
+        pool.given_back(false);
+        assert_eq!(pool.len(), 3);
+        assert_eq!(pool.take_due(sent), Some(sent + 2 * MS));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use super::pool::{Grant, Tail};
 /// behind the cells already leased to others.
 pub(crate) const HORIZON: Duration = Duration::from_millis(200);
 /// An instance not heard from for this long no longer counts as sharing.
-const INSTANCE_TTL: Duration = Duration::from_secs(5);
+pub(crate) const INSTANCE_TTL: Duration = Duration::from_secs(5);
 /// A script call slower than this counts as Redis being unreachable.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_millis(200);
 

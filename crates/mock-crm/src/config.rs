@@ -54,15 +54,38 @@ impl MockCrmConfig {
 }
 
 /// At most `requests` per `per` on average, and at most `burst` at once
-/// (GCRA: after `burst` back-to-back requests, one more every `per / requests`).
+/// (GCRA: after `burst` back-to-back requests, one more every `per / requests`);
+/// or, with `window`, at most `requests` in any sliding window of `per`
+/// (HubSpot's "100 per 10 seconds"; `burst` is then unused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
     pub requests: u32,
     pub per: Duration,
     pub burst: u32,
+    pub window: bool,
 }
 
 impl RateLimit {
+    /// A GCRA limit: `requests` per `per`, `burst` at once.
+    pub fn gcra(requests: u32, per: Duration, burst: u32) -> Self {
+        RateLimit {
+            requests,
+            per,
+            burst,
+            window: false,
+        }
+    }
+
+    /// A sliding window: at most `requests` in any `per`.
+    pub fn window(requests: u32, per: Duration) -> Self {
+        RateLimit {
+            requests,
+            per,
+            burst: 1,
+            window: true,
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.requests == 0 || self.per.is_zero() || self.burst == 0 {
             return Err(ConfigError::ZeroRateLimit(self.to_string()));
@@ -71,7 +94,8 @@ impl RateLimit {
     }
 }
 
-/// `REQUESTS/PER:BURST`, for example `100/10s:10`.
+/// `REQUESTS/PER:BURST`, for example `100/10s:10`, or `REQUESTS/PER:window`
+/// for a sliding window (`22/1s:window`).
 impl FromStr for RateLimit {
     type Err = ConfigError;
 
@@ -79,14 +103,17 @@ impl FromStr for RateLimit {
         let bad = || ConfigError::Notation {
             what: "rate limit",
             input: s.to_owned(),
-            expected: "REQUESTS/PER:BURST, for example 100/10s:10",
+            expected: "REQUESTS/PER:BURST or REQUESTS/PER:window, for example 100/10s:10",
         };
         let (requests, rest) = s.split_once('/').ok_or_else(bad)?;
         let (per, burst) = rest.split_once(':').ok_or_else(bad)?;
-        let limit = RateLimit {
-            requests: requests.trim().parse().map_err(|_| bad())?,
-            per: parse_duration(per)?,
-            burst: burst.trim().parse().map_err(|_| bad())?,
+        let (requests, per) = (
+            requests.trim().parse().map_err(|_| bad())?,
+            parse_duration(per)?,
+        );
+        let limit = match burst.trim() {
+            "window" => RateLimit::window(requests, per),
+            burst => RateLimit::gcra(requests, per, burst.parse().map_err(|_| bad())?),
         };
         limit.validate()?;
         Ok(limit)
@@ -95,7 +122,10 @@ impl FromStr for RateLimit {
 
 impl fmt::Display for RateLimit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{:?}:{}", self.requests, self.per, self.burst)
+        match self.window {
+            true => write!(f, "{}/{:?}:window", self.requests, self.per),
+            false => write!(f, "{}/{:?}:{}", self.requests, self.per, self.burst),
+        }
     }
 }
 
@@ -153,15 +183,11 @@ mod tests {
     #[test]
     fn rate_limit_notation_round_trips() {
         let limit: RateLimit = "100/10s:10".parse().unwrap();
-        assert_eq!(
-            limit,
-            RateLimit {
-                requests: 100,
-                per: Duration::from_secs(10),
-                burst: 10
-            }
-        );
+        assert_eq!(limit, RateLimit::gcra(100, Duration::from_secs(10), 10));
         assert_eq!(limit.to_string(), "100/10s:10");
+        let limit: RateLimit = "22/1s:window".parse().unwrap();
+        assert_eq!(limit, RateLimit::window(22, Duration::from_secs(1)));
+        assert_eq!(limit.to_string(), "22/1s:window");
     }
 
     #[test]

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 
 use super::config::check_fail_rate;
 use super::faults::{Fault, FaultError, Faults};
-use super::gcra::Gcra;
 use super::latency::LatencyProbe;
+use super::limit::Limiter;
 use super::records::unix_micros;
 use super::reply::Reply;
 use super::request::ApiRequest;
@@ -92,7 +92,7 @@ pub(super) struct Api<P> {
 
 struct ApiState<P> {
     store: P,
-    limiter: Option<Gcra>,
+    limiter: Option<Limiter>,
     faults: Faults,
     replies_by_key: HashMap<String, Reply>,
     counters: Counters,
@@ -105,7 +105,7 @@ impl<P: Provider> Api<P> {
             settings,
             state: Mutex::new(ApiState {
                 store: P::default(),
-                limiter: limit.map(Gcra::new),
+                limiter: limit.map(Limiter::new),
                 faults: Faults::default(),
                 replies_by_key: HashMap::new(),
                 counters: Counters::default(),
@@ -260,7 +260,7 @@ impl<P: Provider> Api<P> {
 
 /// The 429 for a request arriving at `now` over `limiter`'s limit; `None`
 /// admits it (and uses up its share of the limit).
-fn refuse_over_limit<P: Provider>(limiter: &mut Gcra, now: Instant) -> Option<Reply> {
+fn refuse_over_limit<P: Provider>(limiter: &mut Limiter, now: Instant) -> Option<Reply> {
     let wait = limiter.acquire(now).err()?;
     let refusal = P::rate_limited(limiter.limit());
     Some(refusal.with_header("retry-after", retry_after_secs(wait)))

@@ -288,11 +288,7 @@ mod tests {
 
     #[tokio::test]
     async fn over_the_limit_is_429_with_hubspot_headers_and_policy() {
-        let limit = RateLimit {
-            requests: 2,
-            per: std::time::Duration::from_secs(10),
-            burst: 2,
-        };
+        let limit = RateLimit::gcra(2, std::time::Duration::from_secs(10), 2);
         let h = Harness::start(MockCrmConfig {
             hubspot_limit: Some(limit),
             ..MockCrmConfig::default()

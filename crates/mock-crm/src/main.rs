@@ -22,10 +22,10 @@ use tracing_subscriber::EnvFilter;
 struct Args {
     #[arg(long, default_value = "127.0.0.1:18080")]
     listen: SocketAddr,
-    /// Limit of /hubspot: at most REQUESTS per PER, BURST at once.
+    /// Limit of /hubspot: at most REQUESTS per PER, BURST at once (or `window`: at most REQUESTS in any PER).
     #[arg(long, value_name = "REQUESTS/PER:BURST", default_value = "100/10s:10")]
     hubspot_limit: RateLimit,
-    /// Limit of /salesforce: at most REQUESTS per PER, BURST at once.
+    /// Limit of /salesforce: at most REQUESTS per PER, BURST at once (or `window`).
     #[arg(long, value_name = "REQUESTS/PER:BURST", default_value = "25/1s:5")]
     salesforce_limit: RateLimit,
     /// No rate limits at all (for benchmarks of the sender).

@@ -14,11 +14,7 @@ const CONTACTS: &str = "/crm/v3/objects/contacts";
 const SF_CONTACTS: &str = "/services/data/v60.0/sobjects/Contact";
 
 fn one_per_ten_seconds() -> Option<RateLimit> {
-    Some(RateLimit {
-        requests: 1,
-        per: Duration::from_secs(10),
-        burst: 1,
-    })
+    Some(RateLimit::gcra(1, Duration::from_secs(10), 1))
 }
 
 #[tokio::test]
