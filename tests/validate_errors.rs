@@ -181,6 +181,33 @@ const CASES: &[Case] = &[
             r#"pipelines/contacts-to-hubspot.yaml:22:20: error: subject "systema.*.{key}" has a wildcard: records are published to one subject each"#,
         ],
     },
+    Case {
+        name: "a script that would block",
+        file: HUBSPOT_PIPELINE,
+        from: "when: 'event.op",
+        to: "when: 'sleep(5); event.op",
+        expect: &[
+            r#"pipelines/contacts-to-hubspot.yaml:13:8: error: invalid Rhai script: function "sleep" is not available: a script must not block the pipeline"#,
+        ],
+    },
+    Case {
+        name: "a duration too long to hold",
+        file: HUBSPOT_PROVIDER,
+        from: "timeout: 10s",
+        to: "timeout: 99999999999999999999h",
+        expect: &[
+            r#"providers/hubspot.yaml:7:10: error: duration "99999999999999999999h" is too long: at most 366 days (8784h)"#,
+        ],
+    },
+    Case {
+        name: "numbers out of range",
+        file: HUBSPOT_PROVIDER,
+        from: "max_in_flight: 32",
+        to: "max_in_flight: 0",
+        expect: &[
+            r#"providers/hubspot.yaml:6:16: error: max_in_flight must be between 1 and 512, not 0"#,
+        ],
+    },
 ];
 
 #[test]

@@ -25,6 +25,10 @@ impl From<ConfigDuration> for Duration {
     }
 }
 
+/// The longest duration a config may hold: a year (and a day, for a
+/// leap year), so no arithmetic on durations can overflow.
+const MAX_SECONDS: f64 = 366.0 * 24.0 * 3600.0;
+
 /// Parses `<number><unit>` with unit one of `ms`, `s`, `m`, `h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -48,7 +52,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !value.is_finite() || value < 0.0 {
         return Err(bad());
     }
-    Ok(Duration::from_secs_f64(value * millis_per_unit / 1_000.0))
+    let seconds = value * millis_per_unit / 1_000.0;
+    if seconds > MAX_SECONDS {
+        return Err(format!(
+            "duration \"{s}\" is too long: at most 366 days (8784h)"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 impl<'de> Deserialize<'de> for ConfigDuration {
@@ -92,6 +102,15 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn absurd_lengths_are_errors_not_panics() {
+        for huge in ["99999999999999999999h", "1e400s", "8785h", "527041m"] {
+            let err = parse_duration(huge).unwrap_err();
+            assert!(err.contains("too long") || err.contains("invalid"), "{huge}: {err}");
+        }
+        assert_eq!(parse_duration("8784h"), Ok(Duration::from_secs(8784 * 3600)));
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod duration;
 pub mod env;
 pub mod load;
 pub mod model;
+pub mod range;
 pub mod suggest;
 pub mod yaml;
 

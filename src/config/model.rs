@@ -84,7 +84,15 @@ pub struct ProviderConfig {
     pub circuit_breaker: CircuitBreakerConfig,
     #[serde(default = "default_idempotency_header")]
     pub idempotency_header: Option<String>,
+    /// Response bodies longer than this are an error of their own kind
+    /// (`response_too_large`), never read whole.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: u64,
     pub objects: BTreeMap<String, ObjectConfig>,
+}
+
+fn default_max_response_bytes() -> u64 {
+    1024 * 1024
 }
 
 fn default_max_in_flight() -> usize {
@@ -141,6 +149,9 @@ pub struct RetryConfig {
     pub max_backoff: ConfigDuration,
     /// Statuses worth another try; connect errors and timeouts always are.
     pub retry_on: Vec<u16>,
+    /// The longest `Retry-After` honoured; a provider asking for more makes
+    /// the attempt count as failed (it is not waited out).
+    pub max_retry_after: ConfigDuration,
 }
 
 impl Default for RetryConfig {
@@ -150,6 +161,7 @@ impl Default for RetryConfig {
             initial_backoff: ConfigDuration::from_millis(200),
             max_backoff: ConfigDuration::from_secs(30),
             retry_on: vec![408, 425, 429, 500, 502, 503, 504],
+            max_retry_after: ConfigDuration::from_secs(300),
         }
     }
 }
@@ -205,6 +217,12 @@ pub struct PipelineConfig {
     pub name: String,
     pub source: SourceConfig,
     pub key: String,
+    /// Keys longer than this (in bytes) are dead letters of kind `key`.
+    #[serde(default = "default_max_key_bytes")]
+    pub max_key_bytes: usize,
+    /// What the idempotency key sent with each request is made of.
+    #[serde(default)]
+    pub idempotency_key: IdempotencyKeyFrom,
     #[serde(default = "default_record")]
     pub record: String,
     #[serde(default)]
@@ -225,6 +243,23 @@ pub struct PipelineConfig {
 
 fn default_record() -> String {
     "$".into()
+}
+
+fn default_max_key_bytes() -> usize {
+    512
+}
+
+/// The source of a pipeline's idempotency keys.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IdempotencyKeyFrom {
+    /// `<pipeline>:<stream>:<sequence>`: one key per message in the stream,
+    /// so a provider never replays an old answer for a new change.
+    #[default]
+    Sequence,
+    /// `<pipeline>:<Nats-Msg-Id>` (the sequence when a message has none):
+    /// for publishers that re-publish one change under the same id.
+    MessageId,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

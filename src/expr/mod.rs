@@ -6,6 +6,7 @@
 //! runaway script fails its record, never the process.
 
 mod native;
+mod sandbox;
 mod value;
 
 use std::borrow::Cow;
@@ -16,9 +17,7 @@ use serde_json::Value;
 
 pub use value::{from_json, to_json};
 
-/// Operations one script may run for one record; a loop that never ends
-/// stops here (well under a millisecond of CPU).
-pub const MAX_OPERATIONS: u64 = 50_000;
+pub use sandbox::MAX_OPERATIONS;
 
 /// The variables every script sees.
 pub const RECORD: &str = "record";
@@ -80,25 +79,8 @@ impl std::fmt::Debug for Script {
 
 impl ScriptEngine {
     pub fn new() -> Self {
-        let mut engine = Engine::new();
-        engine
-            .set_max_operations(MAX_OPERATIONS)
-            .set_max_call_levels(32)
-            .set_max_expr_depths(64, 32)
-            .set_max_string_size(64 * 1024)
-            .set_max_array_size(10_000)
-            .set_max_map_size(10_000)
-            .set_max_variables(256)
-            .set_max_functions(64)
-            .set_max_modules(0)
-            // Undeclared variables are compile errors: `recrod.email` is a
-            // typo to report at validate time, not a `()` at run time.
-            .set_strict_variables(true)
-            .disable_symbol("eval");
-        engine.on_print(|_| {});
-        engine.on_debug(|_, _, _| {});
         ScriptEngine {
-            engine: Arc::new(engine),
+            engine: Arc::new(sandbox::engine()),
         }
     }
 
@@ -110,10 +92,13 @@ impl ScriptEngine {
         scope.push(RECORD, Dynamic::UNIT);
         scope.push(EVENT, Dynamic::UNIT);
         match self.engine.compile_with_scope(&scope, source) {
-            Ok(ast) => Ok(Script {
-                native: native::translate(&ast).map(Arc::new),
-                ast: Arc::new(ast),
-            }),
+            Ok(ast) => {
+                sandbox::check_calls(&ast)?;
+                Ok(Script {
+                    native: native::translate(&ast).map(Arc::new),
+                    ast: Arc::new(ast),
+                })
+            }
             Err(err) => {
                 let (line, col) = line_col(err.position());
                 let message = match err.err_type() {
@@ -363,6 +348,38 @@ mod tests {
     #[test]
     fn eval_is_disabled() {
         assert!(ScriptEngine::new().compile(r#"eval("1")"#).is_err());
+    }
+
+    /// What a script must never do (block, read the clock, reach files or
+    /// the network, stop the process) is refused at compile time, at the
+    /// call's position: `validate` reports it, no record ever runs it.
+    #[test]
+    fn blocking_clock_file_and_network_functions_are_refused_at_compile_time() {
+        let e = ScriptEngine::new();
+        for (script, col, says) in [
+            ("sleep(5); true", 1, "not available: a script must not block"),
+            ("record.a == 1 && sleep(5.0) == ()", 18, "must not block"),
+            ("timestamp() > 0", 1, "the clock is not available"),
+            ("let t = timestamp(); t.elapsed > 1.0", 9, "the clock is not available"),
+            ("exit()", 1, "cannot stop the process"),
+            (r#"open_file("/etc/passwd")"#, 1, "unknown function \"open_file\""),
+            (r#"http_get("http://x")"#, 1, "no file, network or clock access"),
+            (r#"record.a.to_uper()"#, 10, "did you mean \"to_upper\"?"),
+        ] {
+            let err = e.compile(script).err().unwrap_or_else(|| panic!("{script} compiled"));
+            assert_eq!((err.line, err.col), (1, col), "{script}: {}", err.message);
+            assert!(err.message.contains(says), "{script}: {}", err.message);
+        }
+        // What scripts are for still compiles, functions they define included.
+        for script in [
+            "record.a.to_upper() + `${record.b}`",
+            "fn twice(x) { x * 2 } twice(record.n ?? 1) > 2",
+            "record.tags.contains(\"x\") && record.name.len() < 10",
+            "type_of(record.a) == \"string\" && sqrt(4.0) == 2.0",
+            "[1, 2, 3].map(|x| x + 1).len() == 3",
+        ] {
+            assert!(e.compile(script).is_ok(), "{script}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 use std::sync::Arc;
 
 use super::{Pipeline, Rule, SubjectTemplate, Target};
@@ -56,20 +57,17 @@ pub fn compile(
             format!("\"{durable}\" cannot name a NATS consumer: no spaces, '.', '*' or '>'"),
         );
     }
-    if source.batch == 0 {
-        file.error(
-            diags,
-            &path!["source", "nats", "batch"],
-            "batch must be at least 1",
-        );
-    }
-    if source.max_ack_pending < 1 {
-        file.error(
-            diags,
-            &path!["source", "nats", "max_ack_pending"],
-            "max_ack_pending must be at least 1",
-        );
-    }
+    let at = |field: &str| path!["source", "nats", field];
+    file.check_range(diags, &at("batch"), source.batch, 1, 10_000);
+    file.check_range(diags, &at("max_ack_pending"), source.max_ack_pending, 1, 1_000_000);
+    file.check_duration(
+        diags,
+        &at("ack_wait"),
+        source.ack_wait.0,
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+    );
+    file.check_range(diags, &path!["max_key_bytes"], cfg.max_key_bytes, 1, 4096);
 
     let key = json_path(file, &path!["key"], &cfg.key, diags);
     let record = json_path(file, &path!["record"], &cfg.record, diags);

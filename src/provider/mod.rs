@@ -120,6 +120,10 @@ impl Object {
     }
 }
 
+const MS: Duration = Duration::from_millis(1);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 const ENDPOINTS: [&str; 5] = ["create", "update", "upsert", "delete", "read"];
 
@@ -177,26 +181,11 @@ pub fn compile(src: &Sourced<ProviderConfig>, diags: &mut Diagnostics) -> Option
     }
 
     let rate_limit = cfg.rate_limit.as_ref().map(|rl| {
-        if rl.requests == 0 {
-            file.error(
-                diags,
-                &path!["rate_limit", "requests"],
-                "rate_limit.requests must be at least 1",
-            );
-        }
-        if rl.per.0.is_zero() {
-            file.error(
-                diags,
-                &path!["rate_limit", "per"],
-                "rate_limit.per must be longer than 0s",
-            );
-        }
-        if rl.burst == Some(0) {
-            file.error(
-                diags,
-                &path!["rate_limit", "burst"],
-                "rate_limit.burst must be at least 1",
-            );
+        let at = |field: &str| path!["rate_limit", field];
+        file.check_range(diags, &at("requests"), rl.requests, 1, 1_000_000_000);
+        file.check_duration(diags, &at("per"), rl.per.0, MS, DAY * 31);
+        if let Some(burst) = rl.burst {
+            file.check_range(diags, &at("burst"), burst, 1, 1_000_000);
         }
         RateLimit {
             requests: rl.requests,
@@ -204,24 +193,31 @@ pub fn compile(src: &Sourced<ProviderConfig>, diags: &mut Diagnostics) -> Option
             burst: rl.burst.unwrap_or(1),
         }
     });
-    if cfg.max_in_flight == 0 {
-        file.error(
-            diags,
-            &path!["max_in_flight"],
-            "max_in_flight must be at least 1",
-        );
-    }
-    if cfg.timeout.0.is_zero() {
-        file.error(diags, &path!["timeout"], "timeout must be longer than 0s");
-    }
+    file.check_range(diags, &path!["max_in_flight"], cfg.max_in_flight, 1, 512);
+    file.check_duration(diags, &path!["timeout"], cfg.timeout.0, MS, HOUR);
+    file.check_range(
+        diags,
+        &path!["max_response_bytes"],
+        cfg.max_response_bytes,
+        1024,
+        64 * 1024 * 1024,
+    );
     check_retry(src, diags);
-    if cfg.circuit_breaker.failure_threshold == 0 {
-        file.error(
-            diags,
-            &path!["circuit_breaker", "failure_threshold"],
-            "circuit_breaker.failure_threshold must be at least 1",
-        );
-    }
+    let breaker = &cfg.circuit_breaker;
+    file.check_range(
+        diags,
+        &path!["circuit_breaker", "failure_threshold"],
+        breaker.failure_threshold,
+        1,
+        1_000_000,
+    );
+    file.check_duration(
+        diags,
+        &path!["circuit_breaker", "open_for"],
+        breaker.open_for.0,
+        MS,
+        HOUR,
+    );
 
     if cfg.objects.is_empty() {
         file.error(
@@ -319,17 +315,15 @@ fn auth_header(auth: &Auth) -> Result<(String, String), String> {
 
 fn check_retry(src: &Sourced<ProviderConfig>, diags: &mut Diagnostics) {
     let (retry, file) = (&src.value.retry, &src.file);
-    if retry.max_attempts == 0 {
-        file.error(
-            diags,
-            &path!["retry", "max_attempts"],
-            "retry.max_attempts counts the first try and must be at least 1",
-        );
-    }
+    let at = |field: &str| path!["retry", field];
+    file.check_range(diags, &at("max_attempts"), retry.max_attempts, 1, 100);
+    file.check_duration(diags, &at("initial_backoff"), retry.initial_backoff.0, MS, HOUR);
+    file.check_duration(diags, &at("max_backoff"), retry.max_backoff.0, MS, HOUR);
+    file.check_duration(diags, &at("max_retry_after"), retry.max_retry_after.0, Duration::ZERO, HOUR);
     if retry.initial_backoff > retry.max_backoff {
         file.error(
             diags,
-            &path!["retry", "initial_backoff"],
+            &at("initial_backoff"),
             "retry.initial_backoff is longer than retry.max_backoff",
         );
     }
