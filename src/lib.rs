@@ -22,6 +22,7 @@ pub mod provider;
 pub mod readiness;
 pub mod reload;
 pub mod runtime;
+pub mod sampled;
 pub mod schema;
 pub mod server;
 pub mod sink;

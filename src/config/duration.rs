@@ -108,9 +108,15 @@ mod tests {
     fn absurd_lengths_are_errors_not_panics() {
         for huge in ["99999999999999999999h", "1e400s", "8785h", "527041m"] {
             let err = parse_duration(huge).unwrap_err();
-            assert!(err.contains("too long") || err.contains("invalid"), "{huge}: {err}");
+            assert!(
+                err.contains("too long") || err.contains("invalid"),
+                "{huge}: {err}"
+            );
         }
-        assert_eq!(parse_duration("8784h"), Ok(Duration::from_secs(8784 * 3600)));
+        assert_eq!(
+            parse_duration("8784h"),
+            Ok(Duration::from_secs(8784 * 3600))
+        );
     }
 
     #[test]

@@ -357,16 +357,35 @@ mod tests {
     fn blocking_clock_file_and_network_functions_are_refused_at_compile_time() {
         let e = ScriptEngine::new();
         for (script, col, says) in [
-            ("sleep(5); true", 1, "not available: a script must not block"),
+            (
+                "sleep(5); true",
+                1,
+                "not available: a script must not block",
+            ),
             ("record.a == 1 && sleep(5.0) == ()", 18, "must not block"),
             ("timestamp() > 0", 1, "the clock is not available"),
-            ("let t = timestamp(); t.elapsed > 1.0", 9, "the clock is not available"),
+            (
+                "let t = timestamp(); t.elapsed > 1.0",
+                9,
+                "the clock is not available",
+            ),
             ("exit()", 1, "cannot stop the process"),
-            (r#"open_file("/etc/passwd")"#, 1, "unknown function \"open_file\""),
-            (r#"http_get("http://x")"#, 1, "no file, network or clock access"),
+            (
+                r#"open_file("/etc/passwd")"#,
+                1,
+                "unknown function \"open_file\"",
+            ),
+            (
+                r#"http_get("http://x")"#,
+                1,
+                "no file, network or clock access",
+            ),
             (r#"record.a.to_uper()"#, 10, "did you mean \"to_upper\"?"),
         ] {
-            let err = e.compile(script).err().unwrap_or_else(|| panic!("{script} compiled"));
+            let err = e
+                .compile(script)
+                .err()
+                .unwrap_or_else(|| panic!("{script} compiled"));
             assert_eq!((err.line, err.col), (1, col), "{script}: {}", err.message);
             assert!(err.message.contains(says), "{script}: {}", err.message);
         }

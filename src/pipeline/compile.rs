@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{Pipeline, Rule, SubjectTemplate, Target};
 use crate::action::Action;
@@ -59,7 +59,13 @@ pub fn compile(
     }
     let at = |field: &str| path!["source", "nats", field];
     file.check_range(diags, &at("batch"), source.batch, 1, 10_000);
-    file.check_range(diags, &at("max_ack_pending"), source.max_ack_pending, 1, 1_000_000);
+    file.check_range(
+        diags,
+        &at("max_ack_pending"),
+        source.max_ack_pending,
+        1,
+        1_000_000,
+    );
     file.check_duration(
         diags,
         &at("ack_wait"),

@@ -30,6 +30,7 @@ pub struct Provider {
     pub retry: RetryConfig,
     pub circuit_breaker: CircuitBreakerConfig,
     pub idempotency_header: Option<String>,
+    pub max_response_bytes: u64,
     pub objects: BTreeMap<String, Object>,
     /// The provider as configured (variables resolved), to tell on reload
     /// what changed: see [`Provider::same_except_rate_limit`].
@@ -295,6 +296,7 @@ pub fn compile(src: &Sourced<ProviderConfig>, diags: &mut Diagnostics) -> Option
         retry: cfg.retry.clone(),
         circuit_breaker: cfg.circuit_breaker.clone(),
         idempotency_header: cfg.idempotency_header.clone(),
+        max_response_bytes: cfg.max_response_bytes,
         objects,
         config: cfg.clone(),
     })
@@ -317,9 +319,21 @@ fn check_retry(src: &Sourced<ProviderConfig>, diags: &mut Diagnostics) {
     let (retry, file) = (&src.value.retry, &src.file);
     let at = |field: &str| path!["retry", field];
     file.check_range(diags, &at("max_attempts"), retry.max_attempts, 1, 100);
-    file.check_duration(diags, &at("initial_backoff"), retry.initial_backoff.0, MS, HOUR);
+    file.check_duration(
+        diags,
+        &at("initial_backoff"),
+        retry.initial_backoff.0,
+        MS,
+        HOUR,
+    );
     file.check_duration(diags, &at("max_backoff"), retry.max_backoff.0, MS, HOUR);
-    file.check_duration(diags, &at("max_retry_after"), retry.max_retry_after.0, Duration::ZERO, HOUR);
+    file.check_duration(
+        diags,
+        &at("max_retry_after"),
+        retry.max_retry_after.0,
+        Duration::ZERO,
+        HOUR,
+    );
     if retry.initial_backoff > retry.max_backoff {
         file.error(
             diags,

@@ -90,6 +90,8 @@ pub enum FailureKind {
     ProviderRejected,
     /// Every attempt failed with a retryable status or a network error.
     RetriesExhausted,
+    /// The destination's answer was longer than it may be.
+    ResponseTooLarge,
     /// syncflow could not make the request.
     Internal,
 }
@@ -100,6 +102,7 @@ impl FailureKind {
             FailureKind::UnknownId => "unknown_id",
             FailureKind::ProviderRejected => "provider_rejected",
             FailureKind::RetriesExhausted => "retries_exhausted",
+            FailureKind::ResponseTooLarge => "response_too_large",
             FailureKind::Internal => "internal",
         }
     }

@@ -165,6 +165,7 @@ impl Sink for ProviderSink {
                         FailureKind::ProviderRejected
                     }
                     ApiErrorKind::RetriesExhausted => FailureKind::RetriesExhausted,
+                    ApiErrorKind::ResponseTooLarge => FailureKind::ResponseTooLarge,
                     ApiErrorKind::Internal => FailureKind::Internal,
                 },
                 message: e.message,

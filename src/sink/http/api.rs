@@ -1,8 +1,8 @@
 //! [`ProviderApi`]: one provider's HTTP API (the policy is in the module doc).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
@@ -14,12 +14,14 @@ use tokio::time::Instant;
 use super::breaker::{Breaker, BreakerState, ProviderHealth};
 use super::conn::Origin;
 use super::metrics::ProviderMetrics;
+use super::pause::Pause;
 use super::retry::{backoff_ceiling, full_jitter, parse_retry_after};
 use super::slots::Slots;
 use super::verdict::{Attempt, Verdict};
 use super::{ApiError, ApiErrorKind, ApiRequest, ApiResponse};
 use crate::limiter::{Limiter, LimiterError};
 use crate::provider::{Endpoint, Provider};
+use crate::sampled::Sampled;
 
 /// Sends records to one provider. Share it (`Arc`) between every pipeline
 /// that targets the provider: its concurrency bound and breaker are per sink.
@@ -34,6 +36,15 @@ pub struct ProviderApi {
     in_flight: AtomicUsize,
     breaker: Breaker,
     idempotency_header: Option<HeaderName>,
+    /// Retry-After pauses every request to the provider.
+    pause: Pause,
+    /// Requests that succeeded, and requests failing right now: an outage
+    /// (nobody served, several failing) is told from a record that keeps
+    /// failing on its own.
+    served: AtomicU64,
+    failing: AtomicUsize,
+    /// One retry warning per second at most, with a count of the rest.
+    sampled_warn: Sampled,
     metrics: ProviderMetrics,
 }
 
@@ -96,6 +107,10 @@ impl ProviderApi {
             in_flight: AtomicUsize::new(0),
             breaker,
             idempotency_header,
+            pause: Pause::new(&provider.name),
+            served: AtomicU64::new(0),
+            failing: AtomicUsize::new(0),
+            sampled_warn: Sampled::every(Duration::from_secs(1)),
             metrics,
             provider,
         })
@@ -184,8 +199,17 @@ impl ProviderApi {
         let _in_flight = RequestInFlight::start(self);
         let started = Instant::now();
         let request = self.request(call);
-        let sent = self.origin.send(slot.conn(), request, timeout).await;
+        let limit = self.provider.max_response_bytes;
+        let sent = self.origin.send(slot.conn(), request, timeout, limit).await;
         let attempt = match sent {
+            Ok(response) if response.oversized => {
+                // The rest of the body is still on the connection.
+                slot.discard();
+                Attempt::Oversized {
+                    status: response.status,
+                    limit,
+                }
+            }
             Ok(response) => Attempt::Response {
                 status: response.status,
                 retry_after: response
@@ -268,15 +292,25 @@ impl ProviderApi {
 
 impl ProviderApi {
     /// Sends one request, retrying as the provider's policy allows; waits
-    /// (never fails) while the provider's circuit breaker is open.
+    /// (never fails) while the provider is paused or its circuit breaker is
+    /// open, or while it serves nobody (module docs).
     pub async fn send(&self, req: ApiRequest<'_>) -> Result<ApiResponse, ApiError> {
         let call = self.prepare(req)?;
         let retry = &self.provider.retry;
         let max_attempts = retry.max_attempts.max(1);
         let mut pass = self.breaker.pass();
-        let mut attempts = 0;
+        // Every attempt made, and those that count against max_attempts.
+        let (mut attempts, mut counted) = (0, 0);
+        let mut served_before = self.served.load(Ordering::Relaxed);
+        // Counted among the provider's failing requests from its first
+        // transient failure until it ends.
+        let mut failing: Option<Failing<'_>> = None;
         let failure = loop {
             pass.ready().await;
+            self.pause.wait().await;
+            if !pass.is_probe() {
+                counted += 1;
+            }
             attempts += 1;
             let attempt = self.attempt(&call).await.map_err(|e| ApiError {
                 attempts: attempts - 1,
@@ -284,24 +318,68 @@ impl ProviderApi {
             })?;
             let verdict = attempt.classify(req.endpoint, &retry.retry_on);
             pass.attempted(verdict.health());
-            match verdict {
+            let failure = match verdict {
                 Verdict::Success { status, body } => {
+                    self.served.fetch_add(1, Ordering::Relaxed);
                     pass.finished(ProviderHealth::Up);
                     return Ok(self.success(&call, status, body, attempts));
                 }
-                Verdict::Retryable(failure) if attempts < max_attempts => {
-                    let wait = failure.retry_after.unwrap_or_else(|| {
-                        full_jitter(backoff_ceiling(retry, attempts), &mut rand::rng())
-                    });
-                    self.metrics.retries.increment(1);
-                    tracing::warn!(provider = %self.provider.name, object = req.object, endpoint = req.endpoint.as_str(), key = req.key, status = failure.status.map(|s| s.as_u16()), attempt = attempts, wait_ms = wait.as_millis() as u64, retry_after = failure.retry_after.is_some(), error = %failure.cause, "retrying");
-                    tokio::time::sleep(wait).await;
+                Verdict::Final(failure) => break failure,
+                Verdict::Retryable(failure) => failure,
+            };
+            failing.get_or_insert_with(|| Failing::start(&self.failing));
+            let status = failure.status.map(|s| s.as_u16());
+            let backoff = || full_jitter(backoff_ceiling(retry, counted), &mut rand::rng());
+            let wait = match failure.retry_after {
+                Some(asked) if asked <= retry.max_retry_after.0 => {
+                    self.pause.pause_for(asked, status.unwrap_or_default());
+                    Duration::ZERO
                 }
-                Verdict::Final(failure) | Verdict::Retryable(failure) => break failure,
+                Some(asked) => {
+                    self.sampled_warn.warn(|suppressed| {
+                        tracing::warn!(provider = %self.provider.name, status, retry_after_s = asked.as_secs(), max_retry_after_s = retry.max_retry_after.0.as_secs(), suppressed, "provider asked to wait longer than retry.max_retry_after: counted as a failed attempt");
+                    });
+                    backoff()
+                }
+                None => backoff(),
+            };
+            if counted >= max_attempts {
+                let served_now = self.served.load(Ordering::Relaxed);
+                let others_failing = self.failing.load(Ordering::Relaxed) > 1;
+                if served_now != served_before || !others_failing {
+                    break failure;
+                }
+                // Nobody was served meanwhile and others fail too: an
+                // outage, not this record's fault. It counts towards the
+                // breaker, and starts over.
+                pass.finished(ProviderHealth::Down);
+                (counted, served_before) = (0, served_now);
+                self.metrics.outage_waits.increment(1);
             }
+            self.metrics.retries.increment(1);
+            self.sampled_warn.warn(|suppressed| {
+                tracing::warn!(provider = %self.provider.name, object = req.object, endpoint = req.endpoint.as_str(), status, attempt = attempts, wait_ms = wait.as_millis() as u64, retry_after = failure.retry_after.is_some(), error = %failure.cause, suppressed, "retrying");
+            });
+            tokio::time::sleep(wait).await;
         };
         pass.finished(failure.health());
         Err(failure.into_error(&self.what(&req), attempts))
+    }
+}
+
+/// Counts a request among the failing ones for as long as it lives.
+struct Failing<'a>(&'a AtomicUsize);
+
+impl<'a> Failing<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Failing(count)
+    }
+}
+
+impl Drop for Failing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

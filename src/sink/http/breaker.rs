@@ -191,9 +191,14 @@ impl Pass<'_> {
         });
     }
 
-    /// Reports the request's final outcome: counts consecutive failures
-    /// while closed.
-    pub fn finished(self, health: ProviderHealth) {
+    /// Whether this request's next attempt is the half-open breaker's probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// Reports a request's outcome (its final one, or a round of attempts
+    /// that ran out in an outage): counts consecutive failures while closed.
+    pub fn finished(&mut self, health: ProviderHealth) {
         let breaker = self.breaker;
         breaker.state.send_if_modified(|state| {
             let State::Closed { failures } = state else {

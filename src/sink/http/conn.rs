@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{HOST, HeaderMap, HeaderValue, USER_AGENT};
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, HOST, HeaderMap, HeaderValue, USER_AGENT};
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -170,11 +170,25 @@ impl TransportError {
     }
 }
 
-/// A response, read in full.
+/// A response, read in full unless it was too long.
 pub(super) struct Response {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The body was longer than the provider's `max_response_bytes`: it was
+    /// not read (`body` is empty).
+    pub oversized: bool,
+}
+
+impl Response {
+    fn oversized(parts: http::response::Parts) -> Self {
+        Response {
+            status: parts.status,
+            headers: parts.headers,
+            body: Bytes::new(),
+            oversized: true,
+        }
+    }
 }
 
 const AGENT: &str = concat!("syncflow/", env!("CARGO_PKG_VERSION"));
@@ -255,13 +269,15 @@ impl Origin {
     }
 
     /// Sends `request` over `conn` (made ready), with this origin's `Host`
-    /// and syncflow's `User-Agent`, and reads the whole response, within
-    /// `timeout`.
+    /// and syncflow's `User-Agent`, and reads the response, within
+    /// `timeout`. A body longer than `max_body` is not read: the response
+    /// comes back `oversized` and the connection must be dropped.
     pub async fn send(
         &self,
         conn: &mut Conn,
         mut request: Request<Full<Bytes>>,
         timeout: Duration,
+        max_body: u64,
     ) -> Result<Response, TransportError> {
         let headers = request.headers_mut();
         headers.insert(HOST, self.authority.clone());
@@ -269,12 +285,30 @@ impl Origin {
         let exchange = async {
             let response = conn.sender.send_request(request);
             let response = conn.drive(response).await?;
-            let (parts, body) = response.into_parts();
-            let body = conn.drive(body.collect()).await?.to_bytes();
+            let (parts, mut body) = response.into_parts();
+            let announced = parts
+                .headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if announced.is_some_and(|len| len > max_body) {
+                return Ok(Response::oversized(parts));
+            }
+            // Read frame by frame, so a body longer than announced (or
+            // chunked, announced not at all) stops at the limit too.
+            let mut read = BytesMut::new();
+            while let Some(frame) = conn.drive(async { body.frame().await.transpose() }).await? {
+                if let Ok(data) = frame.into_data() {
+                    if (read.len() + data.len()) as u64 > max_body {
+                        return Ok(Response::oversized(parts));
+                    }
+                    read.extend_from_slice(&data);
+                }
+            }
             Ok(Response {
                 status: parts.status,
                 headers: parts.headers,
-                body,
+                body: read.freeze(),
+                oversized: false,
             })
         };
         tokio::time::timeout(timeout, exchange)

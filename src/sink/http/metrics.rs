@@ -20,6 +20,9 @@ pub(super) struct ProviderMetrics {
     requests: Handles<AttemptLabel, (Counter, Histogram)>,
     pub in_flight: Gauge,
     pub retries: Counter,
+    /// Requests whose attempts ran out while the provider served nobody:
+    /// they waited for it instead of becoming dead letters.
+    pub outage_waits: Counter,
     pub breaker_open: Gauge,
     pub limiter_wait: Histogram,
 }
@@ -30,6 +33,7 @@ impl ProviderMetrics {
         ProviderMetrics {
             in_flight: gauge!("syncflow_provider_in_flight", "provider" => p.clone()),
             retries: counter!("syncflow_provider_retries_total", "provider" => p.clone()),
+            outage_waits: counter!("syncflow_provider_outage_waits_total", "provider" => p.clone()),
             breaker_open: gauge!("syncflow_provider_breaker_open", "provider" => p.clone()),
             limiter_wait: histogram!("syncflow_provider_limiter_wait_seconds", "provider" => p.clone()),
             requests: Handles::new(move |label: &AttemptLabel| {

@@ -29,10 +29,21 @@
 //!   after the n-th failed attempt. A `Retry-After` header (delta-seconds or
 //!   HTTP date) replaces it and is honoured in full, even beyond
 //!   `max_backoff`. A date in the past means no wait.
+//! - Retry-After (`pause.rs`): up to `retry.max_retry_after`, it pauses
+//!   every request to the provider until then; longer, the attempt counts as
+//!   failed and the usual backoff applies.
 //! - Circuit breaker (`breaker.rs`): `failure_threshold` consecutive requests
 //!   that failed on the provider's side open it. While open, `send` waits
 //!   instead of failing; after `open_for`, one attempt goes through as the
-//!   probe, whose outcome closes or re-opens it.
+//!   probe, whose outcome closes or re-opens it. A probe's attempt does not
+//!   count against its record's `max_attempts`.
+//! - Outages are not the record's fault: a request whose attempts ran out
+//!   while the provider served nobody (no success since it began) and other
+//!   requests failed too counts towards the breaker and starts over, waiting
+//!   for the provider, instead of becoming a dead letter. A record failing
+//!   on its own, alone or beside successes, is dead-lettered in time.
+//! - Response bodies are read up to `max_response_bytes`; a longer one is a
+//!   [`ApiErrorKind::ResponseTooLarge`] failure, never read whole.
 //! - Headers: the provider's (auth included; marked sensitive and never
 //!   logged), `content-type: application/json` with a body, and the
 //!   idempotency header carrying the same `idempotency_key` on every attempt.
@@ -48,6 +59,7 @@ mod api;
 mod breaker;
 mod conn;
 mod metrics;
+mod pause;
 mod retry;
 mod slots;
 #[cfg(test)]
@@ -127,6 +139,8 @@ pub enum ApiErrorKind {
     NotFound,
     /// Every attempt failed with a retryable status or a network error.
     RetriesExhausted,
+    /// The response body was longer than the provider's `max_response_bytes`.
+    ResponseTooLarge,
     /// syncflow could not make the request: an `{id}` path without an id, an
     /// endpoint the object does not have, a stopped rate limiter.
     Internal,
@@ -140,7 +154,9 @@ impl ApiError {
         match self.kind {
             ApiErrorKind::Rejected if self.status.is_some_and(|s| s >= 500) => Fault::External,
             ApiErrorKind::Rejected => Fault::User,
-            ApiErrorKind::NotFound | ApiErrorKind::RetriesExhausted => Fault::External,
+            ApiErrorKind::NotFound
+            | ApiErrorKind::RetriesExhausted
+            | ApiErrorKind::ResponseTooLarge => Fault::External,
             ApiErrorKind::Internal => Fault::Internal,
         }
     }
@@ -149,7 +165,10 @@ impl ApiError {
     pub fn retry(&self) -> Retry {
         match self.kind {
             ApiErrorKind::RetriesExhausted => Retry::WithBackoff,
-            ApiErrorKind::Rejected | ApiErrorKind::NotFound | ApiErrorKind::Internal => Retry::No,
+            ApiErrorKind::Rejected
+            | ApiErrorKind::NotFound
+            | ApiErrorKind::ResponseTooLarge
+            | ApiErrorKind::Internal => Retry::No,
         }
     }
 }

@@ -398,3 +398,109 @@ async fn a_new_connection_opens_before_the_cell_and_costs_none() {
         "{at:?}"
     );
 }
+
+/// A provider asking to wait a day (`Retry-After: 86400`) would park the
+/// record for a day while progress acks keep it from redelivery; beyond
+/// `retry.max_retry_after` the attempt counts as failed instead.
+#[tokio::test]
+async fn a_retry_after_beyond_the_cap_counts_as_a_failed_attempt() {
+    let server = TestServer::start([], Reply::status(429).header("retry-after", 86_400)).await;
+    let started = Instant::now();
+    let err = sink(provider(server.url()))
+        .send(create(&json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.kind, err.status, err.attempts),
+        (ApiErrorKind::RetriesExhausted, Some(429), 3)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// One record's 429 with Retry-After pauses the provider for every record:
+/// the others do not spend attempts on the same wall.
+#[tokio::test]
+async fn a_retry_after_pauses_every_request_to_the_provider() {
+    let script = [Reply::status(429).header("retry-after", 1)];
+    let server = TestServer::start(script, Reply::json(201, json!({"id": "c"}))).await;
+    let api = Arc::new(sink(provider(server.url())));
+    let first = tokio::spawn({
+        let api = Arc::clone(&api);
+        async move { api.send(create(&json!({"n": 1}))).await.map(|r| r.attempts) }
+    });
+    // The 429 is in: another record asks now.
+    while server.seen().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let paused_at = server.seen()[0].at;
+    let second = api.send(create(&json!({"n": 2}))).await.unwrap();
+    assert_eq!((first.await.unwrap().unwrap(), second.attempts), (2, 1));
+    let seen = server.seen();
+    assert_eq!(seen.len(), 3);
+    for later in &seen[1..] {
+        assert!(
+            later.at >= paused_at + Duration::from_millis(990),
+            "a request went out {:?} into the pause",
+            later.at - paused_at
+        );
+    }
+}
+
+/// A response body is read up to `max_response_bytes`: a longer one is a
+/// failure of its own kind, whether its length is announced or not.
+#[tokio::test]
+async fn an_oversized_response_is_an_error_of_its_own_kind() {
+    let big = "x".repeat(4096);
+    let server = TestServer::start([], Reply::status(201).body(&big)).await;
+    let mut p = provider(server.url());
+    p.max_response_bytes = 1024;
+    let api = sink(p);
+    let err = api.send(create(&json!({}))).await.unwrap_err();
+    assert_eq!(
+        (err.kind, err.status, err.attempts),
+        (ApiErrorKind::ResponseTooLarge, Some(201), 1)
+    );
+    assert!(
+        err.message.contains("max_response_bytes (1024)"),
+        "{}",
+        err.message
+    );
+    // The connection is not reused with the body still on it.
+    server.set_fallback(Reply::json(201, json!({"id": "small"})));
+    let ok = api.send(create(&json!({}))).await.unwrap();
+    assert_eq!(ok.provider_id.as_deref(), Some("small"));
+}
+
+/// An outage: every request fails for a while. Records whose attempts run
+/// out while nobody is served wait for the provider (the breaker opens,
+/// probes decide) instead of becoming dead letters; all go through once it
+/// is back.
+#[tokio::test]
+async fn an_outage_makes_records_wait_not_fail() {
+    let server = TestServer::start([], Reply::status(503)).await;
+    let mut p = provider(server.url());
+    p.circuit_breaker.failure_threshold = 2;
+    p.circuit_breaker.open_for = crate::config::duration::ConfigDuration::from_millis(100);
+    let api = Arc::new(sink(p));
+    let records: Vec<_> = (0..4)
+        .map(|n| {
+            let api = Arc::clone(&api);
+            tokio::spawn(async move {
+                let body = json!({"n": n});
+                api.send(create(&body)).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(api.breaker_state(), BreakerState::Open);
+    server.set_fallback(Reply::json(201, json!({"id": "back"})));
+    for record in records {
+        let sent = record.await.unwrap().expect("delivered after the outage");
+        assert!(sent.attempts > 3, "{} attempts", sent.attempts);
+    }
+    assert_eq!(api.breaker_state(), BreakerState::Closed);
+}

@@ -20,6 +20,8 @@ pub(super) enum Attempt {
     },
     /// No (complete) response: connect error, timeout, broken connection.
     Transport(TransportError),
+    /// A response whose body was longer than `max_response_bytes`.
+    Oversized { status: StatusCode, limit: u64 },
 }
 
 pub(super) enum Verdict {
@@ -43,6 +45,8 @@ pub(super) enum FailureKind {
     NotFound,
     /// A `retry_on` status or a transport error: another attempt may succeed.
     Transient,
+    /// A body longer than `max_response_bytes`.
+    Oversized,
 }
 
 pub(super) struct Failure {
@@ -60,6 +64,7 @@ impl Attempt {
         match self {
             Attempt::Response { status, .. } => AttemptLabel::Status(status.as_u16()),
             Attempt::Transport(e) => AttemptLabel::Transport(e.kind.label()),
+            Attempt::Oversized { status, .. } => AttemptLabel::Status(status.as_u16()),
         }
     }
 
@@ -75,6 +80,17 @@ impl Attempt {
                     body: None,
                     retry_after: None,
                     cause: e.to_string(),
+                });
+            }
+            Attempt::Oversized { status, limit } => {
+                return Verdict::Final(Failure {
+                    kind: FailureKind::Oversized,
+                    status: Some(status),
+                    body: None,
+                    retry_after: None,
+                    cause: format!(
+                        "{status}: the response body is longer than max_response_bytes ({limit})"
+                    ),
                 });
             }
             Attempt::Response {
@@ -144,6 +160,10 @@ impl Failure {
             ),
             FailureKind::Rejected => (ApiErrorKind::Rejected, format!("{what}: {}", self.cause)),
             FailureKind::NotFound => (ApiErrorKind::NotFound, format!("{what}: {}", self.cause)),
+            FailureKind::Oversized => (
+                ApiErrorKind::ResponseTooLarge,
+                format!("{what}: {}", self.cause),
+            ),
         };
         ApiError {
             kind,
