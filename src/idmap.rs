@@ -1,8 +1,17 @@
-//! The durable id map: record key → the provider's id of that record, in a
+//! The durable id map: for each record key of a provider object, the
+//! provider's id of the record and what syncflow last applied to it, in a
 //! JetStream key-value bucket so every instance and every restart sees it.
+//!
+//! An entry (JSON) holds the provider id (when the object learns ids), the
+//! stream position of the last change applied (so a redelivered, older
+//! change is recognised and not sent again) and a hash of the body last
+//! sent (so a create of a key already there with the same body is a no-op).
+//! A delete leaves an entry marked deleted. Entries written before these
+//! fields existed (the bare id, or a KV delete marker) still read.
 
 use async_nats::jetstream::{self, kv};
 use base64::Engine as _;
+use serde::{Deserialize, Serialize};
 
 /// The bucket every pipeline shares; keys are `provider.object.key`.
 pub const BUCKET: &str = "syncflow_idmap";
@@ -11,15 +20,58 @@ pub const BUCKET: &str = "syncflow_idmap";
 #[error("id map: {0}")]
 pub struct IdMapError(String);
 
-/// What the id map knows of a record key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Known {
+/// What the map knows of one record key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
     /// The provider's id of the record.
-    Id(String),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// syncflow deleted the record (or saw it was already gone).
-    Deleted,
-    /// Never created through syncflow, or its create failed.
-    Unknown,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    /// Where the last change applied to the record came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seq: u64,
+    /// A hash of the body last sent (FNV-1a 64 of its JSON, in hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Entry {
+    /// The provider's id, unless the record was deleted.
+    pub fn live_id(&self) -> Option<&str> {
+        self.id.as_deref().filter(|_| !self.deleted)
+    }
+
+    /// Whether a change at `seq` of `stream` is no newer than the last one
+    /// applied: a redelivery that must not be sent again.
+    pub fn supersedes(&self, stream: &str, seq: u64) -> bool {
+        self.stream.as_deref() == Some(stream) && self.seq >= seq
+    }
+
+    fn decode(value: &[u8]) -> Entry {
+        serde_json::from_slice(value).unwrap_or_else(|_| Entry {
+            // Written before entries were JSON: the bare id.
+            id: Some(String::from_utf8_lossy(value).into_owned()),
+            ..Entry::default()
+        })
+    }
+}
+
+/// A body's hash as stored in [`Entry::body`]: FNV-1a 64 of its JSON. Stable
+/// across versions and machines (std's hashers are not promised to be).
+pub fn body_hash(body: &serde_json::Value) -> String {
+    let bytes = serde_json::to_vec(body).expect("a JSON value always serializes");
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{hash:016x}")
 }
 
 #[derive(Clone)]
@@ -34,7 +86,7 @@ impl IdMap {
     /// convention (as `create_key_value` would) because async-nats's
     /// `create_key_value` first reads the account info in a shape that
     /// nats-server 2.9 (Debian bookworm's) does not send.
-    pub async fn open(js: &jetstream::Context) -> Result<Self, IdMapError> {
+    pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Self, IdMapError> {
         let fail = |e: &dyn std::fmt::Display| IdMapError(e.to_string());
         if let Ok(store) = js.get_key_value(BUCKET).await {
             return Ok(IdMap { store });
@@ -49,7 +101,7 @@ impl IdMap {
             deny_delete: true,
             allow_direct: true,
             discard: jetstream::stream::DiscardPolicy::New,
-            num_replicas: 1,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await
@@ -58,48 +110,42 @@ impl IdMap {
         Ok(IdMap { store })
     }
 
-    /// What the map knows of `key`: its id, that syncflow deleted its record
-    /// (a delete leaves a marker in the bucket), or nothing.
+    /// What the map knows of `key`; `None` when nothing.
     pub async fn lookup(
         &self,
         provider: &str,
         object: &str,
         key: &str,
-    ) -> Result<Known, IdMapError> {
+    ) -> Result<Option<Entry>, IdMapError> {
         let entry = self
             .store
             .entry(kv_key(provider, object, key))
             .await
             .map_err(|e| IdMapError(e.to_string()))?;
-        Ok(match entry {
-            Some(e) if matches!(e.operation, kv::Operation::Put) => {
-                Known::Id(String::from_utf8_lossy(&e.value).into_owned())
-            }
-            Some(_) => Known::Deleted,
-            None => Known::Unknown,
-        })
+        Ok(entry.map(|e| match e.operation {
+            kv::Operation::Put => Entry::decode(&e.value),
+            // A delete marker of an earlier version.
+            kv::Operation::Delete | kv::Operation::Purge => Entry {
+                deleted: true,
+                ..Entry::default()
+            },
+        }))
     }
 
     /// Returns once the server has stored it (a JetStream ack), so a
-    /// message is only acked after the id it produced is durable.
+    /// message is only acked after what it taught the map is durable.
     pub async fn put(
         &self,
         provider: &str,
         object: &str,
         key: &str,
-        id: &str,
+        entry: &Entry,
     ) -> Result<(), IdMapError> {
+        let value = serde_json::to_vec(entry).map_err(|e| IdMapError(e.to_string()))?;
         self.store
-            .put(kv_key(provider, object, key), id.to_string().into())
+            .put(kv_key(provider, object, key), value.into())
             .await
             .map(|_| ())
-            .map_err(|e| IdMapError(e.to_string()))
-    }
-
-    pub async fn remove(&self, provider: &str, object: &str, key: &str) -> Result<(), IdMapError> {
-        self.store
-            .delete(kv_key(provider, object, key))
-            .await
             .map_err(|e| IdMapError(e.to_string()))
     }
 }
@@ -134,5 +180,33 @@ mod tests {
                 .all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b))
         );
         assert_ne!(kv_key("p", "o", "=x"), kv_key("p", "o", "x"));
+    }
+
+    #[test]
+    fn entries_read_back_and_old_bare_ids_still_read() {
+        let entry = Entry {
+            id: Some("c1".into()),
+            stream: Some("CDC".into()),
+            seq: 42,
+            body: Some(body_hash(&serde_json::json!({"a": 1}))),
+            ..Entry::default()
+        };
+        let bytes = serde_json::to_vec(&entry).unwrap();
+        assert_eq!(Entry::decode(&bytes), entry);
+        assert_eq!(Entry::decode(b"12345").live_id(), Some("12345"));
+        assert!(entry.supersedes("CDC", 42));
+        assert!(entry.supersedes("CDC", 7));
+        assert!(!entry.supersedes("CDC", 43));
+        assert!(!entry.supersedes("OTHER", 7));
+    }
+
+    #[test]
+    fn body_hashes_are_stable() {
+        // Pinned: stored hashes must read the same after an upgrade.
+        assert_eq!(body_hash(&serde_json::json!({"a": 1})), "9c3e82dd6fcae8b1");
+        assert_ne!(
+            body_hash(&serde_json::json!({"a": 1})),
+            body_hash(&serde_json::json!({"a": 2}))
+        );
     }
 }

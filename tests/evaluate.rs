@@ -59,3 +59,29 @@ fn every_error_kind_is_typed() {
         EvalErrorKind::OutputSchema
     );
 }
+
+#[test]
+fn a_key_longer_than_max_key_bytes_is_a_key_error() {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let config = compile_dir(dir.as_ref(), &std::collections::HashMap::new(), false).unwrap();
+    let sf = &config.pipelines["contacts-to-salesforce"];
+    let meta = MessageMeta::default();
+    let message = |key: &str| {
+        format!(r#"{{"op":"c","after":{{"id":"{key}","last_name":"L","status":"lead"}}}}"#)
+    };
+    // 512 bytes (the default) is fine, one more is not.
+    assert!(
+        sf.evaluate(&meta, message(&"k".repeat(512)).as_bytes())
+            .is_ok()
+    );
+    let err = sf
+        .evaluate(&meta, message(&"k".repeat(513)).as_bytes())
+        .unwrap_err();
+    assert_eq!(err.kind, EvalErrorKind::Key);
+    assert!(
+        err.message
+            .contains("513 bytes long, more than max_key_bytes (512)"),
+        "{}",
+        err.message
+    );
+}

@@ -16,6 +16,46 @@ pub struct Globals {
     pub nats: NatsGlobals,
     pub redis: RedisGlobals,
     pub http: HttpGlobals,
+    pub jetstream: JetStreamGlobals,
+}
+
+/// The streams and buckets syncflow creates itself.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JetStreamGlobals {
+    /// Replicas of the id map bucket and the dead-letter stream (3 on a
+    /// three-node cluster).
+    pub replicas: usize,
+    pub dead_letters: DeadLetterStreamGlobals,
+}
+
+impl Default for JetStreamGlobals {
+    fn default() -> Self {
+        JetStreamGlobals {
+            replicas: 1,
+            dead_letters: DeadLetterStreamGlobals::default(),
+        }
+    }
+}
+
+/// Limits of the `SYNCFLOW_DLQ` stream.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterStreamGlobals {
+    /// Dead letters older than this are dropped.
+    pub max_age: ConfigDuration,
+    /// The stream's size at most; the oldest dead letters go first. None:
+    /// unbounded.
+    pub max_bytes: Option<u64>,
+}
+
+impl Default for DeadLetterStreamGlobals {
+    fn default() -> Self {
+        DeadLetterStreamGlobals {
+            max_age: ConfigDuration::from_secs(30 * 24 * 3600),
+            max_bytes: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -208,6 +248,27 @@ pub struct EndpointConfig {
     /// JSONPath into the response body that yields the provider's id.
     #[serde(default)]
     pub id_from: Option<String>,
+    /// On a create answered 409 (the record exists already), where its id
+    /// is: the id map learns it and the record is sent as an update.
+    #[serde(default)]
+    pub conflict_id_from: Option<ConflictIdConfig>,
+}
+
+/// A JSONPath into a 409 body, or a JSONPath to a text and a regular
+/// expression whose first group is the id (`{ path: $.message, pattern:
+/// 'Existing ID: (\d+)' }`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ConflictIdConfig {
+    Path(String),
+    Pattern(ConflictIdPattern),
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConflictIdPattern {
+    pub path: String,
+    pub pattern: String,
 }
 
 /// `pipelines/<name>.yaml`: one flow from a stream to a provider object.

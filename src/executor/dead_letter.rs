@@ -7,6 +7,7 @@ use base64::Engine as _;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::config::model::JetStreamGlobals;
 use crate::source::SourceMessage;
 
 /// The stream syncflow creates for dead-letter subjects no stream captures.
@@ -114,6 +115,7 @@ pub async fn publish(
 pub async fn ensure_streams(
     js: &jetstream::Context,
     subjects: &[String],
+    settings: &JetStreamGlobals,
 ) -> Result<(), PublishError> {
     let mut uncovered = Vec::new();
     for subject in subjects {
@@ -142,6 +144,12 @@ pub async fn ensure_streams(
         subjects: uncovered,
         storage: jetstream::stream::StorageType::File,
         duplicate_window: std::time::Duration::from_secs(120),
+        num_replicas: settings.replicas,
+        max_age: settings.dead_letters.max_age.0,
+        max_bytes: settings
+            .dead_letters
+            .max_bytes
+            .map_or(-1, |bytes| i64::try_from(bytes).unwrap_or(i64::MAX)),
         ..Default::default()
     })
     .await

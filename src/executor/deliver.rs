@@ -10,8 +10,9 @@ use async_nats::jetstream;
 use super::dead_letter::{self, DeadLetter, DeadLetterError, Original};
 use super::metrics::PipelineMetrics;
 use crate::action::Action;
+use crate::config::model::IdempotencyKeyFrom;
 use crate::pipeline::{EvalError, Outcome, Pipeline};
-use crate::sink::{Delivery, Failure, Record, Sink, TargetSink};
+use crate::sink::{Delivery, Failure, Record, Sink, SkipReason, TargetSink};
 use crate::source::SourceMessage;
 use crate::transient::retry_until_ok;
 
@@ -44,14 +45,17 @@ pub async fn handle(ctx: &Ctx, msg: &SourceMessage, eval: &Result<Outcome, EvalE
         Ok(out) if out.action == Action::Skip => return ctx.metrics.skipped.increment(1),
         Ok(out) => out,
     };
-    let idempotency_key = idempotency_key(&ctx.pipeline.name, msg);
+    let p = &ctx.pipeline;
+    let idempotency_key = idempotency_key(p, msg);
     let record = Record {
-        pipeline: &ctx.pipeline.name,
+        pipeline: &p.name,
         key: &out.key,
         action: out.action,
         body: out.body.as_ref(),
         idempotency_key: &idempotency_key,
+        stream: &p.source.stream,
         seq: msg.seq,
+        redelivered: msg.delivered > 1,
     };
     match ctx.sink.deliver(&record).await {
         Delivery::Sent {
@@ -60,7 +64,12 @@ pub async fn handle(ctx: &Ctx, msg: &SourceMessage, eval: &Result<Outcome, EvalE
             ctx.metrics.retried(attempts);
             ctx.metrics.sent(out.action.as_str(), status);
         }
-        Delivery::Skipped { .. } => ctx.metrics.skipped.increment(1),
+        Delivery::Skipped { reason } => {
+            ctx.metrics.skipped.increment(1);
+            if reason == SkipReason::Stale {
+                ctx.metrics.stale.increment(1);
+            }
+        }
         Delivery::Failed(Failure {
             kind,
             message,
@@ -83,12 +92,16 @@ pub async fn handle(ctx: &Ctx, msg: &SourceMessage, eval: &Result<Outcome, EvalE
     }
 }
 
-/// Stable across redeliveries: `<pipeline>:<Nats-Msg-Id>`, or
-/// `<pipeline>:<stream sequence>`.
-fn idempotency_key(pipeline: &str, msg: &SourceMessage) -> String {
-    match msg.header("Nats-Msg-Id") {
-        Some(id) => format!("{pipeline}:{id}"),
-        None => format!("{pipeline}:{}", msg.seq),
+/// Stable across redeliveries, and new for every change: by default
+/// `<pipeline>:<stream>:<sequence>`. With `idempotency_key: message_id`,
+/// `<pipeline>:<Nats-Msg-Id>` (the sequence when there is none), for
+/// publishers that publish one change again under the same id; a provider
+/// then answers a reused id with its first answer.
+fn idempotency_key(pipeline: &Pipeline, msg: &SourceMessage) -> String {
+    let name = &pipeline.name;
+    match (pipeline.idempotency_key, msg.header("Nats-Msg-Id")) {
+        (IdempotencyKeyFrom::MessageId, Some(id)) => format!("{name}:{id}"),
+        _ => format!("{name}:{}:{}", pipeline.source.stream, msg.seq),
     }
 }
 

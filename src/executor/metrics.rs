@@ -8,6 +8,8 @@ use crate::metric_handles::Handles;
 pub struct PipelineMetrics {
     pub received: Counter,
     pub skipped: Counter,
+    /// Redelivered changes not sent because a newer one was applied.
+    pub stale: Counter,
     pub retries: Counter,
     pub ack_latency: Histogram,
     /// By action and HTTP status (none for a publish).
@@ -23,6 +25,7 @@ impl PipelineMetrics {
         PipelineMetrics {
             received: counter!("syncflow_pipeline_received_total", "pipeline" => p.clone()),
             skipped: counter!("syncflow_pipeline_skipped_total", "pipeline" => p.clone()),
+            stale: counter!("syncflow_pipeline_stale_total", "pipeline" => p.clone()),
             retries: counter!("syncflow_pipeline_retries_total", "pipeline" => p.clone()),
             ack_latency: histogram!("syncflow_pipeline_ack_latency_seconds", "pipeline" => p),
             sent: Handles::new(move |&(action, status): &(&'static str, Option<u16>)| {

@@ -308,7 +308,7 @@ async fn an_instance_whose_demand_stops_gives_its_leased_cells_back() {
         start_jitter: Duration::ZERO,
         request_time: Duration::ZERO,
     };
-    let mut starts = run_callers(&[busy.clone()], callers, 500 * MS, 29).await;
+    let mut starts = run_callers(std::slice::from_ref(&busy), callers, 500 * MS, 29).await;
     let ahead = redis.tat_ahead();
     tokio::time::sleep(100 * MS).await;
     assert!(

@@ -192,6 +192,8 @@ pub fn compile(
         name: cfg.name.clone(),
         source,
         key: key?,
+        max_key_bytes: cfg.max_key_bytes,
+        idempotency_key: cfg.idempotency_key,
         record: record?,
         op: op.flatten(),
         input_schema,

@@ -132,6 +132,18 @@ impl Pipeline {
                 ));
             }
         };
+        if key.len() > self.max_key_bytes {
+            return Err(fail(
+                EvalErrorKind::Key,
+                None,
+                format!(
+                    "the key at {} is {} bytes long, more than max_key_bytes ({})",
+                    self.key.as_str(),
+                    key.len(),
+                    self.max_key_bytes
+                ),
+            ));
+        }
         // Borrowed from the message for plain paths: no copy per record.
         let record = self
             .record

@@ -13,7 +13,7 @@ pub use target::{SubjectTemplate, Target};
 pub use testcase::{TestFailure, run_tests};
 
 use crate::action::Action;
-use crate::config::model::{NatsSourceConfig, TestCase};
+use crate::config::model::{IdempotencyKeyFrom, NatsSourceConfig, TestCase};
 use crate::expr::{Script, ScriptEngine};
 use crate::mapping::{JsonPath, Mapping};
 use crate::schema::Schema;
@@ -24,6 +24,10 @@ pub struct Pipeline {
     /// The NATS source, with `durable` defaulted to the pipeline name.
     pub source: NatsSourceConfig,
     key: JsonPath,
+    /// Longer keys are dead letters of kind `key`.
+    max_key_bytes: usize,
+    /// What idempotency keys are made of.
+    pub idempotency_key: IdempotencyKeyFrom,
     record: JsonPath,
     op: Option<JsonPath>,
     input_schema: Option<Schema>,

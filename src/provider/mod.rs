@@ -12,8 +12,9 @@ use crate::action::Action;
 use crate::config::diagnostics::Diagnostics;
 use crate::config::load::Sourced;
 use crate::config::model::{
-    Auth, CircuitBreakerConfig, EndpointConfig, ProviderConfig, RetryConfig,
+    Auth, CircuitBreakerConfig, ConflictIdConfig, EndpointConfig, ProviderConfig, RetryConfig,
 };
+use crate::config::yaml::Seg;
 use crate::mapping::JsonPath;
 use crate::path;
 
@@ -58,6 +59,33 @@ pub struct Endpoint {
     pub method: http::Method,
     pub path: PathTemplate,
     pub id_from: Option<JsonPath>,
+    /// Create endpoints: where a 409's body names the existing record's id.
+    pub conflict_id: Option<ConflictId>,
+}
+
+/// Where a 409 answer to a create names the existing record's id.
+#[derive(Debug, Clone)]
+pub struct ConflictId {
+    path: JsonPath,
+    /// Applied to the text at `path`; its first group is the id.
+    pattern: Option<regex::Regex>,
+}
+
+impl ConflictId {
+    /// The id in a 409 body, if it is there.
+    pub fn extract(&self, body: &str) -> Option<String> {
+        let json: serde_json::Value = serde_json::from_str(body).ok()?;
+        let found = self.path.get(&json)?;
+        let text = match &*found {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            _ => return None,
+        };
+        match &self.pattern {
+            None => Some(text),
+            Some(pattern) => Some(pattern.captures(&text)?.get(1)?.as_str().to_string()),
+        }
+    }
 }
 
 /// One of an object's endpoints: what the executor resolved an action to.
@@ -104,6 +132,13 @@ impl Object {
             EndpointKind::Delete => self.delete.as_ref(),
             EndpointKind::Read => self.read.as_ref(),
         }
+    }
+
+    /// Whether creates (or upserts) tell the provider's id of the record.
+    pub fn learns_ids(&self) -> bool {
+        [&self.create, &self.upsert]
+            .iter()
+            .any(|ep| ep.as_ref().is_some_and(|ep| ep.id_from.is_some()))
     }
 
     /// Whether a rule may use `action` on this object.
@@ -390,9 +425,70 @@ fn compile_endpoint(
             }
         },
     };
+    let conflict_id = match &ep.conflict_id_from {
+        None => None,
+        Some(_) if kind != "create" => {
+            file.error(
+                diags,
+                &at("conflict_id_from"),
+                "conflict_id_from belongs on a create endpoint (a 409 answers a create)",
+            );
+            return None;
+        }
+        Some(config) => Some(compile_conflict_id(src, object, config, diags)?),
+    };
     Some(Endpoint {
         method: method?,
         path: template?,
         id_from,
+        conflict_id,
     })
+}
+
+fn compile_conflict_id(
+    src: &Sourced<ProviderConfig>,
+    object: &str,
+    config: &ConflictIdConfig,
+    diags: &mut Diagnostics,
+) -> Option<ConflictId> {
+    let file = &src.file;
+    let at = path!["objects", object, "create", "conflict_id_from"];
+    let (path_text, at_path, pattern) = match config {
+        ConflictIdConfig::Path(p) => (p, at.to_vec(), None),
+        ConflictIdConfig::Pattern(p) => {
+            let mut at_path = at.to_vec();
+            at_path.push(Seg::from("path"));
+            (&p.path, at_path, Some(&p.pattern))
+        }
+    };
+    let path = match JsonPath::compile(path_text) {
+        Ok(path) => path,
+        Err(e) => {
+            file.text_error(diags, &at_path, 1, e.col, e.message);
+            return None;
+        }
+    };
+    let pattern = match pattern {
+        None => None,
+        Some(text) => {
+            let mut at_pattern = at.to_vec();
+            at_pattern.push(Seg::from("pattern"));
+            match regex::Regex::new(text) {
+                Ok(re) if re.captures_len() > 1 => Some(re),
+                Ok(_) => {
+                    file.error(
+                        diags,
+                        &at_pattern,
+                        "the pattern needs a group around the id, as in 'Existing ID: (\\d+)'",
+                    );
+                    return None;
+                }
+                Err(e) => {
+                    file.error(diags, &at_pattern, format!("invalid pattern: {e}"));
+                    return None;
+                }
+            }
+        }
+    };
+    Some(ConflictId { path, pattern })
 }

@@ -70,7 +70,14 @@ impl PathTemplate {
     }
 }
 
+/// Percent-encodes `value` as one path segment. A value that is all dots
+/// (`.`, `..`) has its dots encoded too: as a segment of its own, servers
+/// would resolve it to the current or parent resource.
 fn encode_segment(out: &mut String, value: &str) {
+    if !value.is_empty() && value.bytes().all(|b| b == b'.') {
+        out.push_str(&"%2E".repeat(value.len()));
+        return;
+    }
     for b in value.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
             out.push(b as char);
@@ -94,6 +101,17 @@ mod tests {
         let t = PathTemplate::parse("/contacts/{id}").unwrap();
         assert!(t.needs_id());
         assert_eq!(t.render("k", Some("42")), "/contacts/42");
+    }
+
+    #[test]
+    fn dot_segments_cannot_reach_another_resource() {
+        let t = PathTemplate::parse("/contacts/{key}").unwrap();
+        assert_eq!(t.render("..", None), "/contacts/%2E%2E");
+        assert_eq!(t.render(".", None), "/contacts/%2E");
+        assert_eq!(t.render("../admin", None), "/contacts/..%2Fadmin");
+        assert_eq!(t.render("a.b", None), "/contacts/a.b");
+        let t = PathTemplate::parse("/contacts/{id}").unwrap();
+        assert_eq!(t.render("k", Some("..")), "/contacts/%2E%2E");
     }
 
     #[test]

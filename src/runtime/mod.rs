@@ -171,7 +171,7 @@ impl Engine {
             .values()
             .map(|p| p.dead_letter_subject.clone())
             .collect();
-        ensure_dead_letter_streams(&self.js, &subjects)
+        ensure_dead_letter_streams(&self.js, &subjects, &config.globals.jetstream)
             .await
             .map_err(|e| ApplyError::DeadLetters(e.to_string()))?;
         self.providers
@@ -326,8 +326,11 @@ async fn wait_for_nats(
     let mut backoff = Duration::from_millis(250);
     loop {
         let attempt = async {
-            let idmap = IdMap::open(js).await.map_err(|e| e.to_string())?;
-            ensure_dead_letter_streams(js, &subjects)
+            let settings = &config.globals.jetstream;
+            let idmap = IdMap::open(js, settings.replicas)
+                .await
+                .map_err(|e| e.to_string())?;
+            ensure_dead_letter_streams(js, &subjects, settings)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>(idmap)

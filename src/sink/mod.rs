@@ -44,6 +44,10 @@ pub struct Record<'a> {
     pub action: Action,
     /// The mapped, schema-checked body, for actions that send one.
     pub body: Option<&'a Value>,
+    /// The stream the change came from, and whether it was delivered
+    /// before (a redelivery may be older than what was applied since).
+    pub stream: &'a str,
+    pub redelivered: bool,
     /// The same for every delivery of the same message (DESIGN.md §5).
     pub idempotency_key: &'a str,
     /// The message's position in its stream (for logs).
@@ -62,10 +66,21 @@ pub enum Delivery {
         /// Tries it took, the successful one included.
         attempts: u32,
     },
-    /// Nothing needed doing (deleting what syncflow already deleted).
-    Skipped { reason: &'static str },
+    /// Nothing needed doing.
+    Skipped { reason: SkipReason },
     /// No retry can fix it: a dead letter.
     Failed(Failure),
+}
+
+/// Why a delivery needed nothing done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// Deleting what syncflow already deleted.
+    AlreadyDeleted,
+    /// A redelivered change no newer than the last one applied to its key.
+    Stale,
+    /// A create of a record already there with the same body.
+    Unchanged,
 }
 
 /// Why a record could not be delivered, with what its dead letter says.

@@ -1,13 +1,22 @@
 //! [`ProviderSink`]: records to one object of a provider's HTTP API, with
 //! the CRM's ways: which endpoint an action means, which provider id a key
-//! has (the id map), and what a 404 on delete means.
+//! has, what a 404 on delete or a 409 on create means, and which changes
+//! were applied already (the id map, idmap.rs).
+//!
+//! - A redelivered change no newer than the last one applied to its key
+//!   (a lost ack, a redelivery after a newer change went through) is not
+//!   sent again: it would set the record back.
+//! - A create of a key the id map knows is an update of that record, or
+//!   nothing when its body is the one last sent.
+//! - A 409 on a create whose endpoint has `conflict_id_from` teaches the id
+//!   map the existing record's id, and the record is sent as an update.
 
 use std::sync::Arc;
 
 use super::http::{ApiError, ApiErrorKind, ApiRequest, EndpointKind, ProviderApi};
-use super::{Delivery, Failure, FailureKind, Record, Sink};
+use super::{Delivery, Failure, FailureKind, Record, Sink, SkipReason};
 use crate::action::Action;
-use crate::idmap::{IdMap, Known};
+use crate::idmap::{Entry, IdMap, body_hash};
 use crate::provider::Object;
 use crate::transient::retry_until_ok;
 
@@ -37,65 +46,132 @@ impl ProviderSink {
     }
 
     /// What the id map knows of the record's key; NATS trouble is waited out.
-    async fn lookup(&self, record: &Record<'_>) -> Known {
+    async fn lookup(&self, record: &Record<'_>) -> Option<Entry> {
         retry_until_ok(record.pipeline, "id map read", || {
             self.idmap.lookup(self.provider(), &self.object, record.key)
         })
         .await
     }
 
-    async fn learn(&self, record: &Record<'_>, id: &str) {
+    /// Records what was applied: the id, the change's position, the body.
+    async fn applied(&self, record: &Record<'_>, id: Option<String>, deleted: bool) {
+        let entry = Entry {
+            id,
+            deleted,
+            stream: Some(record.stream.to_string()),
+            seq: record.seq,
+            body: record.body.filter(|_| !deleted).map(body_hash),
+        };
         retry_until_ok(record.pipeline, "id map write", || {
             self.idmap
-                .put(self.provider(), &self.object, record.key, id)
+                .put(self.provider(), &self.object, record.key, &entry)
         })
         .await;
     }
 
-    async fn forget(&self, record: &Record<'_>) {
-        retry_until_ok(record.pipeline, "id map delete", || {
-            self.idmap.remove(self.provider(), &self.object, record.key)
-        })
-        .await;
+    /// Whether the id map keeps this object's records: it learns their
+    /// ids, or needs them in a path. Only then is the last change applied
+    /// to each key known (idmap.rs).
+    fn tracked(&self) -> bool {
+        let object = self.object();
+        object.learns_ids()
+            || [
+                EndpointKind::Update,
+                EndpointKind::Delete,
+                EndpointKind::Read,
+            ]
+            .iter()
+            .any(|&kind| object.endpoint(kind).is_some_and(|ep| ep.path.needs_id()))
     }
 
-    /// The endpoint an action means. `upsert` without an upsert endpoint is
-    /// an update when the id map knows the key, else a create.
-    async fn endpoint(&self, record: &Record<'_>) -> EndpointKind {
-        match record.action {
+    /// The endpoint an action means, given what the id map knows; `None`
+    /// when there is nothing to send.
+    fn endpoint(
+        &self,
+        record: &Record<'_>,
+        known: Option<&Entry>,
+    ) -> Result<EndpointKind, Delivery> {
+        let object = self.object();
+        let live = known.and_then(Entry::live_id).is_some();
+        Ok(match record.action {
+            Action::Create if live => {
+                let last = known.and_then(|e| e.body.as_deref());
+                if last.is_some() && last == record.body.map(body_hash).as_deref() {
+                    return Err(Delivery::Skipped {
+                        reason: SkipReason::Unchanged,
+                    });
+                }
+                match object.update.is_some() {
+                    true => EndpointKind::Update,
+                    false => EndpointKind::Create,
+                }
+            }
             Action::Create => EndpointKind::Create,
             Action::Update => EndpointKind::Update,
             Action::Delete => EndpointKind::Delete,
             Action::Read => EndpointKind::Read,
-            Action::Upsert if self.object().upsert.is_some() => EndpointKind::Upsert,
-            Action::Upsert => match self.lookup(record).await {
-                Known::Id(_) => EndpointKind::Update,
-                Known::Deleted | Known::Unknown => EndpointKind::Create,
-            },
+            Action::Upsert if object.upsert.is_some() => EndpointKind::Upsert,
+            Action::Upsert if live => EndpointKind::Update,
+            Action::Upsert => EndpointKind::Create,
             Action::Skip => unreachable!("skipped records do not reach a sink"),
-        }
+        })
+    }
+
+    async fn send(
+        &self,
+        record: &Record<'_>,
+        endpoint: EndpointKind,
+        id: Option<&str>,
+    ) -> Result<super::http::ApiResponse, ApiError> {
+        let request = ApiRequest {
+            object: &self.object,
+            endpoint,
+            key: record.key,
+            id,
+            body: record.body,
+            idempotency_key: record.idempotency_key,
+        };
+        self.api.send(request).await
     }
 }
 
 impl Sink for ProviderSink {
     async fn deliver(&self, record: &Record<'_>) -> Delivery {
-        let endpoint = self.endpoint(record).await;
+        let tracked = self.tracked();
+        let known = match tracked {
+            true => self.lookup(record).await,
+            false => None,
+        };
+        if record.redelivered
+            && known
+                .as_ref()
+                .is_some_and(|e| e.supersedes(record.stream, record.seq))
+        {
+            tracing::info!(
+                pipeline = record.pipeline,
+                key = record.key,
+                seq = record.seq,
+                "redelivered change is not newer than the one applied; not sent again"
+            );
+            return Delivery::Skipped {
+                reason: SkipReason::Stale,
+            };
+        }
+        let mut endpoint = match self.endpoint(record, known.as_ref()) {
+            Ok(endpoint) => endpoint,
+            Err(skipped) => return skipped,
+        };
         let needs_id = self
             .object()
             .endpoint(endpoint)
             .is_some_and(|ep| ep.path.needs_id());
-        let known = if needs_id {
-            self.lookup(record).await
-        } else {
-            Known::Unknown
-        };
-        let id = match known {
-            Known::Id(id) => Some(id),
+        let mut id = known.as_ref().and_then(Entry::live_id).map(str::to_string);
+        let deleted = known.as_ref().is_some_and(|e| e.deleted);
+        if needs_id && id.is_none() {
             // Deleting what syncflow already deleted is the outcome wanted,
             // like a 404 on delete: a redelivery after the delete went
-            // through (a crash before the ack, a drain deadline) must not
-            // dead-letter.
-            Known::Deleted if endpoint == EndpointKind::Delete => {
+            // through must not dead-letter.
+            if deleted && endpoint == EndpointKind::Delete {
                 tracing::info!(
                     pipeline = record.pipeline,
                     key = record.key,
@@ -103,60 +179,75 @@ impl Sink for ProviderSink {
                     "record already deleted; nothing to send"
                 );
                 return Delivery::Skipped {
-                    reason: "already deleted",
+                    reason: SkipReason::AlreadyDeleted,
                 };
             }
-            Known::Deleted if needs_id => {
-                return unknown_id(format!(
+            return unknown_id(match deleted {
+                true => format!(
                     "the {} record of key \"{}\" was deleted through syncflow",
                     self.provider(),
                     record.key
-                ));
-            }
-            Known::Deleted | Known::Unknown if needs_id => {
-                return unknown_id(format!(
+                ),
+                false => format!(
                     "no {} id is known for key \"{}\": it was never created through syncflow, or its create failed",
                     self.provider(),
                     record.key
-                ));
-            }
-            Known::Deleted | Known::Unknown => None,
-        };
+                ),
+            });
+        }
 
-        let request = ApiRequest {
-            object: &self.object,
-            endpoint,
-            key: record.key,
-            id: id.as_deref(),
-            body: record.body,
-            idempotency_key: record.idempotency_key,
-        };
-        match self.api.send(request).await {
+        let mut sent = self.send(record, endpoint, id.as_deref()).await;
+        let (mut attempts, mut conflict) = (0, false);
+        if let Err(e) = &sent
+            && endpoint == EndpointKind::Create
+            && e.status == Some(409)
+            && let Some(existing) = self.conflict_id(e)
+        {
+            // The record exists at the provider: learn its id, then send
+            // the change as an update of it.
+            tracing::info!(
+                pipeline = record.pipeline,
+                key = record.key,
+                "create answered 409: the record exists, updating it"
+            );
+            attempts = e.attempts;
+            (endpoint, id, conflict) = (EndpointKind::Update, Some(existing), true);
+            // A request of its own: an API that honours the key would
+            // answer the update with the create's 409.
+            let follow_up = format!("{}:update", record.idempotency_key);
+            let update = Record {
+                idempotency_key: &follow_up,
+                ..*record
+            };
+            sent = self.send(&update, endpoint, id.as_deref()).await;
+        }
+        match sent {
             Ok(response) => {
-                if let Some(new_id) = &response.provider_id {
-                    self.learn(record, new_id).await;
-                }
-                if endpoint == EndpointKind::Delete {
-                    self.forget(record).await;
+                let learned = response.provider_id.or(id);
+                let delete = endpoint == EndpointKind::Delete;
+                if tracked {
+                    self.applied(record, learned.clone(), delete).await;
                 }
                 Delivery::Sent {
                     status: Some(response.status),
-                    id: response.provider_id.or(id),
-                    attempts: response.attempts,
+                    id: learned,
+                    attempts: attempts + response.attempts,
                 }
             }
             // Deleting what is already gone is the outcome wanted.
             Err(ApiError {
                 kind: ApiErrorKind::NotFound,
                 status,
-                attempts,
+                attempts: tries,
                 ..
             }) if endpoint == EndpointKind::Delete => {
-                self.forget(record).await;
+                if tracked {
+                    self.applied(record, id.clone(), true).await;
+                }
                 Delivery::Sent {
                     status: Some(status.unwrap_or(404)),
                     id,
-                    attempts,
+                    attempts: attempts + tries,
                 }
             }
             Err(e) => Delivery::Failed(Failure {
@@ -168,12 +259,28 @@ impl Sink for ProviderSink {
                     ApiErrorKind::ResponseTooLarge => FailureKind::ResponseTooLarge,
                     ApiErrorKind::Internal => FailureKind::Internal,
                 },
-                message: e.message,
+                message: match conflict {
+                    true => format!("{} (after a 409 on create)", e.message),
+                    false => e.message,
+                },
                 status: e.status,
                 body: e.body,
-                attempts: e.attempts,
+                attempts: attempts + e.attempts,
             }),
         }
+    }
+}
+
+impl ProviderSink {
+    /// The existing record's id in a 409 answer to a create, if the create
+    /// endpoint says where it is and the object can update.
+    fn conflict_id(&self, error: &ApiError) -> Option<String> {
+        let object = self.object();
+        object.update.as_ref()?;
+        let conflict = object.create.as_ref()?.conflict_id.as_ref()?;
+        conflict
+            .extract(error.body.as_deref()?)
+            .filter(|id| super::http::valid_id(id))
     }
 }
 
@@ -185,4 +292,173 @@ fn unknown_id(message: String) -> Delivery {
         body: None,
         attempts: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use serde_json::{Value, json};
+    use syncflow_mock_crm::{MockCrm, MockCrmConfig};
+    use syncflow_testkit::NatsServer;
+
+    use super::*;
+    use crate::limiter::Limiter;
+
+    /// The shipped HubSpot provider against the mock CRM, its id map in a
+    /// real JetStream.
+    async fn hubspot() -> (ProviderSink, MockCrm, NatsServer) {
+        let nats = NatsServer::start().unwrap();
+        let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        let idmap = IdMap::open(&js, 1).await.unwrap();
+        let crm = MockCrm::start(MockCrmConfig {
+            record_log: true,
+            ..MockCrmConfig::default()
+        })
+        .await
+        .unwrap();
+        let env = HashMap::from([("HUBSPOT_URL".to_string(), crm.hubspot_url())]);
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let config = crate::compile::compile_dir(root, &env, false).unwrap();
+        let api = ProviderApi::new(config.providers["hubspot"].clone(), Limiter::Unlimited);
+        let sink = ProviderSink::new(Arc::new(api.unwrap()), idmap, "contact");
+        (sink, crm, nats)
+    }
+
+    fn record<'a>(action: Action, seq: u64, body: Option<&'a Value>, ikey: &'a str) -> Record<'a> {
+        Record {
+            pipeline: "test",
+            key: "k1",
+            action,
+            body,
+            idempotency_key: ikey,
+            stream: "CDC",
+            seq,
+            redelivered: false,
+        }
+    }
+
+    fn body(first: &str) -> Value {
+        json!({"properties": {"email": "k1@example.com", "firstname": first}})
+    }
+
+    /// (method, path) of every request the mock CRM received.
+    fn requests(crm: &MockCrm) -> Vec<(String, String)> {
+        let log = crm.snapshot().hubspot.log;
+        log.into_iter().map(|r| (r.method, r.path)).collect()
+    }
+
+    #[tokio::test]
+    async fn a_redelivered_change_older_than_the_last_applied_is_not_sent() {
+        let (sink, crm, _nats) = hubspot().await;
+        let (v1, v2, v3) = (body("One"), body("Two"), body("Three"));
+        let created = sink
+            .deliver(&record(Action::Create, 1, Some(&v1), "i1"))
+            .await;
+        assert!(matches!(created, Delivery::Sent { .. }), "{created:?}");
+        sink.deliver(&record(Action::Update, 3, Some(&v3), "i3"))
+            .await;
+        // Change 2's ack was lost, so it comes again after change 3 went through.
+        let stale = Record {
+            redelivered: true,
+            ..record(Action::Update, 2, Some(&v2), "i2")
+        };
+        assert_eq!(
+            sink.deliver(&stale).await,
+            Delivery::Skipped {
+                reason: SkipReason::Stale
+            }
+        );
+        // A redelivery of the last change itself is not sent again either,
+        // while a newer change is.
+        let again = Record {
+            redelivered: true,
+            ..record(Action::Update, 3, Some(&v3), "i3")
+        };
+        assert!(matches!(
+            sink.deliver(&again).await,
+            Delivery::Skipped { .. }
+        ));
+        let newer = Record {
+            redelivered: true,
+            ..record(Action::Update, 4, Some(&v2), "i4")
+        };
+        assert!(matches!(sink.deliver(&newer).await, Delivery::Sent { .. }));
+        assert_eq!(requests(&crm).len(), 3, "{:?}", requests(&crm));
+        let snap = crm.snapshot().hubspot;
+        let record = snap.records.values().next().unwrap();
+        assert_eq!(record.fields["firstname"], "Two");
+    }
+
+    #[tokio::test]
+    async fn a_create_of_a_known_key_is_an_update_or_nothing() {
+        let (sink, crm, _nats) = hubspot().await;
+        let (v1, v2) = (body("One"), body("Two"));
+        let Delivery::Sent { id: Some(id), .. } = sink
+            .deliver(&record(Action::Create, 1, Some(&v1), "i1"))
+            .await
+        else {
+            panic!("created");
+        };
+        // The same body again: nothing to send.
+        assert_eq!(
+            sink.deliver(&record(Action::Create, 2, Some(&v1), "i2"))
+                .await,
+            Delivery::Skipped {
+                reason: SkipReason::Unchanged
+            }
+        );
+        // Another body: an update of the record there, not a second record.
+        let updated = sink
+            .deliver(&record(Action::Create, 3, Some(&v2), "i3"))
+            .await;
+        assert!(matches!(updated, Delivery::Sent { .. }), "{updated:?}");
+        let path = format!("/crm/v3/objects/contacts/{id}");
+        assert_eq!(
+            requests(&crm),
+            [
+                ("POST".into(), "/crm/v3/objects/contacts".into()),
+                ("PATCH".into(), path)
+            ]
+        );
+        assert_eq!(crm.snapshot().hubspot.records.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_409_on_create_teaches_the_existing_id_and_updates_it() {
+        let (sink, crm, _nats) = hubspot().await;
+        // The contact was made in HubSpot before syncflow knew the key.
+        let client = reqwest::Client::new();
+        let made: Value = client
+            .post(format!("{}/crm/v3/objects/contacts", crm.hubspot_url()))
+            .bearer_auth("dev-token")
+            .json(&body("ByHand"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let existing = made["id"].as_str().unwrap().to_string();
+        let v = body("Synced");
+        let sent = sink
+            .deliver(&record(Action::Create, 1, Some(&v), "i1"))
+            .await;
+        let Delivery::Sent { id, .. } = sent else {
+            panic!("{sent:?}");
+        };
+        assert_eq!(id.as_deref(), Some(existing.as_str()));
+        let records = crm.snapshot().hubspot.records;
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[&existing].fields["firstname"], "Synced");
+        // The id map learned it: the next change goes straight to the record.
+        let v2 = body("Later");
+        sink.deliver(&record(Action::Update, 2, Some(&v2), "i2"))
+            .await;
+        assert_eq!(
+            crm.snapshot().hubspot.records[&existing].fields["firstname"],
+            "Later"
+        );
+    }
 }

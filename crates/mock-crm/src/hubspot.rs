@@ -96,6 +96,22 @@ impl Provider for HubSpot {
 
 impl HubSpot {
     fn create(&mut self, properties: Map<String, Value>) -> Reply {
+        // Like HubSpot, one contact per email: a second is a conflict that
+        // names the first.
+        if let Some(email) = properties.get("email").and_then(Value::as_str) {
+            let existing = self
+                .contacts
+                .iter()
+                .find(|(_, c)| c.properties.get("email").and_then(Value::as_str) == Some(email));
+            if let Some((id, _)) = existing {
+                let body = json!({
+                    "status": "error",
+                    "message": format!("Contact already exists. Existing ID: {id}"),
+                    "category": "CONFLICT",
+                });
+                return Reply::json(StatusCode::CONFLICT, &body);
+            }
+        }
         let id = next_record_number().to_string();
         let now = now_rfc3339();
         let contact = Contact {
@@ -284,6 +300,29 @@ mod tests {
         assert_eq!(body["errors"][0]["code"], "INVALID_EMAIL");
         let fields = &h.crm.snapshot().hubspot.records[&id].fields;
         assert_eq!(fields["email"], "a@b.c");
+    }
+
+    #[tokio::test]
+    async fn a_second_contact_with_the_same_email_is_a_conflict_naming_the_first() {
+        let h = Harness::start(MockCrmConfig::default()).await;
+        let body = json!({"properties": {"email": "a@b.c"}});
+        let first = send(
+            h.hubspot(Method::POST, "/crm/v3/objects/contacts")
+                .json(&body),
+        )
+        .await;
+        assert_eq!(first.0, StatusCode::CREATED);
+        let id = first.1["id"].as_str().unwrap().to_string();
+        let again = send(
+            h.hubspot(Method::POST, "/crm/v3/objects/contacts")
+                .json(&body),
+        )
+        .await;
+        assert_eq!(again.0, StatusCode::CONFLICT);
+        assert_eq!(
+            again.1["message"],
+            format!("Contact already exists. Existing ID: {id}")
+        );
     }
 
     #[tokio::test]

@@ -265,10 +265,11 @@ impl ProviderApi {
                 Value::Number(n) => Some(n.to_string()),
                 _ => None,
             });
+            let id = id.filter(|id| super::valid_id(id));
             if id.is_none() {
                 // The record exists at the provider but the id map will not
                 // learn it: later updates and deletes of the key will fail.
-                tracing::warn!(provider = %self.provider.name, object = call.req.object, endpoint = call.req.endpoint.as_str(), key = call.req.key, id_from = path.as_str(), "response has no id at id_from");
+                tracing::warn!(provider = %self.provider.name, object = call.req.object, endpoint = call.req.endpoint.as_str(), id_from = path.as_str(), max_bytes = super::MAX_ID_BYTES, "response has no usable id at id_from (missing, empty, too long or with control characters)");
             }
             id
         });

@@ -146,6 +146,15 @@ pub enum ApiErrorKind {
     Internal,
 }
 
+/// The longest provider id the id map keeps.
+pub const MAX_ID_BYTES: usize = 512;
+
+/// Whether a provider id read from a response can be kept and put in a
+/// path: not empty, at most [`MAX_ID_BYTES`], no control characters.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID_BYTES && !id.chars().any(char::is_control)
+}
+
 /// How much of an error response body a [`ApiError`] keeps.
 pub const BODY_LIMIT: usize = 4096;
 
