@@ -1,29 +1,50 @@
 //! Which pipelines are ready: each pipeline's source reports whether it is
-//! bound, and `/readyz` (server.rs) reads the whole.
+//! bound, its records report a step they are stuck on (transient.rs), and
+//! `/readyz` (server.rs) reads the whole.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// Which pipelines have a working source: `/readyz` is 200 when NATS is
-/// connected and every pipeline's consumer is bound.
+/// One pipeline's standing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Standing {
+    /// Its consumer is bound.
+    bound: bool,
+    /// A step its records wait on (a failing dead-letter publish...).
+    trouble: Option<&'static str>,
+}
+
+/// `/readyz` is 200 when NATS is connected and every pipeline's consumer is
+/// bound with none of its records stuck on a failing step.
 #[derive(Clone, Default)]
 pub struct Readiness {
-    ready: Arc<Mutex<BTreeMap<String, bool>>>,
+    pipelines: Arc<Mutex<BTreeMap<String, Standing>>>,
     /// The sources' connection: while it is down, no pipeline is ready,
     /// whatever its last pull said.
     nats: Arc<OnceLock<async_nats::Client>>,
 }
 
 impl Readiness {
+    fn update(&self, pipeline: &str, change: impl FnOnce(&mut Standing)) {
+        let mut pipelines = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        change(pipelines.entry(pipeline.to_string()).or_default());
+    }
+
+    /// Whether the pipeline's consumer is bound.
     pub fn set_ready(&self, pipeline: &str, ready: bool) {
-        self.ready
-            .lock()
-            .expect("health")
-            .insert(pipeline.to_string(), ready);
+        self.update(pipeline, |s| s.bound = ready);
+    }
+
+    /// The step the pipeline's records are stuck on, or none.
+    pub fn set_trouble(&self, pipeline: &str, step: Option<&'static str>) {
+        self.update(pipeline, |s| s.trouble = step);
     }
 
     pub fn remove(&self, pipeline: &str) {
-        self.ready.lock().expect("health").remove(pipeline);
+        self.pipelines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(pipeline);
     }
 
     /// Makes readiness follow `client`'s connection too.
@@ -37,31 +58,37 @@ impl Readiness {
         })
     }
 
-    /// Ready when NATS is connected, at least one pipeline runs and none is
-    /// cut off.
+    /// Ready when NATS is connected, at least one pipeline runs and every
+    /// one is bound and untroubled.
     pub fn is_ready(&self) -> bool {
-        let ready = self.ready.lock().expect("health");
-        self.nats_connected() && !ready.is_empty() && ready.values().all(|r| *r)
+        let pipelines = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        self.nats_connected()
+            && !pipelines.is_empty()
+            && pipelines.values().all(|s| s.bound && s.trouble.is_none())
     }
 
-    /// Why not ready, for `/readyz`'s body: the pipelines that are not.
+    /// Why not ready, for `/readyz`'s body: the pipelines that are not, and why.
     pub fn not_ready(&self) -> String {
         let connected = self.nats_connected();
-        let ready = self.ready.lock().expect("health");
-        let waiting: Vec<&str> = ready
+        let pipelines = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        let waiting: Vec<String> = pipelines
             .iter()
-            .filter(|(_, r)| !connected || !**r)
-            .map(|(p, _)| p.as_str())
+            .filter_map(|(name, s)| match (s.bound, s.trouble) {
+                (_, Some(step)) => Some(format!("{name} ({step} failing)")),
+                (false, None) => Some(name.clone()),
+                (true, None) if !connected => Some(name.clone()),
+                (true, None) => None,
+            })
             .collect();
-        let pipelines = if ready.is_empty() {
+        let listed = if pipelines.is_empty() {
             "no pipeline running".to_string()
         } else {
             waiting.join(", ")
         };
         if connected {
-            pipelines
+            listed
         } else {
-            format!("NATS disconnected: {pipelines}")
+            format!("NATS disconnected: {listed}")
         }
     }
 }

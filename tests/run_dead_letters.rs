@@ -398,3 +398,51 @@ async fn deleting_a_deleted_contact_is_done_and_updating_it_is_a_dead_letter() {
         "{message}"
     );
 }
+
+/// A dead letter that cannot be published (its stream is gone) is not the
+/// record's fault: the record waits, the pipeline says so on `/readyz` and
+/// in `syncflow_pipeline_internal_errors_total`, and once the stream is
+/// back the dead letter is published once and the pipeline is ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_that_cannot_be_published_waits_with_the_pipeline_unready() {
+    let h = Harness::start(MockCrmConfig::default()).await;
+    h.remove_pipeline(SALESFORCE);
+    let mut syncflow = h.spawn();
+    syncflow.wait_ready(Duration::from_secs(20)).await;
+    h.js.delete_stream("SYNCFLOW_DLQ").await.unwrap();
+
+    h.publish("cdc.contacts.x", "not-json", b"not json").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (status, body) = loop {
+        let (status, body) = syncflow.readyz().await;
+        if status == 503 || std::time::Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("contacts-to-hubspot (dead-letter publish failing)"),
+        "{body}"
+    );
+    let failures = metrics::sum(
+        &syncflow.metrics().await,
+        "syncflow_pipeline_internal_errors_total",
+        &[r#"step="dead-letter publish""#],
+    );
+    assert!(failures >= 1.0, "{failures}");
+
+    h.js.create_stream(async_nats::jetstream::stream::Config {
+        name: "SYNCFLOW_DLQ".into(),
+        subjects: vec!["syncflow.dlq.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    h.wait_settled(Duration::from_secs(20)).await;
+    syncflow.wait_ready(Duration::from_secs(10)).await;
+    let letters = h.dead_letters().await;
+    assert!(syncflow.sigterm().success(), "{}", syncflow.log());
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    assert_eq!(letters[0]["error"]["kind"], "decode");
+}

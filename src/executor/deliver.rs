@@ -14,7 +14,7 @@ use crate::config::model::IdempotencyKeyFrom;
 use crate::pipeline::{EvalError, Outcome, Pipeline};
 use crate::sink::{Delivery, Failure, Record, Sink, SkipReason, TargetSink};
 use crate::source::SourceMessage;
-use crate::transient::retry_until_ok;
+use crate::transient::Trouble;
 
 /// Everything a pipeline's lanes share: one version of the pipeline and
 /// what it sends through.
@@ -24,6 +24,8 @@ pub struct Ctx {
     /// For dead letters.
     pub js: jetstream::Context,
     pub metrics: PipelineMetrics,
+    /// Where steps that must succeed report their failures.
+    pub trouble: Arc<Trouble>,
 }
 
 /// Handles one message to the point where it may be acked: delivered,
@@ -56,6 +58,7 @@ pub async fn handle(ctx: &Ctx, msg: &SourceMessage, eval: &Result<Outcome, EvalE
         stream: &p.source.stream,
         seq: msg.seq,
         redelivered: msg.delivered > 1,
+        trouble: &ctx.trouble,
     };
     match ctx.sink.deliver(&record).await {
         Delivery::Sent {
@@ -96,12 +99,43 @@ pub async fn handle(ctx: &Ctx, msg: &SourceMessage, eval: &Result<Outcome, EvalE
 /// `<pipeline>:<stream>:<sequence>`. With `idempotency_key: message_id`,
 /// `<pipeline>:<Nats-Msg-Id>` (the sequence when there is none), for
 /// publishers that publish one change again under the same id; a provider
-/// then answers a reused id with its first answer.
+/// then answers a reused id with its first answer. Bytes a header value
+/// cannot hold (a message id is anyone's text) are percent-encoded.
 fn idempotency_key(pipeline: &Pipeline, msg: &SourceMessage) -> String {
     let name = &pipeline.name;
-    match (pipeline.idempotency_key, msg.header("Nats-Msg-Id")) {
+    let key = match (pipeline.idempotency_key, msg.header("Nats-Msg-Id")) {
         (IdempotencyKeyFrom::MessageId, Some(id)) => format!("{name}:{id}"),
         _ => format!("{name}:{}:{}", pipeline.source.stream, msg.seq),
+    };
+    header_safe(key)
+}
+
+/// Visible ASCII as it is; `%` and anything else percent-encoded.
+fn header_safe(key: String) -> String {
+    if key.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b'%') {
+        return key;
+    }
+    let mut out = String::with_capacity(key.len() + 8);
+    for b in key.bytes() {
+        if (0x21..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header_safe;
+
+    #[test]
+    fn idempotency_keys_are_always_valid_header_values() {
+        assert_eq!(header_safe("p:CDC:42".into()), "p:CDC:42");
+        let odd = header_safe("p:id with spaces\r\nX-Evil: 1 é %".into());
+        assert_eq!(odd, "p:id%20with%20spaces%0D%0AX-Evil:%201%20%C3%A9%20%25");
+        assert!(http::HeaderValue::from_str(&odd).is_ok());
     }
 }
 
@@ -131,7 +165,7 @@ async fn dead_letter(ctx: &Ctx, msg: &SourceMessage, l: Letter<'_>) {
         attempts: l.attempts,
         original: Original::of(&p.source.stream, msg),
     };
-    retry_until_ok(&p.name, "dead-letter publish", || {
+    ctx.trouble.retry_until_ok("dead-letter publish", || {
         dead_letter::publish(&ctx.js, &p.dead_letter_subject, &letter)
     })
     .await;

@@ -22,6 +22,7 @@ use crate::readiness::Readiness;
 use crate::runtime::plan::{PipelineChange, Plan, plan};
 use crate::server;
 use crate::sink::{ProviderSink, SubjectSink, TargetSink};
+use crate::transient::Trouble;
 
 pub use providers::ProviderBuildError;
 use providers::Providers;
@@ -268,6 +269,7 @@ impl Engine {
             sink,
             js: self.js.clone(),
             metrics: PipelineMetrics::new(&pipeline.name),
+            trouble: Arc::new(Trouble::new(&pipeline.name, self.readiness.clone())),
         })
     }
 

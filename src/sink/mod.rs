@@ -27,6 +27,7 @@ pub use nats::SubjectSink;
 pub use provider::ProviderSink;
 
 use crate::action::Action;
+use crate::transient::Trouble;
 
 /// Somewhere records are delivered.
 pub trait Sink: Send + Sync {
@@ -48,6 +49,8 @@ pub struct Record<'a> {
     /// before (a redelivery may be older than what was applied since).
     pub stream: &'a str,
     pub redelivered: bool,
+    /// Where a step the record cannot skip reports its failures.
+    pub trouble: &'a Trouble,
     /// The same for every delivery of the same message (DESIGN.md §5).
     pub idempotency_key: &'a str,
     /// The message's position in its stream (for logs).
@@ -107,7 +110,8 @@ pub enum FailureKind {
     RetriesExhausted,
     /// The destination's answer was longer than it may be.
     ResponseTooLarge,
-    /// syncflow could not make the request.
+    /// syncflow could not make the request. (Sinks wait such failures out
+    /// rather than report them; kept for dead letters of earlier versions.)
     Internal,
 }
 

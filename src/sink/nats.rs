@@ -11,7 +11,6 @@ use async_nats::jetstream;
 
 use super::{Delivery, Record, Sink};
 use crate::pipeline::SubjectTemplate;
-use crate::transient::retry_until_ok;
 
 pub struct SubjectSink {
     js: jetstream::Context,
@@ -47,7 +46,10 @@ impl Sink for SubjectSink {
     async fn deliver(&self, record: &Record<'_>) -> Delivery {
         // No stream for the subject, or NATS away: both are waited out
         // (and logged), as for a dead-letter publish.
-        retry_until_ok(record.pipeline, "publish", || self.publish(record)).await;
+        record
+            .trouble
+            .retry_until_ok("publish", || self.publish(record))
+            .await;
         Delivery::Sent {
             status: None,
             id: None,

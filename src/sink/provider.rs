@@ -18,7 +18,6 @@ use super::{Delivery, Failure, FailureKind, Record, Sink, SkipReason};
 use crate::action::Action;
 use crate::idmap::{Entry, IdMap, body_hash};
 use crate::provider::Object;
-use crate::transient::retry_until_ok;
 
 /// A pipeline's provider object. The [`ProviderApi`] (limit, concurrency,
 /// breaker) is the provider's, shared by every pipeline that targets it.
@@ -47,7 +46,7 @@ impl ProviderSink {
 
     /// What the id map knows of the record's key; NATS trouble is waited out.
     async fn lookup(&self, record: &Record<'_>) -> Option<Entry> {
-        retry_until_ok(record.pipeline, "id map read", || {
+        record.trouble.retry_until_ok("id map read", || {
             self.idmap.lookup(self.provider(), &self.object, record.key)
         })
         .await
@@ -62,7 +61,7 @@ impl ProviderSink {
             seq: record.seq,
             body: record.body.filter(|_| !deleted).map(body_hash),
         };
-        retry_until_ok(record.pipeline, "id map write", || {
+        record.trouble.retry_until_ok("id map write", || {
             self.idmap
                 .put(self.provider(), &self.object, record.key, &entry)
         })
@@ -135,6 +134,28 @@ impl ProviderSink {
     }
 }
 
+impl ProviderSink {
+    /// [`ProviderSink::send`], except that a failure of syncflow's own (a
+    /// stopped rate limiter) is not the record's: it waits, with the
+    /// pipeline marked not ready (transient.rs), and tries again.
+    async fn send_waiting_out_internal(
+        &self,
+        record: &Record<'_>,
+        endpoint: EndpointKind,
+        id: Option<&str>,
+    ) -> Result<super::http::ApiResponse, ApiError> {
+        record
+            .trouble
+            .retry_until_ok("provider request", || async {
+                match self.send(record, endpoint, id).await {
+                    Err(e) if e.kind == ApiErrorKind::Internal => Err(e),
+                    other => Ok(other),
+                }
+            })
+            .await
+    }
+}
+
 impl Sink for ProviderSink {
     async fn deliver(&self, record: &Record<'_>) -> Delivery {
         let tracked = self.tracked();
@@ -196,7 +217,7 @@ impl Sink for ProviderSink {
             });
         }
 
-        let mut sent = self.send(record, endpoint, id.as_deref()).await;
+        let mut sent = self.send_waiting_out_internal(record, endpoint, id.as_deref()).await;
         let (mut attempts, mut conflict) = (0, false);
         if let Err(e) = &sent
             && endpoint == EndpointKind::Create
@@ -219,7 +240,9 @@ impl Sink for ProviderSink {
                 idempotency_key: &follow_up,
                 ..*record
             };
-            sent = self.send(&update, endpoint, id.as_deref()).await;
+            sent = self
+                .send_waiting_out_internal(&update, endpoint, id.as_deref())
+                .await;
         }
         match sent {
             Ok(response) => {
@@ -257,7 +280,7 @@ impl Sink for ProviderSink {
                     }
                     ApiErrorKind::RetriesExhausted => FailureKind::RetriesExhausted,
                     ApiErrorKind::ResponseTooLarge => FailureKind::ResponseTooLarge,
-                    ApiErrorKind::Internal => FailureKind::Internal,
+                    ApiErrorKind::Internal => unreachable!("internal failures are waited out"),
                 },
                 message: match conflict {
                     true => format!("{} (after a 409 on create)", e.message),
@@ -336,8 +359,13 @@ mod tests {
             stream: "CDC",
             seq,
             redelivered: false,
+            trouble: &TROUBLE,
         }
     }
+
+    static TROUBLE: std::sync::LazyLock<crate::transient::Trouble> = std::sync::LazyLock::new(|| {
+        crate::transient::Trouble::new("test", crate::readiness::Readiness::default())
+    });
 
     fn body(first: &str) -> Value {
         json!({"properties": {"email": "k1@example.com", "firstname": first}})
