@@ -39,23 +39,10 @@ pub fn compile_dir(dir: &Path, env: &dyn Env, run_tests: bool) -> Result<Config,
         "pipeline",
         &mut diags,
     );
+    let mut globals = raw.globals.clone();
     if let Some(file) = &raw.globals_file {
-        if raw
-            .globals
-            .http
-            .listen
-            .parse::<std::net::SocketAddr>()
-            .is_err()
-        {
-            file.error(
-                &mut diags,
-                &path!["http", "listen"],
-                format!(
-                    "http.listen must be an address such as 127.0.0.1:9464, not \"{}\"",
-                    raw.globals.http.listen
-                ),
-            );
-        }
+        crate::config::globals::check(file, dir, &globals, &mut diags);
+        crate::config::globals::resolve_files(dir, &mut globals);
     }
 
     let providers: BTreeMap<String, Arc<Provider>> = raw
@@ -87,7 +74,7 @@ pub fn compile_dir(dir: &Path, env: &dyn Env, run_tests: bool) -> Result<Config,
 
     if diags.is_empty() {
         Ok(Config {
-            globals: raw.globals,
+            globals,
             providers,
             pipelines,
         })
@@ -129,5 +116,57 @@ fn check_unique_names<'a, T: 'a>(
         } else {
             seen.insert(name, src);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// No `Debug` of a compiled config shows a credential: provider auth of
+    /// every kind, extra headers, and passwords in connection URLs.
+    #[test]
+    fn credentials_never_show_in_debug_output() {
+        let dir = syncflow_testkit::shipped_config().unwrap();
+        let edit = |file: &str, from: &str, to: &str| {
+            let path = dir.path().join(file);
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(text.contains(from), "{from} in {file}");
+            std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+        };
+        edit(
+            "providers/salesforce.yaml",
+            r#"auth: { bearer: "${SALESFORCE_TOKEN:-dev-token}" }"#,
+            "auth: { basic: { username: u, password: basic-secret-1 } }\nheaders: { X-Api-Key: header-secret-2 }",
+        );
+        edit(
+            "syncflow.yaml",
+            r#"nats:  { url: "${NATS_URL:-nats://127.0.0.1:4222}" }"#,
+            "nats: { url: \"nats://u:url-secret-3@127.0.0.1:4222\" }",
+        );
+        edit(
+            "syncflow.yaml",
+            r#"redis: { url: "${REDIS_URL:-redis://127.0.0.1:6379}" }"#,
+            "redis: { url: \"redis://:url-secret-4@127.0.0.1:6379\" }",
+        );
+        let env = HashMap::from([("HUBSPOT_TOKEN".to_string(), "bearer-secret-5".to_string())]);
+        let config = compile_dir(dir.path(), &env, false).unwrap();
+        let shown = format!("{config:?} {config:#?}");
+        for secret in [
+            "basic-secret-1",
+            "header-secret-2",
+            "url-secret-3",
+            "url-secret-4",
+            "bearer-secret-5",
+        ] {
+            assert!(!shown.contains(secret), "{secret} shows");
+        }
+        // The basic credentials are base64 in the header: not that either.
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode("u:basic-secret-1");
+        assert!(!shown.contains(&encoded));
+        assert!(shown.contains("[redacted]"));
     }
 }

@@ -10,6 +10,7 @@ pub mod app;
 pub mod cli;
 pub mod compile;
 pub mod config;
+pub mod connect;
 pub mod error;
 pub mod executor;
 pub mod expr;

@@ -42,9 +42,9 @@ impl Trouble {
             pipeline: pipeline.to_string(),
             readiness,
             waiting: AtomicUsize::new(0),
-            failures: Handles::new(move |&step: &&'static str| {
-                metrics::counter!("syncflow_pipeline_internal_errors_total", "pipeline" => name.clone(), "step" => step)
-            }),
+            failures: Handles::new(
+                move |&step: &&'static str| metrics::counter!("syncflow_pipeline_internal_errors_total", "pipeline" => name.clone(), "step" => step),
+            ),
             warn: Sampled::every(Duration::from_secs(1)),
         }
     }
@@ -122,7 +122,11 @@ mod tests {
                 .is_err()
         );
         assert!(!readiness.is_ready());
-        assert!(readiness.not_ready().contains("dead-letter publish"), "{}", readiness.not_ready());
+        assert!(
+            readiness.not_ready().contains("dead-letter publish"),
+            "{}",
+            readiness.not_ready()
+        );
         step.await;
         assert_eq!(tries.load(Ordering::Relaxed), 4);
         assert!(readiness.is_ready());

@@ -208,6 +208,15 @@ const CASES: &[Case] = &[
             r#"providers/hubspot.yaml:6:16: error: max_in_flight must be between 1 and 512, not 0"#,
         ],
     },
+    Case {
+        name: "credentials in base_url",
+        file: HUBSPOT_PROVIDER,
+        from: r#"base_url: "${HUBSPOT_URL:-http://127.0.0.1:18080/hubspot}""#,
+        to: r#"base_url: "http://user:pw@127.0.0.1:18080/hubspot""#,
+        expect: &[
+            r#"providers/hubspot.yaml:2:11: error: base_url must not hold credentials (user:password@): put them in auth, where they are never logged"#,
+        ],
+    },
 ];
 
 #[test]

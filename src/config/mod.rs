@@ -4,9 +4,11 @@
 pub mod diagnostics;
 pub mod duration;
 pub mod env;
+pub mod globals;
 pub mod load;
 pub mod model;
 pub mod range;
+pub mod secret;
 pub mod suggest;
 pub mod yaml;
 

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::duration::ConfigDuration;
+use super::secret::Secret;
 
 /// `syncflow.yaml`: process-wide settings; every key optional.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -58,31 +59,90 @@ impl Default for DeadLetterStreamGlobals {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// How syncflow connects to NATS. At most one of `credentials_file`,
+/// `nkey_seed_file`, `token` and `user`/`password`.
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsGlobals {
     pub url: String,
+    /// A `.creds` file (user JWT and NKey seed), as `nats context` makes.
+    pub credentials_file: Option<String>,
+    /// A file holding an NKey user seed (`SU...`).
+    pub nkey_seed_file: Option<String>,
+    pub token: Option<Secret>,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub tls: Option<TlsGlobals>,
 }
 
 impl Default for NatsGlobals {
     fn default() -> Self {
         NatsGlobals {
             url: "nats://127.0.0.1:4222".into(),
+            credentials_file: None,
+            nkey_seed_file: None,
+            token: None,
+            user: None,
+            password: None,
+            tls: None,
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+impl std::fmt::Debug for NatsGlobals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsGlobals")
+            .field("url", &super::secret::redact_url(&self.url))
+            .field("credentials_file", &self.credentials_file)
+            .field("nkey_seed_file", &self.nkey_seed_file)
+            .field("token", &self.token)
+            .field("user", &self.user)
+            .field("password", &self.password)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// TLS for a connection: the CA that signs the server's certificate (the
+/// system's roots when unset) and a client certificate for mutual TLS.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsGlobals {
+    /// PEM file of the CA certificate(s).
+    pub ca: Option<String>,
+    /// PEM files of the client certificate and its key.
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+/// The Redis of the shared rate limits: `redis://` or `rediss://` (TLS).
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisGlobals {
     pub url: String,
+    /// Prefix of every key syncflow writes, so two deployments sharing a
+    /// Redis (staging and production) never share a limit.
+    pub key_prefix: String,
+    pub tls: Option<TlsGlobals>,
 }
 
 impl Default for RedisGlobals {
     fn default() -> Self {
         RedisGlobals {
             url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "syncflow".into(),
+            tls: None,
         }
+    }
+}
+
+impl std::fmt::Debug for RedisGlobals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisGlobals")
+            .field("url", &super::secret::redact_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("tls", &self.tls)
+            .finish()
     }
 }
 
@@ -109,9 +169,9 @@ pub struct ProviderConfig {
     pub base_url: String,
     #[serde(default)]
     pub auth: Option<Auth>,
-    /// Extra headers sent with every request.
+    /// Extra headers sent with every request (an API key, say: never logged).
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, Secret>,
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
     #[serde(default = "default_max_in_flight")]
@@ -150,7 +210,7 @@ fn default_idempotency_header() -> Option<String> {
 #[serde(deny_unknown_fields)]
 pub struct Auth {
     #[serde(default)]
-    pub bearer: Option<String>,
+    pub bearer: Option<Secret>,
     #[serde(default)]
     pub header: Option<HeaderAuth>,
     #[serde(default)]
@@ -161,14 +221,14 @@ pub struct Auth {
 #[serde(deny_unknown_fields)]
 pub struct HeaderAuth {
     pub name: String,
-    pub value: String,
+    pub value: Secret,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BasicAuth {
     pub username: String,
-    pub password: String,
+    pub password: Secret,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

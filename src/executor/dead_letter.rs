@@ -69,12 +69,23 @@ impl<'a> Original<'a> {
             headers: msg
                 .headers
                 .iter()
+                .filter(|(name, _)| kept_header(name))
                 .map(|(k, v)| (k.clone(), Value::String(v.clone())))
                 .collect(),
             data,
             data_base64,
         }
     }
+}
+
+/// Whether a message header goes into its dead letter. Dead letters are
+/// kept and read by people: credentials (`Authorization`, a webhook's
+/// signature, anything not known to be harmless) stay out.
+fn kept_header(name: &str) -> bool {
+    const KEPT: [&str; 4] = ["nats-msg-id", "content-type", "traceparent", "tracestate"];
+    const KEPT_PREFIXES: [&str; 3] = ["syncflow-", "ce-", "nats-expected-"];
+    let name = name.to_ascii_lowercase();
+    KEPT.contains(&name.as_str()) || KEPT_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,4 +169,31 @@ pub async fn ensure_streams(
         message: e.to_string(),
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kept_header;
+
+    #[test]
+    fn only_known_harmless_headers_are_kept() {
+        for kept in [
+            "Nats-Msg-Id",
+            "content-type",
+            "traceparent",
+            "Syncflow-Key",
+            "ce-type",
+        ] {
+            assert!(kept_header(kept), "{kept}");
+        }
+        for dropped in [
+            "Authorization",
+            "X-HubSpot-Signature-v3",
+            "Cookie",
+            "X-Api-Key",
+            "X-Custom",
+        ] {
+            assert!(!kept_header(dropped), "{dropped}");
+        }
+    }
 }

@@ -12,6 +12,7 @@ use super::metrics::PipelineMetrics;
 use crate::action::Action;
 use crate::config::model::IdempotencyKeyFrom;
 use crate::pipeline::{EvalError, Outcome, Pipeline};
+use crate::sampled::Sampled;
 use crate::sink::{Delivery, Failure, Record, Sink, SkipReason, TargetSink};
 use crate::source::SourceMessage;
 use crate::transient::Trouble;
@@ -26,6 +27,8 @@ pub struct Ctx {
     pub metrics: PipelineMetrics,
     /// Where steps that must succeed report their failures.
     pub trouble: Arc<Trouble>,
+    /// One dead-letter log line per second at most.
+    pub dead_letter_log: Sampled,
 }
 
 /// Handles one message to the point where it may be acked: delivered,
@@ -151,7 +154,11 @@ struct Letter<'a> {
 
 async fn dead_letter(ctx: &Ctx, msg: &SourceMessage, l: Letter<'_>) {
     let p = &ctx.pipeline;
-    tracing::warn!(pipeline = %p.name, key = l.key, kind = l.kind, status = l.status, seq = msg.seq, error = l.message, "dead-lettering record");
+    // The error message stays out of the log: it may quote the record's
+    // values (a schema error names the bad email); the dead letter has it.
+    ctx.dead_letter_log.warn(|suppressed| {
+        tracing::warn!(pipeline = %p.name, key = l.key, kind = l.kind, status = l.status, seq = msg.seq, suppressed, subject = %p.dead_letter_subject, "dead-lettering record");
+    });
     let letter = DeadLetter {
         pipeline: &p.name,
         key: l.key,
@@ -165,9 +172,10 @@ async fn dead_letter(ctx: &Ctx, msg: &SourceMessage, l: Letter<'_>) {
         attempts: l.attempts,
         original: Original::of(&p.source.stream, msg),
     };
-    ctx.trouble.retry_until_ok("dead-letter publish", || {
-        dead_letter::publish(&ctx.js, &p.dead_letter_subject, &letter)
-    })
-    .await;
+    ctx.trouble
+        .retry_until_ok("dead-letter publish", || {
+            dead_letter::publish(&ctx.js, &p.dead_letter_subject, &letter)
+        })
+        .await;
     ctx.metrics.dead_lettered(l.kind);
 }

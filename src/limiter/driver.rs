@@ -78,7 +78,19 @@ impl SharedLimiter {
         provider: &str,
         spec: RateLimitSpec,
     ) -> Result<Self, LimiterError> {
-        Self::with_backend(Arc::new(LeaseClient::new(redis, provider)), provider, spec)
+        Self::with_key_prefix(redis, "syncflow", provider, spec)
+    }
+
+    /// A limiter whose Redis keys start with `key_prefix` (deployments
+    /// sharing a Redis each have their own).
+    pub fn with_key_prefix(
+        redis: ConnectionManager,
+        key_prefix: &str,
+        provider: &str,
+        spec: RateLimitSpec,
+    ) -> Result<Self, LimiterError> {
+        let client = LeaseClient::new(redis, key_prefix, provider);
+        Self::with_backend(Arc::new(client), provider, spec)
     }
 
     /// A limiter leasing from `backend` (a fake Redis in tests).

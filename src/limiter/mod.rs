@@ -49,7 +49,7 @@ mod timing;
 use std::time::Duration;
 
 pub use self::driver::SharedLimiter;
-pub use self::redis::connect;
+pub use self::redis::{connect, manage};
 
 /// A provider's rate limit: `requests` per `per`, at most `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

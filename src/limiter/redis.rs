@@ -1,6 +1,7 @@
 //! The Redis side: one Lua script call leases a slice of a provider's timeline.
 //!
-//! Keys (`{provider}` is a cluster hash tag, so all land in one slot):
+//! Keys (`{provider}` is a cluster hash tag, so all land in one slot; the
+//! prefix is `redis.key_prefix`, `syncflow` by default):
 //! - `syncflow:ratelimit:{provider}`: the GCRA TAT, microseconds on Redis's
 //!   clock (`TIME` is the only clock that matters, instances' clocks never do);
 //! - `syncflow:ratelimit:{provider}:instances`: instance id → last call time,
@@ -104,7 +105,11 @@ return 1
 /// A Redis handle for the limiters that connects lazily, so syncflow starts
 /// (on the local fallback) while Redis is down. Needs a tokio runtime.
 pub fn connect(url: &str) -> Result<ConnectionManager, LimiterError> {
-    let client = redis::Client::open(url)?;
+    manage(redis::Client::open(url)?)
+}
+
+/// [`connect`] for a client already set up (TLS, see connect.rs).
+pub fn manage(client: redis::Client) -> Result<ConnectionManager, LimiterError> {
     // Fail fast and let the limiter's own probing set the pace of retries:
     // one connection attempt per reconnect, so a probe after Redis is back
     // is not held up by a backoff started while it was away (shared.rs
@@ -157,8 +162,8 @@ pub(crate) struct LeaseClient {
 }
 
 impl LeaseClient {
-    pub fn new(redis: ConnectionManager, provider: &str) -> Self {
-        let tat_key = format!("syncflow:ratelimit:{{{provider}}}");
+    pub fn new(redis: ConnectionManager, key_prefix: &str, provider: &str) -> Self {
+        let tat_key = format!("{key_prefix}:ratelimit:{{{provider}}}");
         LeaseClient {
             redis,
             script: Script::new(LEASE),

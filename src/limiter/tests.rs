@@ -383,3 +383,36 @@ async fn an_instance_whose_demand_stops_gives_its_leased_cells_back() {
     );
     assert_within_limit(&mut starts, &spec);
 }
+
+/// Two deployments on one Redis (staging and production) keep their limits
+/// apart by `redis.key_prefix`: neither waits for the other's cells.
+#[tokio::test]
+async fn key_prefixes_keep_deployments_apart() {
+    let server = RedisServer::start().expect("redis-server");
+    let spec = per_second(1, 1);
+    let limiter = |prefix| {
+        SharedLimiter::with_key_prefix(connect(&server.url()).unwrap(), prefix, "crm", spec)
+            .unwrap()
+    };
+    let (staging, production) = (limiter("staging"), limiter("production"));
+    let started = Instant::now();
+    staging.acquire().await.unwrap();
+    production.acquire().await.unwrap();
+    // One request per second each: a shared key would make the second wait.
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*ratelimit:{crm}")
+        .query_async(&mut admin(&server).await)
+        .await
+        .unwrap();
+    let mut keys = keys;
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["production:ratelimit:{crm}", "staging:ratelimit:{crm}"]
+    );
+}

@@ -14,6 +14,7 @@ use crate::config::load::Sourced;
 use crate::config::model::{
     Auth, CircuitBreakerConfig, ConflictIdConfig, EndpointConfig, ProviderConfig, RetryConfig,
 };
+use crate::config::secret::Secret;
 use crate::config::yaml::Seg;
 use crate::mapping::JsonPath;
 use crate::path;
@@ -24,7 +25,7 @@ pub struct Provider {
     /// Without a trailing slash; endpoint paths start with one.
     pub base_url: String,
     /// `(header name, value)` for auth and the configured extra headers.
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(String, Secret)>,
     pub rate_limit: Option<RateLimit>,
     pub max_in_flight: usize,
     pub timeout: Duration,
@@ -171,6 +172,11 @@ pub fn compile(src: &Sourced<ProviderConfig>, diags: &mut Diagnostics) -> Option
     // Parsed as the sink parses it (sink/conn.rs), so what validates connects.
     let problem = match cfg.base_url.parse::<http::Uri>() {
         Ok(uri) => match (uri.scheme_str(), uri.host()) {
+            (Some("http" | "https"), Some(_))
+                if uri.authority().is_some_and(|a| a.as_str().contains('@')) =>
+            {
+                Some("base_url must not hold credentials (user:password@): put them in auth, where they are never logged".to_string())
+            }
             (Some("http" | "https"), Some(_)) => None,
             (Some("http" | "https"), None) => {
                 Some(format!("base_url \"{}\" has no host", cfg.base_url))
@@ -195,6 +201,7 @@ pub fn compile(src: &Sourced<ProviderConfig>, diags: &mut Diagnostics) -> Option
     }
     headers.extend(cfg.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
     for (name, value) in &headers {
+        let value = value.expose();
         let bad_name = http::header::HeaderName::from_bytes(name.as_bytes()).is_err();
         let bad_value = http::header::HeaderValue::from_str(value).is_err();
         if bad_name || bad_value {
@@ -337,14 +344,18 @@ pub fn compile(src: &Sourced<ProviderConfig>, diags: &mut Diagnostics) -> Option
     })
 }
 
-fn auth_header(auth: &Auth) -> Result<(String, String), String> {
+fn auth_header(auth: &Auth) -> Result<(String, Secret), String> {
     match (&auth.bearer, &auth.header, &auth.basic) {
-        (Some(token), None, None) => Ok(("authorization".into(), format!("Bearer {token}"))),
+        (Some(token), None, None) => Ok((
+            "authorization".into(),
+            Secret::new(format!("Bearer {}", token.expose())),
+        )),
         (None, Some(h), None) => Ok((h.name.clone(), h.value.clone())),
         (None, None, Some(b)) => {
             use base64::Engine as _;
-            let creds = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", b.username, b.password));
-            Ok(("authorization".into(), format!("Basic {creds}")))
+            let creds = base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", b.username, b.password.expose()));
+            Ok(("authorization".into(), Secret::new(format!("Basic {creds}"))))
         }
         _ => Err("auth takes exactly one of bearer, header { name, value } or basic { username, password }".into()),
     }

@@ -20,6 +20,7 @@ use crate::pipeline::Pipeline;
 use crate::pipeline::Target;
 use crate::readiness::Readiness;
 use crate::runtime::plan::{PipelineChange, Plan, plan};
+use crate::sampled::Sampled;
 use crate::server;
 use crate::sink::{ProviderSink, SubjectSink, TargetSink};
 use crate::transient::Trouble;
@@ -37,9 +38,9 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid nats.url: {0}")]
+    #[error("cannot connect to NATS: {0}")]
     NatsUrl(String),
-    #[error("invalid redis.url: {0}")]
+    #[error("cannot set up Redis: {0}")]
     Redis(String),
     #[error(transparent)]
     Provider(#[from] ProviderBuildError),
@@ -119,9 +120,9 @@ impl Engine {
         })?;
         tracing::info!(addr = %http_addr, "serving /metrics, /healthz, /readyz");
 
-        let nats = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .name("syncflow")
+        let nats = crate::connect::nats_options(&config.globals.nats)
+            .await
+            .map_err(|e| RunError::NatsUrl(e.to_string()))?
             .connect(&config.globals.nats.url)
             .await
             .map_err(|e| RunError::NatsUrl(e.to_string()))?;
@@ -131,9 +132,12 @@ impl Engine {
             return Ok(None);
         };
 
-        let redis = limiter::connect(&config.globals.redis.url)
-            .map_err(|e| RunError::Redis(e.to_string()))?;
-        let mut providers = Providers::new(redis);
+        let redis = crate::connect::redis_client(&config.globals.redis)
+            .map_err(|e| RunError::Redis(e.to_string()))
+            .and_then(|client| {
+                limiter::manage(client).map_err(|e| RunError::Redis(e.to_string()))
+            })?;
+        let mut providers = Providers::new(redis, &config.globals.redis.key_prefix);
         let empty = Config {
             globals: config.globals.clone(),
             providers: BTreeMap::new(),
@@ -270,6 +274,7 @@ impl Engine {
             js: self.js.clone(),
             metrics: PipelineMetrics::new(&pipeline.name),
             trouble: Arc::new(Trouble::new(&pipeline.name, self.readiness.clone())),
+            dead_letter_log: Sampled::every(Duration::from_secs(1)),
         })
     }
 

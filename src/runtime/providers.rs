@@ -34,6 +34,8 @@ pub struct ProviderRuntime {
 /// Every provider's runtime, by name.
 pub struct Providers {
     redis: ConnectionManager,
+    /// `redis.key_prefix`.
+    key_prefix: String,
     running: BTreeMap<String, ProviderRuntime>,
 }
 
@@ -45,9 +47,10 @@ pub struct Staged {
 }
 
 impl Providers {
-    pub fn new(redis: ConnectionManager) -> Self {
+    pub fn new(redis: ConnectionManager, key_prefix: &str) -> Self {
         Providers {
             redis,
+            key_prefix: key_prefix.to_string(),
             running: BTreeMap::new(),
         }
     }
@@ -130,11 +133,15 @@ impl Providers {
         provider: &Provider,
         rl: RateLimit,
     ) -> Result<SharedLimiter, ProviderBuildError> {
-        SharedLimiter::new(self.redis.clone(), &provider.name, spec(rl)).map_err(|source| {
-            ProviderBuildError::Limiter {
-                provider: provider.name.clone(),
-                source,
-            }
+        SharedLimiter::with_key_prefix(
+            self.redis.clone(),
+            &self.key_prefix,
+            &provider.name,
+            spec(rl),
+        )
+        .map_err(|source| ProviderBuildError::Limiter {
+            provider: provider.name.clone(),
+            source,
         })
     }
 }

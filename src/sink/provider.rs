@@ -46,10 +46,12 @@ impl ProviderSink {
 
     /// What the id map knows of the record's key; NATS trouble is waited out.
     async fn lookup(&self, record: &Record<'_>) -> Option<Entry> {
-        record.trouble.retry_until_ok("id map read", || {
-            self.idmap.lookup(self.provider(), &self.object, record.key)
-        })
-        .await
+        record
+            .trouble
+            .retry_until_ok("id map read", || {
+                self.idmap.lookup(self.provider(), &self.object, record.key)
+            })
+            .await
     }
 
     /// Records what was applied: the id, the change's position, the body.
@@ -61,11 +63,13 @@ impl ProviderSink {
             seq: record.seq,
             body: record.body.filter(|_| !deleted).map(body_hash),
         };
-        record.trouble.retry_until_ok("id map write", || {
-            self.idmap
-                .put(self.provider(), &self.object, record.key, &entry)
-        })
-        .await;
+        record
+            .trouble
+            .retry_until_ok("id map write", || {
+                self.idmap
+                    .put(self.provider(), &self.object, record.key, &entry)
+            })
+            .await;
     }
 
     /// Whether the id map keeps this object's records: it learns their
@@ -217,7 +221,9 @@ impl Sink for ProviderSink {
             });
         }
 
-        let mut sent = self.send_waiting_out_internal(record, endpoint, id.as_deref()).await;
+        let mut sent = self
+            .send_waiting_out_internal(record, endpoint, id.as_deref())
+            .await;
         let (mut attempts, mut conflict) = (0, false);
         if let Err(e) = &sent
             && endpoint == EndpointKind::Create
@@ -363,9 +369,10 @@ mod tests {
         }
     }
 
-    static TROUBLE: std::sync::LazyLock<crate::transient::Trouble> = std::sync::LazyLock::new(|| {
-        crate::transient::Trouble::new("test", crate::readiness::Readiness::default())
-    });
+    static TROUBLE: std::sync::LazyLock<crate::transient::Trouble> =
+        std::sync::LazyLock::new(|| {
+            crate::transient::Trouble::new("test", crate::readiness::Readiness::default())
+        });
 
     fn body(first: &str) -> Value {
         json!({"properties": {"email": "k1@example.com", "firstname": first}})

@@ -205,6 +205,17 @@ pub struct Syncflow {
 
 impl Syncflow {
     pub fn spawn(h: &Harness, dir: &Path, drain_timeout: &str) -> Syncflow {
+        Self::spawn_with_env(h, dir, drain_timeout, &[])
+    }
+
+    /// [`Syncflow::spawn`] with `env` set after the harness's own variables
+    /// (so it can point syncflow at another NATS or Redis).
+    pub fn spawn_with_env(
+        h: &Harness,
+        dir: &Path,
+        drain_timeout: &str,
+        env: &[(&str, String)],
+    ) -> Syncflow {
         let http = free_addr();
         let log = dir.join(format!("syncflow-{}.log", http.port()));
         let out = std::fs::File::create(&log).unwrap();
@@ -217,6 +228,7 @@ impl Syncflow {
             .env("SALESFORCE_URL", h.crm.salesforce_url())
             .env("SYNCFLOW_HTTP", http.to_string())
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .stdin(Stdio::null())

@@ -20,6 +20,7 @@ mod config;
 mod nats;
 mod redis;
 mod server;
+mod tls;
 
 use std::io;
 use std::process::ExitStatus;
@@ -28,7 +29,8 @@ use std::time::Duration;
 pub use config::shipped_config;
 pub use nats::Nats;
 pub use redis::Redis;
-pub use server::{Server, ServerKind};
+pub use server::{Server, ServerKind, free_port};
+pub use tls::Certs;
 
 /// A `nats-server -js` on a free loopback port.
 pub type NatsServer = Server<Nats>;

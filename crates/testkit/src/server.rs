@@ -47,6 +47,8 @@ pub trait ServerKind {
 pub struct Server<K: ServerKind> {
     port: u16,
     dir: TempDir,
+    /// Arguments after the kind's own (authentication, TLS...).
+    extra: Vec<OsString>,
     child: Option<Child>,
     kind: PhantomData<K>,
 }
@@ -54,6 +56,15 @@ pub struct Server<K: ServerKind> {
 impl<K: ServerKind> Server<K> {
     /// Starts the server on a free port and waits until it is ready.
     pub fn start() -> Result<Self, TestkitError> {
+        Self::start_with(Vec::<OsString>::new())
+    }
+
+    /// [`Server::start`] with `extra` arguments after the kind's own, for
+    /// example `["--user", "u", "--pass", "p"]` for a NATS with users.
+    pub fn start_with(
+        extra: impl IntoIterator<Item = impl Into<OsString>>,
+    ) -> Result<Self, TestkitError> {
+        let extra: Vec<OsString> = extra.into_iter().map(Into::into).collect();
         let dir = tempfile::Builder::new()
             .prefix(&format!("syncflow-{}-", K::BINARY))
             .tempdir()
@@ -61,6 +72,7 @@ impl<K: ServerKind> Server<K> {
         let mut server = Server {
             port: 0,
             dir,
+            extra,
             child: None,
             kind: PhantomData,
         };
@@ -88,6 +100,11 @@ impl<K: ServerKind> Server<K> {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The server's data directory (also a place for a test's files).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Kills the process with SIGKILL, as a crash would. Does nothing if it is
@@ -141,6 +158,7 @@ impl<K: ServerKind> Server<K> {
             .map_err(io_error("duplicate the log file"))?;
         let child = Command::new(K::BINARY)
             .args(K::args(self.port, self.dir.path()))
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_for_stderr)
@@ -230,7 +248,7 @@ impl<K: ServerKind> Drop for Server<K> {
 }
 
 /// A port that was free a moment ago (the OS picks it for a bind to port 0).
-fn free_port() -> Result<u16, TestkitError> {
+pub fn free_port() -> Result<u16, TestkitError> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())

@@ -76,7 +76,7 @@ impl ProviderApi {
         let mut headers = HeaderMap::new();
         for (name, value) in &provider.headers {
             let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad_header(name))?;
-            let mut value = HeaderValue::from_str(value).map_err(|_| bad_header(name))?;
+            let mut value = HeaderValue::from_str(value.expose()).map_err(|_| bad_header(name))?;
             // Keeps auth out of any Debug output of requests.
             value.set_sensitive(true);
             headers.append(header, value);
