@@ -129,18 +129,6 @@ fn header_safe(key: String) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::header_safe;
-
-    #[test]
-    fn idempotency_keys_are_always_valid_header_values() {
-        assert_eq!(header_safe("p:CDC:42".into()), "p:CDC:42");
-        let odd = header_safe("p:id with spaces\r\nX-Evil: 1 é %".into());
-        assert_eq!(odd, "p:id%20with%20spaces%0D%0AX-Evil:%201%20%C3%A9%20%25");
-        assert!(http::HeaderValue::from_str(&odd).is_ok());
-    }
-}
 
 struct Letter<'a> {
     key: Option<&'a str>,
@@ -178,4 +166,17 @@ async fn dead_letter(ctx: &Ctx, msg: &SourceMessage, l: Letter<'_>) {
         })
         .await;
     ctx.metrics.dead_lettered(l.kind);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header_safe;
+
+    #[test]
+    fn idempotency_keys_are_always_valid_header_values() {
+        assert_eq!(header_safe("p:CDC:42".into()), "p:CDC:42");
+        let odd = header_safe("p:id with spaces\r\nX-Evil: 1 é %".into());
+        assert_eq!(odd, "p:id%20with%20spaces%0D%0AX-Evil:%201%20%C3%A9%20%25");
+        assert!(http::HeaderValue::from_str(&odd).is_ok());
+    }
 }
