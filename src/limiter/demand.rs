@@ -62,7 +62,7 @@ impl LeaseSizer {
         self.rate_at = now;
     }
 
-    /// `n` arrivals served at once from the pool (shared.rs's fast path),
+    /// `n` arrivals served at once from the pool (direct.rs),
     /// counted when the task hears of them: arrivals and spent cells.
     pub fn arrivals(&mut self, now: Instant, n: u32) {
         self.rate = self.rate_at(now) + f64::from(n) / RATE_WINDOW.as_secs_f64();

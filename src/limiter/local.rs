@@ -127,7 +127,7 @@ pub(crate) struct LocalGcra {
 
 impl LocalGcra {
     /// The first cell conforms at `start`, with no burst in hand (the
-    /// switches in shared.rs rely on that); a burst builds up while idle.
+    /// switches in core.rs rely on that); a burst builds up while idle.
     pub fn new(share: LocalShare, start: Instant) -> Self {
         LocalGcra {
             tat: start + share.tolerance,

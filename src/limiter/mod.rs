@@ -1,35 +1,23 @@
-//! Per-provider rate limits shared by every syncflow instance (DESIGN.md §2, §5).
+//! Per-provider rate limits shared by every syncflow instance (DESIGN.md
+//! §2, §5); docs/limiter.md states the promise and why it holds.
 //!
-//! A limit is `requests` per `per` with `burst`: GCRA with emission interval
-//! `T = per / requests` and tolerance `tau = (burst - 1)·T`. The fleet's
-//! requests, taken when they start, are a sequence that GCRA accepts in
-//! full, as a provider enforcing the same limit would: in any window of
-//! length `W` at most `⌊W/T⌋ + burst` requests start.
-//!
-//! How the fleet shares one limit without one Redis call per request (one
-//! file each):
-//! - `redis`: a Lua script keeps the GCRA theoretical arrival time (TAT) of
-//!   each provider in Redis, on Redis's clock only, and leases a contiguous
-//!   slice of the future timeline (cells with their conformance times) per call.
-//! - `pool`: each instance keeps its leased cells and hands each one out no
-//!   earlier than its time and no later than its time plus a lateness budget;
-//!   [`SharedLimiter::acquire`] checks that deadline again as it returns.
-//! - `gcra`: the budget is carved out of the burst tolerance, which is what
-//!   makes the fleet-wide bound hold even though cells start late (proof there).
-//! - `demand`: how many cells to lease, so a busy instance rarely calls Redis
-//!   and a quiet one does not hoard the fleet's capacity.
-//! - `local`: the fallback while Redis is unreachable (or too slow for the
-//!   budget): a local GCRA at this instance's share of the limit (the
-//!   instances last seen sharing it split rate and burst, lateness included;
-//!   proof there).
-//! - `shared`: [`SharedLimiter`], one task per provider tying these together,
-//!   and the switches between shared and local: a pause before local cells
-//!   and a fleet-wide switch point back (a hold in Redis), which keep the
-//!   contract across an outage and a restarted Redis (proof there).
+//! A limit is `requests` per `per` with `burst`. The fleet's requests keep
+//! it GCRA-exactly when the burst leaves room for lateness, and per window
+//! of `per` otherwise (`gcra`). One file per part:
+//! - `redis`: the Lua scripts that lease slices of a provider's timeline
+//!   (cells with conformance times on Redis's clock) and take unused ones back;
+//! - `pool`: leased cells, handed out no earlier than their time and no
+//!   later than their deadline; `direct`: the pool shared with callers;
+//! - `demand`: how many cells to lease;
+//! - `local`: the fallback while Redis is unreachable, at this instance's share;
+//! - `core`: every decision, as a state machine without I/O; `driver`:
+//!   [`SharedLimiter`], the task that runs it with real time and Redis;
+//! - `sim` and `timing` (tests): a fake Redis on tokio's clock, and the
+//!   timing properties asserted in paused time.
 //!
 //! A cell is spent by starting a request by its deadline. The HTTP sink
 //! makes sure a request that must first open a connection does not start
-//! late: it opens it before taking the cell (sink/slots.rs).
+//! late: it opens it before taking the cell (docs/sink-connections.md).
 
 mod core;
 mod demand;

@@ -11,7 +11,7 @@
 //!   that leased from an earlier state learns that Redis lost it (restarted,
 //!   flushed) and the TAT no longer covers its cells;
 //! - `syncflow:ratelimit:{provider}:hold`: the fleet's switch back to the
-//!   shared limit after local fallbacks (see shared.rs): no cell conforms
+//!   shared limit after local fallbacks (see core.rs): no cell conforms
 //!   before it.
 //!
 //! Interval, tolerance and horizon travel with every call, so a changed limit
@@ -112,7 +112,7 @@ pub fn connect(url: &str) -> Result<ConnectionManager, LimiterError> {
 pub fn manage(client: redis::Client) -> Result<ConnectionManager, LimiterError> {
     // Fail fast and let the limiter's own probing set the pace of retries:
     // one connection attempt per reconnect, so a probe after Redis is back
-    // is not held up by a backoff started while it was away (shared.rs
+    // is not held up by a backoff started while it was away (core.rs
     // counts on hearing that Redis is back within two probes).
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(CALL_TIMEOUT))
