@@ -92,8 +92,13 @@ fn mutate(text: &str, rng: &mut StdRng) -> String {
         match rng.random_range(0..8) {
             // Replace a token (a run of word characters) with an interesting value.
             0 | 1 => {
-                let start = (0..=at).rev().find(|&i| i == 0 || !is_word(bytes[i - 1])).unwrap_or(at);
-                let end = (at..bytes.len()).find(|&i| !is_word(bytes[i])).unwrap_or(bytes.len());
+                let start = (0..=at)
+                    .rev()
+                    .find(|&i| i == 0 || !is_word(bytes[i - 1]))
+                    .unwrap_or(at);
+                let end = (at..bytes.len())
+                    .find(|&i| !is_word(bytes[i]))
+                    .unwrap_or(bytes.len());
                 let value = INTERESTING[rng.random_range(0..INTERESTING.len())];
                 bytes.splice(start..end.max(start), value.bytes());
             }
@@ -126,7 +131,10 @@ fn mutate(text: &str, rng: &mut StdRng) -> String {
             }
             // Change a line's indentation.
             _ => {
-                let start = bytes[..at].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                let start = bytes[..at]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |i| i + 1);
                 if rng.random_bool(0.5) {
                     bytes.splice(start..start, *b"  ");
                 } else if bytes[start..].starts_with(b" ") {
@@ -255,7 +263,11 @@ fn broken_messages_are_dead_letters_never_panics() {
         let sample = samples[rng.random_range(0..samples.len())];
         let message = match i % 10 {
             // Deep nesting, now and then.
-            0 => format!(r#"{{"op":"c","after":{{"id":"d","x":{}1{}}}}}"#, "[".repeat(200), "]".repeat(200)),
+            0 => format!(
+                r#"{{"op":"c","after":{{"id":"d","x":{}1{}}}}}"#,
+                "[".repeat(200),
+                "]".repeat(200)
+            ),
             _ => mutate(sample, &mut rng),
         };
         let pipeline = &pipelines[rng.random_range(0..pipelines.len())];

@@ -55,6 +55,17 @@ fn print_refusals(log: &[LoggedRequest]) {
     }
 }
 
+/// When the CRM accepted each create (µs), in order.
+fn accepted(log: &[LoggedRequest]) -> Vec<u64> {
+    let mut times: Vec<u64> = log
+        .iter()
+        .filter(|r| r.status == 201)
+        .map(|r| r.received_at_us)
+        .collect();
+    times.sort_unstable();
+    times
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_the_limit_without_a_429_at_over_90_percent_of_it() {
     let _alone = ONE_AT_A_TIME.lock().await;
@@ -85,14 +96,7 @@ async fn two_instances_share_the_limit_without_a_429_at_over_90_percent_of_it() 
     let (sent_a, sent_b) = (sent(&ma), sent(&mb));
     // Sustained rate: the accepted requests between the first and the last,
     // leaving out the first second (the initial burst, both instances starting).
-    let mut times: Vec<u64> = snap
-        .hubspot
-        .log
-        .iter()
-        .filter(|r| r.status == 201)
-        .map(|r| r.received_at_us)
-        .collect();
-    times.sort_unstable();
+    let times = accepted(&snap.hubspot.log);
     let (first, last) = (times[0], times[times.len() - 1]);
     let from = first + 1_000_000;
     let measured = times.iter().filter(|&&t| t >= from).count() - 1;
@@ -289,14 +293,7 @@ async fn low_limit_run(rate: u32, instances: usize) -> String {
     }
     let snap = h.crm.snapshot();
     print_refusals(&snap.hubspot.log);
-    let mut times: Vec<u64> = snap
-        .hubspot
-        .log
-        .iter()
-        .filter(|r| r.status == 201)
-        .map(|r| r.received_at_us)
-        .collect();
-    times.sort_unstable();
+    let times = accepted(&snap.hubspot.log);
     // From 2 s after the first request (every instance started) to the last.
     let from = times[0] + 2_000_000;
     let last = times[times.len() - 1];

@@ -78,11 +78,18 @@ async fn an_outage_ends_with_every_record_delivered_once_and_no_dead_letter() {
         snap.records.len()
     );
     assert_eq!(letters, Vec::<Value>::new(), "no dead letter");
-    assert_eq!(snap.counters.creates, u64::from(records), "each created once");
+    assert_eq!(
+        snap.counters.creates,
+        u64::from(records),
+        "each created once"
+    );
     assert_eq!(snap.records.len(), records as usize);
     assert!(waited > 0.0, "records waited out the outage");
     assert_eq!(
-        metrics::value(&during, r#"syncflow_provider_breaker_open{provider="hubspot"}"#),
+        metrics::value(
+            &during,
+            r#"syncflow_provider_breaker_open{provider="hubspot"}"#
+        ),
         Some(1.0),
         "the breaker was open during the outage"
     );

@@ -129,7 +129,6 @@ fn header_safe(key: String) -> String {
     out
 }
 
-
 struct Letter<'a> {
     key: Option<&'a str>,
     action: Option<&'static str>,

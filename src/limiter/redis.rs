@@ -247,10 +247,13 @@ impl LeaseBackend for LeaseClient {
     }
 }
 
-/// A script call that did not answer within [`CALL_TIMEOUT`] failed.
-async fn within_call_timeout<T>(
-    call: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, LimiterError> {
+/// A call that did not answer within [`CALL_TIMEOUT`] failed.
+pub(crate) async fn within_call_timeout<T, E>(
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, LimiterError>
+where
+    LimiterError: From<E>,
+{
     Ok(tokio::time::timeout(CALL_TIMEOUT, call)
         .await
         .map_err(|_| LimiterError::Timeout(CALL_TIMEOUT))??)

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use super::gcra::Schedule;
 use super::pool::{Grant, Tail};
-use super::redis::{BoxFuture, CALL_TIMEOUT, HORIZON, INSTANCE_TTL, LeaseBackend, Standing};
+use super::redis::{BoxFuture, HORIZON, INSTANCE_TTL, LeaseBackend, Standing, within_call_timeout};
 use super::{LimiterError, RateLimitSpec, SharedLimiter};
 
 /// The state the scripts keep for one provider, with expiry times.
@@ -217,32 +217,23 @@ impl LeaseBackend for FakeClient {
         standing: Standing,
     ) -> BoxFuture<Result<Grant, LimiterError>> {
         let (redis, id) = (Arc::clone(&self.redis), self.id.clone());
-        Box::pin(within_timeout(async move {
+        Box::pin(within_call_timeout(async move {
             redis.arrive().await?;
             let grant = redis.lease_script(&id, schedule, wanted, standing);
             tokio::time::sleep(redis.one_way()).await;
-            Ok(grant)
+            Ok::<_, LimiterError>(grant)
         }))
     }
 
     fn give_back(&self, tail: Tail) -> BoxFuture<Result<bool, LimiterError>> {
         let redis = Arc::clone(&self.redis);
-        Box::pin(within_timeout(async move {
+        Box::pin(within_call_timeout(async move {
             redis.arrive().await?;
             let taken = redis.give_back_script(tail);
             tokio::time::sleep(redis.one_way()).await;
-            Ok(taken)
+            Ok::<_, LimiterError>(taken)
         }))
     }
-}
-
-/// As the real client: a call that does not answer within [`CALL_TIMEOUT`] failed.
-async fn within_timeout<T>(
-    call: impl std::future::Future<Output = Result<T, LimiterError>>,
-) -> Result<T, LimiterError> {
-    tokio::time::timeout(CALL_TIMEOUT, call)
-        .await
-        .map_err(|_| LimiterError::Timeout(CALL_TIMEOUT))?
 }
 
 /// `n` limiters sharing `spec` through `redis`.
