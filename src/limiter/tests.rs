@@ -372,7 +372,12 @@ async fn an_instance_whose_demand_stops_gives_its_leased_cells_back() {
         ahead_at_stop > 100_000,
         "the busy instance had leased ahead"
     );
-    assert_eq!(ahead_after, 0, "the unused cells went back");
+    // Generous (a busy machine): the exact figure, 0, is asserted in
+    // paused time (timing.rs); here, less than two intervals.
+    assert!(
+        ahead_after < 20_000,
+        "the unused cells went back: {ahead_after} µs ahead"
+    );
     // So the other instance is served at once, and the two stay within the limit.
     let waited = Instant::now();
     starts.push(start_one(&other, origin).await);
