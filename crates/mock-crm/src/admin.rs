@@ -1,5 +1,6 @@
 //! `/_admin`: inspection and control for tests and demos. Not rate limited,
-//! not authenticated, not counted.
+//! not authenticated, not counted (the admin edits of `edits.rs`, also here,
+//! are counted apart as `user_writes`).
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use axum::{Router, body::Bytes};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Fault, MockApi, Shared, Snapshot};
+use super::{Fault, MockApi, Shared, Snapshot, WebhookConfig, WebhookStats, edits};
 
 type SharedState = State<Arc<Shared>>;
 
@@ -22,7 +23,40 @@ pub(super) fn routes(shared: Arc<Shared>) -> Router {
         .route("/fail_rate", post(set_fail_rate))
         .route("/faults", post(add_fault))
         .route("/faults", delete(clear_faults))
-        .with_state(shared)
+        .route(
+            "/webhooks",
+            get(webhook_stats).put(set_webhook).delete(unset_webhook),
+        )
+        .with_state(shared.clone())
+        .merge(edits::routes(shared))
+}
+
+async fn webhook_stats(State(shared): SharedState) -> Json<WebhookStats> {
+    Json(shared.webhooks.stats())
+}
+
+/// A [`WebhookConfig`] as JSON: `{"url": ..., "secret": ..., "max_batch": 10, ...}`.
+async fn set_webhook(State(shared): SharedState, body: Bytes) -> Response {
+    let refuse = |message: String| {
+        (StatusCode::BAD_REQUEST, Json(json!({"message": message}))).into_response()
+    };
+    let config = match serde_json::from_slice::<WebhookConfig>(&body) {
+        Ok(config) => config,
+        Err(e) => {
+            return refuse(format!(
+                "expected a webhook target {{\"url\", \"secret\", ...}}: {e}"
+            ));
+        }
+    };
+    match shared.webhooks.set_target(Some(config)) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => refuse(e.to_string()),
+    }
+}
+
+async fn unset_webhook(State(shared): SharedState) -> StatusCode {
+    (shared.webhooks.set_target(None)).expect("no target is always a valid setting");
+    StatusCode::NO_CONTENT
 }
 
 async fn state(State(shared): SharedState) -> Json<Snapshot> {

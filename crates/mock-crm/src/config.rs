@@ -5,6 +5,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
+use super::WebhookConfig;
+
 /// Settings of a [`MockCrm`](super::MockCrm).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MockCrmConfig {
@@ -26,6 +28,9 @@ pub struct MockCrmConfig {
     /// Unix epoch): each request's receipt − send time goes into a histogram
     /// at `/_admin/latency` (benchmarks; see `latency.rs`).
     pub latency_field: Option<String>,
+    /// Where HubSpot contact changes are posted as webhooks; `None` (the
+    /// default) = nowhere. Can be set later with `MockCrm::set_webhook`.
+    pub webhook: Option<WebhookConfig>,
 }
 
 impl Default for MockCrmConfig {
@@ -39,6 +44,7 @@ impl Default for MockCrmConfig {
             token: None,
             record_log: false,
             latency_field: None,
+            webhook: None,
         }
     }
 }
@@ -48,6 +54,9 @@ impl MockCrmConfig {
         check_fail_rate(self.fail_rate)?;
         for limit in self.hubspot_limit.iter().chain(&self.salesforce_limit) {
             limit.validate()?;
+        }
+        if let Some(webhook) = &self.webhook {
+            webhook.validate()?;
         }
         Ok(())
     }
@@ -174,6 +183,8 @@ pub enum ConfigError {
     ZeroRateLimit(String),
     #[error("fail rate {0} is outside 0..=1")]
     FailRate(f64),
+    #[error("invalid webhook setting: {0}")]
+    Webhook(String),
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use super::records::unix_micros;
 use super::reply::Reply;
 use super::request::ApiRequest;
 use super::snapshot::{ApiSnapshot, Counters, LoggedRequest, RecordSnapshot};
+use super::writes::WriteCounts;
 use super::{ConfigError, MockCrmConfig, RateLimit};
 
 /// Settings every API reads on every request.
@@ -76,11 +77,15 @@ impl Settings {
 
 /// What differs between the APIs besides their routes: their records and how
 /// they word the gateway's refusals.
-pub(super) trait Provider: Default + Send + 'static {
+pub(super) trait Provider: Send + 'static {
     fn unauthorized() -> Reply;
     /// The 429 body and headers; the gateway adds `Retry-After`.
     fn rate_limited(limit: &RateLimit) -> Reply;
     fn records(&self) -> BTreeMap<String, RecordSnapshot>;
+    /// Successful writes by origin, since the start or the last reset.
+    fn write_counts(&self) -> WriteCounts;
+    /// Forgets the records and write counts (a reset); settings stay.
+    fn clear(&mut self);
 }
 
 /// One API (HubSpot or Salesforce): its records and everything the gateway
@@ -100,11 +105,11 @@ struct ApiState<P> {
 }
 
 impl<P: Provider> Api<P> {
-    pub(super) fn new(settings: Arc<Settings>, limit: Option<RateLimit>) -> Self {
+    pub(super) fn new(settings: Arc<Settings>, limit: Option<RateLimit>, store: P) -> Self {
         Api {
             settings,
             state: Mutex::new(ApiState {
-                store: P::default(),
+                store,
                 limiter: limit.map(Limiter::new),
                 faults: Faults::default(),
                 replies_by_key: HashMap::new(),
@@ -140,11 +145,30 @@ impl<P: Provider> Api<P> {
         apply: impl FnOnce(&mut P, T) -> Reply,
     ) -> Response {
         let parsed = parse(&request.body);
+        self.serve_parsed(request, parsed, apply).await
+    }
+
+    /// [`serve`](Self::serve) for a request parsed (its body or its query)
+    /// before the lock: `apply` gets what it parsed to, or the request is
+    /// answered with the refusal (once through the gateway, like any answer).
+    pub(super) async fn serve_parsed<T>(
+        &self,
+        request: ApiRequest,
+        parsed: Result<T, Reply>,
+        apply: impl FnOnce(&mut P, T) -> Reply,
+    ) -> Response {
         self.serve(request, |store| match parsed {
-            Ok(body) => apply(store, body),
+            Ok(parsed) => apply(store, parsed),
             Err(refusal) => refusal,
         })
         .await
+    }
+
+    /// Runs `edit` on the records directly, past the whole gateway: no
+    /// faults, auth, limit, replay store, request counters or log. For the
+    /// admin edits, which stand for a person using the CRM's own UI.
+    pub(super) fn edit<R>(&self, edit: impl FnOnce(&mut P) -> R) -> R {
+        edit(&mut self.lock().store)
     }
 
     fn decide(&self, request: ApiRequest, apply: impl FnOnce(&mut P) -> Reply) -> Reply {
@@ -223,9 +247,11 @@ impl<P: Provider> Api<P> {
 
     pub(super) fn snapshot(&self) -> ApiSnapshot {
         let state = self.lock();
+        let mut counters = state.counters.clone();
+        state.store.write_counts().fill(&mut counters);
         ApiSnapshot {
             records: state.store.records(),
-            counters: state.counters.clone(),
+            counters,
             log: state.log.clone(),
         }
     }
@@ -242,7 +268,7 @@ impl<P: Provider> Api<P> {
     /// of the rate limit (scripted faults stay, like the other settings).
     pub(super) fn reset(&self) {
         let mut state = self.lock();
-        state.store = P::default();
+        state.store.clear();
         if let Some(limiter) = &mut state.limiter {
             limiter.reset();
         }

@@ -18,6 +18,8 @@ use super::records::{
 use super::reply::Reply;
 use super::request::ApiRequest;
 use super::snapshot::RecordSnapshot;
+use super::webhook::{Change, Webhooks, property_changes};
+use super::writes::{Origin, WriteCounts};
 
 type HubSpotApi = State<Arc<Api<HubSpot>>>;
 
@@ -31,10 +33,11 @@ pub(super) fn routes(api: Arc<Api<HubSpot>>) -> Router {
         .with_state(api)
 }
 
-/// HubSpot's contacts, by id.
-#[derive(Default)]
+/// HubSpot's contacts, by id. Every change is published as webhook events.
 pub(super) struct HubSpot {
     contacts: HashMap<String, Contact>,
+    writes: WriteCounts,
+    webhooks: Arc<Webhooks>,
 }
 
 struct Contact {
@@ -92,10 +95,35 @@ impl Provider for HubSpot {
             })
             .collect()
     }
+
+    fn write_counts(&self) -> WriteCounts {
+        self.writes
+    }
+
+    fn clear(&mut self) {
+        self.contacts.clear();
+        self.writes = WriteCounts::default();
+    }
 }
 
 impl HubSpot {
-    fn create(&mut self, properties: Map<String, Value>) -> Reply {
+    pub(super) fn new(webhooks: Arc<Webhooks>) -> HubSpot {
+        HubSpot {
+            contacts: HashMap::new(),
+            writes: WriteCounts::default(),
+            webhooks,
+        }
+    }
+
+    /// Counts a successful write and publishes its events.
+    fn changed(&mut self, origin: Origin, id: &str, changes: Vec<Change>, changed: bool) {
+        self.writes.count(origin, changed);
+        if !changes.is_empty() {
+            self.webhooks.publish(origin, id, changes);
+        }
+    }
+
+    pub(super) fn create(&mut self, properties: Map<String, Value>, origin: Origin) -> Reply {
         // Like HubSpot, one contact per email: a second is a conflict that
         // names the first.
         if let Some(email) = properties.get("email").and_then(Value::as_str) {
@@ -114,23 +142,36 @@ impl HubSpot {
         }
         let id = next_record_number().to_string();
         let now = now_rfc3339();
+        // Like HubSpot: the creation, then the properties it set.
+        let mut changes = vec![Change::Created];
+        changes.extend(property_changes(&Map::new(), &properties));
         let contact = Contact {
             properties,
             created_at: now.clone(),
             updated_at: now,
         };
         let reply = Reply::json(StatusCode::CREATED, &contact.to_json(&id));
-        self.contacts.insert(id, contact);
+        self.contacts.insert(id.clone(), contact);
+        self.changed(origin, &id, changes, true);
         reply
     }
 
-    fn update(&mut self, id: &str, properties: Map<String, Value>) -> Reply {
+    pub(super) fn update(
+        &mut self,
+        id: &str,
+        properties: Map<String, Value>,
+        origin: Origin,
+    ) -> Reply {
         let Some(contact) = self.contacts.get_mut(id) else {
             return not_found(id);
         };
+        let changes = property_changes(&contact.properties, &properties);
         contact.properties.extend(properties);
         contact.updated_at = now_rfc3339();
-        Reply::json(StatusCode::OK, &contact.to_json(id))
+        let reply = Reply::json(StatusCode::OK, &contact.to_json(id));
+        let changed = !changes.is_empty();
+        self.changed(origin, id, changes, changed);
+        reply
     }
 
     fn read(&self, id: &str) -> Reply {
@@ -140,21 +181,25 @@ impl HubSpot {
         }
     }
 
-    fn archive(&mut self, id: &str) -> Reply {
-        match self.contacts.remove(id) {
-            Some(_) => Reply::empty(StatusCode::NO_CONTENT),
-            None => not_found(id),
+    pub(super) fn archive(&mut self, id: &str, origin: Origin) -> Reply {
+        if self.contacts.remove(id).is_none() {
+            return not_found(id);
         }
+        self.changed(origin, id, vec![Change::Deleted], true);
+        Reply::empty(StatusCode::NO_CONTENT)
     }
 }
 
 async fn create(State(api): HubSpotApi, request: ApiRequest) -> Response {
-    api.serve_body(request, properties, HubSpot::create).await
+    api.serve_body(request, properties, |hubspot, properties| {
+        hubspot.create(properties, Origin::Api)
+    })
+    .await
 }
 
 async fn update(State(api): HubSpotApi, Path(id): Path<String>, request: ApiRequest) -> Response {
     api.serve_body(request, properties, |hubspot, properties| {
-        hubspot.update(&id, properties)
+        hubspot.update(&id, properties, Origin::Api)
     })
     .await
 }
@@ -164,11 +209,12 @@ async fn read(State(api): HubSpotApi, Path(id): Path<String>, request: ApiReques
 }
 
 async fn archive(State(api): HubSpotApi, Path(id): Path<String>, request: ApiRequest) -> Response {
-    api.serve(request, |hubspot| hubspot.archive(&id)).await
+    api.serve(request, |hubspot| hubspot.archive(&id, Origin::Api))
+        .await
 }
 
 /// The `properties` of a create or update body, or the 400 HubSpot answers.
-fn properties(body: &[u8]) -> Result<Map<String, Value>, Reply> {
+pub(super) fn properties(body: &[u8]) -> Result<Map<String, Value>, Reply> {
     let mut body = parse_json(body).map_err(validation_error)?;
     let properties = body
         .get_mut("properties")

@@ -6,6 +6,14 @@
 //! Used by the demo, the end-to-end tests and the benchmarks, so the
 //! request path takes one short lock and logs nothing.
 //!
+//! For two-way sync it also plays the CRM's side of changes: HubSpot
+//! webhooks for every contact change (signed, batched, retried, and on
+//! demand duplicated, reordered or dropped: [`WebhookConfig`]), a Salesforce
+//! "changed since" query for pollers (`GET /salesforce/services/data/v60.0/
+//! sobjects/Contact/changes`), and admin edits standing for CRM users
+//! ([`MockCrm::hubspot_user_create`] and the like), counted apart from
+//! syncflow's API writes ([`Counters`]).
+//!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use syncflow_mock_crm::{MockCrm, MockCrmConfig};
@@ -19,6 +27,7 @@
 
 mod admin;
 mod config;
+mod edits;
 mod faults;
 mod gateway;
 mod histogram;
@@ -34,10 +43,13 @@ mod snapshot;
 mod test_support;
 #[cfg(test)]
 mod tests;
+mod webhook;
+mod writes;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::serve::ListenerExt;
@@ -46,12 +58,16 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use config::{ConfigError, MockCrmConfig, RateLimit, parse_duration};
+pub use edits::EditError;
 pub use faults::{Fault, FaultError, MockApi};
 pub use snapshot::{ApiSnapshot, Counters, LoggedRequest, RecordSnapshot, Snapshot};
+pub use webhook::{MAX_RETRY_BACKOFF, WebhookConfig, WebhookStats};
 
 use gateway::{Api, Settings};
 use hubspot::HubSpot;
 use salesforce::Salesforce;
+use serde_json::Value;
+use webhook::Webhooks;
 
 /// A running mock CRM. Dropping it stops the server without waiting.
 pub struct MockCrm {
@@ -59,6 +75,8 @@ pub struct MockCrm {
     shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<io::Result<()>>,
+    /// Posts the webhooks; aborted with the server.
+    deliveries: JoinHandle<()>,
 }
 
 impl MockCrm {
@@ -68,10 +86,18 @@ impl MockCrm {
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let settings = Arc::new(Settings::new(&config));
+        let webhooks = Webhooks::new(config.webhook.clone())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let hubspot = HubSpot::new(webhooks.clone());
         let shared = Arc::new(Shared {
-            hubspot: Arc::new(Api::new(settings.clone(), config.hubspot_limit)),
-            salesforce: Arc::new(Api::new(settings.clone(), config.salesforce_limit)),
+            hubspot: Arc::new(Api::new(settings.clone(), config.hubspot_limit, hubspot)),
+            salesforce: Arc::new(Api::new(
+                settings.clone(),
+                config.salesforce_limit,
+                Salesforce::default(),
+            )),
             settings,
+            webhooks,
         });
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
@@ -95,13 +121,16 @@ impl MockCrm {
             salesforce_limit = ?config.salesforce_limit.map(|limit| limit.to_string()),
             fail_rate = config.fail_rate,
             latency = ?config.latency,
+            webhook = ?config.webhook.as_ref().map(|webhook| &webhook.url),
             "mock CRM listening"
         );
+        let deliveries = shared.webhooks.spawn_delivery();
         Ok(MockCrm {
             addr,
             shared,
             stop: Some(stop),
             server,
+            deliveries,
         })
     }
 
@@ -146,14 +175,98 @@ impl MockCrm {
         self.shared.salesforce.clear_faults();
     }
 
-    /// Forgets records, counters, logs, stored replies and rate-limit history.
-    /// The settings (fail rate and scripted faults included) stay.
+    /// Forgets records, counters, logs, stored replies, rate-limit history,
+    /// queued webhook events and webhook counts. The settings (fail rate,
+    /// scripted faults, webhook target, Salesforce clock) stay.
     pub fn reset(&self) {
         self.shared.reset();
     }
 
-    /// Stops accepting, lets in-flight requests finish, and waits for the server.
+    /// Sets where webhooks go (`None`: nowhere, and changes are not queued).
+    /// Tests start the mock before they know syncflow's port.
+    pub fn set_webhook(&self, webhook: Option<WebhookConfig>) -> Result<(), ConfigError> {
+        self.shared.webhooks.set_target(webhook)
+    }
+
+    pub fn webhook_stats(&self) -> WebhookStats {
+        self.shared.webhooks.stats()
+    }
+
+    /// Waits until no webhook event is pending (all delivered or given up),
+    /// checking every 10 ms; the stats then, or the last ones seen on timeout.
+    pub async fn wait_for_webhooks(&self, timeout: Duration) -> Result<WebhookStats, WebhookStats> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let stats = self.webhook_stats();
+            if stats.pending == 0 {
+                return Ok(stats);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(stats);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A CRM user creates a HubSpot contact (`properties` is an object, as in
+    /// the API's body); its id. Webhooks say `changeSource: "CRM_UI"`.
+    pub fn hubspot_user_create(&self, properties: Value) -> Result<String, EditError> {
+        let created = self.shared.hubspot_user_create(properties)?;
+        Ok(created["id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// A CRM user changes some properties of a HubSpot contact (null clears one).
+    pub fn hubspot_user_update(&self, id: &str, properties: Value) -> Result<(), EditError> {
+        self.shared.hubspot_user_update(id, properties).map(drop)
+    }
+
+    pub fn hubspot_user_delete(&self, id: &str) -> Result<(), EditError> {
+        self.shared.hubspot_user_delete(id).map(drop)
+    }
+
+    /// A CRM user creates a Salesforce contact (`LastName` required); its id.
+    /// `modified_at` (ms since the epoch) backdates the change.
+    pub fn salesforce_user_create(
+        &self,
+        fields: Value,
+        modified_at: Option<u64>,
+    ) -> Result<String, EditError> {
+        let created = self.shared.salesforce_user_create(fields, modified_at)?;
+        Ok(created["Id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    pub fn salesforce_user_update(
+        &self,
+        id: &str,
+        fields: Value,
+        modified_at: Option<u64>,
+    ) -> Result<(), EditError> {
+        self.shared
+            .salesforce_user_update(id, fields, modified_at)
+            .map(drop)
+    }
+
+    /// Deletes, leaving a tombstone for pollers.
+    pub fn salesforce_user_delete(
+        &self,
+        id: &str,
+        modified_at: Option<u64>,
+    ) -> Result<(), EditError> {
+        self.shared
+            .salesforce_user_delete(id, modified_at)
+            .map(drop)
+    }
+
+    /// Fixes the `LastModifiedDate` (ms) of every later Salesforce change not
+    /// given one, API writes included; `None` goes back to the real time.
+    pub fn set_salesforce_clock(&self, now: Option<u64>) {
+        self.shared.set_salesforce_clock(now);
+    }
+
+    /// Stops accepting, lets in-flight requests finish, and waits for the
+    /// server. Webhooks not yet delivered are dropped.
     pub async fn shutdown(mut self) -> io::Result<()> {
+        self.deliveries.abort();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -163,6 +276,7 @@ impl MockCrm {
 
 impl Drop for MockCrm {
     fn drop(&mut self) {
+        self.deliveries.abort();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -174,6 +288,7 @@ struct Shared {
     settings: Arc<Settings>,
     hubspot: Arc<Api<HubSpot>>,
     salesforce: Arc<Api<Salesforce>>,
+    webhooks: Arc<Webhooks>,
 }
 
 impl Shared {
@@ -188,6 +303,11 @@ impl Shared {
     fn reset(&self) {
         self.hubspot.reset();
         self.salesforce.reset();
+        self.webhooks.reset();
+    }
+
+    fn set_salesforce_clock(&self, now: Option<u64>) {
+        self.salesforce.edit(|salesforce| salesforce.set_clock(now));
     }
 
     fn add_fault(&self, api: MockApi, fault: Fault) -> Result<(), FaultError> {

@@ -6,15 +6,21 @@
 //! cargo run --bin mock-crm -- --listen 127.0.0.1:18080 \
 //!     [--hubspot-limit 100/10s:10] [--salesforce-limit 25/1s:5] [--no-limits] \
 //!     [--fail-rate 0.05] [--latency 20ms] [--token dev-token] [--log] \
-//!     [--latency-field properties.sent_at_us]
+//!     [--latency-field properties.sent_at_us] \
+//!     [--webhook-url http://127.0.0.1:8081/webhooks/hubspot --webhook-secret S \
+//!      [--webhook-max-batch 100] [--webhook-max-wait 50ms] [--webhook-duplicate-rate 0.1] \
+//!      [--webhook-drop-rate 0.1] [--webhook-reorder] [--webhook-max-attempts 10] \
+//!      [--webhook-retry-backoff 100ms] [--webhook-max-concurrent 10]]
 //! ```
+//!
+//! The webhook target can also be set later: `PUT /_admin/webhooks`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use syncflow_mock_crm::{MockCrm, MockCrmConfig, RateLimit, parse_duration};
+use syncflow_mock_crm::{MockCrm, MockCrmConfig, RateLimit, WebhookConfig, parse_duration};
 use tracing_subscriber::EnvFilter;
 
 /// HubSpot- and Salesforce-like mock CRM. Inspect it at /_admin/state.
@@ -47,6 +53,61 @@ struct Args {
     /// bodies: receipt − send time is kept as a histogram at /_admin/latency.
     #[arg(long, value_name = "PATH", value_parser = dotted_path)]
     latency_field: Option<String>,
+    #[command(flatten)]
+    webhook: WebhookArgs,
+}
+
+/// HubSpot webhooks for every contact change (see `WebhookConfig`).
+#[derive(clap::Args)]
+struct WebhookArgs {
+    /// Post HubSpot contact changes here (http:// only).
+    #[arg(long, value_name = "URL", requires = "webhook_secret")]
+    webhook_url: Option<String>,
+    /// The app secret webhooks are signed with (X-HubSpot-Signature-v3).
+    #[arg(long, env = "MOCK_CRM_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// Events per POST at most.
+    #[arg(long, default_value_t = 100)]
+    webhook_max_batch: usize,
+    /// How long a batch waits to fill up.
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    webhook_max_wait: Duration,
+    /// Probability (0..=1) that a delivered batch is sent again.
+    #[arg(long, default_value_t = 0.0)]
+    webhook_duplicate_rate: f64,
+    /// Probability (0..=1) that an attempt counts as failed (and is retried)
+    /// whatever the receiver answered.
+    #[arg(long, default_value_t = 0.0)]
+    webhook_drop_rate: f64,
+    /// Shuffle the events inside each batch.
+    #[arg(long)]
+    webhook_reorder: bool,
+    /// Attempts per batch before it is given up.
+    #[arg(long, default_value_t = 10)]
+    webhook_max_attempts: u32,
+    /// First retry wait, doubled after each (at most 5s).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    webhook_retry_backoff: Duration,
+    /// Batches in flight at once.
+    #[arg(long, default_value_t = 10)]
+    webhook_max_concurrent: usize,
+}
+
+impl WebhookArgs {
+    fn config(self) -> Option<WebhookConfig> {
+        let url = self.webhook_url?;
+        Some(WebhookConfig {
+            max_batch: self.webhook_max_batch,
+            max_wait: self.webhook_max_wait,
+            duplicate_rate: self.webhook_duplicate_rate,
+            drop_rate: self.webhook_drop_rate,
+            reorder: self.webhook_reorder,
+            max_attempts: self.webhook_max_attempts,
+            retry_backoff: self.webhook_retry_backoff,
+            max_concurrent: self.webhook_max_concurrent,
+            ..WebhookConfig::new(url, self.webhook_secret.unwrap_or_default())
+        })
+    }
 }
 
 fn dotted_path(s: &str) -> Result<String, String> {
@@ -84,12 +145,14 @@ async fn serve(args: Args) -> std::io::Result<()> {
         token: args.token,
         record_log: args.log,
         latency_field: args.latency_field,
+        webhook: args.webhook.config(),
     })
     .await?;
     println!("mock CRM listening on {}", crm.addr());
     println!("  hubspot:    {}", crm.hubspot_url());
     println!("  salesforce: {}", crm.salesforce_url());
     println!("  state:      {}/_admin/state", crm.base_url());
+    println!("  webhooks:   {}/_admin/webhooks", crm.base_url());
 
     tokio::signal::ctrl_c().await?;
     crm.shutdown().await

@@ -80,6 +80,10 @@ pub(super) fn unix_micros() -> u64 {
     u64::try_from(since_epoch.as_micros()).unwrap_or(u64::MAX)
 }
 
+pub(super) fn unix_millis() -> u64 {
+    unix_micros() / 1000
+}
+
 /// Now, as the providers write timestamps: `2024-05-01T12:00:00.123456789Z`.
 pub(super) fn now_rfc3339() -> String {
     OffsetDateTime::now_utc()

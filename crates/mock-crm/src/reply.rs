@@ -32,6 +32,12 @@ impl Reply {
         }
     }
 
+    /// The body as JSON (null when empty), for the Rust side of admin edits,
+    /// which reuse the API's answers.
+    pub(super) fn body_json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
     pub(super) fn with_header(mut self, name: &'static str, value: impl ToString) -> Reply {
         let value = HeaderValue::try_from(value.to_string())
             .expect("mock_crm header values are plain ASCII");

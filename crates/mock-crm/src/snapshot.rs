@@ -50,6 +50,17 @@ pub struct Counters {
     pub idempotent_replays: u64,
     /// Records created (replays excluded).
     pub creates: u64,
+    /// Successful creates, updates and deletes through the authenticated API
+    /// (syncflow's writes), no-op updates included.
+    #[serde(default)]
+    pub api_writes: u64,
+    /// Of `api_writes`, the updates that changed no field value: echoes.
+    #[serde(default)]
+    pub api_noop_writes: u64,
+    /// Admin edits (`/_admin/{hubspot,salesforce}/contacts`): a CRM user's
+    /// writes. Not in `requests` nor `creates`.
+    #[serde(default)]
+    pub user_writes: u64,
 }
 
 impl Counters {

@@ -1,5 +1,10 @@
 //! The Salesforce-like API under `/salesforce`: REST API v60.0 Contact
-//! sObjects, with upsert by the external id field `Internal_Id__c`.
+//! sObjects, with upsert by the external id field `Internal_Id__c`, and a
+//! "changed since" query for pollers (`changes.rs`).
+//!
+//! Every record carries `LastModifiedDate` (milliseconds since the Unix
+//! epoch, a number) and `IsDeleted`. A delete leaves a tombstone, so pollers
+//! see it; everything else treats a deleted contact as gone.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -13,20 +18,29 @@ use serde_json::{Map, Value, json};
 
 use super::RateLimit;
 use super::gateway::{Api, Provider};
-use super::records::{FieldsError, invalid_email, next_record_number, parse_json, scalar_fields};
+use super::records::{
+    FieldsError, invalid_email, next_record_number, parse_json, scalar_fields, unix_millis,
+};
 use super::reply::Reply;
 use super::request::ApiRequest;
 use super::snapshot::RecordSnapshot;
+use super::writes::{Origin, WriteCounts};
 
-const CONTACT_PATH: &str = "/services/data/v60.0/sobjects/Contact";
+mod changes;
+
+pub(super) const CONTACT_PATH: &str = "/services/data/v60.0/sobjects/Contact";
 const EXTERNAL_ID_FIELD: &str = "Internal_Id__c";
 const LAST_NAME: &str = "LastName";
+/// The modification time admin edits may set to backdate a change.
+pub(super) const LAST_MODIFIED: &str = "LastModifiedDate";
 
 type SalesforceApi = State<Arc<Api<Salesforce>>>;
 
 pub(super) fn routes(api: Arc<Api<Salesforce>>) -> Router {
     Router::new()
         .route(CONTACT_PATH, post(create))
+        // A fixed segment: matched before `{id}`.
+        .route(&format!("{CONTACT_PATH}/changes"), get(changes::changes))
         .route(
             &format!("{CONTACT_PATH}/{{id}}"),
             get(read).patch(update).delete(delete),
@@ -38,11 +52,16 @@ pub(super) fn routes(api: Arc<Api<Salesforce>>) -> Router {
         .with_state(api)
 }
 
-/// Salesforce's contacts, by id, and the index of their external ids.
+/// Salesforce's contacts by id, deleted ones included, and the index of the
+/// live ones' external ids.
 #[derive(Default)]
 pub(super) struct Salesforce {
     contacts: HashMap<String, Contact>,
     ids_by_external_id: HashMap<String, String>,
+    writes: WriteCounts,
+    /// When set, the `LastModifiedDate` of every change not given one: lets
+    /// tests make many records share one modification time.
+    clock: Option<u64>,
 }
 
 /// The external id is set when the record is created (by the create body's
@@ -51,6 +70,37 @@ pub(super) struct Salesforce {
 struct Contact {
     fields: Map<String, Value>,
     external_id: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    last_modified: u64,
+    deleted: bool,
+}
+
+impl Contact {
+    /// The record as Salesforce returns it.
+    fn to_json(&self, id: &str) -> Value {
+        let mut body = self.fields.clone();
+        body.insert(
+            "attributes".into(),
+            json!({"type": "Contact", "url": format!("{CONTACT_PATH}/{id}")}),
+        );
+        body.insert("Id".into(), id.into());
+        body.insert(LAST_MODIFIED.into(), self.last_modified.into());
+        body.insert("IsDeleted".into(), self.deleted.into());
+        if let Some(external_id) = &self.external_id {
+            body.insert(EXTERNAL_ID_FIELD.into(), external_id.as_str().into());
+        }
+        Value::Object(body)
+    }
+
+    /// Merges `fields` in; true when a value changed (a field set to null
+    /// that was absent is no change).
+    fn merge(&mut self, fields: Map<String, Value>) -> bool {
+        let changed = fields
+            .iter()
+            .any(|(name, value)| self.fields.get(name).unwrap_or(&Value::Null) != value);
+        self.fields.extend(fields);
+        changed
+    }
 }
 
 impl Provider for Salesforce {
@@ -79,6 +129,7 @@ impl Provider for Salesforce {
     fn records(&self) -> BTreeMap<String, RecordSnapshot> {
         self.contacts
             .iter()
+            .filter(|(_, contact)| !contact.deleted)
             .map(|(id, contact)| {
                 let record = RecordSnapshot {
                     fields: contact.fields.clone(),
@@ -88,10 +139,41 @@ impl Provider for Salesforce {
             })
             .collect()
     }
+
+    fn write_counts(&self) -> WriteCounts {
+        self.writes
+    }
+
+    fn clear(&mut self) {
+        // The clock is a setting: it stays.
+        *self = Salesforce {
+            clock: self.clock,
+            ..Salesforce::default()
+        };
+    }
 }
 
 impl Salesforce {
-    fn create(&mut self, fields: Map<String, Value>) -> Reply {
+    pub(super) fn set_clock(&mut self, clock: Option<u64>) {
+        self.clock = clock;
+    }
+
+    /// The modification time of a change now: `at` (a backdated admin
+    /// edit), else the fixed clock, else the time.
+    fn modified_at(&self, at: Option<u64>) -> u64 {
+        at.or(self.clock).unwrap_or_else(unix_millis)
+    }
+
+    fn live(&mut self, id: &str) -> Option<&mut Contact> {
+        self.contacts.get_mut(id).filter(|contact| !contact.deleted)
+    }
+
+    pub(super) fn create(
+        &mut self,
+        fields: Map<String, Value>,
+        origin: Origin,
+        at: Option<u64>,
+    ) -> Reply {
         if let Err(refusal) = require_last_name(&fields) {
             return refusal;
         }
@@ -103,68 +185,85 @@ impl Salesforce {
             return errors(StatusCode::BAD_REQUEST, "DUPLICATE_VALUE", &message, &[]);
         }
         let external_id = external_id.map(str::to_owned);
-        let id = self.insert(fields, external_id);
+        let id = self.insert(fields, external_id, origin, at);
         Reply::json(
             StatusCode::CREATED,
             &json!({"id": id, "success": true, "errors": []}),
         )
     }
 
-    fn update(&mut self, id: &str, fields: Map<String, Value>) -> Reply {
-        match self.contacts.get_mut(id) {
-            Some(contact) => {
-                contact.fields.extend(fields);
-                Reply::empty(StatusCode::NO_CONTENT)
-            }
-            None => not_found(),
-        }
+    /// Merges `fields` into the contact. Like Salesforce, every update moves
+    /// `LastModifiedDate`, even one that changes nothing (an echo).
+    pub(super) fn update(
+        &mut self,
+        id: &str,
+        fields: Map<String, Value>,
+        origin: Origin,
+        at: Option<u64>,
+    ) -> Reply {
+        let modified_at = self.modified_at(at);
+        let Some(contact) = self.live(id) else {
+            return not_found();
+        };
+        let changed = contact.merge(fields);
+        contact.last_modified = modified_at;
+        self.writes.count(origin, changed);
+        Reply::empty(StatusCode::NO_CONTENT)
     }
 
     /// Updates the contact with this external id, or creates it (and then
     /// `LastName` is required, as on any create).
     fn upsert(&mut self, external_id: String, fields: Map<String, Value>) -> Reply {
-        let existing = self.ids_by_external_id.get(&external_id);
-        if let Some((id, contact)) = existing.and_then(|id| Some((id, self.contacts.get_mut(id)?)))
-        {
-            contact.fields.extend(fields);
+        let modified_at = self.modified_at(None);
+        let existing = self.ids_by_external_id.get(&external_id).cloned();
+        if let Some(id) = existing {
+            let contact = self
+                .contacts
+                .get_mut(&id)
+                .expect("the external id index names live contacts");
+            let changed = contact.merge(fields);
+            contact.last_modified = modified_at;
+            self.writes.count(Origin::Api, changed);
             let body = json!({"id": id, "success": true, "errors": [], "created": false});
             return Reply::json(StatusCode::OK, &body);
         }
         if let Err(refusal) = require_last_name(&fields) {
             return refusal;
         }
-        let id = self.insert(fields, Some(external_id));
+        let id = self.insert(fields, Some(external_id), Origin::Api, None);
         let body = json!({"id": id, "success": true, "errors": [], "created": true});
         Reply::json(StatusCode::CREATED, &body)
     }
 
-    fn read(&self, id: &str) -> Reply {
-        let Some(contact) = self.contacts.get(id) else {
-            return not_found();
-        };
-        let mut body = contact.fields.clone();
-        body.insert(
-            "attributes".into(),
-            json!({"type": "Contact", "url": format!("{CONTACT_PATH}/{id}")}),
-        );
-        body.insert("Id".into(), id.into());
-        if let Some(external_id) = &contact.external_id {
-            body.insert(EXTERNAL_ID_FIELD.into(), external_id.as_str().into());
+    pub(super) fn read(&mut self, id: &str) -> Reply {
+        match self.live(id) {
+            Some(contact) => Reply::json(StatusCode::OK, &contact.to_json(id)),
+            None => not_found(),
         }
-        Reply::json(StatusCode::OK, &Value::Object(body))
     }
 
-    fn delete(&mut self, id: &str) -> Reply {
-        let Some(contact) = self.contacts.remove(id) else {
+    /// Leaves a tombstone with the last fields, for pollers.
+    pub(super) fn delete(&mut self, id: &str, origin: Origin, at: Option<u64>) -> Reply {
+        let modified_at = self.modified_at(at);
+        let Some(contact) = self.contacts.get_mut(id).filter(|c| !c.deleted) else {
             return not_found();
         };
-        if let Some(external_id) = contact.external_id {
-            self.ids_by_external_id.remove(&external_id);
+        contact.deleted = true;
+        contact.last_modified = modified_at;
+        if let Some(external_id) = &contact.external_id {
+            self.ids_by_external_id.remove(external_id);
         }
+        self.writes.count(origin, true);
         Reply::empty(StatusCode::NO_CONTENT)
     }
 
-    fn insert(&mut self, fields: Map<String, Value>, external_id: Option<String>) -> String {
+    fn insert(
+        &mut self,
+        fields: Map<String, Value>,
+        external_id: Option<String>,
+        origin: Origin,
+        at: Option<u64>,
+    ) -> String {
         // Contact ids are 18 characters with the key prefix 003.
         let id = format!("003{:015}", next_record_number() % 10u64.pow(15));
         if let Some(external_id) = &external_id {
@@ -174,14 +273,20 @@ impl Salesforce {
         let contact = Contact {
             fields,
             external_id,
+            last_modified: self.modified_at(at),
+            deleted: false,
         };
         self.contacts.insert(id.clone(), contact);
+        self.writes.count(origin, true);
         id
     }
 }
 
 async fn create(State(api): SalesforceApi, request: ApiRequest) -> Response {
-    api.serve_body(request, fields, Salesforce::create).await
+    api.serve_body(request, fields, |salesforce, fields| {
+        salesforce.create(fields, Origin::Api, None)
+    })
+    .await
 }
 
 async fn update(
@@ -190,7 +295,7 @@ async fn update(
     request: ApiRequest,
 ) -> Response {
     api.serve_body(request, fields, |salesforce, fields| {
-        salesforce.update(&id, fields)
+        salesforce.update(&id, fields, Origin::Api, None)
     })
     .await
 }
@@ -215,13 +320,15 @@ async fn delete(
     Path(id): Path<String>,
     request: ApiRequest,
 ) -> Response {
-    api.serve(request, |salesforce| salesforce.delete(&id))
-        .await
+    api.serve(request, |salesforce| {
+        salesforce.delete(&id, Origin::Api, None)
+    })
+    .await
 }
 
 /// The fields of a create, update or upsert body, or the 400 Salesforce
 /// answers. `LastName` may be left out (an update) but not emptied.
-fn fields(body: &[u8]) -> Result<Map<String, Value>, Reply> {
+pub(super) fn fields(body: &[u8]) -> Result<Map<String, Value>, Reply> {
     let fields = parse_json(body).and_then(scalar_fields).map_err(|error| {
         let message = match error {
             FieldsError::Unparsable(e) => format!("Cannot deserialize the request body: {e}"),
@@ -281,7 +388,7 @@ fn not_found() -> Reply {
 }
 
 /// Salesforce's error body: a list of `{message, errorCode, fields}`.
-fn errors(status: StatusCode, code: &str, message: &str, fields: &[&str]) -> Reply {
+pub(super) fn errors(status: StatusCode, code: &str, message: &str, fields: &[&str]) -> Reply {
     let body = json!([{"message": message, "errorCode": code, "fields": fields}]);
     Reply::json(status, &body)
 }
