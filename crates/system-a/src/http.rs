@@ -21,6 +21,24 @@ pub(crate) struct App {
     pub(crate) token: Option<String>,
 }
 
+impl App {
+    /// Makes `change` on a task of its own, so a caller that goes away (a
+    /// client hanging up while NATS is down) cannot cut a write in half: an
+    /// event published but the record not changed.
+    pub(crate) async fn write(
+        self: &Arc<Self>,
+        origin: Origin,
+        change: Change,
+    ) -> Result<Option<Value>, WriteError> {
+        let app = self.clone();
+        let write = tokio::spawn(async move { app.table.write(origin, change).await });
+        match write.await {
+            Ok(written) => written,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+}
+
 type AppState = State<Arc<App>>;
 
 pub(crate) fn router(app: Arc<App>) -> Router {
@@ -66,8 +84,8 @@ fn body(bytes: &Bytes) -> Result<Value, String> {
     serde_json::from_slice(bytes).map_err(|e| format!("the body is not JSON: {e}"))
 }
 
-async fn write(app: &App, origin: Origin, change: Change, success: StatusCode) -> Response {
-    match app.table.write(origin, change).await {
+async fn write(app: &Arc<App>, origin: Origin, change: Change, success: StatusCode) -> Response {
+    match app.write(origin, change).await {
         Ok(Some(record)) => (success, Json(record)).into_response(),
         Ok(None) => success.into_response(),
         Err(e) => {
@@ -80,14 +98,14 @@ async fn write(app: &App, origin: Origin, change: Change, success: StatusCode) -
     }
 }
 
-async fn create(app: &App, origin: Origin, bytes: Bytes) -> Response {
+async fn create(app: &Arc<App>, origin: Origin, bytes: Bytes) -> Response {
     match body(&bytes) {
         Ok(fields) => write(app, origin, Change::Create(fields), StatusCode::CREATED).await,
         Err(message) => error(StatusCode::BAD_REQUEST, &message),
     }
 }
 
-async fn update(app: &App, origin: Origin, id: String, bytes: Bytes) -> Response {
+async fn update(app: &Arc<App>, origin: Origin, id: String, bytes: Bytes) -> Response {
     match body(&bytes) {
         Ok(patch) => write(app, origin, Change::Update(id, patch), StatusCode::OK).await,
         Err(message) => error(StatusCode::BAD_REQUEST, &message),

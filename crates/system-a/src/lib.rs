@@ -121,11 +121,7 @@ impl SystemA {
     /// A person creates a contact from `fields` (an object); the record, with
     /// its new `"id"`.
     pub async fn user_create(&self, fields: Value) -> Result<Value, WriteError> {
-        let record = self
-            .app
-            .table
-            .write(Origin::User, Change::Create(fields))
-            .await?;
+        let record = self.app.write(Origin::User, Change::Create(fields)).await?;
         Ok(record.expect("a create has a record after it"))
     }
 
@@ -133,13 +129,13 @@ impl SystemA {
     /// record after.
     pub async fn user_update(&self, id: &str, fields: Value) -> Result<Value, WriteError> {
         let change = Change::Update(id.to_owned(), fields);
-        let record = self.app.table.write(Origin::User, change).await?;
+        let record = self.app.write(Origin::User, change).await?;
         Ok(record.expect("an update has a record after it"))
     }
 
     pub async fn user_delete(&self, id: &str) -> Result<(), WriteError> {
         let change = Change::Delete(id.to_owned());
-        self.app.table.write(Origin::User, change).await.map(drop)
+        self.app.write(Origin::User, change).await.map(drop)
     }
 
     /// Stops accepting, lets in-flight requests finish, and waits for the server.

@@ -348,6 +348,14 @@ async fn while_nats_is_down_a_write_waits_and_its_event_is_stored_once() {
         f.system_a.get("2").is_none(),
         "visible before its event was stored"
     );
+    // A client that gives up does not cut its write in half.
+    let abandoned = f
+        .request(Method::POST, "/contacts")
+        .json(&json!({"n": 3}))
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(abandoned.is_err(), "answered while NATS was down");
 
     f.nats.restart().expect("restart nats-server");
     let (status, created) = tokio::time::timeout(Duration::from_secs(60), pending)
@@ -355,16 +363,18 @@ async fn while_nats_is_down_a_write_waits_and_its_event_is_stored_once() {
         .expect("the write ends once NATS is back")
         .unwrap();
     assert_eq!((status, &created["id"]), (StatusCode::CREATED, &json!("2")));
-    f.system_a.user_create(json!({"n": 3})).await.unwrap();
+    let record = f.system_a.user_create(json!({"n": 4})).await.unwrap();
+    assert_eq!(record["id"], "4", "written after the abandoned one");
+    assert_eq!(f.system_a.get("3").unwrap()["n"], 3);
 
     let events = f.events().await;
     let ids: Vec<_> = events
         .iter()
         .map(|e| e.payload["after"]["id"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(ids, ["1", "2", "3"], "one event per write, in order");
+    assert_eq!(ids, ["1", "2", "3", "4"], "one event per write, in order");
     let counters = f.system_a.snapshot().counters;
-    assert_eq!(counters.events_published, 3);
+    assert_eq!(counters.events_published, 4);
     assert!(counters.publish_retries >= 1);
 }
 
