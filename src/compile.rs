@@ -14,12 +14,14 @@ use crate::path;
 use crate::pipeline::{self, Pipeline, run_tests};
 use crate::provider::{self, Provider};
 use crate::schema::SchemaCache;
+use crate::twoway::{self, Link};
 
 /// The compiled config. Building it never touches the network.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub globals: Globals,
     pub providers: BTreeMap<String, Arc<Provider>>,
+    pub links: BTreeMap<String, Arc<Link>>,
     pub pipelines: BTreeMap<String, Arc<Pipeline>>,
 }
 
@@ -45,20 +47,31 @@ pub fn compile_dir(dir: &Path, env: &dyn Env, run_tests: bool) -> Result<Config,
         crate::config::globals::resolve_files(dir, &mut globals);
     }
 
+    let engine = ScriptEngine::new();
     let providers: BTreeMap<String, Arc<Provider>> = raw
         .providers
         .iter()
-        .filter_map(|p| provider::compile(p, &mut diags))
+        .filter_map(|p| provider::compile(p, &engine, &mut diags))
         .map(|p| (p.name.clone(), Arc::new(p)))
         .collect();
 
-    let engine = ScriptEngine::new();
+    check_unique_names(raw.links.iter().map(|l| (&l.value.name, l)), "link", &mut diags);
+    let link_names: Vec<String> = raw.links.iter().map(|l| l.value.name.clone()).collect();
+    let links: BTreeMap<String, Arc<Link>> = raw
+        .links
+        .iter()
+        .filter_map(|l| twoway::link::compile(l, &providers, &raw.provider_names, &mut diags))
+        .map(|l| (l.name.clone(), Arc::new(l)))
+        .collect();
+
     let mut schemas = SchemaCache::default();
     let mut ctx = pipeline::compile::Context {
         dir,
         engine: &engine,
         provider_names: &raw.provider_names,
         providers: &providers,
+        links: &links,
+        link_names: &link_names,
         schemas: &mut schemas,
     };
     let mut pipelines = BTreeMap::new();
@@ -76,6 +89,7 @@ pub fn compile_dir(dir: &Path, env: &dyn Env, run_tests: bool) -> Result<Config,
         Ok(Config {
             globals,
             providers,
+            links,
             pipelines,
         })
     } else {

@@ -64,6 +64,12 @@ impl Entry {
     }
 }
 
+/// A reverse entry: the record key of a provider id.
+#[derive(Debug, Serialize, Deserialize)]
+struct Reverse {
+    key: String,
+}
+
 /// A body's hash as stored in [`Entry::body`]: FNV-1a 64 of its JSON. Stable
 /// across versions and machines (std's hashers are not promised to be).
 pub fn body_hash(body: &serde_json::Value) -> String {
@@ -132,6 +138,41 @@ impl IdMap {
         }))
     }
 
+    /// The record key whose provider id is `id`, if syncflow linked them.
+    pub async fn key_of(
+        &self,
+        provider: &str,
+        object: &str,
+        id: &str,
+    ) -> Result<Option<String>, IdMapError> {
+        let entry = self
+            .store
+            .get(reverse_key(provider, object, id))
+            .await
+            .map_err(|e| IdMapError(e.to_string()))?;
+        Ok(entry.and_then(|value| {
+            serde_json::from_slice::<Reverse>(&value)
+                .ok()
+                .map(|r| r.key)
+        }))
+    }
+
+    /// Records that `key`'s record is `id` at the provider: the id map
+    /// entry (merged into what it holds) and the reverse entry.
+    pub async fn link(
+        &self,
+        provider: &str,
+        object: &str,
+        key: &str,
+        id: &str,
+    ) -> Result<(), IdMapError> {
+        let mut entry = self.lookup(provider, object, key).await?.unwrap_or_default();
+        entry.id = Some(id.to_string());
+        entry.deleted = false;
+        self.put(provider, object, key, &entry).await?;
+        self.put_reverse(provider, object, key, id).await
+    }
+
     /// Returns once the server has stored it (a JetStream ack), so a
     /// message is only acked after what it taught the map is durable.
     pub async fn put(
@@ -148,21 +189,50 @@ impl IdMap {
             .map(|_| ())
             .map_err(|e| IdMapError(e.to_string()))
     }
+
+    /// Writes the reverse entry of `id` (id → `key`), for
+    /// [`IdMap::key_of`]; once per id learned.
+    pub async fn put_reverse(
+        &self,
+        provider: &str,
+        object: &str,
+        key: &str,
+        id: &str,
+    ) -> Result<(), IdMapError> {
+        let reverse = serde_json::to_vec(&Reverse {
+            key: key.to_string(),
+        })
+        .map_err(|e| IdMapError(e.to_string()))?;
+        self.store
+            .put(reverse_key(provider, object, id), reverse.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| IdMapError(e.to_string()))
+    }
 }
 
-/// KV keys allow `[-/_=.a-zA-Z0-9]`. Record keys of `[A-Za-z0-9_-]` are used
-/// as they are (readable in `nats kv get`); anything else is base64url with
-/// a leading `=`, which no plain key can start with.
 fn kv_key(provider: &str, object: &str, key: &str) -> String {
+    format!("{provider}.{object}.{}", kv_token(key))
+}
+
+/// The reverse entry of a provider id: `provider.object.~.<id>`.
+fn reverse_key(provider: &str, object: &str, id: &str) -> String {
+    format!("{provider}.{object}.~.{}", kv_token(id))
+}
+
+/// A record key as one KV key token. KV keys allow `[-/_=.a-zA-Z0-9]`.
+/// Keys of `[A-Za-z0-9_-]` are used as they are (readable in `nats kv
+/// get`); anything else is base64url with a leading `=`, which no plain key
+/// can start with.
+pub fn kv_token(key: &str) -> String {
     let plain = !key.is_empty()
         && key
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if plain {
-        format!("{provider}.{object}.{key}")
+        key.to_string()
     } else {
-        let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key);
-        format!("{provider}.{object}.={encoded}")
+        format!("={}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key))
     }
 }
 
@@ -180,6 +250,9 @@ mod tests {
                 .all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b))
         );
         assert_ne!(kv_key("p", "o", "=x"), kv_key("p", "o", "x"));
+        // A reverse entry never collides with a forward one.
+        assert_ne!(reverse_key("p", "o", "x"), kv_key("p", "o", "x"));
+        assert!(reverse_key("p", "o", "a.b").starts_with("p.o.~.="));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 
 use super::diagnostics::{Diagnostics, Pos};
 use super::env::Env;
-use super::model::{Globals, PipelineConfig, ProviderConfig};
+use super::model::{Globals, LinkConfig, PipelineConfig, ProviderConfig};
 use super::suggest::did_you_mean;
 use super::yaml::{self, Kind, Node, Seg};
 
@@ -75,9 +75,10 @@ pub struct RawConfig {
     /// failed to deserialize, so a pipeline naming it is not told "unknown".
     pub provider_names: Vec<String>,
     pub pipelines: Vec<Sourced<PipelineConfig>>,
+    pub links: Vec<Sourced<LinkConfig>>,
 }
 
-/// Reads `syncflow.yaml`, `providers/*.yaml` and `pipelines/*.yaml`.
+/// Reads `syncflow.yaml`, `providers/*.yaml`, `pipelines/*.yaml` and `links/*.yaml`.
 /// Files that fail to parse are left out and their errors added to `diags`.
 pub fn load_dir(dir: &Path, env: &dyn Env, diags: &mut Diagnostics) -> RawConfig {
     let mut raw = RawConfig {
@@ -107,6 +108,13 @@ pub fn load_dir(dir: &Path, env: &dyn Env, diags: &mut Diagnostics) -> RawConfig
         if let Some(file) = read_file(dir, &path, env, diags) {
             if let Some(value) = deserialize::<PipelineConfig>(&file, diags) {
                 raw.pipelines.push(Sourced { value, file });
+            }
+        }
+    }
+    for path in yaml_files(dir, "links", diags) {
+        if let Some(file) = read_file(dir, &path, env, diags) {
+            if let Some(value) = deserialize::<LinkConfig>(&file, diags) {
+                raw.links.push(Sourced { value, file });
             }
         }
     }

@@ -189,6 +189,211 @@ pub struct ProviderConfig {
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: u64,
     pub objects: BTreeMap<String, ObjectConfig>,
+    /// How the provider's own changes reach syncflow (two-way sync).
+    #[serde(default)]
+    pub inbound: Option<InboundConfig>,
+}
+
+/// A provider's changes coming in: by webhook, or by polling per object.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
+    /// By object name.
+    #[serde(default)]
+    pub poll: BTreeMap<String, PollConfig>,
+}
+
+/// `POST <http.listen>/hooks/<provider>`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub signature: SignatureConfig,
+    /// The URL the provider calls, for schemes that sign it; by default
+    /// `http://<Host header><path>`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    #[serde(default = "default_webhook_max_body")]
+    pub max_body_bytes: u64,
+    /// JSONPath to the events in a request body.
+    #[serde(default = "default_webhook_events")]
+    pub events: String,
+    /// Each event's envelope: `id`, `object`, `record_id`, `occurred_at`,
+    /// `change` and `record`, as JSONPaths or `{ expr }` over the event.
+    pub event: serde_yaml::Mapping,
+}
+
+fn default_webhook_max_body() -> u64 {
+    1024 * 1024
+}
+fn default_webhook_events() -> String {
+    "$[*]".into()
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureConfig {
+    pub scheme: SignatureScheme,
+    pub secret: Secret,
+    /// hmac_sha256: the header holding the signature.
+    #[serde(default)]
+    pub header: Option<String>,
+    #[serde(default)]
+    pub encoding: Option<SignatureEncoding>,
+    /// hmac_sha256: text before the signature in its header (`sha256=`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub timestamp_header: Option<String>,
+    #[serde(default)]
+    pub timestamp_unit: Option<TimestampUnit>,
+    /// hmac_sha256: what is signed, from `{method}`, `{url}`, `{body}` and
+    /// `{timestamp}` (default `{body}`, or `{timestamp}.{body}` with a
+    /// timestamp header).
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Requests signed longer ago than this are refused (replays).
+    #[serde(default = "default_signature_max_age")]
+    pub max_age: ConfigDuration,
+}
+
+fn default_signature_max_age() -> ConfigDuration {
+    ConfigDuration::from_secs(300)
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureScheme {
+    /// HubSpot's v3: base64 HMAC-SHA256 of method + URL + body + timestamp,
+    /// headers X-HubSpot-Signature-v3 and X-HubSpot-Request-Timestamp (ms).
+    HubspotV3,
+    HmacSha256,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureEncoding {
+    Hex,
+    Base64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestampUnit {
+    S,
+    Ms,
+}
+
+/// A "changed since" request for one object, repeated every `every`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PollConfig {
+    #[serde(default = "default_poll_every")]
+    pub every: ConfigDuration,
+    /// `{ method, path }`; the path may hold `{since}` (ms), `{after_id}`
+    /// and `{limit}`.
+    pub request: PollRequestConfig,
+    #[serde(default = "default_poll_limit")]
+    pub limit: u32,
+    /// JSONPath to the records of an answer.
+    pub records: String,
+    /// JSONPath to a boolean that is true on the last page; without it, a
+    /// page shorter than `limit` is the last.
+    #[serde(default)]
+    pub done: Option<String>,
+    /// Each poll starts this much before the cursor, so records committed
+    /// late with an older modification time are not skipped.
+    #[serde(default = "default_poll_lookback")]
+    pub lookback: ConfigDuration,
+    /// Each record's envelope: `record_id` and `occurred_at` (the cursor),
+    /// `change` and `record` (default: `update` and the whole record).
+    pub event: serde_yaml::Mapping,
+}
+
+fn default_poll_every() -> ConfigDuration {
+    ConfigDuration::from_secs(5)
+}
+fn default_poll_limit() -> u32 {
+    200
+}
+fn default_poll_lookback() -> ConfigDuration {
+    ConfigDuration::from_secs(5)
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PollRequestConfig {
+    #[serde(default = "default_get")]
+    pub method: String,
+    pub path: String,
+}
+
+fn default_get() -> String {
+    "GET".into()
+}
+
+/// `links/<name>.yaml`: a record kept the same in System A and a provider.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LinkConfig {
+    pub name: String,
+    /// The provider object (`{ provider, object }`).
+    pub external: LinkExternal,
+    /// Where System A's records are written: a provider object (System A's
+    /// own API) or a NATS subject.
+    pub internal: TargetConfig,
+    /// The synced fields: each a path in System A's records, a path in the
+    /// provider's, and who wins when both change.
+    pub fields: BTreeMap<String, LinkFieldConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LinkExternal {
+    pub provider: String,
+    pub object: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LinkFieldConfig {
+    pub internal: String,
+    pub external: String,
+    #[serde(default)]
+    pub policy: Policy,
+}
+
+/// Who wins a field both sides changed.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// The newer change by each side's modification time; ties go to System A.
+    #[default]
+    Latest,
+    /// System A owns the field: a provider edit is set back.
+    Internal,
+    /// The provider owns the field: a System A edit is set back.
+    Provider,
+}
+
+/// A pipeline's part in a two-way link.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TwoWayConfig {
+    pub link: String,
+    pub direction: Direction,
+    /// JSONPath to the change's modification time (ms since the epoch).
+    pub modified: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// System A's changes, to the provider.
+    Outbound,
+    /// The provider's changes, to System A.
+    Inbound,
 }
 
 fn default_max_response_bytes() -> u64 {
@@ -358,6 +563,9 @@ pub struct PipelineConfig {
     pub mapping: serde_yaml::Mapping,
     #[serde(default)]
     pub dead_letter: Option<DeadLetterConfig>,
+    /// This pipeline carries one direction of a two-way link.
+    #[serde(default)]
+    pub two_way: Option<TwoWayConfig>,
     #[serde(default)]
     pub tests: Vec<TestCase>,
 }

@@ -10,6 +10,9 @@ use serde_json::{Map, Value};
 
 pub use path::{JsonPath, PathError};
 
+use crate::config::diagnostics::Diagnostics;
+use crate::config::load::SourceFile;
+use crate::config::yaml::Seg;
 use crate::expr::{Script, ScriptEngine, Vars};
 
 /// Where one output field's value comes from.
@@ -110,7 +113,9 @@ impl Mapping {
     }
 }
 
-fn insert(out: &mut Map<String, Value>, segments: &[String], value: Value) {
+/// Sets `value` at the dotted path `segments` of `out`, making the objects
+/// on the way.
+pub fn insert(out: &mut Map<String, Value>, segments: &[String], value: Value) {
     let (last, parents) = segments.split_last().expect("validated non-empty");
     let mut map = out;
     for seg in parents {
@@ -124,6 +129,80 @@ fn insert(out: &mut Map<String, Value>, segments: &[String], value: Value) {
         map = slot.as_object_mut().expect("just made an object");
     }
     map.insert(last.clone(), value);
+}
+
+/// The value at the dotted path `segments` of `value`.
+pub fn lookup<'a>(value: &'a Value, segments: &[String]) -> Option<&'a Value> {
+    segments
+        .iter()
+        .try_fold(value, |v, seg| v.as_object()?.get(seg))
+}
+
+/// Compiles a YAML mapping of output paths to JSONPaths or `{ expr }`
+/// scripts, at `at` in `file`, reporting every error.
+pub fn compile_mapping(
+    file: &SourceFile,
+    at: &[Seg],
+    yaml: &serde_yaml::Mapping,
+    engine: &ScriptEngine,
+    diags: &mut Diagnostics,
+) -> Option<Mapping> {
+    let before = diags.len();
+    let mut fields: Vec<Field> = Vec::new();
+    for (k, v) in yaml {
+        let Some(name) = k.as_str() else {
+            diags.push(
+                &file.rel,
+                file.root.value_pos(at),
+                format!("mapping keys are output paths (strings), not {k:?}"),
+            );
+            continue;
+        };
+        let mut field_at = at.to_vec();
+        field_at.push(Seg::from(name));
+        let source = match v {
+            serde_yaml::Value::String(p) => JsonPath::compile(p)
+                .map_err(|e| file.text_error(diags, &field_at, 1, e.col, e.message))
+                .ok()
+                .map(FieldSource::Path),
+            serde_yaml::Value::Mapping(m)
+                if m.len() == 1 && m.get("expr").is_some_and(|e| e.is_string()) =>
+            {
+                let text = m.get("expr").and_then(|e| e.as_str()).unwrap_or_default();
+                let mut expr_at = field_at.clone();
+                expr_at.push(Seg::from("expr"));
+                engine
+                    .compile(text)
+                    .map_err(|e| {
+                        file.text_error(
+                            diags,
+                            &expr_at,
+                            e.line,
+                            e.col,
+                            format!("invalid Rhai script: {}", e.message),
+                        )
+                    })
+                    .ok()
+                    .map(FieldSource::Expr)
+            }
+            _ => {
+                file.error(diags, &field_at, format!("mapping \"{name}\": expected a JSONPath string or {{ expr: <Rhai script> }}"));
+                None
+            }
+        };
+        let Some(source) = source else { continue };
+        match Field::new(name, source) {
+            Ok(field) => {
+                if let Some(other) = fields.iter().find(|f| f.conflicts_with(&field)) {
+                    file.key_error(diags, &field_at, format!("output path \"{name}\" conflicts with \"{}\": one would overwrite the other", other.name));
+                } else {
+                    fields.push(field);
+                }
+            }
+            Err(e) => file.key_error(diags, &field_at, e),
+        }
+    }
+    (diags.len() == before).then(|| Mapping::new(fields))
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Pipeline, Rule, SubjectTemplate, Target};
+use super::{Pipeline, Rule, SubjectTemplate, Target, TwoWay};
+use crate::config::model::{Direction, TwoWayConfig};
+use crate::twoway::Link;
 use crate::action::Action;
 use crate::config::diagnostics::Diagnostics;
 use crate::config::load::{SourceFile, Sourced};
@@ -14,7 +16,7 @@ use crate::config::model::PipelineConfig;
 use crate::config::suggest::did_you_mean;
 use crate::config::yaml::Seg;
 use crate::expr::{Script, ScriptEngine};
-use crate::mapping::{Field, FieldSource, JsonPath, Mapping};
+use crate::mapping::{JsonPath, compile_mapping};
 use crate::path;
 use crate::provider::Provider;
 use crate::schema::{Schema, SchemaCache, SchemaError};
@@ -27,6 +29,9 @@ pub struct Context<'a> {
     pub provider_names: &'a [String],
     /// The providers that compiled.
     pub providers: &'a BTreeMap<String, Arc<Provider>>,
+    /// The links that compiled, and the name of every link file.
+    pub links: &'a BTreeMap<String, Arc<Link>>,
+    pub link_names: &'a [String],
     pub schemas: &'a mut SchemaCache,
 }
 
@@ -158,7 +163,7 @@ pub fn compile(
         .schema
         .as_ref()
         .map(|p| schema(file, &path!["target", "schema"], p, ctx, diags));
-    let mapping = mapping(file, cfg, ctx.engine, diags);
+    let mapping = compile_mapping(file, &path!["mapping"], &cfg.mapping, ctx.engine, diags);
     let sends_body = cfg
         .rules
         .iter()
@@ -171,6 +176,13 @@ pub fn compile(
         );
     }
 
+    if diags.len() != before {
+        return None;
+    }
+    let two_way = cfg
+        .two_way
+        .as_ref()
+        .and_then(|tw| two_way(file, tw, target.as_ref(), ctx, diags));
     if diags.len() != before {
         return None;
     }
@@ -202,6 +214,7 @@ pub fn compile(
         mapping: mapping?,
         output_schema,
         target,
+        two_way,
         dead_letter_subject: cfg
             .dead_letter
             .as_ref()
@@ -210,6 +223,67 @@ pub fn compile(
         tests: cfg.tests.clone(),
         engine: ctx.engine.clone(),
         fingerprint,
+    })
+}
+
+/// A pipeline's part in a two-way link: the link exists, and the pipeline
+/// writes to the link's side its direction leads to.
+fn two_way(
+    file: &SourceFile,
+    cfg: &TwoWayConfig,
+    target: Option<&Target>,
+    ctx: &Context<'_>,
+    diags: &mut Diagnostics,
+) -> Option<TwoWay> {
+    let Some(link) = ctx.links.get(&cfg.link) else {
+        if !ctx.link_names.contains(&cfg.link) {
+            file.error(
+                diags,
+                &path!["two_way", "link"],
+                format!(
+                    "unknown link \"{}\"{}",
+                    cfg.link,
+                    did_you_mean(&cfg.link, ctx.link_names.iter().map(String::as_str))
+                ),
+            );
+        }
+        return None;
+    };
+    let modified = json_path(file, &path!["two_way", "modified"], &cfg.modified, diags)?;
+    let (side, expected) = match cfg.direction {
+        Direction::Outbound => ("external", &link.external),
+        Direction::Inbound => ("internal", &link.internal),
+    };
+    let same = match (target?, expected) {
+        (
+            Target::Provider { provider, object },
+            Target::Provider {
+                provider: p,
+                object: o,
+            },
+        ) => provider.name == p.name && object == o,
+        (Target::Subject(a), Target::Subject(b)) => a == b,
+        _ => false,
+    };
+    if !same {
+        file.error(
+            diags,
+            &path!["target"],
+            format!(
+                "a {} pipeline of link \"{}\" writes to the link's {side} side: its target must be the same",
+                match cfg.direction {
+                    Direction::Outbound => "outbound",
+                    Direction::Inbound => "inbound",
+                },
+                link.name
+            ),
+        );
+        return None;
+    }
+    Some(TwoWay {
+        link: link.clone(),
+        direction: cfg.direction,
+        modified,
     })
 }
 
@@ -352,49 +426,3 @@ fn schema(
     }
 }
 
-fn mapping(
-    file: &SourceFile,
-    cfg: &PipelineConfig,
-    engine: &ScriptEngine,
-    diags: &mut Diagnostics,
-) -> Option<Mapping> {
-    let before = diags.len();
-    let mut fields: Vec<Field> = Vec::new();
-    for (k, v) in &cfg.mapping {
-        let Some(name) = k.as_str() else {
-            diags.push(
-                &file.rel,
-                file.root.value_pos(&path!["mapping"]),
-                format!("mapping keys are output paths (strings), not {k:?}"),
-            );
-            continue;
-        };
-        let at = path!["mapping", name];
-        let source = match v {
-            serde_yaml::Value::String(p) => json_path(file, &at, p, diags).map(FieldSource::Path),
-            serde_yaml::Value::Mapping(m)
-                if m.len() == 1 && m.get("expr").is_some_and(|e| e.is_string()) =>
-            {
-                let text = m.get("expr").and_then(|e| e.as_str()).unwrap_or_default();
-                script(file, &path!["mapping", name, "expr"], text, engine, diags)
-                    .map(FieldSource::Expr)
-            }
-            _ => {
-                file.error(diags, &at, format!("mapping \"{name}\": expected a JSONPath string or {{ expr: <Rhai script> }}"));
-                None
-            }
-        };
-        let Some(source) = source else { continue };
-        match Field::new(name, source) {
-            Ok(field) => {
-                if let Some(other) = fields.iter().find(|f| f.conflicts_with(&field)) {
-                    file.key_error(diags, &at, format!("output path \"{name}\" conflicts with \"{}\": one would overwrite the other", other.name));
-                } else {
-                    fields.push(field);
-                }
-            }
-            Err(e) => file.key_error(diags, &at, e),
-        }
-    }
-    (diags.len() == before).then(|| Mapping::new(fields))
-}

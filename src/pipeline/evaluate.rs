@@ -30,6 +30,18 @@ pub struct Outcome {
     pub body: Option<Value>,
     /// Why a skipped record was skipped.
     pub skip_reason: Option<&'static str>,
+    /// What a two-way link needs of the change.
+    pub facts: Option<Facts>,
+}
+
+/// A change as a two-way link sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Facts {
+    /// When it was made (ms since the epoch, its side's clock).
+    pub modified: i64,
+    /// The link's fields in the changed record (its side's shape), in the
+    /// link's order; `None` where the change does not carry the field.
+    pub fields: Vec<Option<Value>>,
 }
 
 /// The stage at which a record failed; each is a dead-letter kind.
@@ -227,12 +239,49 @@ impl Pipeline {
         } else {
             None
         };
+        let facts = match &self.two_way {
+            Some(tw) => Some(tw.facts(&message, record).map_err(|message| EvalError {
+                action: Some(action),
+                ..fail(EvalErrorKind::Mapping, Some(&key), message)
+            })?),
+            None => None,
+        };
         Ok(Outcome {
             key,
             action,
             body,
             skip_reason: None,
+            facts,
         })
+    }
+}
+
+impl super::TwoWay {
+    /// The modification time (from the message) and the link's fields
+    /// (from the record) of a change.
+    fn facts(&self, message: &Value, record: &Value) -> Result<Facts, String> {
+        let modified = match self.modified.get(message).as_deref() {
+            Some(Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+            Some(Value::String(s)) => s.parse().ok(),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            format!(
+                "two_way.modified: no modification time (ms since the epoch) at {}",
+                self.modified.as_str()
+            )
+        })?;
+        let from_internal = self.direction == crate::config::model::Direction::Outbound;
+        let fields = self
+            .link
+            .fields
+            .iter()
+            .map(|f| {
+                let path = if from_internal { &f.internal } else { &f.external };
+                crate::mapping::lookup(record, path).cloned()
+            })
+            .collect();
+        Ok(Facts { modified, fields })
     }
 }
 
@@ -242,5 +291,6 @@ fn skipped(key: String, reason: &'static str) -> Outcome {
         action: Action::Skip,
         body: None,
         skip_reason: Some(reason),
+        facts: None,
     }
 }

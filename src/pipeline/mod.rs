@@ -8,12 +8,15 @@ mod target;
 mod testcase;
 
 pub use compile::compile;
-pub use evaluate::{EvalError, EvalErrorKind, MessageMeta, Outcome};
+pub use evaluate::{EvalError, EvalErrorKind, Facts, MessageMeta, Outcome};
 pub use target::{SubjectTemplate, Target};
 pub use testcase::{TestFailure, run_tests};
 
 use crate::action::Action;
-use crate::config::model::{IdempotencyKeyFrom, NatsSourceConfig, TestCase};
+use std::sync::Arc;
+
+use crate::config::model::{Direction, IdempotencyKeyFrom, NatsSourceConfig, TestCase};
+use crate::twoway::Link;
 use crate::expr::{Script, ScriptEngine};
 use crate::mapping::{JsonPath, Mapping};
 use crate::schema::Schema;
@@ -36,6 +39,8 @@ pub struct Pipeline {
     mapping: Mapping,
     output_schema: Option<Schema>,
     pub target: Target,
+    /// This pipeline carries one direction of a two-way link.
+    pub two_way: Option<TwoWay>,
     pub dead_letter_subject: String,
     pub tests: Vec<TestCase>,
     engine: ScriptEngine,
@@ -43,6 +48,15 @@ pub struct Pipeline {
     /// unchanged fingerprint (and an unchanged provider) leaves the pipeline
     /// untouched.
     pub fingerprint: u64,
+}
+
+/// A pipeline's part in a two-way link.
+#[derive(Debug, Clone)]
+pub struct TwoWay {
+    pub link: Arc<Link>,
+    pub direction: Direction,
+    /// The change's modification time, in the message.
+    modified: JsonPath,
 }
 
 #[derive(Debug, Clone)]

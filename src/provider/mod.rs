@@ -16,6 +16,8 @@ use crate::config::model::{
 };
 use crate::config::secret::Secret;
 use crate::config::yaml::Seg;
+use crate::expr::ScriptEngine;
+use crate::inbound::Inbound;
 use crate::mapping::JsonPath;
 use crate::path;
 
@@ -34,6 +36,8 @@ pub struct Provider {
     pub idempotency_header: Option<String>,
     pub max_response_bytes: u64,
     pub objects: BTreeMap<String, Object>,
+    /// Its own changes coming in: webhook, polls.
+    pub inbound: Inbound,
     /// The provider as configured (variables resolved), to tell on reload
     /// what changed: see [`Provider::same_except_rate_limit`].
     pub config: ProviderConfig,
@@ -165,7 +169,11 @@ const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 const ENDPOINTS: [&str; 5] = ["create", "update", "upsert", "delete", "read"];
 
 /// Checks and compiles one provider file; `None` if it has errors.
-pub fn compile(src: &Sourced<ProviderConfig>, diags: &mut Diagnostics) -> Option<Provider> {
+pub fn compile(
+    src: &Sourced<ProviderConfig>,
+    engine: &ScriptEngine,
+    diags: &mut Diagnostics,
+) -> Option<Provider> {
     let (cfg, file) = (&src.value, &src.file);
     let before = diags.len();
 
@@ -328,6 +336,8 @@ pub fn compile(src: &Sourced<ProviderConfig>, diags: &mut Diagnostics) -> Option
         );
     }
 
+    let inbound = crate::inbound::compile(src, engine, diags);
+
     (diags.len() == before).then(|| Provider {
         name: cfg.name.clone(),
         base_url: cfg.base_url.trim_end_matches('/').to_string(),
@@ -340,6 +350,7 @@ pub fn compile(src: &Sourced<ProviderConfig>, diags: &mut Diagnostics) -> Option
         idempotency_header: cfg.idempotency_header.clone(),
         max_response_bytes: cfg.max_response_bytes,
         objects,
+        inbound: inbound.unwrap_or_default(),
         config: cfg.clone(),
     })
 }

@@ -141,6 +141,7 @@ impl Engine {
         let empty = Config {
             globals: config.globals.clone(),
             providers: BTreeMap::new(),
+            links: BTreeMap::new(),
             pipelines: BTreeMap::new(),
         };
         let plan = plan(&empty, &config);

@@ -54,8 +54,24 @@ impl ProviderSink {
             .await
     }
 
-    /// Records what was applied: the id, the change's position, the body.
-    async fn applied(&self, record: &Record<'_>, id: Option<String>, deleted: bool) {
+    /// Records what was applied: the id, the change's position, the body;
+    /// and the reverse entry of an id newly learned (`known`: the id before).
+    async fn applied(
+        &self,
+        record: &Record<'_>,
+        id: Option<String>,
+        deleted: bool,
+        known: Option<&str>,
+    ) {
+        if let Some(new) = id.as_deref().filter(|new| Some(*new) != known) {
+            record
+                .trouble
+                .retry_until_ok("id map write", || {
+                    self.idmap
+                        .put_reverse(self.provider(), &self.object, record.key, new)
+                })
+                .await;
+        }
         let entry = Entry {
             id,
             deleted,
@@ -255,7 +271,8 @@ impl Sink for ProviderSink {
                 let learned = response.provider_id.or(id);
                 let delete = endpoint == EndpointKind::Delete;
                 if tracked {
-                    self.applied(record, learned.clone(), delete).await;
+                    let before = known.as_ref().and_then(|e| e.id.as_deref());
+                    self.applied(record, learned.clone(), delete, before).await;
                 }
                 Delivery::Sent {
                     status: Some(response.status),
@@ -271,7 +288,8 @@ impl Sink for ProviderSink {
                 ..
             }) if endpoint == EndpointKind::Delete => {
                 if tracked {
-                    self.applied(record, id.clone(), true).await;
+                    let before = known.as_ref().and_then(|e| e.id.as_deref());
+                    self.applied(record, id.clone(), true, before).await;
                 }
                 Delivery::Sent {
                     status: Some(status.unwrap_or(404)),

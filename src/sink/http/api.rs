@@ -18,7 +18,7 @@ use super::pause::Pause;
 use super::retry::{backoff_ceiling, full_jitter, parse_retry_after};
 use super::slots::Slots;
 use super::verdict::{Attempt, Verdict};
-use super::{ApiError, ApiErrorKind, ApiRequest, ApiResponse};
+use super::{ApiError, ApiErrorKind, ApiRequest, ApiResponse, EndpointKind};
 use crate::limiter::{Limiter, LimiterError};
 use crate::provider::{Endpoint, Provider};
 use crate::sampled::Sampled;
@@ -36,6 +36,8 @@ pub struct ProviderApi {
     in_flight: AtomicUsize,
     breaker: Breaker,
     idempotency_header: Option<HeaderName>,
+    /// What [`ProviderApi::get`] sends: a plain GET.
+    get_endpoint: Endpoint,
     /// Retry-After pauses every request to the provider.
     pause: Pause,
     /// Requests that succeeded, and requests failing right now: an outage
@@ -107,6 +109,12 @@ impl ProviderApi {
             in_flight: AtomicUsize::new(0),
             breaker,
             idempotency_header,
+            get_endpoint: Endpoint {
+                method: http::Method::GET,
+                path: crate::provider::PathTemplate::parse("/").expect("a plain path"),
+                id_from: None,
+                conflict_id: None,
+            },
             pause: Pause::new(&provider.name),
             served: AtomicU64::new(0),
             failing: AtomicUsize::new(0),
@@ -241,7 +249,9 @@ impl ProviderApi {
         for (name, value) in &self.headers {
             headers.append(name, value.clone());
         }
-        if let Some(name) = &self.idempotency_header {
+        if let Some(name) = &self.idempotency_header
+            && !call.idempotency_key.is_empty()
+        {
             headers.insert(name, call.idempotency_key.clone());
         }
         if call.body.is_some() {
@@ -297,6 +307,36 @@ impl ProviderApi {
     /// open, or while it serves nobody (module docs).
     pub async fn send(&self, req: ApiRequest<'_>) -> Result<ApiResponse, ApiError> {
         let call = self.prepare(req)?;
+        self.run(call).await
+    }
+
+    /// GETs `path` (under `base_url`), paced, retried and breaker-guarded
+    /// like every request to the provider: a poll's "changed since" page.
+    pub async fn get(&self, path: &str) -> Result<ApiResponse, ApiError> {
+        let req = ApiRequest {
+            object: "(poll)",
+            endpoint: EndpointKind::Read,
+            key: "",
+            id: None,
+            body: None,
+            idempotency_key: "",
+        };
+        let target = self
+            .origin
+            .target(path)
+            .map_err(|e| internal(format!("{}: {e}", self.what(&req))))?;
+        let call = Call {
+            req,
+            endpoint: &self.get_endpoint,
+            target,
+            idempotency_key: HeaderValue::from_static(""),
+            body: None,
+        };
+        self.run(call).await
+    }
+
+    async fn run(&self, call: Call<'_>) -> Result<ApiResponse, ApiError> {
+        let req = call.req;
         let retry = &self.provider.retry;
         let max_attempts = retry.max_attempts.max(1);
         let mut pass = self.breaker.pass();

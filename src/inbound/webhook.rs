@@ -1,0 +1,204 @@
+//! A provider's webhook: a request's signature checked, its body read into
+//! envelopes, all before anything is stored. Pure: the HTTP side
+//! (inbound/http.rs) stores the envelopes and answers.
+
+use std::collections::BTreeSet;
+
+use http::HeaderMap;
+use serde_json::Value;
+
+use super::envelope::{Envelope, EnvelopeMapping};
+use super::signature::{Refusal, Signed, Verifier};
+use crate::config::diagnostics::Diagnostics;
+use crate::config::load::SourceFile;
+use crate::config::model::WebhookConfig;
+use crate::expr::ScriptEngine;
+use crate::mapping::JsonPath;
+use crate::path;
+
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub provider: String,
+    verifier: Verifier,
+    public_url: Option<String>,
+    pub max_body_bytes: u64,
+    events: JsonPath,
+    envelope: EnvelopeMapping,
+    /// The provider's objects: an event for another is refused.
+    objects: BTreeSet<String>,
+}
+
+/// Why a webhook request was refused, with its HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    Signature(Refusal),
+    /// The body is not JSON, or has no events where `events` points.
+    Malformed(String),
+    /// An event the envelope mapping cannot read.
+    BadEvent(String),
+    /// An event for an object the provider does not declare.
+    UnknownObject(String),
+}
+
+impl Refused {
+    pub fn status(&self) -> u16 {
+        match self {
+            Refused::Signature(_) => 401,
+            Refused::Malformed(_) => 400,
+            Refused::BadEvent(_) | Refused::UnknownObject(_) => 422,
+        }
+    }
+
+    /// The `outcome` label of `syncflow_webhook_requests_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refused::Signature(r) => r.label(),
+            Refused::Malformed(_) => "malformed",
+            Refused::BadEvent(_) => "bad_event",
+            Refused::UnknownObject(_) => "unknown_object",
+        }
+    }
+
+    /// What the provider is told (nothing about the secret or the expected signature).
+    pub fn message(&self) -> String {
+        match self {
+            Refused::Signature(Refusal::Missing) => "signature or timestamp missing".into(),
+            Refused::Signature(Refusal::Mismatch) => "signature does not match".into(),
+            Refused::Signature(Refusal::Stale) => "timestamp too old: refused as a replay".into(),
+            Refused::Malformed(m) => format!("malformed body: {m}"),
+            Refused::BadEvent(m) => format!("unreadable event: {m}"),
+            Refused::UnknownObject(o) => format!("no object \"{o}\" syncs from this provider"),
+        }
+    }
+}
+
+/// One webhook request, as received.
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// `Host` header, for the default public URL.
+    pub host: Option<&'a str>,
+    /// Path and query, as received.
+    pub path_and_query: &'a str,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+}
+
+impl Webhook {
+    pub fn compile(
+        provider: &str,
+        objects: BTreeSet<String>,
+        config: &WebhookConfig,
+        file: &SourceFile,
+        engine: &ScriptEngine,
+        diags: &mut Diagnostics,
+    ) -> Option<Self> {
+        let at = |field: &str| path!["inbound", "webhook", field];
+        let before = diags.len();
+        let verifier = Verifier::new(&config.signature)
+            .map_err(|e| file.error(diags, &at("signature"), e))
+            .ok();
+        if let Some(url) = &config.public_url {
+            match url.parse::<http::Uri>() {
+                Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) => {}
+                _ => file.error(
+                    diags,
+                    &at("public_url"),
+                    format!("public_url must be an http(s) URL, not \"{url}\""),
+                ),
+            }
+        }
+        file.check_range(
+            diags,
+            &at("max_body_bytes"),
+            config.max_body_bytes,
+            1024,
+            64 * 1024 * 1024,
+        );
+        let events = JsonPath::compile(&config.events)
+            .map_err(|e| file.text_error(diags, &at("events"), 1, e.col, e.message))
+            .ok();
+        let envelope = EnvelopeMapping::compile(
+            file,
+            &at("event"),
+            &config.event,
+            &["id", "object", "record_id", "occurred_at"],
+            engine,
+            diags,
+        );
+        if diags.len() != before {
+            return None;
+        }
+        Some(Webhook {
+            provider: provider.to_string(),
+            verifier: verifier?,
+            public_url: config.public_url.clone(),
+            max_body_bytes: config.max_body_bytes,
+            events: events?,
+            envelope: envelope?,
+            objects,
+        })
+    }
+
+    /// Checks the request and reads every event into an envelope, or
+    /// refuses it whole: nothing of a refused request is stored.
+    pub fn accept(
+        &self,
+        request: &Request<'_>,
+        engine: &ScriptEngine,
+        now_ms: i64,
+    ) -> Result<Vec<Envelope>, Refused> {
+        let url = match &self.public_url {
+            Some(base) => format!(
+                "{}{}",
+                base.trim_end_matches('/'),
+                request.path_and_query
+            ),
+            None => format!(
+                "http://{}{}",
+                request.host.unwrap_or_default(),
+                request.path_and_query
+            ),
+        };
+        let signed = Signed {
+            method: request.method,
+            url: &url,
+            headers: request.headers,
+            body: request.body,
+        };
+        self.verifier
+            .verify(&signed, now_ms)
+            .map_err(Refused::Signature)?;
+        let body: Value = serde_json::from_slice(request.body)
+            .map_err(|e| Refused::Malformed(format!("not JSON: {e}")))?;
+        let events = match self.events.get(&body) {
+            Some(found) => match found.into_owned() {
+                Value::Array(events) => events,
+                one => vec![one],
+            },
+            None => return Err(Refused::Malformed(format!("no events at {}", self.events.as_str()))),
+        };
+        events
+            .iter()
+            .map(|event| self.envelope(event, engine))
+            .collect()
+    }
+
+    fn envelope(&self, event: &Value, engine: &ScriptEngine) -> Result<Envelope, Refused> {
+        let read = self.envelope.read(event, engine).map_err(Refused::BadEvent)?;
+        let object = read.object.ok_or_else(|| Refused::BadEvent("no object".into()))?;
+        if !self.objects.contains(&object) {
+            return Err(Refused::UnknownObject(object));
+        }
+        let id = read.id.ok_or_else(|| Refused::BadEvent("no id".into()))?;
+        Ok(Envelope {
+            provider: self.provider.clone(),
+            object,
+            event_id: format!("{}:{id}", self.provider),
+            record_id: read.record_id,
+            occurred_at: read.occurred_at,
+            change: read.change,
+            record: read.record.unwrap_or(Value::Object(Default::default())),
+            source: "webhook".into(),
+        })
+    }
+}

@@ -1,0 +1,312 @@
+//! What syncflow knows of one linked record, field by field, and the rules
+//! that decide who wins and what each side must be told. Pure: no I/O, no
+//! clock (every time is the change's own modification time).
+//!
+//! Per field it keeps:
+//! - the **winner**: the value both sides should hold (in each side's own
+//!   shape, as the mappings give it), when it was set and by which side;
+//! - what each side **holds**, as far as syncflow knows;
+//! - what syncflow last **sent** each side and has not yet seen come back,
+//!   so that the change event its own write causes (a CRM webhook for its
+//!   update, System A's CDC event for its write) is recognised as an echo,
+//!   not a user's edit;
+//! - the newest change time **seen** from each side, so that an older
+//!   change arriving late does not pass for what a side holds now.
+//!
+//! A change from a side is an echo (it equals what syncflow sent that
+//! side), a repeat (it equals what the side holds), or a user's edit. An
+//! edit wins by the field's policy: the owning side always (`internal`,
+//! `provider`), or the newer change (`latest`; ties go to System A). Then
+//! every side whose holding differs from the winner is written the
+//! winner: the other side (the sync) and, when the edit lost, the side
+//! that made it (set back). A side that already holds the winner is never
+//! written, which is what keeps echoes and repeats from looping.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::model::Policy;
+
+/// One side of a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// System A.
+    Internal,
+    /// The provider (the CRM).
+    External,
+}
+
+impl Side {
+    pub fn other(self) -> Side {
+        match self {
+            Side::Internal => Side::External,
+            Side::External => Side::Internal,
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Side::Internal => 0,
+            Side::External => 1,
+        }
+    }
+}
+
+/// The value both sides should hold, in each side's shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Winner {
+    /// `[internal, external]`.
+    pub value: [Value; 2],
+    /// When the winning change was made (its side's clock, ms).
+    pub at: i64,
+    pub side: Side,
+}
+
+/// One field of one linked record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FieldState {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub winner: Option<Winner>,
+    /// `[internal, external]` for the three below.
+    #[serde(default)]
+    pub holds: [Option<Value>; 2],
+    #[serde(default)]
+    pub sent: [Option<Value>; 2],
+    #[serde(default)]
+    pub seen: [i64; 2],
+}
+
+/// A field's value in a change event.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub from: Side,
+    /// When the change was made (the side's clock, ms).
+    pub at: i64,
+    /// In `from`'s shape.
+    pub value: Value,
+    /// The same, in the other side's shape (the pipeline's mapping).
+    pub mapped: Value,
+    /// `from`'s change events come in commit order (System A's CDC stream,
+    /// per key), unlike webhooks.
+    pub ordered: bool,
+}
+
+/// What a change did to a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// syncflow's own write, come back.
+    Echo,
+    /// What the side was known to hold already.
+    Repeat,
+    /// A user's edit that now wins.
+    Won,
+    /// A user's edit that lost (to a newer change, or to the field's owner).
+    Lost,
+}
+
+impl FieldState {
+    /// A change of the field, seen in a change event of `o.from`.
+    pub fn change(&mut self, o: Observed, policy: Policy) -> Seen {
+        let (from, at, value) = (o.from, o.at, o.value);
+        let i = from.index();
+        if self.sent[i].as_ref() == Some(&value) {
+            self.holds[i] = Some(value);
+            self.sent[i] = None;
+            self.seen[i] = self.seen[i].max(at);
+            return Seen::Echo;
+        }
+        if self.holds[i].as_ref() == Some(&value) {
+            self.seen[i] = self.seen[i].max(at);
+            return Seen::Repeat;
+        }
+        // Does the side still hold this value? Not if a newer change was
+        // seen from it already; nor, on a side whose events come in commit
+        // order, if syncflow's own write is still to come back (it was made
+        // after this change).
+        let current = at >= self.seen[i] && !(o.ordered && self.sent[i].is_some());
+        self.seen[i] = self.seen[i].max(at);
+        let wins = match (policy, &self.winner) {
+            (Policy::Internal, _) => from == Side::Internal,
+            (Policy::Provider, _) => from == Side::External,
+            (Policy::Latest, None) => true,
+            (Policy::Latest, Some(w)) => at > w.at || (at == w.at && from == Side::Internal),
+        };
+        if current {
+            self.holds[i] = Some(value.clone());
+        }
+        if !wins {
+            return Seen::Lost;
+        }
+        let mut both = [Value::Null, Value::Null];
+        both[i] = value;
+        both[from.other().index()] = o.mapped;
+        self.winner = Some(Winner {
+            value: both,
+            at,
+            side: from,
+        });
+        Seen::Won
+    }
+
+    /// The value `side` must be written, if it does not hold the winner.
+    pub fn to_write(&self, side: Side) -> Option<&Value> {
+        let winner = self.winner.as_ref()?;
+        let want = &winner.value[side.index()];
+        (self.holds[side.index()].as_ref() != Some(want)).then_some(want)
+    }
+
+    /// syncflow wrote `value` to `side` (so the side holds it, and the
+    /// change event it causes is an echo).
+    pub fn wrote(&mut self, side: Side, value: Value) {
+        self.holds[side.index()] = Some(value.clone());
+        self.sent[side.index()] = Some(value);
+    }
+}
+
+/// One linked record: the provider's id of it, and its fields by name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PairState {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    /// Deleted on one side, and so on both.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    #[serde(default)]
+    pub fields: BTreeMap<String, FieldState>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use Side::{External as P, Internal as A};
+
+    fn obs(from: Side, at: i64, value: Value, mapped: Value) -> Observed {
+        Observed {
+            from,
+            at,
+            value,
+            mapped,
+            ordered: from == A,
+        }
+    }
+
+    /// A field synced both ways, both sides holding `x` (`X` on the CRM).
+    fn synced(policy_x_at: i64) -> FieldState {
+        let mut f = FieldState::default();
+        assert_eq!(f.change(obs(A, policy_x_at, json!("x"), json!("X")), Policy::Latest), Seen::Won);
+        f.wrote(P, json!("X"));
+        assert_eq!(f.change(obs(P, policy_x_at + 1, json!("X"), json!("x")), Policy::Latest), Seen::Echo);
+        f
+    }
+
+    #[test]
+    fn an_edit_is_written_to_the_other_side_once_and_its_echo_is_not() {
+        let mut f = synced(100);
+        assert_eq!(f.change(obs(A, 200, json!("a"), json!("A")), Policy::Latest), Seen::Won);
+        assert_eq!(f.to_write(P), Some(&json!("A")));
+        assert_eq!(f.to_write(A), None);
+        f.wrote(P, json!("A"));
+        assert_eq!(f.to_write(P), None);
+        // The CRM's webhook for syncflow's own write: an echo, nothing to do.
+        assert_eq!(f.change(obs(P, 210, json!("A"), json!("a")), Policy::Latest), Seen::Echo);
+        assert_eq!((f.to_write(A), f.to_write(P)), (None, None));
+        // A duplicate of it, and a repeat of A's event: nothing either.
+        assert_eq!(f.change(obs(P, 210, json!("A"), json!("a")), Policy::Latest), Seen::Repeat);
+        assert_eq!(f.change(obs(A, 200, json!("a"), json!("A")), Policy::Latest), Seen::Repeat);
+        assert_eq!((f.to_write(A), f.to_write(P)), (None, None));
+    }
+
+    /// Both sides edit the field within the sync delay; the newer edit (the
+    /// CRM's, at 300) wins on both sides, whichever order syncflow hears of
+    /// the two, and however the CRM's webhooks are ordered.
+    #[test]
+    fn concurrent_edits_converge_to_the_newer_one_in_any_order() {
+        // A's edit (200) is synced to the CRM first, overwriting the CRM
+        // user's newer edit (300) whose webhook comes after.
+        let mut f = synced(100);
+        f.change(obs(A, 200, json!("a"), json!("A")), Policy::Latest);
+        f.wrote(P, json!("A"));
+        assert_eq!(f.change(obs(P, 300, json!("C"), json!("c")), Policy::Latest), Seen::Won);
+        assert_eq!(f.to_write(A), Some(&json!("c")));
+        f.wrote(A, json!("c"));
+        // The echo of the write of "A" (made at 310) shows the CRM holds "A":
+        // the winner "C" is written back.
+        assert_eq!(f.change(obs(P, 310, json!("A"), json!("a")), Policy::Latest), Seen::Echo);
+        assert_eq!(f.to_write(P), Some(&json!("C")));
+        f.wrote(P, json!("C"));
+        f.change(obs(P, 320, json!("C"), json!("c")), Policy::Latest);
+        f.change(obs(A, 330, json!("c"), json!("C")), Policy::Latest);
+        assert_eq!((f.to_write(A), f.to_write(P)), (None, None));
+        assert_eq!(f.winner.as_ref().unwrap().value, [json!("c"), json!("C")]);
+
+        // The same, the echo of "A" arriving before the user's "C".
+        let mut f = synced(100);
+        f.change(obs(A, 200, json!("a"), json!("A")), Policy::Latest);
+        f.wrote(P, json!("A"));
+        assert_eq!(f.change(obs(P, 310, json!("A"), json!("a")), Policy::Latest), Seen::Echo);
+        // "C" was made at 300, before the write seen at 310: the CRM no longer
+        // holds it, but it is the newer edit, so it wins and goes both ways.
+        assert_eq!(f.change(obs(P, 300, json!("C"), json!("c")), Policy::Latest), Seen::Won);
+        assert_eq!(f.to_write(A), Some(&json!("c")));
+        assert_eq!(f.to_write(P), Some(&json!("C")));
+
+        // The CRM's edit heard of first, and written to A; then A's older
+        // edit comes (committed before that write, since A's events are in
+        // order and the write's echo is still to come): it loses, and A
+        // need not be set back, it holds the winner already.
+        let mut f = synced(100);
+        f.change(obs(P, 300, json!("C"), json!("c")), Policy::Latest);
+        f.wrote(A, json!("c"));
+        assert_eq!(f.change(obs(A, 200, json!("a"), json!("A")), Policy::Latest), Seen::Lost);
+        assert_eq!((f.to_write(A), f.to_write(P)), (None, None));
+        assert_eq!(f.change(obs(A, 305, json!("c"), json!("C")), Policy::Latest), Seen::Echo);
+        // An A edit made after the write (its echo came first) is newer: it wins.
+        assert_eq!(f.change(obs(A, 310, json!("d"), json!("D")), Policy::Latest), Seen::Won);
+        assert_eq!(f.to_write(P), Some(&json!("D")));
+    }
+
+    #[test]
+    fn a_stale_change_never_overwrites_a_newer_value() {
+        let mut f = synced(100);
+        f.change(obs(P, 300, json!("C"), json!("c")), Policy::Latest);
+        f.wrote(A, json!("c"));
+        // A webhook of an edit at 250, out of order: older than the winner.
+        assert_eq!(f.change(obs(P, 250, json!("B"), json!("b")), Policy::Latest), Seen::Lost);
+        // The CRM moved on since (300 was seen): it holds "C", not "B".
+        assert_eq!((f.to_write(A), f.to_write(P)), (None, None));
+    }
+
+    #[test]
+    fn an_owned_field_edited_on_the_other_side_is_set_back() {
+        let mut f = synced(100);
+        let policy = Policy::Internal;
+        // A CRM user changes a field System A owns, even later than A's edit.
+        assert_eq!(f.change(obs(P, 500, json!("Z"), json!("z")), policy), Seen::Lost);
+        assert_eq!(f.to_write(P), Some(&json!("X")), "set back to the owner's value");
+        assert_eq!(f.to_write(A), None);
+        // The provider owns another: System A's edit is set back.
+        let mut g = synced(100);
+        assert_eq!(g.change(obs(A, 500, json!("z"), json!("Z")), Policy::Provider), Seen::Lost);
+        assert_eq!(g.to_write(A), Some(&json!("x")));
+    }
+
+    #[test]
+    fn ties_go_to_system_a() {
+        let mut f = synced(100);
+        f.change(obs(P, 400, json!("P"), json!("p")), Policy::Latest);
+        assert_eq!(f.change(obs(A, 400, json!("a"), json!("A")), Policy::Latest), Seen::Won);
+    }
+
+    #[test]
+    fn states_read_back() {
+        let mut state = PairState::default();
+        state.fields.insert("email".into(), synced(1));
+        let text = serde_json::to_string(&state).unwrap();
+        assert_eq!(serde_json::from_str::<PairState>(&text).unwrap(), state);
+    }
+}
