@@ -33,10 +33,18 @@ pub fn main() -> ExitCode {
         Command::Test {
             pipeline,
             input,
+            webhook,
+            poll,
             format,
             ..
         } => with_stdout(|out| {
-            test::run(dir, pipeline, input.as_deref(), *format, out).map_err(|e| e.to_string())
+            let feed = match (webhook, poll) {
+                (Some(path), _) => Some(test::Feed::Webhook(path)),
+                (None, Some(path)) => Some(test::Feed::Poll(path)),
+                (None, None) => None,
+            };
+            test::run(dir, pipeline, input.as_deref(), feed, *format, out)
+                .map_err(|e| e.to_string())
         }),
         // `run` logs from many threads: it must not hold stdout's lock.
         Command::Run {

@@ -55,7 +55,11 @@ pub fn compile_dir(dir: &Path, env: &dyn Env, run_tests: bool) -> Result<Config,
         .map(|p| (p.name.clone(), Arc::new(p)))
         .collect();
 
-    check_unique_names(raw.links.iter().map(|l| (&l.value.name, l)), "link", &mut diags);
+    check_unique_names(
+        raw.links.iter().map(|l| (&l.value.name, l)),
+        "link",
+        &mut diags,
+    );
     let link_names: Vec<String> = raw.links.iter().map(|l| l.value.name.clone()).collect();
     let links: BTreeMap<String, Arc<Link>> = raw
         .links

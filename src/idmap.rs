@@ -166,7 +166,10 @@ impl IdMap {
         key: &str,
         id: &str,
     ) -> Result<(), IdMapError> {
-        let mut entry = self.lookup(provider, object, key).await?.unwrap_or_default();
+        let mut entry = self
+            .lookup(provider, object, key)
+            .await?
+            .unwrap_or_default();
         entry.id = Some(id.to_string());
         entry.deleted = false;
         self.put(provider, object, key, &entry).await?;
@@ -232,7 +235,10 @@ pub fn kv_token(key: &str) -> String {
     if plain {
         key.to_string()
     } else {
-        format!("={}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key))
+        format!(
+            "={}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
+        )
     }
 }
 

@@ -58,6 +58,7 @@ async fn readyz(State(health): State<Readiness>) -> (StatusCode, String) {
 pub async fn serve(
     listen: SocketAddr,
     health: Readiness,
+    extra: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -72,7 +73,7 @@ pub async fn serve(
     });
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(health))
+        if let Err(e) = axum::serve(listener, router(health).merge(extra))
             .with_graceful_shutdown(shutdown)
             .await
         {

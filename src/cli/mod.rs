@@ -36,8 +36,15 @@ pub enum Command {
         /// The pipeline's name.
         pipeline: String,
         /// A file of newline-delimited JSON messages, or `-` for stdin.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["webhook", "poll"])]
         input: Option<PathBuf>,
+        /// A webhook request body from the link's provider: its events are
+        /// read into envelopes and run through this inbound pipeline.
+        #[arg(long, conflicts_with = "poll")]
+        webhook: Option<PathBuf>,
+        /// A page of the link's provider's poll endpoint, the same way.
+        #[arg(long)]
+        poll: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },

@@ -17,10 +17,15 @@ pub fn run(dir: &Path, format: Format, out: &mut dyn Write) -> std::io::Result<b
             match format {
                 Format::Text => writeln!(
                     out,
-                    "{}: valid: {} pipelines, {} providers, {} tests passed",
+                    "{}: valid: {} pipelines, {} providers, {}{} tests passed",
                     dir.display(),
                     config.pipelines.len(),
                     config.providers.len(),
+                    match config.links.len() {
+                        0 => String::new(),
+                        1 => "1 link, ".to_string(),
+                        n => format!("{n} links, "),
+                    },
                     tests
                 )?,
                 Format::Json => writeln!(
@@ -30,6 +35,7 @@ pub fn run(dir: &Path, format: Format, out: &mut dyn Write) -> std::io::Result<b
                         "valid": true,
                         "pipelines": config.pipelines.keys().collect::<Vec<_>>(),
                         "providers": config.providers.keys().collect::<Vec<_>>(),
+                        "links": config.links.keys().collect::<Vec<_>>(),
                         "tests_passed": tests,
                         "errors": [],
                     })

@@ -385,6 +385,19 @@ pub struct TwoWayConfig {
     pub direction: Direction,
     /// JSONPath to the change's modification time (ms since the epoch).
     pub modified: String,
+    /// What a change carries: `full` records (a CDC event's `after`, a
+    /// polled record), where a missing field is empty, or only the
+    /// `changed` fields (webhook events), where a missing field is unchanged.
+    #[serde(default)]
+    pub changes: ChangeShape,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeShape {
+    #[default]
+    Full,
+    Changed,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -542,15 +555,17 @@ pub struct ConflictIdPattern {
 pub struct PipelineConfig {
     pub name: String,
     pub source: SourceConfig,
-    pub key: String,
+    /// A JSONPath or `{ expr }` over the message.
+    pub key: serde_yaml::Value,
     /// Keys longer than this (in bytes) are dead letters of kind `key`.
     #[serde(default = "default_max_key_bytes")]
     pub max_key_bytes: usize,
     /// What the idempotency key sent with each request is made of.
     #[serde(default)]
     pub idempotency_key: IdempotencyKeyFrom,
+    /// A JSONPath or `{ expr }` over the message.
     #[serde(default = "default_record")]
-    pub record: String,
+    pub record: serde_yaml::Value,
     #[serde(default)]
     pub op: Option<String>,
     #[serde(default)]
@@ -570,7 +585,7 @@ pub struct PipelineConfig {
     pub tests: Vec<TestCase>,
 }
 
-fn default_record() -> String {
+fn default_record() -> serde_yaml::Value {
     "$".into()
 }
 
@@ -683,6 +698,10 @@ pub struct ExprMapping {
 pub struct TestCase {
     pub name: String,
     pub input: serde_json::Value,
+    /// An inbound two-way pipeline's test: the record is linked to this
+    /// System A key (`event.linked_key`).
+    #[serde(default)]
+    pub linked_key: Option<String>,
     pub expect: TestExpect,
 }
 

@@ -29,6 +29,8 @@ pub struct Ctx {
     pub trouble: Arc<Trouble>,
     /// One dead-letter log line per second at most.
     pub dead_letter_log: Sampled,
+    /// For a pipeline of a two-way link: the link's state and the other side.
+    pub two_way: Option<crate::twoway::engine::Runtime>,
 }
 
 /// Handles one message to the point where it may be acked: delivered,
@@ -63,7 +65,13 @@ pub async fn handle(ctx: &Ctx, msg: &SourceMessage, eval: &Result<Outcome, EvalE
         redelivered: msg.delivered > 1,
         trouble: &ctx.trouble,
     };
-    match ctx.sink.deliver(&record).await {
+    let delivery = match (&ctx.two_way, &p.two_way, &out.facts) {
+        (Some(rt), Some(tw), Some(facts)) => {
+            crate::twoway::engine::deliver(tw, rt, &ctx.sink, &record, facts).await
+        }
+        _ => ctx.sink.deliver(&record).await,
+    };
+    match delivery {
         Delivery::Sent {
             status, attempts, ..
         } => {

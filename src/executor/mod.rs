@@ -194,8 +194,14 @@ impl Dispatcher {
             seq: msg.seq,
             timestamp_ms: msg.timestamp_ms,
             headers: &msg.headers,
+            linked_key: None,
         };
-        let eval = ctx.pipeline.evaluate(&meta, &msg.payload);
+        let eval = match &ctx.two_way {
+            Some(rt) if ctx.pipeline.is_inbound() => {
+                evaluate_inbound(ctx, rt, meta, &msg.payload).await
+            }
+            _ => ctx.pipeline.evaluate(&meta, &msg.payload),
+        };
         let lanes = self.lanes.len();
         let lane = match &eval {
             Ok(out) => lane_of(&out.key, lanes),
@@ -228,6 +234,30 @@ impl Dispatcher {
         tracing::info!(pipeline = %next.pipeline.name, "new version takes over");
         self.ctx = next;
     }
+}
+
+/// Evaluates a change of the provider's record for a two-way link, with
+/// System A's key of it (when linked) given to rules and mappings.
+async fn evaluate_inbound(
+    ctx: &Ctx,
+    rt: &crate::twoway::engine::Runtime,
+    meta: MessageMeta<'_>,
+    payload: &[u8],
+) -> Result<crate::pipeline::Outcome, crate::pipeline::EvalError> {
+    let p = &ctx.pipeline;
+    let message = p.decode(payload)?;
+    let key = p.read_key(&message)?;
+    let link = &p
+        .two_way
+        .as_ref()
+        .expect("an inbound pipeline is two-way")
+        .link;
+    let linked = rt.linked_key(&ctx.trouble, link, &key).await;
+    let meta = MessageMeta {
+        linked_key: linked.as_deref(),
+        ..meta
+    };
+    p.evaluate_decoded(&meta, &message, key)
 }
 
 /// Naks a message so it is redelivered now rather than after ack_wait.

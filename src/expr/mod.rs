@@ -62,9 +62,16 @@ pub struct ScriptError {
 pub struct Script {
     ast: Arc<rhai::AST>,
     native: Option<Arc<native::Node>>,
+    /// As written.
+    text: Arc<str>,
 }
 
 impl Script {
+    /// The script as written.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
     /// Whether records are evaluated natively (Rhai only when unsure).
     pub fn is_native(&self) -> bool {
         self.native.is_some()
@@ -97,6 +104,7 @@ impl ScriptEngine {
                 Ok(Script {
                     native: native::translate(&ast).map(Arc::new),
                     ast: Arc::new(ast),
+                    text: source.into(),
                 })
             }
             Err(err) => {
@@ -179,6 +187,8 @@ pub struct Event<'a> {
     /// Publish time, milliseconds since the Unix epoch.
     pub timestamp_ms: Option<i64>,
     pub headers: &'a [(String, String)],
+    /// System A's key of an inbound two-way change's record, when linked.
+    pub linked_key: Option<&'a str>,
 }
 
 impl<'a> Event<'a> {
@@ -191,6 +201,9 @@ impl<'a> Event<'a> {
             "seq" => Val::Int(self.seq as i64),
             "timestamp" => self.timestamp_ms.map_or(Val::Unit, Val::Int),
             "headers" => Val::Headers,
+            "linked_key" => self
+                .linked_key
+                .map_or(Val::Unit, |k| Val::Str(Cow::Borrowed(k))),
             _ => Val::Unit,
         }
     }
@@ -226,6 +239,10 @@ impl<'a> Event<'a> {
             .map(|(k, v)| (k.as_str().into(), string(v)))
             .collect();
         event.insert("headers".into(), Dynamic::from_map(headers));
+        event.insert(
+            "linked_key".into(),
+            self.linked_key.map(string).unwrap_or(Dynamic::UNIT),
+        );
         Dynamic::from_map(event)
     }
 }

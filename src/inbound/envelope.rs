@@ -49,7 +49,14 @@ pub struct Envelope {
 }
 
 /// The envelope fields a mapping may set.
-const FIELDS: [&str; 6] = ["id", "object", "record_id", "occurred_at", "change", "record"];
+const FIELDS: [&str; 6] = [
+    "id",
+    "object",
+    "record_id",
+    "occurred_at",
+    "change",
+    "record",
+];
 
 /// A provider's way of reading one event into an envelope.
 #[derive(Debug, Clone)]
@@ -137,7 +144,11 @@ impl EnvelopeMapping {
             Some("create") => Change::Create,
             Some("update") => Change::Update,
             Some("delete") => Change::Delete,
-            Some(other) => return Err(format!("change \"{other}\" is not create, update or delete")),
+            Some(other) => {
+                return Err(format!(
+                    "change \"{other}\" is not create, update or delete"
+                ));
+            }
         };
         Ok(Read {
             id: text("id"),

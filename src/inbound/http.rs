@@ -40,9 +40,9 @@ type Counts = Handles<(String, &'static str), metrics::Counter>;
 
 impl Default for Handles<(String, &'static str), metrics::Counter> {
     fn default() -> Self {
-        Handles::new(|(provider, outcome): &(String, &'static str)| {
-            metrics::counter!("syncflow_webhook_requests_total", "provider" => provider.clone(), "outcome" => *outcome)
-        })
+        Handles::new(
+            |(provider, outcome): &(String, &'static str)| metrics::counter!("syncflow_webhook_requests_total", "provider" => provider.clone(), "outcome" => *outcome),
+        )
     }
 }
 
@@ -68,7 +68,9 @@ impl Hooks {
     }
 
     fn count(&self, provider: &str, outcome: &'static str) {
-        self.requests.get((provider.to_string(), outcome)).increment(1);
+        self.requests
+            .get((provider.to_string(), outcome))
+            .increment(1);
     }
 
     pub fn router(&self) -> Router {
@@ -131,7 +133,10 @@ async fn hook(
             hooks.count(&provider, "accepted");
             metrics::counter!("syncflow_webhook_events_total", "provider" => provider.clone())
                 .increment(envelopes.len() as u64);
-            (StatusCode::OK, format!("stored {} events\n", envelopes.len()))
+            (
+                StatusCode::OK,
+                format!("stored {} events\n", envelopes.len()),
+            )
         }
         Err(e) => {
             hooks.count(&provider, "store_failed");

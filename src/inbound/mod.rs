@@ -57,12 +57,14 @@ pub fn compile(
     };
     let before = diags.len();
     let objects: BTreeSet<String> = cfg.objects.keys().cloned().collect();
-    let webhook = inbound.webhook.as_ref().map(|config| {
-        Webhook::compile(&cfg.name, objects.clone(), config, file, engine, diags)
-    });
+    let webhook = inbound
+        .webhook
+        .as_ref()
+        .map(|config| Webhook::compile(&cfg.name, objects.clone(), config, file, engine, diags));
     let mut polls = BTreeMap::new();
     for (object, config) in &inbound.poll {
-        if let Some(poll) = Poll::compile(&cfg.name, object, &objects, config, file, engine, diags) {
+        if let Some(poll) = Poll::compile(&cfg.name, object, &objects, config, file, engine, diags)
+        {
             polls.insert(object.clone(), poll);
         }
     }

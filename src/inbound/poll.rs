@@ -91,7 +91,10 @@ impl Poll {
                 &path!["inbound", "poll", object],
                 format!(
                     "the provider has no object \"{object}\"{}",
-                    crate::config::suggest::did_you_mean(object, objects.iter().map(String::as_str))
+                    crate::config::suggest::did_you_mean(
+                        object,
+                        objects.iter().map(String::as_str)
+                    )
                 ),
             );
         }
@@ -118,7 +121,13 @@ impl Poll {
             );
         }
         let template = parse(&config.request.path)
-            .map_err(|e| file.error(diags, &path!["inbound", "poll", object, "request", "path"], e))
+            .map_err(|e| {
+                file.error(
+                    diags,
+                    &path!["inbound", "poll", object, "request", "path"],
+                    e,
+                )
+            })
             .ok();
         let json_path = |field: &str, text: &str, diags: &mut Diagnostics| {
             JsonPath::compile(text)
@@ -177,7 +186,11 @@ impl Poll {
     }
 
     /// A page's records as envelopes, and whether it was the last page.
-    pub fn page(&self, body: &Value, engine: &ScriptEngine) -> Result<(Vec<Envelope>, bool), String> {
+    pub fn page(
+        &self,
+        body: &Value,
+        engine: &ScriptEngine,
+    ) -> Result<(Vec<Envelope>, bool), String> {
         let records = match self.records.get(body).map(|v| v.into_owned()) {
             Some(Value::Array(records)) => records,
             Some(_) => return Err(format!("{} is not an array", self.records.as_str())),
@@ -349,7 +362,12 @@ impl Poller {
     }
 
     async fn cursor(&self) -> Result<Cursor, String> {
-        match self.cursors.get(self.key()).await.map_err(|e| e.to_string())? {
+        match self
+            .cursors
+            .get(self.key())
+            .await
+            .map_err(|e| e.to_string())?
+        {
             Some(value) => serde_json::from_slice(&value).map_err(|e| e.to_string()),
             None => Ok(Cursor::default()),
         }
@@ -399,7 +417,8 @@ impl Poller {
     async fn cycle(&self, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
         let mut cursor = self.cursor().await?;
         let lookback = self.poll.lookback.as_millis() as i64;
-        let (mut since, mut after_id) = (cursor.since.saturating_sub(lookback).max(0), String::new());
+        let (mut since, mut after_id) =
+            (cursor.since.saturating_sub(lookback).max(0), String::new());
         if lookback == 0 {
             after_id = cursor.after_id.clone();
         }
@@ -420,7 +439,9 @@ impl Poller {
             let body: Value = serde_json::from_slice(&response.body)
                 .map_err(|e| format!("the answer is not JSON: {e}"))?;
             let (envelopes, done) = self.poll.page(&body, &self.engine)?;
-            store(&self.js, &envelopes).await.map_err(|e| e.to_string())?;
+            store(&self.js, &envelopes)
+                .await
+                .map_err(|e| e.to_string())?;
             stored.increment(envelopes.len() as u64);
             let Some(last) = envelopes.last() else {
                 return Ok(());
@@ -469,9 +490,16 @@ mod tests {
             envelope: test_envelope(),
         };
         let p = poll(parts);
-        assert_eq!(p.path(42, "a b/c"), "/changes?since=42&after_id=a%20b%2Fc&limit=200");
+        assert_eq!(
+            p.path(42, "a b/c"),
+            "/changes?since=42&after_id=a%20b%2Fc&limit=200"
+        );
         assert!(parse("/changes").unwrap_err().contains("needs {since}"));
-        assert!(parse("/c?s={sinc}").unwrap_err().contains("did you mean \"since\""));
+        assert!(
+            parse("/c?s={sinc}")
+                .unwrap_err()
+                .contains("did you mean \"since\"")
+        );
     }
 
     fn test_envelope() -> EnvelopeMapping {

@@ -132,7 +132,9 @@ impl Verifier {
             .ok_or(Refusal::Missing)?;
         let given = match self.encoding {
             SignatureEncoding::Base64 => base64::engine::general_purpose::STANDARD.decode(given),
-            SignatureEncoding::Hex => decode_hex(given).ok_or(base64::DecodeError::InvalidLength(0)),
+            SignatureEncoding::Hex => {
+                decode_hex(given).ok_or(base64::DecodeError::InvalidLength(0))
+            }
         }
         .map_err(|_| Refusal::Mismatch)?;
         let timestamp = match &self.timestamp {
@@ -234,7 +236,11 @@ mod tests {
     #[test]
     fn hubspot_v3_accepts_its_signature_and_refuses_tampering_and_replays() {
         let v = Verifier::new(&config(SignatureScheme::HubspotV3)).unwrap();
-        let (url, body, now) = ("https://sync.example.com/hooks/hubspot", r#"[{"eventId":1}]"#, 1_700_000_000_000);
+        let (url, body, now) = (
+            "https://sync.example.com/hooks/hubspot",
+            r#"[{"eventId":1}]"#,
+            1_700_000_000_000,
+        );
         let signed = |ts: i64, sig: String| {
             headers(&[
                 ("x-hubspot-request-timestamp", ts.to_string()),
@@ -242,18 +248,32 @@ mod tests {
             ])
         };
         let request = |h: &HeaderMap, body: &'static str| {
-            let request = Signed { method: "POST", url, headers: h, body: body.as_bytes() };
+            let request = Signed {
+                method: "POST",
+                url,
+                headers: h,
+                body: body.as_bytes(),
+            };
             v.verify(&request, now)
         };
         let good = signed(now - 1000, hubspot_signature(url, body, now - 1000));
         assert_eq!(request(&good, body), Ok(()));
         assert_eq!(request(&good, r#"[{"eventId":2}]"#), Err(Refusal::Mismatch));
         let other_url = hubspot_signature("https://evil/hooks/hubspot", body, now - 1000);
-        assert_eq!(request(&signed(now - 1000, other_url), body), Err(Refusal::Mismatch));
+        assert_eq!(
+            request(&signed(now - 1000, other_url), body),
+            Err(Refusal::Mismatch)
+        );
         let old = now - 301_000;
-        assert_eq!(request(&signed(old, hubspot_signature(url, body, old)), body), Err(Refusal::Stale));
+        assert_eq!(
+            request(&signed(old, hubspot_signature(url, body, old)), body),
+            Err(Refusal::Stale)
+        );
         assert_eq!(request(&headers(&[]), body), Err(Refusal::Missing));
-        assert_eq!(request(&signed(now, "not base64!".into()), body), Err(Refusal::Mismatch));
+        assert_eq!(
+            request(&signed(now, "not base64!".into()), body),
+            Err(Refusal::Mismatch)
+        );
     }
 
     #[test]
@@ -267,12 +287,22 @@ mod tests {
         .unwrap();
         let mut mac = Hmac::<Sha256>::new_from_slice(b"app-secret").unwrap();
         mac.update(b"1700000000.{\"a\":1}");
-        let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let h = headers(&[
             ("x-signature", format!("sha256={hex}")),
             ("x-timestamp", "1700000000".into()),
         ]);
-        let request = Signed { method: "POST", url: "http://h/hooks/x", headers: &h, body: br#"{"a":1}"# };
+        let request = Signed {
+            method: "POST",
+            url: "http://h/hooks/x",
+            headers: &h,
+            body: br#"{"a":1}"#,
+        };
         assert_eq!(v.verify(&request, 1_700_000_010_000), Ok(()));
         assert_eq!(v.verify(&request, 1_700_000_400_000), Err(Refusal::Stale));
     }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use http::HeaderMap;
 use serde_json::Value;
 
-use super::envelope::{Envelope, EnvelopeMapping};
+use super::envelope::{Change, Envelope, EnvelopeMapping};
 use super::signature::{Refusal, Signed, Verifier};
 use crate::config::diagnostics::Diagnostics;
 use crate::config::load::SourceFile;
@@ -15,6 +15,73 @@ use crate::config::model::WebhookConfig;
 use crate::expr::ScriptEngine;
 use crate::mapping::JsonPath;
 use crate::path;
+
+/// One change per record and moment: a provider that tells a change as one
+/// event per changed field (HubSpot's `propertyChange`, a creation and its
+/// properties) gives events of the same record and time, merged here into
+/// one envelope so that one edit is one write to System A. Deletes stay
+/// apart. The merged envelope's id is its events' ids, so a retry of the
+/// same request is stored once.
+fn merge(envelopes: Vec<Envelope>) -> Vec<Envelope> {
+    use std::collections::HashMap;
+    let mut out: Vec<Envelope> = Vec::with_capacity(envelopes.len());
+    let mut at: HashMap<(String, String, i64), usize> = HashMap::new();
+    for envelope in envelopes {
+        if envelope.change == Change::Delete {
+            out.push(envelope);
+            continue;
+        }
+        let slot = (
+            envelope.object.clone(),
+            envelope.record_id.clone(),
+            envelope.occurred_at,
+        );
+        match at.get(&slot) {
+            Some(&i) => {
+                let into = &mut out[i];
+                if envelope.change == Change::Create {
+                    into.change = Change::Create;
+                }
+                merge_values(&mut into.record, envelope.record);
+                let id = envelope.event_id.rsplit_once(':').map_or("", |(_, id)| id);
+                into.event_id.push('+');
+                into.event_id.push_str(id);
+            }
+            None => {
+                at.insert(slot, out.len());
+                out.push(envelope);
+            }
+        }
+    }
+    // The same events in another order (a retry, reshuffled) get one id.
+    for envelope in &mut out {
+        if let Some((provider, ids)) = envelope.event_id.split_once(':')
+            && ids.contains('+')
+        {
+            let mut ids: Vec<&str> = ids.split('+').collect();
+            ids.sort_unstable();
+            envelope.event_id = format!("{provider}:{}", ids.join("+"));
+        }
+    }
+    out
+}
+
+/// `from`'s fields into `into`, objects merged deeply.
+fn merge_values(into: &mut Value, from: Value) {
+    match (into, from) {
+        (Value::Object(into), Value::Object(from)) => {
+            for (k, v) in from {
+                match into.get_mut(&k) {
+                    Some(slot) => merge_values(slot, v),
+                    None => {
+                        into.insert(k, v);
+                    }
+                }
+            }
+        }
+        (into, from) => *into = from,
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Webhook {
@@ -148,11 +215,7 @@ impl Webhook {
         now_ms: i64,
     ) -> Result<Vec<Envelope>, Refused> {
         let url = match &self.public_url {
-            Some(base) => format!(
-                "{}{}",
-                base.trim_end_matches('/'),
-                request.path_and_query
-            ),
+            Some(base) => format!("{}{}", base.trim_end_matches('/'), request.path_and_query),
             None => format!(
                 "http://{}{}",
                 request.host.unwrap_or_default(),
@@ -168,24 +231,41 @@ impl Webhook {
         self.verifier
             .verify(&signed, now_ms)
             .map_err(Refused::Signature)?;
-        let body: Value = serde_json::from_slice(request.body)
+        self.read(request.body, engine)
+    }
+
+    /// Reads a body's events into envelopes (the signature checked
+    /// already, or not at all in a dry run).
+    pub fn read(&self, body: &[u8], engine: &ScriptEngine) -> Result<Vec<Envelope>, Refused> {
+        let body: Value = serde_json::from_slice(body)
             .map_err(|e| Refused::Malformed(format!("not JSON: {e}")))?;
         let events = match self.events.get(&body) {
             Some(found) => match found.into_owned() {
                 Value::Array(events) => events,
                 one => vec![one],
             },
-            None => return Err(Refused::Malformed(format!("no events at {}", self.events.as_str()))),
+            None => {
+                return Err(Refused::Malformed(format!(
+                    "no events at {}",
+                    self.events.as_str()
+                )));
+            }
         };
-        events
+        let envelopes = events
             .iter()
             .map(|event| self.envelope(event, engine))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(merge(envelopes))
     }
 
     fn envelope(&self, event: &Value, engine: &ScriptEngine) -> Result<Envelope, Refused> {
-        let read = self.envelope.read(event, engine).map_err(Refused::BadEvent)?;
-        let object = read.object.ok_or_else(|| Refused::BadEvent("no object".into()))?;
+        let read = self
+            .envelope
+            .read(event, engine)
+            .map_err(Refused::BadEvent)?;
+        let object = read
+            .object
+            .ok_or_else(|| Refused::BadEvent("no object".into()))?;
         if !self.objects.contains(&object) {
             return Err(Refused::UnknownObject(object));
         }

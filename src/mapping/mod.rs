@@ -6,6 +6,8 @@
 
 mod path;
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 pub use path::{JsonPath, PathError};
@@ -20,6 +22,80 @@ use crate::expr::{Script, ScriptEngine, Vars};
 pub enum FieldSource {
     Path(JsonPath),
     Expr(Script),
+}
+
+impl FieldSource {
+    /// The JSONPath or the script's text, as written.
+    pub fn as_str(&self) -> &str {
+        match self {
+            FieldSource::Path(path) => path.as_str(),
+            FieldSource::Expr(script) => script.text(),
+        }
+    }
+
+    /// The value this source gives for `message` (a script sees it as
+    /// `record`); `None` when the path matches nothing or the script
+    /// returns `()`. Borrowed from the message for paths.
+    pub fn get<'v>(
+        &self,
+        message: &'v Value,
+        engine: &ScriptEngine,
+    ) -> Result<Option<Cow<'v, Value>>, String> {
+        match self {
+            FieldSource::Path(path) => Ok(path.get(message)),
+            FieldSource::Expr(script) => {
+                let mut vars = Vars::new(message, crate::expr::Event::default());
+                let value = engine.eval(script, &mut vars).map_err(|e| e.message)?;
+                Ok(value.into_json()?.map(Cow::Owned))
+            }
+        }
+    }
+}
+
+/// Compiles one source (a JSONPath string or `{ expr: <Rhai> }`) at `at`;
+/// `what` names it in the error.
+pub fn compile_source(
+    file: &SourceFile,
+    at: &[Seg],
+    yaml: &serde_yaml::Value,
+    what: &str,
+    engine: &ScriptEngine,
+    diags: &mut Diagnostics,
+) -> Option<FieldSource> {
+    match yaml {
+        serde_yaml::Value::String(p) => JsonPath::compile(p)
+            .map_err(|e| file.text_error(diags, at, 1, e.col, e.message))
+            .ok()
+            .map(FieldSource::Path),
+        serde_yaml::Value::Mapping(m)
+            if m.len() == 1 && m.get("expr").is_some_and(|e| e.is_string()) =>
+        {
+            let text = m.get("expr").and_then(|e| e.as_str()).unwrap_or_default();
+            let mut expr_at = at.to_vec();
+            expr_at.push(Seg::from("expr"));
+            engine
+                .compile(text)
+                .map_err(|e| {
+                    file.text_error(
+                        diags,
+                        &expr_at,
+                        e.line,
+                        e.col,
+                        format!("invalid Rhai script: {}", e.message),
+                    )
+                })
+                .ok()
+                .map(FieldSource::Expr)
+        }
+        _ => {
+            file.error(
+                diags,
+                at,
+                format!("{what}: expected a JSONPath string or {{ expr: <Rhai script> }}"),
+            );
+            None
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -160,36 +236,8 @@ pub fn compile_mapping(
         };
         let mut field_at = at.to_vec();
         field_at.push(Seg::from(name));
-        let source = match v {
-            serde_yaml::Value::String(p) => JsonPath::compile(p)
-                .map_err(|e| file.text_error(diags, &field_at, 1, e.col, e.message))
-                .ok()
-                .map(FieldSource::Path),
-            serde_yaml::Value::Mapping(m)
-                if m.len() == 1 && m.get("expr").is_some_and(|e| e.is_string()) =>
-            {
-                let text = m.get("expr").and_then(|e| e.as_str()).unwrap_or_default();
-                let mut expr_at = field_at.clone();
-                expr_at.push(Seg::from("expr"));
-                engine
-                    .compile(text)
-                    .map_err(|e| {
-                        file.text_error(
-                            diags,
-                            &expr_at,
-                            e.line,
-                            e.col,
-                            format!("invalid Rhai script: {}", e.message),
-                        )
-                    })
-                    .ok()
-                    .map(FieldSource::Expr)
-            }
-            _ => {
-                file.error(diags, &field_at, format!("mapping \"{name}\": expected a JSONPath string or {{ expr: <Rhai script> }}"));
-                None
-            }
-        };
+        let what = format!("mapping \"{name}\"");
+        let source = compile_source(file, &field_at, v, &what, engine, diags);
         let Some(source) = source else { continue };
         match Field::new(name, source) {
             Ok(field) => {

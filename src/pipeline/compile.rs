@@ -7,19 +7,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Pipeline, Rule, SubjectTemplate, Target, TwoWay};
-use crate::config::model::{Direction, TwoWayConfig};
-use crate::twoway::Link;
 use crate::action::Action;
 use crate::config::diagnostics::Diagnostics;
 use crate::config::load::{SourceFile, Sourced};
 use crate::config::model::PipelineConfig;
+use crate::config::model::{Direction, TwoWayConfig};
 use crate::config::suggest::did_you_mean;
 use crate::config::yaml::Seg;
 use crate::expr::{Script, ScriptEngine};
-use crate::mapping::{JsonPath, compile_mapping};
+use crate::mapping::{JsonPath, compile_mapping, compile_source};
 use crate::path;
 use crate::provider::Provider;
 use crate::schema::{Schema, SchemaCache, SchemaError};
+use crate::twoway::Link;
 
 /// What a pipeline is compiled against.
 pub struct Context<'a> {
@@ -80,8 +80,15 @@ pub fn compile(
     );
     file.check_range(diags, &path!["max_key_bytes"], cfg.max_key_bytes, 1, 4096);
 
-    let key = json_path(file, &path!["key"], &cfg.key, diags);
-    let record = json_path(file, &path!["record"], &cfg.record, diags);
+    let key = compile_source(file, &path!["key"], &cfg.key, "key", ctx.engine, diags);
+    let record = compile_source(
+        file,
+        &path!["record"],
+        &cfg.record,
+        "record",
+        ctx.engine,
+        diags,
+    );
     let op = cfg
         .op
         .as_ref()
@@ -198,6 +205,9 @@ pub fn compile(
             .chain(output_schema.iter())
             .map(|s| s.fingerprint.to_string()),
     );
+    if let Some(tw) = &two_way {
+        texts.push(tw.link.fingerprint.to_string());
+    }
     let fingerprint =
         crate::config::fingerprint(&texts.iter().map(String::as_str).collect::<Vec<_>>());
     Some(Pipeline {
@@ -284,6 +294,7 @@ fn two_way(
         link: link.clone(),
         direction: cfg.direction,
         modified,
+        changes: cfg.changes,
     })
 }
 
@@ -425,4 +436,3 @@ fn schema(
         }
     }
 }
-

@@ -19,6 +19,9 @@ pub struct MessageMeta<'a> {
     /// Publish time, milliseconds since the Unix epoch.
     pub timestamp_ms: Option<i64>,
     pub headers: &'a [(String, String)],
+    /// For an inbound two-way change: System A's key of the provider's
+    /// record, when it is linked (`event.linked_key`).
+    pub linked_key: Option<&'a str>,
 }
 
 /// A record that made it through evaluation.
@@ -42,6 +45,9 @@ pub struct Facts {
     /// The link's fields in the changed record (its side's shape), in the
     /// link's order; `None` where the change does not carry the field.
     pub fields: Vec<Option<Value>>,
+    /// Inbound: System A's key of the record, when the runtime found it
+    /// linked before evaluation.
+    pub linked_key: Option<String>,
 }
 
 /// The stage at which a record failed; each is a dead-letter kind.
@@ -109,60 +115,70 @@ impl EvalError {
 impl Pipeline {
     /// Evaluates one message. Pure: no I/O, safe to call from any thread.
     pub fn evaluate(&self, meta: &MessageMeta<'_>, data: &[u8]) -> Result<Outcome, EvalError> {
-        let fail = |kind, key: Option<&str>, message: String| EvalError {
-            kind,
-            key: key.map(str::to_string),
-            action: None,
-            message,
-        };
-        let message: Value = serde_json::from_slice(data).map_err(|e| {
+        let message = self.decode(data)?;
+        let key = self.read_key(&message)?;
+        self.evaluate_decoded(meta, &message, key)
+    }
+
+    /// The message's JSON.
+    pub fn decode(&self, data: &[u8]) -> Result<Value, EvalError> {
+        serde_json::from_slice(data).map_err(|e| {
             fail(
                 EvalErrorKind::Decode,
                 None,
                 format!("message is not JSON: {e}"),
             )
-        })?;
+        })
+    }
 
-        let key = match self.key.get(&message).as_deref() {
+    /// The message's record key.
+    pub fn read_key(&self, message: &Value) -> Result<String, EvalError> {
+        let at = self.key.as_str();
+        let value = self
+            .key
+            .get(message, &self.engine)
+            .map_err(|e| fail(EvalErrorKind::Key, None, format!("key {at}: {e}")))?;
+        let key = match value.as_deref() {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
             Some(other) => {
                 return Err(fail(
                     EvalErrorKind::Key,
                     None,
-                    format!(
-                        "key at {} must be a non-empty string or a number, got {other}",
-                        self.key.as_str()
-                    ),
+                    format!("key at {at} must be a non-empty string or a number, got {other}"),
                 ));
             }
-            None => {
-                return Err(fail(
-                    EvalErrorKind::Key,
-                    None,
-                    format!("no key at {}", self.key.as_str()),
-                ));
-            }
+            None => return Err(fail(EvalErrorKind::Key, None, format!("no key at {at}"))),
         };
         if key.len() > self.max_key_bytes {
             return Err(fail(
                 EvalErrorKind::Key,
                 None,
                 format!(
-                    "the key at {} is {} bytes long, more than max_key_bytes ({})",
-                    self.key.as_str(),
+                    "the key at {at} is {} bytes long, more than max_key_bytes ({})",
                     key.len(),
                     self.max_key_bytes
                 ),
             ));
         }
+        Ok(key)
+    }
+
+    /// Evaluates a decoded message whose key was read.
+    pub fn evaluate_decoded(
+        &self,
+        meta: &MessageMeta<'_>,
+        message: &Value,
+        key: String,
+    ) -> Result<Outcome, EvalError> {
         // Borrowed from the message for plain paths: no copy per record.
         let record = self
             .record
-            .get(&message)
+            .get(message, &self.engine)
+            .map_err(|e| fail(EvalErrorKind::Script, Some(&key), format!("record: {e}")))?
             .unwrap_or(std::borrow::Cow::Owned(Value::Null));
         let record: &Value = &record;
-        let op = self.op.as_ref().and_then(|p| p.get(&message));
+        let op = self.op.as_ref().and_then(|p| p.get(message));
 
         if let Some(schema) = &self.input_schema {
             schema
@@ -177,6 +193,7 @@ impl Pipeline {
             seq: meta.seq,
             timestamp_ms: meta.timestamp_ms,
             headers: meta.headers,
+            linked_key: meta.linked_key,
         };
         let mut vars = Vars::new(record, event);
         if let Some(when) = &self.when {
@@ -240,10 +257,13 @@ impl Pipeline {
             None
         };
         let facts = match &self.two_way {
-            Some(tw) => Some(tw.facts(&message, record).map_err(|message| EvalError {
-                action: Some(action),
-                ..fail(EvalErrorKind::Mapping, Some(&key), message)
-            })?),
+            Some(tw) => Some(
+                tw.facts(message, record, meta.linked_key)
+                    .map_err(|message| EvalError {
+                        action: Some(action),
+                        ..fail(EvalErrorKind::Mapping, Some(&key), message)
+                    })?,
+            ),
             None => None,
         };
         Ok(Outcome {
@@ -259,7 +279,12 @@ impl Pipeline {
 impl super::TwoWay {
     /// The modification time (from the message) and the link's fields
     /// (from the record) of a change.
-    fn facts(&self, message: &Value, record: &Value) -> Result<Facts, String> {
+    fn facts(
+        &self,
+        message: &Value,
+        record: &Value,
+        linked_key: Option<&str>,
+    ) -> Result<Facts, String> {
         let modified = match self.modified.get(message).as_deref() {
             Some(Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
             Some(Value::String(s)) => s.parse().ok(),
@@ -277,11 +302,33 @@ impl super::TwoWay {
             .fields
             .iter()
             .map(|f| {
-                let path = if from_internal { &f.internal } else { &f.external };
-                crate::mapping::lookup(record, path).cloned()
+                let path = if from_internal {
+                    &f.internal
+                } else {
+                    &f.external
+                };
+                match (crate::mapping::lookup(record, path), self.changes) {
+                    (Some(value), _) => Some(value.clone()),
+                    // A full record without the field: it is empty.
+                    (None, crate::config::model::ChangeShape::Full) => Some(Value::Null),
+                    (None, crate::config::model::ChangeShape::Changed) => None,
+                }
             })
             .collect();
-        Ok(Facts { modified, fields })
+        Ok(Facts {
+            modified,
+            fields,
+            linked_key: linked_key.map(str::to_string),
+        })
+    }
+}
+
+fn fail(kind: EvalErrorKind, key: Option<&str>, message: String) -> EvalError {
+    EvalError {
+        kind,
+        key: key.map(str::to_string),
+        action: None,
+        message,
     }
 }
 

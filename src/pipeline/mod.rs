@@ -15,23 +15,25 @@ pub use testcase::{TestFailure, run_tests};
 use crate::action::Action;
 use std::sync::Arc;
 
-use crate::config::model::{Direction, IdempotencyKeyFrom, NatsSourceConfig, TestCase};
-use crate::twoway::Link;
+use crate::config::model::{
+    ChangeShape, Direction, IdempotencyKeyFrom, NatsSourceConfig, TestCase,
+};
 use crate::expr::{Script, ScriptEngine};
-use crate::mapping::{JsonPath, Mapping};
+use crate::mapping::{FieldSource, JsonPath, Mapping};
 use crate::schema::Schema;
+use crate::twoway::Link;
 
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     pub name: String,
     /// The NATS source, with `durable` defaulted to the pipeline name.
     pub source: NatsSourceConfig,
-    key: JsonPath,
+    key: FieldSource,
     /// Longer keys are dead letters of kind `key`.
     max_key_bytes: usize,
     /// What idempotency keys are made of.
     pub idempotency_key: IdempotencyKeyFrom,
-    record: JsonPath,
+    record: FieldSource,
     op: Option<JsonPath>,
     input_schema: Option<Schema>,
     when: Option<Script>,
@@ -57,6 +59,8 @@ pub struct TwoWay {
     pub direction: Direction,
     /// The change's modification time, in the message.
     modified: JsonPath,
+    /// Whether a field missing from a change is empty or unchanged.
+    changes: ChangeShape,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +73,13 @@ impl Pipeline {
     /// The JSONPath of the record key, which routes records to lanes.
     pub fn key_path(&self) -> &str {
         self.key.as_str()
+    }
+
+    /// Carries a link's provider changes into System A.
+    pub fn is_inbound(&self) -> bool {
+        self.two_way
+            .as_ref()
+            .is_some_and(|tw| tw.direction == Direction::Inbound)
     }
 
     pub fn durable(&self) -> &str {

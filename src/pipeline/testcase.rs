@@ -34,6 +34,7 @@ fn check(pipeline: &Pipeline, index: usize, case: &TestCase) -> Result<(), Strin
     let meta = MessageMeta {
         subject: "test",
         seq: index as u64 + 1,
+        linked_key: case.linked_key.as_deref(),
         ..MessageMeta::default()
     };
     let expect = &case.expect;

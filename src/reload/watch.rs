@@ -25,7 +25,13 @@ const SETTLE_MAX: Duration = Duration::from_secs(2);
 pub const POLL_EVERY: Duration = Duration::from_secs(2);
 
 /// The entries of the config directory that make up the config.
-const CONFIG_ENTRIES: [&str; 4] = ["syncflow.yaml", "pipelines", "providers", "schemas"];
+const CONFIG_ENTRIES: [&str; 5] = [
+    "syncflow.yaml",
+    "pipelines",
+    "providers",
+    "links",
+    "schemas",
+];
 
 pub struct ConfigWatcher {
     dir: PathBuf,

@@ -2,6 +2,7 @@
 //! pipeline, serves `/metrics`, applies reloaded configs, and drains cleanly
 //! on SIGINT/SIGTERM.
 
+mod inbound;
 pub mod plan;
 mod providers;
 
@@ -13,8 +14,10 @@ use std::time::Duration;
 use async_nats::jetstream;
 
 use crate::compile::Config;
+use crate::config::model::Direction;
 use crate::executor::{Ctx, PipelineMetrics, PipelineRunner, ensure_dead_letter_streams};
 use crate::idmap::IdMap;
+use crate::inbound::http::Hooks;
 use crate::limiter;
 use crate::pipeline::Pipeline;
 use crate::pipeline::Target;
@@ -24,7 +27,10 @@ use crate::sampled::Sampled;
 use crate::server;
 use crate::sink::{ProviderSink, SubjectSink, TargetSink};
 use crate::transient::Trouble;
+use crate::twoway;
+use crate::twoway::store::LinkStore;
 
+use inbound::InboundRuntime;
 pub use providers::ProviderBuildError;
 use providers::Providers;
 
@@ -85,6 +91,8 @@ pub struct Engine {
     nats: async_nats::Client,
     js: jetstream::Context,
     idmap: IdMap,
+    links: LinkStore,
+    inbound: InboundRuntime,
     readiness: Readiness,
     providers: Providers,
     config: Config,
@@ -110,7 +118,8 @@ impl Engine {
             .parse()
             .map_err(|_| RunError::Listen(config.globals.http.listen.clone()))?;
         let mut http_shutdown = shutdown.clone();
-        let http_addr = server::serve(listen, readiness.clone(), async move {
+        let hooks = Hooks::default();
+        let http_addr = server::serve(listen, readiness.clone(), hooks.router(), async move {
             let _ = http_shutdown.wait_for(|s| *s).await;
         })
         .await
@@ -118,7 +127,7 @@ impl Engine {
             addr: listen.to_string(),
             source,
         })?;
-        tracing::info!(addr = %http_addr, "serving /metrics, /healthz, /readyz");
+        tracing::info!(addr = %http_addr, "serving /metrics, /healthz, /readyz, /hooks/<provider>");
 
         let nats = crate::connect::nats_options(&config.globals.nats)
             .await
@@ -128,7 +137,8 @@ impl Engine {
             .map_err(|e| RunError::NatsUrl(e.to_string()))?;
         readiness.watch_nats(nats.clone());
         let js = jetstream::new(nats.clone());
-        let Some(idmap) = wait_for_nats(&js, &config, shutdown).await else {
+        let Some((idmap, links, inbound)) = wait_for_nats(&js, &config, hooks, shutdown).await
+        else {
             return Ok(None);
         };
 
@@ -153,6 +163,8 @@ impl Engine {
             nats,
             js,
             idmap,
+            links,
+            inbound,
             readiness,
             providers,
             config: empty,
@@ -160,6 +172,10 @@ impl Engine {
             drain_deadline,
             http_addr,
         };
+        engine
+            .inbound
+            .apply(&config, &plan, &engine.providers)
+            .await;
         engine.apply_pipelines(&plan, config).await;
         metrics::gauge!("syncflow_config_generation").set(1.0);
         Ok(Some(engine))
@@ -182,6 +198,7 @@ impl Engine {
             .map_err(|e| ApplyError::DeadLetters(e.to_string()))?;
         self.providers
             .commit(staged, |name| config.providers.contains_key(name));
+        self.inbound.apply(&config, &plan, &self.providers).await;
         let globals_ignored = plan.globals_changed;
         if globals_ignored {
             tracing::warn!(
@@ -252,8 +269,9 @@ impl Engine {
         applied
     }
 
-    fn ctx(&self, pipeline: &Arc<Pipeline>) -> Arc<Ctx> {
-        let sink = match &pipeline.target {
+    /// The sink of a target: a provider object's API, or a subject.
+    fn sink(&self, target: &Target) -> TargetSink {
+        match target {
             Target::Provider { provider, object } => {
                 let running = self
                     .providers
@@ -268,14 +286,31 @@ impl Engine {
             Target::Subject(subject) => {
                 TargetSink::Subject(Box::new(SubjectSink::new(self.js.clone(), subject.clone())))
             }
-        };
+        }
+    }
+
+    fn ctx(&self, pipeline: &Arc<Pipeline>) -> Arc<Ctx> {
+        let two_way = pipeline.two_way.as_ref().map(|tw| {
+            // Lost edits are set back on the side the changes come from.
+            let from = match tw.direction {
+                Direction::Outbound => &tw.link.internal,
+                Direction::Inbound => &tw.link.external,
+            };
+            twoway::engine::Runtime {
+                store: self.links.clone(),
+                idmap: self.idmap.clone(),
+                source: self.sink(from),
+                counts: twoway::engine::Counts::new(&tw.link.name, tw.direction),
+            }
+        });
         Arc::new(Ctx {
             pipeline: pipeline.clone(),
-            sink,
+            sink: self.sink(&pipeline.target),
             js: self.js.clone(),
             metrics: PipelineMetrics::new(&pipeline.name),
             trouble: Arc::new(Trouble::new(&pipeline.name, self.readiness.clone())),
             dead_letter_log: Sampled::every(Duration::from_secs(1)),
+            two_way,
         })
     }
 
@@ -295,6 +330,7 @@ impl Engine {
             log_drain(&name, r.drain(deadline).await);
         });
         futures::future::join_all(drains).await;
+        self.inbound.stop().await;
         // Bounded: with NATS gone a flush would wait for a reconnect forever.
         match tokio::time::timeout(Duration::from_secs(5), self.nats.flush()).await {
             Ok(Ok(())) => {}
@@ -319,13 +355,15 @@ fn log_drain(pipeline: &str, finished: bool) {
     }
 }
 
-/// Opens the id map and the dead-letter stream, retrying while NATS is
-/// unreachable. `None` when shutdown was asked for meanwhile.
+/// Opens the id map, the link states, the dead-letter and inbound streams,
+/// retrying while NATS is unreachable. `None` when shutdown was asked for
+/// meanwhile.
 async fn wait_for_nats(
     js: &jetstream::Context,
     config: &Config,
+    hooks: Hooks,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Option<IdMap> {
+) -> Option<(IdMap, LinkStore, InboundRuntime)> {
     let subjects: Vec<String> = config
         .pipelines
         .values()
@@ -338,13 +376,17 @@ async fn wait_for_nats(
             let idmap = IdMap::open(js, settings.replicas)
                 .await
                 .map_err(|e| e.to_string())?;
+            let links = LinkStore::open(js, settings.replicas)
+                .await
+                .map_err(|e| e.to_string())?;
             ensure_dead_letter_streams(js, &subjects, settings)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok::<_, String>(idmap)
+            let inbound = InboundRuntime::open(hooks.clone(), js, settings).await?;
+            Ok::<_, String>((idmap, links, inbound))
         };
         match attempt.await {
-            Ok(idmap) => return Some(idmap),
+            Ok(opened) => return Some(opened),
             Err(e) => {
                 tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "NATS JetStream unavailable");
             }

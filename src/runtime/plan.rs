@@ -92,11 +92,11 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
                 None => PipelineChange::Added,
                 Some(o)
                     if o.fingerprint != p.fingerprint
-                        || provider_name(o) != provider_name(p)
-                        || provider_name(p).is_some_and(|name| {
+                        || provider_names(o) != provider_names(p)
+                        || provider_names(p).iter().any(|name| {
                             matches!(
-                                providers[name],
-                                ProviderChange::Rebuilt | ProviderChange::Added
+                                providers.get(*name),
+                                Some(ProviderChange::Rebuilt | ProviderChange::Added)
                             )
                         }) =>
                 {
@@ -116,9 +116,21 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     }
 }
 
-/// The provider a pipeline sends to; none for a subject target.
-fn provider_name(pipeline: &Pipeline) -> Option<&str> {
-    pipeline.target.provider().map(|p| p.name.as_str())
+/// The providers a pipeline sends to: its target's, and a two-way
+/// pipeline's link's (it sets lost edits back on the other side).
+fn provider_names(pipeline: &Pipeline) -> Vec<&str> {
+    let mut names: Vec<&str> = pipeline
+        .target
+        .provider()
+        .map(|p| p.name.as_str())
+        .into_iter()
+        .collect();
+    if let Some(tw) = &pipeline.two_way {
+        names.extend(tw.link.provider_names());
+    }
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 fn removed<T>(old: &BTreeMap<String, T>, new: &BTreeMap<String, T>) -> Vec<String> {

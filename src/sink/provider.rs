@@ -40,6 +40,11 @@ impl ProviderSink {
         &self.api.provider().name
     }
 
+    /// The provider's and the object's names.
+    pub fn names(&self) -> (&str, &str) {
+        (self.provider(), &self.object)
+    }
+
     fn object(&self) -> &Object {
         &self.api.provider().objects[&self.object]
     }

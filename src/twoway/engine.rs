@@ -24,15 +24,16 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use super::Link;
 use super::state::{Observed, PairState, Seen, Side};
 use super::store::{LinkStore, Saved};
-use super::Link;
 use crate::action::Action;
 use crate::config::model::Direction;
 use crate::idmap::IdMap;
 use crate::mapping::insert;
 use crate::pipeline::{Facts, TwoWay};
 use crate::sink::{Delivery, Failure, Record, Sink, SkipReason, TargetSink};
+use crate::transient::Trouble;
 
 /// How long an inbound change of an unknown record waits for its link.
 pub const LINK_GRACE: Duration = Duration::from_secs(2);
@@ -45,6 +46,19 @@ pub struct Runtime {
     pub idmap: IdMap,
     /// The side the changes come from, for setting back lost edits.
     pub source: TargetSink,
+    pub counts: Counts,
+}
+
+impl Runtime {
+    /// System A's key of the provider's record `id` (an inbound change's
+    /// key), if it is linked.
+    pub async fn linked_key(&self, trouble: &Trouble, link: &Link, id: &str) -> Option<String> {
+        let (provider, object) = link.provider();
+        let provider = provider.name.as_str();
+        trouble
+            .retry_until_ok("id map read", || self.idmap.key_of(provider, object, id))
+            .await
+    }
 }
 
 /// The link's metrics for one pipeline.
@@ -61,12 +75,12 @@ impl Counts {
         };
         let (l1, l2) = (link.to_string(), link.to_string());
         Counts {
-            fields: crate::metric_handles::Handles::new(move |&outcome: &&'static str| {
-                metrics::counter!("syncflow_twoway_fields_total", "link" => l1.clone(), "direction" => direction, "outcome" => outcome)
-            }),
-            writes: crate::metric_handles::Handles::new(move |&kind: &&'static str| {
-                metrics::counter!("syncflow_twoway_writes_total", "link" => l2.clone(), "direction" => direction, "kind" => kind)
-            }),
+            fields: crate::metric_handles::Handles::new(
+                move |&outcome: &&'static str| metrics::counter!("syncflow_twoway_fields_total", "link" => l1.clone(), "direction" => direction, "outcome" => outcome),
+            ),
+            writes: crate::metric_handles::Handles::new(
+                move |&kind: &&'static str| metrics::counter!("syncflow_twoway_writes_total", "link" => l2.clone(), "direction" => direction, "kind" => kind),
+            ),
         }
     }
 }
@@ -91,12 +105,11 @@ fn path(link: &Link, index: usize, side: Side) -> &[String] {
 pub async fn deliver(
     tw: &TwoWay,
     rt: &Runtime,
-    counts: &Counts,
     target: &TargetSink,
     record: &Record<'_>,
     facts: &Facts,
 ) -> Delivery {
-    let link = &tw.link;
+    let (link, counts) = (&tw.link, &rt.counts);
     let (provider, object) = link.provider();
     let (provider, object) = (provider.name.as_str(), object);
     let (from, to) = sides(tw.direction);
@@ -106,13 +119,18 @@ pub async fn deliver(
         Direction::Outbound => {
             let entry = record
                 .trouble
-                .retry_until_ok("id map read", || rt.idmap.lookup(provider, object, record.key))
+                .retry_until_ok("id map read", || {
+                    rt.idmap.lookup(provider, object, record.key)
+                })
                 .await;
             let id = entry.and_then(|e| e.live_id().map(str::to_string));
             (Some(record.key.to_string()), id)
         }
         Direction::Inbound => {
-            let key = linked_key(rt, record, provider, object, facts).await;
+            let key = match linked_key(rt, record, provider, object, facts).await {
+                Some(key) => Some(key),
+                None => created_unlinked(rt, record, target, provider, object).await,
+            };
             (key, Some(record.key.to_string()))
         }
     };
@@ -147,13 +165,37 @@ pub async fn deliver(
     };
     let Some(body) = body else {
         counts.writes.get("none").increment(1);
-        save(rt, link, record, key.as_deref(), &state, revision, from, facts, counts).await;
+        save(
+            rt,
+            link,
+            record,
+            key.as_deref(),
+            &state,
+            revision,
+            from,
+            facts,
+            counts,
+        )
+        .await;
         return Delivery::Skipped {
             reason: SkipReason::Unchanged,
         };
     };
-    let target_key = key.clone().unwrap_or_else(|| record.key.to_string());
-    let action = if exists { Action::Update } else { Action::Create };
+    // A record born in the provider is created in System A under the
+    // provider's id; System A's API answers its own key. On a subject, the
+    // key System A is given is `<provider>-<id>`.
+    let target_key = match (&key, target) {
+        (Some(key), _) => key.clone(),
+        (None, TargetSink::Subject(_)) if tw.direction == Direction::Inbound => {
+            format!("{provider}-{}", record.key)
+        }
+        (None, _) => record.key.to_string(),
+    };
+    let action = if exists {
+        Action::Update
+    } else {
+        Action::Create
+    };
     let sent = target
         .deliver(&Record {
             key: &target_key,
@@ -168,21 +210,58 @@ pub async fn deliver(
         (Delivery::Sent { id: Some(new), .. }, Direction::Inbound, None) => {
             record
                 .trouble
-                .retry_until_ok("id map write", || rt.idmap.link(provider, object, new, record.key))
+                .retry_until_ok("id map write", || {
+                    rt.idmap.link(provider, object, new, record.key)
+                })
                 .await;
             (state, revision) = (PairState::default(), 0);
             observe(link, &mut state, from, record, facts, counts);
             new.clone()
         }
+        // Published on a subject: System A's key is the one it was given.
+        (Delivery::Sent { id: None, .. }, Direction::Inbound, None)
+            if matches!(target, TargetSink::Subject(_)) =>
+        {
+            record
+                .trouble
+                .retry_until_ok("id map write", || {
+                    rt.idmap.link(provider, object, &target_key, record.key)
+                })
+                .await;
+            (state, revision) = (PairState::default(), 0);
+            observe(link, &mut state, from, record, facts, counts);
+            target_key.clone()
+        }
         (Delivery::Sent { .. }, _, None) => {
-            tracing::warn!(pipeline = record.pipeline, key = record.key, "created, but the target did not tell its key: not linked");
+            tracing::warn!(
+                pipeline = record.pipeline,
+                key = record.key,
+                "created, but the target did not tell its key: not linked"
+            );
             return sent;
         }
-        (Delivery::Failed(Failure { status: Some(404), .. }), _, Some(key)) if exists => {
+        (
+            Delivery::Failed(Failure {
+                status: Some(404), ..
+            }),
+            _,
+            Some(key),
+        ) if exists => {
             // Deleted on the target meanwhile: a delete wins, and its own
             // change event deletes the other side.
             state.deleted = true;
-            save(rt, link, record, Some(&key), &state, revision, from, facts, counts).await;
+            save(
+                rt,
+                link,
+                record,
+                Some(&key),
+                &state,
+                revision,
+                from,
+                facts,
+                counts,
+            )
+            .await;
             return Delivery::Skipped {
                 reason: SkipReason::AlreadyDeleted,
             };
@@ -194,13 +273,36 @@ pub async fn deliver(
         .get(if exists { "sync" } else { "create" })
         .increment(1);
     mark_written(link, &mut state, to, &body);
+    if !exists {
+        // A create leaves out empty fields: the new record holds them empty.
+        for (i, field) in link.fields.iter().enumerate() {
+            if crate::mapping::lookup(&body, path(link, i, to)).is_none() {
+                state
+                    .fields
+                    .entry(field.name.clone())
+                    .or_default()
+                    .holds(to, Value::Null);
+            }
+        }
+    }
     if let Delivery::Sent { id: Some(id), .. } = &sent
         && tw.direction == Direction::Outbound
     {
         state.external_id = Some(id.clone());
     }
     set_back(tw, rt, record, &key, &mut state, from, counts).await;
-    save(rt, link, record, Some(&key), &state, revision, from, facts, counts).await;
+    save(
+        rt,
+        link,
+        record,
+        Some(&key),
+        &state,
+        revision,
+        from,
+        facts,
+        counts,
+    )
+    .await;
     sent
 }
 
@@ -213,15 +315,17 @@ async fn linked_key(
     object: &str,
     facts: &Facts,
 ) -> Option<String> {
+    if let Some(key) = &facts.linked_key {
+        return Some(key.clone());
+    }
     let lookup = || async {
         record
             .trouble
-            .retry_until_ok("id map read", || rt.idmap.key_of(provider, object, record.key))
+            .retry_until_ok("id map read", || {
+                rt.idmap.key_of(provider, object, record.key)
+            })
             .await
     };
-    if let Some(key) = lookup().await {
-        return Some(key);
-    }
     let age_ms = now_ms().saturating_sub(facts.modified);
     if age_ms > RECENT.as_millis() as i64 {
         return None;
@@ -236,6 +340,42 @@ async fn linked_key(
     None
 }
 
+/// System A's key of a provider record that System A's API created
+/// already but that was not linked yet (syncflow stopped in between): the
+/// target's id map entry of the provider's id, which is linked now.
+async fn created_unlinked(
+    rt: &Runtime,
+    record: &Record<'_>,
+    target: &TargetSink,
+    provider: &str,
+    object: &str,
+) -> Option<String> {
+    let TargetSink::Provider(sink) = target else {
+        return None;
+    };
+    let (target_provider, target_object) = sink.names();
+    let entry = record
+        .trouble
+        .retry_until_ok("id map read", || {
+            rt.idmap.lookup(target_provider, target_object, record.key)
+        })
+        .await?;
+    // Only what this pipeline's own stream created: System A's keys and
+    // the provider's ids may look alike.
+    if entry.stream.as_deref() != Some(record.stream) {
+        return None;
+    }
+    let key = entry.live_id()?.to_string();
+    record
+        .trouble
+        .retry_until_ok("id map write", || {
+            rt.idmap.link(provider, object, &key, record.key)
+        })
+        .await;
+    tracing::info!(pipeline = record.pipeline, key = %key, id = record.key, "linked a record created before a restart");
+    Some(key)
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -243,7 +383,14 @@ fn now_ms() -> i64 {
 }
 
 /// Applies the change's fields to the state.
-fn observe(link: &Link, state: &mut PairState, from: Side, record: &Record<'_>, facts: &Facts, counts: &Counts) {
+fn observe(
+    link: &Link,
+    state: &mut PairState,
+    from: Side,
+    record: &Record<'_>,
+    facts: &Facts,
+    counts: &Counts,
+) {
     for (i, value) in facts.fields.iter().enumerate() {
         let Some(value) = value else { continue };
         let field = &link.fields[i];
@@ -387,7 +534,9 @@ async fn save(
     for _ in 0..10 {
         let saved = record
             .trouble
-            .retry_until_ok("link state write", || rt.store.save(&link.name, key, &state, revision))
+            .retry_until_ok("link state write", || {
+                rt.store.save(&link.name, key, &state, revision)
+            })
             .await;
         if saved == Saved::Done {
             return;
@@ -414,5 +563,9 @@ async fn save(
         again.external_id = again.external_id.or(state.external_id.clone());
         (state, revision) = (again, rev);
     }
-    tracing::warn!(pipeline = record.pipeline, key, "link state kept changing under this change; saved as last seen");
+    tracing::warn!(
+        pipeline = record.pipeline,
+        key,
+        "link state kept changing under this change; saved as last seen"
+    );
 }

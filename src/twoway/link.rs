@@ -20,6 +20,8 @@ pub struct Link {
     /// System A's side.
     pub internal: Target,
     pub fields: Vec<LinkField>,
+    /// Hash of the link file's text: a pipeline of a changed link is changed.
+    pub fingerprint: u64,
 }
 
 /// One synced field: where it is on each side, and who wins.
@@ -33,6 +35,13 @@ pub struct LinkField {
 }
 
 impl Link {
+    /// The providers of both sides.
+    pub fn provider_names(&self) -> impl Iterator<Item = &str> {
+        [&self.external, &self.internal]
+            .into_iter()
+            .filter_map(|t| t.provider().map(|p| p.name.as_str()))
+    }
+
     /// The provider and object of the external side.
     pub fn provider(&self) -> (&Arc<Provider>, &str) {
         match &self.external {
@@ -81,7 +90,12 @@ pub fn compile(
             object: object.to_string(),
         })
     };
-    let external = provider_object("external", &cfg.external.provider, &cfg.external.object, diags);
+    let external = provider_object(
+        "external",
+        &cfg.external.provider,
+        &cfg.external.object,
+        diags,
+    );
     let internal = match &cfg.internal {
         TargetConfig {
             provider: Some(provider),
@@ -138,5 +152,6 @@ pub fn compile(
         external: external?,
         internal: internal?,
         fields,
+        fingerprint: crate::config::fingerprint(&[&file.text]),
     })
 }

@@ -152,10 +152,18 @@ impl FieldState {
     }
 
     /// The value `side` must be written, if it does not hold the winner.
+    /// An empty winner is not written to a side whose value is unknown:
+    /// what syncflow never heard of is taken to be empty.
     pub fn to_write(&self, side: Side) -> Option<&Value> {
         let winner = self.winner.as_ref()?;
         let want = &winner.value[side.index()];
-        (self.holds[side.index()].as_ref() != Some(want)).then_some(want)
+        let holds = self.holds[side.index()].as_ref().unwrap_or(&Value::Null);
+        (holds != want).then_some(want)
+    }
+
+    /// `side` is known to hold `value` (a create that left the field out).
+    pub fn holds(&mut self, side: Side, value: Value) {
+        self.holds[side.index()] = Some(value);
     }
 
     /// syncflow wrote `value` to `side` (so the side holds it, and the
@@ -198,26 +206,47 @@ mod tests {
     /// A field synced both ways, both sides holding `x` (`X` on the CRM).
     fn synced(policy_x_at: i64) -> FieldState {
         let mut f = FieldState::default();
-        assert_eq!(f.change(obs(A, policy_x_at, json!("x"), json!("X")), Policy::Latest), Seen::Won);
+        assert_eq!(
+            f.change(obs(A, policy_x_at, json!("x"), json!("X")), Policy::Latest),
+            Seen::Won
+        );
         f.wrote(P, json!("X"));
-        assert_eq!(f.change(obs(P, policy_x_at + 1, json!("X"), json!("x")), Policy::Latest), Seen::Echo);
+        assert_eq!(
+            f.change(
+                obs(P, policy_x_at + 1, json!("X"), json!("x")),
+                Policy::Latest
+            ),
+            Seen::Echo
+        );
         f
     }
 
     #[test]
     fn an_edit_is_written_to_the_other_side_once_and_its_echo_is_not() {
         let mut f = synced(100);
-        assert_eq!(f.change(obs(A, 200, json!("a"), json!("A")), Policy::Latest), Seen::Won);
+        assert_eq!(
+            f.change(obs(A, 200, json!("a"), json!("A")), Policy::Latest),
+            Seen::Won
+        );
         assert_eq!(f.to_write(P), Some(&json!("A")));
         assert_eq!(f.to_write(A), None);
         f.wrote(P, json!("A"));
         assert_eq!(f.to_write(P), None);
         // The CRM's webhook for syncflow's own write: an echo, nothing to do.
-        assert_eq!(f.change(obs(P, 210, json!("A"), json!("a")), Policy::Latest), Seen::Echo);
+        assert_eq!(
+            f.change(obs(P, 210, json!("A"), json!("a")), Policy::Latest),
+            Seen::Echo
+        );
         assert_eq!((f.to_write(A), f.to_write(P)), (None, None));
         // A duplicate of it, and a repeat of A's event: nothing either.
-        assert_eq!(f.change(obs(P, 210, json!("A"), json!("a")), Policy::Latest), Seen::Repeat);
-        assert_eq!(f.change(obs(A, 200, json!("a"), json!("A")), Policy::Latest), Seen::Repeat);
+        assert_eq!(
+            f.change(obs(P, 210, json!("A"), json!("a")), Policy::Latest),
+            Seen::Repeat
+        );
+        assert_eq!(
+            f.change(obs(A, 200, json!("a"), json!("A")), Policy::Latest),
+            Seen::Repeat
+        );
         assert_eq!((f.to_write(A), f.to_write(P)), (None, None));
     }
 
@@ -231,12 +260,18 @@ mod tests {
         let mut f = synced(100);
         f.change(obs(A, 200, json!("a"), json!("A")), Policy::Latest);
         f.wrote(P, json!("A"));
-        assert_eq!(f.change(obs(P, 300, json!("C"), json!("c")), Policy::Latest), Seen::Won);
+        assert_eq!(
+            f.change(obs(P, 300, json!("C"), json!("c")), Policy::Latest),
+            Seen::Won
+        );
         assert_eq!(f.to_write(A), Some(&json!("c")));
         f.wrote(A, json!("c"));
         // The echo of the write of "A" (made at 310) shows the CRM holds "A":
         // the winner "C" is written back.
-        assert_eq!(f.change(obs(P, 310, json!("A"), json!("a")), Policy::Latest), Seen::Echo);
+        assert_eq!(
+            f.change(obs(P, 310, json!("A"), json!("a")), Policy::Latest),
+            Seen::Echo
+        );
         assert_eq!(f.to_write(P), Some(&json!("C")));
         f.wrote(P, json!("C"));
         f.change(obs(P, 320, json!("C"), json!("c")), Policy::Latest);
@@ -248,10 +283,16 @@ mod tests {
         let mut f = synced(100);
         f.change(obs(A, 200, json!("a"), json!("A")), Policy::Latest);
         f.wrote(P, json!("A"));
-        assert_eq!(f.change(obs(P, 310, json!("A"), json!("a")), Policy::Latest), Seen::Echo);
+        assert_eq!(
+            f.change(obs(P, 310, json!("A"), json!("a")), Policy::Latest),
+            Seen::Echo
+        );
         // "C" was made at 300, before the write seen at 310: the CRM no longer
         // holds it, but it is the newer edit, so it wins and goes both ways.
-        assert_eq!(f.change(obs(P, 300, json!("C"), json!("c")), Policy::Latest), Seen::Won);
+        assert_eq!(
+            f.change(obs(P, 300, json!("C"), json!("c")), Policy::Latest),
+            Seen::Won
+        );
         assert_eq!(f.to_write(A), Some(&json!("c")));
         assert_eq!(f.to_write(P), Some(&json!("C")));
 
@@ -262,11 +303,20 @@ mod tests {
         let mut f = synced(100);
         f.change(obs(P, 300, json!("C"), json!("c")), Policy::Latest);
         f.wrote(A, json!("c"));
-        assert_eq!(f.change(obs(A, 200, json!("a"), json!("A")), Policy::Latest), Seen::Lost);
+        assert_eq!(
+            f.change(obs(A, 200, json!("a"), json!("A")), Policy::Latest),
+            Seen::Lost
+        );
         assert_eq!((f.to_write(A), f.to_write(P)), (None, None));
-        assert_eq!(f.change(obs(A, 305, json!("c"), json!("C")), Policy::Latest), Seen::Echo);
+        assert_eq!(
+            f.change(obs(A, 305, json!("c"), json!("C")), Policy::Latest),
+            Seen::Echo
+        );
         // An A edit made after the write (its echo came first) is newer: it wins.
-        assert_eq!(f.change(obs(A, 310, json!("d"), json!("D")), Policy::Latest), Seen::Won);
+        assert_eq!(
+            f.change(obs(A, 310, json!("d"), json!("D")), Policy::Latest),
+            Seen::Won
+        );
         assert_eq!(f.to_write(P), Some(&json!("D")));
     }
 
@@ -276,7 +326,10 @@ mod tests {
         f.change(obs(P, 300, json!("C"), json!("c")), Policy::Latest);
         f.wrote(A, json!("c"));
         // A webhook of an edit at 250, out of order: older than the winner.
-        assert_eq!(f.change(obs(P, 250, json!("B"), json!("b")), Policy::Latest), Seen::Lost);
+        assert_eq!(
+            f.change(obs(P, 250, json!("B"), json!("b")), Policy::Latest),
+            Seen::Lost
+        );
         // The CRM moved on since (300 was seen): it holds "C", not "B".
         assert_eq!((f.to_write(A), f.to_write(P)), (None, None));
     }
@@ -286,12 +339,22 @@ mod tests {
         let mut f = synced(100);
         let policy = Policy::Internal;
         // A CRM user changes a field System A owns, even later than A's edit.
-        assert_eq!(f.change(obs(P, 500, json!("Z"), json!("z")), policy), Seen::Lost);
-        assert_eq!(f.to_write(P), Some(&json!("X")), "set back to the owner's value");
+        assert_eq!(
+            f.change(obs(P, 500, json!("Z"), json!("z")), policy),
+            Seen::Lost
+        );
+        assert_eq!(
+            f.to_write(P),
+            Some(&json!("X")),
+            "set back to the owner's value"
+        );
         assert_eq!(f.to_write(A), None);
         // The provider owns another: System A's edit is set back.
         let mut g = synced(100);
-        assert_eq!(g.change(obs(A, 500, json!("z"), json!("Z")), Policy::Provider), Seen::Lost);
+        assert_eq!(
+            g.change(obs(A, 500, json!("z"), json!("Z")), Policy::Provider),
+            Seen::Lost
+        );
         assert_eq!(g.to_write(A), Some(&json!("x")));
     }
 
@@ -299,7 +362,10 @@ mod tests {
     fn ties_go_to_system_a() {
         let mut f = synced(100);
         f.change(obs(P, 400, json!("P"), json!("p")), Policy::Latest);
-        assert_eq!(f.change(obs(A, 400, json!("a"), json!("A")), Policy::Latest), Seen::Won);
+        assert_eq!(
+            f.change(obs(A, 400, json!("a"), json!("A")), Policy::Latest),
+            Seen::Won
+        );
     }
 
     #[test]

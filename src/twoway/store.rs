@@ -68,12 +68,14 @@ impl LinkStore {
         let value = serde_json::to_vec(state).map_err(|e| StoreError(e.to_string()))?;
         let k = key(link, record);
         let result = match revision {
-            0 => self.store.create(&k, value.into()).await.map_err(|e| {
-                match e.kind() {
+            0 => self
+                .store
+                .create(&k, value.into())
+                .await
+                .map_err(|e| match e.kind() {
                     kv::CreateErrorKind::AlreadyExists => None,
                     _ => Some(e.to_string()),
-                }
-            }),
+                }),
             _ => self
                 .store
                 .update(&k, value.into(), revision)
