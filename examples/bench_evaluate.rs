@@ -48,6 +48,7 @@ fn main() {
             seq: seq as u64,
             timestamp_ms: Some(1_700_000_000_000),
             headers: &[],
+            linked_key: None,
         };
         let outcome = pipeline.evaluate(black_box(&meta), black_box(event.as_bytes()));
         assert!(outcome.is_ok(), "{outcome:?}");

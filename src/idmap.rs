@@ -218,9 +218,11 @@ fn kv_key(provider: &str, object: &str, key: &str) -> String {
     format!("{provider}.{object}.{}", kv_token(key))
 }
 
-/// The reverse entry of a provider id: `provider.object.~.<id>`.
+/// The reverse entry of a provider id: `provider.object.by_id.<id>`. Four
+/// tokens: a record key is always one token (`kv_token`), so no record's
+/// entry can be taken for a reverse one.
 fn reverse_key(provider: &str, object: &str, id: &str) -> String {
-    format!("{provider}.{object}.~.{}", kv_token(id))
+    format!("{provider}.{object}.by_id.{}", kv_token(id))
 }
 
 /// A record key as one KV key token. KV keys allow `[-/_=.a-zA-Z0-9]`.
@@ -258,7 +260,7 @@ mod tests {
         assert_ne!(kv_key("p", "o", "=x"), kv_key("p", "o", "x"));
         // A reverse entry never collides with a forward one.
         assert_ne!(reverse_key("p", "o", "x"), kv_key("p", "o", "x"));
-        assert!(reverse_key("p", "o", "a.b").starts_with("p.o.~.="));
+        assert!(reverse_key("p", "o", "a.b").starts_with("p.o.by_id.="));
     }
 
     #[test]

@@ -254,6 +254,7 @@ fn broken_messages_are_dead_letters_never_panics() {
         seq: 1,
         timestamp_ms: Some(1_700_000_000_000),
         headers: &headers,
+        linked_key: None,
     };
     let mut rng = StdRng::seed_from_u64(seed);
     let silent = std::panic::take_hook();

@@ -390,6 +390,12 @@ pub struct TwoWayConfig {
     /// `changed` fields (webhook events), where a missing field is unchanged.
     #[serde(default)]
     pub changes: ChangeShape,
+    /// Outbound: JSONPath to the provider's id in System A's record, for
+    /// records syncflow created in System A from the provider's (their
+    /// inbound mapping writes it): such a record is linked, never created
+    /// in the provider a second time.
+    #[serde(default)]
+    pub external_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

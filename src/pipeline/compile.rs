@@ -260,6 +260,18 @@ fn two_way(
         return None;
     };
     let modified = json_path(file, &path!["two_way", "modified"], &cfg.modified, diags)?;
+    let external_id = match &cfg.external_id {
+        Some(_) if cfg.direction == Direction::Inbound => {
+            file.error(
+                diags,
+                &path!["two_way", "external_id"],
+                "external_id is for outbound pipelines (System A's record naming the provider's id)",
+            );
+            return None;
+        }
+        Some(p) => Some(json_path(file, &path!["two_way", "external_id"], p, diags)?),
+        None => None,
+    };
     let (side, expected) = match cfg.direction {
         Direction::Outbound => ("external", &link.external),
         Direction::Inbound => ("internal", &link.internal),
@@ -295,6 +307,7 @@ fn two_way(
         direction: cfg.direction,
         modified,
         changes: cfg.changes,
+        external_id,
     })
 }
 

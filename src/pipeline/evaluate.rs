@@ -48,6 +48,9 @@ pub struct Facts {
     /// Inbound: System A's key of the record, when the runtime found it
     /// linked before evaluation.
     pub linked_key: Option<String>,
+    /// Outbound: the provider's id System A's record holds
+    /// (`two_way.external_id`).
+    pub external_id: Option<String>,
 }
 
 /// The stage at which a record failed; each is a dead-letter kind.
@@ -315,10 +318,20 @@ impl super::TwoWay {
                 }
             })
             .collect();
+        let external_id = self
+            .external_id
+            .as_ref()
+            .and_then(|p| p.get(record))
+            .and_then(|v| match v.as_ref() {
+                Value::String(s) if !s.is_empty() => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            });
         Ok(Facts {
             modified,
             fields,
             linked_key: linked_key.map(str::to_string),
+            external_id,
         })
     }
 }

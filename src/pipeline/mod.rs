@@ -61,6 +61,8 @@ pub struct TwoWay {
     modified: JsonPath,
     /// Whether a field missing from a change is empty or unchanged.
     changes: ChangeShape,
+    /// Outbound: the provider's id, when System A's record holds it.
+    external_id: Option<JsonPath>,
 }
 
 #[derive(Debug, Clone)]

@@ -13,12 +13,19 @@
 //!   it has is updated with the fields it must be written, and nothing is
 //!   sent when there are none (an echo, a repeat). The rules say whether to
 //!   sync (`create`, `update`, `upsert`), `delete` or `skip`.
+//! - **Writes are announced before they are made.** The values about to be
+//!   written are saved in the state as *sent* first (compare-and-set), then
+//!   written, then confirmed (or withdrawn on failure). The other side's
+//!   change event for the write can come back before the write's answer
+//!   (System A publishes its CDC event before it answers): it must already
+//!   be known as an echo.
 //! - **Deletes win**: a record deleted on either side is deleted on the
 //!   other, and later changes of it are not synced.
-//! - **A record just created by syncflow** may come back as a provider's
-//!   change before its link is stored (the webhook can be quicker than the
-//!   create's answer): an inbound change of an unknown, recent record waits
-//!   up to [`LINK_GRACE`] for its link before creating a new one.
+//! - **Records born on one side** come back from the other before their
+//!   link exists (a webhook for syncflow's own create; System A's CDC event
+//!   for it): a change of an unlinked record waits up to [`LINK_GRACE`] for
+//!   its link when it is recent (inbound) or when System A's record names
+//!   its provider id (`two_way.external_id`, outbound).
 
 use std::time::Duration;
 
@@ -30,13 +37,13 @@ use super::store::{LinkStore, Saved};
 use crate::action::Action;
 use crate::config::model::Direction;
 use crate::idmap::IdMap;
-use crate::mapping::insert;
+use crate::mapping::{insert, lookup};
 use crate::pipeline::{Facts, TwoWay};
 use crate::sink::{Delivery, Failure, Record, Sink, SkipReason, TargetSink};
 use crate::transient::Trouble;
 
-/// How long an inbound change of an unknown record waits for its link.
-pub const LINK_GRACE: Duration = Duration::from_secs(2);
+/// How long a change of an unlinked record waits for its link.
+pub const LINK_GRACE: Duration = Duration::from_secs(5);
 /// Changes older than this do not wait for a link: it would be there.
 const RECENT: Duration = Duration::from_secs(60);
 
@@ -93,12 +100,20 @@ fn sides(direction: Direction) -> (Side, Side) {
     }
 }
 
-/// The dotted path of `field` on `side`.
+/// The dotted path of field `index` on `side`.
 fn path(link: &Link, index: usize, side: Side) -> &[String] {
     match side {
         Side::Internal => &link.fields[index].internal,
         Side::External => &link.fields[index].external,
     }
+}
+
+/// What one change makes syncflow write.
+struct Writes {
+    /// To the target: the fields it lacks (the whole body for a create).
+    target: Option<Value>,
+    /// Back to the side the change came from: the fields it lost.
+    back: Option<Value>,
 }
 
 /// One change: returns what became of it at the target.
@@ -114,200 +129,152 @@ pub async fn deliver(
     let (provider, object) = (provider.name.as_str(), object);
     let (from, to) = sides(tw.direction);
 
-    // The linked record: System A's key, and the provider's id.
-    let (key, external_id) = match tw.direction {
+    // The linked record: System A's key, and whether the target has it.
+    let (key, exists) = match tw.direction {
         Direction::Outbound => {
-            let entry = record
-                .trouble
-                .retry_until_ok("id map read", || {
-                    rt.idmap.lookup(provider, object, record.key)
-                })
-                .await;
-            let id = entry.and_then(|e| e.live_id().map(str::to_string));
-            (Some(record.key.to_string()), id)
+            let linked = external_id(rt, record, provider, object, facts).await;
+            (Some(record.key.to_string()), linked)
         }
         Direction::Inbound => {
             let key = match linked_key(rt, record, provider, object, facts).await {
                 Some(key) => Some(key),
                 None => created_unlinked(rt, record, target, provider, object).await,
             };
-            (key, Some(record.key.to_string()))
+            let exists = key.is_some();
+            (key, exists)
         }
     };
-    let (mut state, mut revision) = match &key {
-        Some(key) => {
-            record
-                .trouble
-                .retry_until_ok("link state read", || rt.store.load(&link.name, key))
-                .await
-        }
-        None => (PairState::default(), 0),
-    };
-    if state.deleted {
-        return Delivery::Skipped {
-            reason: SkipReason::Unchanged,
-        };
-    }
     if record.action == Action::Delete {
-        return delete(tw, rt, target, record, key, &mut state, revision).await;
+        return delete(tw, rt, target, record, key).await;
     }
+    let Some(key) = key else {
+        return create_inbound(tw, rt, target, record, facts).await;
+    };
 
-    observe(link, &mut state, from, record, facts, counts);
-    // What the target must be written: everything for a record it lacks.
-    let exists = match tw.direction {
-        Direction::Outbound => external_id.is_some(),
-        Direction::Inbound => key.is_some(),
-    };
-    let body = if exists {
-        body_of(link, &state, to)
-    } else {
-        record.body.cloned()
-    };
-    let Some(body) = body else {
-        counts.writes.get("none").increment(1);
-        save(
-            rt,
-            link,
-            record,
-            key.as_deref(),
-            &state,
-            revision,
-            from,
-            facts,
-            counts,
-        )
-        .await;
+    // Decide and announce, under compare-and-set.
+    let writes = update(rt, link, &key, record, |state| {
+        if state.deleted {
+            return None;
+        }
+        observe(link, state, from, record, facts, counts);
+        let target = match exists {
+            true => body_of(link, state, to),
+            false => record.body.cloned(),
+        };
+        let back = body_of(link, state, from);
+        if let Some(body) = &target {
+            announce(link, state, to, body, !exists);
+        }
+        if let Some(body) = &back {
+            announce(link, state, from, body, false);
+        }
+        Some(Writes { target, back })
+    })
+    .await;
+    let Some(writes) = writes else {
         return Delivery::Skipped {
-            reason: SkipReason::Unchanged,
+            reason: SkipReason::AlreadyDeleted,
         };
     };
-    // A record born in the provider is created in System A under the
-    // provider's id; System A's API answers its own key. On a subject, the
-    // key System A is given is `<provider>-<id>`.
-    let target_key = match (&key, target) {
-        (Some(key), _) => key.clone(),
-        (None, TargetSink::Subject(_)) if tw.direction == Direction::Inbound => {
-            format!("{provider}-{}", record.key)
-        }
-        (None, _) => record.key.to_string(),
-    };
-    let action = if exists {
-        Action::Update
-    } else {
-        Action::Create
-    };
-    let sent = target
-        .deliver(&Record {
-            key: &target_key,
-            action,
-            body: Some(&body),
-            ..*record
-        })
-        .await;
-    let key = match (&sent, tw.direction, key) {
-        (Delivery::Sent { .. }, _, Some(key)) => key,
-        // Born in the provider: System A's create answered its key; link it.
-        (Delivery::Sent { id: Some(new), .. }, Direction::Inbound, None) => {
-            record
-                .trouble
-                .retry_until_ok("id map write", || {
-                    rt.idmap.link(provider, object, new, record.key)
-                })
-                .await;
-            (state, revision) = (PairState::default(), 0);
-            observe(link, &mut state, from, record, facts, counts);
-            new.clone()
-        }
-        // Published on a subject: System A's key is the one it was given.
-        (Delivery::Sent { id: None, .. }, Direction::Inbound, None)
-            if matches!(target, TargetSink::Subject(_)) =>
-        {
-            record
-                .trouble
-                .retry_until_ok("id map write", || {
-                    rt.idmap.link(provider, object, &target_key, record.key)
-                })
-                .await;
-            (state, revision) = (PairState::default(), 0);
-            observe(link, &mut state, from, record, facts, counts);
-            target_key.clone()
-        }
-        (Delivery::Sent { .. }, _, None) => {
-            tracing::warn!(
-                pipeline = record.pipeline,
-                key = record.key,
-                "created, but the target did not tell its key: not linked"
-            );
-            return sent;
-        }
-        (
-            Delivery::Failed(Failure {
-                status: Some(404), ..
-            }),
-            _,
-            Some(key),
-        ) if exists => {
-            // Deleted on the target meanwhile: a delete wins, and its own
-            // change event deletes the other side.
-            state.deleted = true;
-            save(
-                rt,
-                link,
-                record,
-                Some(&key),
-                &state,
-                revision,
-                from,
-                facts,
-                counts,
-            )
-            .await;
-            return Delivery::Skipped {
-                reason: SkipReason::AlreadyDeleted,
-            };
-        }
-        _ => return sent,
-    };
-    counts
-        .writes
-        .get(if exists { "sync" } else { "create" })
-        .increment(1);
-    mark_written(link, &mut state, to, &body);
-    if !exists {
-        // A create leaves out empty fields: the new record holds them empty.
-        for (i, field) in link.fields.iter().enumerate() {
-            if crate::mapping::lookup(&body, path(link, i, to)).is_none() {
-                state
-                    .fields
-                    .entry(field.name.clone())
-                    .or_default()
-                    .holds(to, Value::Null);
+
+    let sent = match &writes.target {
+        None => {
+            counts.writes.get("none").increment(1);
+            Delivery::Skipped {
+                reason: SkipReason::Unchanged,
             }
         }
+        Some(body) => {
+            let action = if exists {
+                Action::Update
+            } else {
+                Action::Create
+            };
+            let sent = target
+                .deliver(&Record {
+                    key: &key,
+                    action,
+                    body: Some(body),
+                    ..*record
+                })
+                .await;
+            let ok = matches!(sent, Delivery::Sent { .. } | Delivery::Skipped { .. });
+            if ok {
+                counts
+                    .writes
+                    .get(if exists { "sync" } else { "create" })
+                    .increment(1);
+            }
+            let gone = matches!(
+                &sent,
+                Delivery::Failed(Failure {
+                    status: Some(404),
+                    ..
+                })
+            );
+            settle(rt, link, &key, record, to, body, ok, gone).await;
+            if gone {
+                // Deleted on the target meanwhile: a delete wins, and its
+                // own change event deletes the other side.
+                return Delivery::Skipped {
+                    reason: SkipReason::AlreadyDeleted,
+                };
+            }
+            sent
+        }
+    };
+    if let Some(back) = &writes.back {
+        set_back(rt, record, link, &key, from, back).await;
     }
-    if let Delivery::Sent { id: Some(id), .. } = &sent
-        && tw.direction == Direction::Outbound
-    {
-        state.external_id = Some(id.clone());
-    }
-    set_back(tw, rt, record, &key, &mut state, from, counts).await;
-    save(
-        rt,
-        link,
-        record,
-        Some(&key),
-        &state,
-        revision,
-        from,
-        facts,
-        counts,
-    )
-    .await;
     sent
 }
 
-/// System A's key of the provider's record (an inbound change's key):
-/// from the reverse entry, waiting a little for a recent record's link.
+/// Whether the provider has the record of an outbound change: the id map
+/// knows its id; or System A's record names it (`two_way.external_id`: a
+/// record syncflow created from the provider's), in which case its link is
+/// waited for (the inbound side is linking it), and made if it never comes.
+async fn external_id(
+    rt: &Runtime,
+    record: &Record<'_>,
+    provider: &str,
+    object: &str,
+    facts: &Facts,
+) -> bool {
+    let lookup = || async {
+        record
+            .trouble
+            .retry_until_ok("id map read", || {
+                rt.idmap.lookup(provider, object, record.key)
+            })
+            .await
+            .and_then(|e| e.live_id().map(str::to_string))
+    };
+    if lookup().await.is_some() {
+        return true;
+    }
+    let Some(named) = &facts.external_id else {
+        return false;
+    };
+    let deadline = tokio::time::Instant::now() + LINK_GRACE;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if lookup().await.is_some() {
+            return true;
+        }
+    }
+    record
+        .trouble
+        .retry_until_ok("id map write", || {
+            rt.idmap.link(provider, object, record.key, named)
+        })
+        .await;
+    tracing::info!(pipeline = record.pipeline, key = record.key, id = %named, "linked by the provider id System A's record holds");
+    true
+}
+
+/// System A's key of the provider's record (an inbound change's key): as
+/// looked up before evaluation, or, for a recent change, waited for a
+/// little (a record syncflow itself just created in the provider).
 async fn linked_key(
     rt: &Runtime,
     record: &Record<'_>,
@@ -318,23 +285,21 @@ async fn linked_key(
     if let Some(key) = &facts.linked_key {
         return Some(key.clone());
     }
-    let lookup = || async {
-        record
-            .trouble
-            .retry_until_ok("id map read", || {
-                rt.idmap.key_of(provider, object, record.key)
-            })
-            .await
-    };
     let age_ms = now_ms().saturating_sub(facts.modified);
     if age_ms > RECENT.as_millis() as i64 {
         return None;
     }
     let deadline = tokio::time::Instant::now() + LINK_GRACE;
     while tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if let Some(key) = lookup().await {
-            return Some(key);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let key = record
+            .trouble
+            .retry_until_ok("id map read", || {
+                rt.idmap.key_of(provider, object, record.key)
+            })
+            .await;
+        if key.is_some() {
+            return key;
         }
     }
     None
@@ -376,6 +341,77 @@ async fn created_unlinked(
     Some(key)
 }
 
+/// A record born in the provider: created in System A with the whole
+/// mapped body, its state saved, then linked (in that order: System A's
+/// CDC event for the create waits for the link, and then finds the state
+/// that makes it an echo).
+async fn create_inbound(
+    tw: &TwoWay,
+    rt: &Runtime,
+    target: &TargetSink,
+    record: &Record<'_>,
+    facts: &Facts,
+) -> Delivery {
+    let link = &tw.link;
+    let (provider, object) = link.provider();
+    let provider = provider.name.as_str();
+    let Some(body) = record.body else {
+        return Delivery::Skipped {
+            reason: SkipReason::Unchanged,
+        };
+    };
+    // On a subject, System A's key is the one it is given.
+    let subject_key = format!("{provider}-{}", record.key);
+    let new_key = match target {
+        TargetSink::Subject(_) => subject_key.as_str(),
+        TargetSink::Provider(_) => record.key,
+    };
+    let sent = target
+        .deliver(&Record {
+            key: new_key,
+            action: Action::Create,
+            ..*record
+        })
+        .await;
+    let key = match &sent {
+        Delivery::Sent { id: Some(id), .. } if matches!(target, TargetSink::Provider(_)) => {
+            id.clone()
+        }
+        Delivery::Sent { .. } if matches!(target, TargetSink::Subject(_)) => subject_key,
+        Delivery::Sent { .. } => {
+            tracing::warn!(
+                pipeline = record.pipeline,
+                key = record.key,
+                "created, but System A did not answer its key: not linked"
+            );
+            return sent;
+        }
+        _ => return sent,
+    };
+    rt.counts.writes.get("create").increment(1);
+    update(rt, link, &key, record, |state| {
+        observe(link, state, Side::External, record, facts, &rt.counts);
+        announce(link, state, Side::Internal, body, true);
+        for (i, field) in link.fields.iter().enumerate() {
+            if let Some(value) = lookup(body, path(link, i, Side::Internal)) {
+                state
+                    .fields
+                    .entry(field.name.clone())
+                    .or_default()
+                    .confirm(Side::Internal, value);
+            }
+        }
+    })
+    .await;
+    record
+        .trouble
+        .retry_until_ok("id map write", || {
+            rt.idmap.link(provider, object, &key, record.key)
+        })
+        .await;
+    sent
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -396,7 +432,7 @@ fn observe(
         let field = &link.fields[i];
         let mapped = record
             .body
-            .and_then(|body| crate::mapping::lookup(body, path(link, i, from.other())))
+            .and_then(|body| lookup(body, path(link, i, from.other())))
             .cloned()
             .unwrap_or(Value::Null);
         let seen = state.fields.entry(field.name.clone()).or_default().change(
@@ -433,50 +469,77 @@ fn body_of(link: &Link, state: &PairState, side: Side) -> Option<Value> {
     (!body.is_empty()).then_some(Value::Object(body))
 }
 
-/// Records that `side` was written `body`.
-fn mark_written(link: &Link, state: &mut PairState, side: Side, body: &Value) {
+/// Announces that `side` is about to be written `body`: its change event
+/// for it will be an echo. A create leaves out empty fields, so the new
+/// record holds them empty.
+fn announce(link: &Link, state: &mut PairState, side: Side, body: &Value, create: bool) {
     for (i, field) in link.fields.iter().enumerate() {
-        if let Some(value) = crate::mapping::lookup(body, path(link, i, side)) {
-            state
-                .fields
-                .entry(field.name.clone())
-                .or_default()
-                .wrote(side, value.clone());
+        let field = state.fields.entry(field.name.clone()).or_default();
+        match lookup(body, path(link, i, side)) {
+            Some(value) => field.sending(side, value.clone()),
+            None if create => field.holds(side, Value::Null),
+            None => {}
         }
     }
+}
+
+/// After a write of `body` to `side`: confirmed (the side holds it), or
+/// withdrawn (it failed: the values are no longer expected back).
+#[allow(clippy::too_many_arguments)]
+async fn settle(
+    rt: &Runtime,
+    link: &Link,
+    key: &str,
+    record: &Record<'_>,
+    side: Side,
+    body: &Value,
+    ok: bool,
+    gone: bool,
+) {
+    update(rt, link, key, record, |state| {
+        if gone {
+            state.deleted = true;
+        }
+        for (i, field) in link.fields.iter().enumerate() {
+            let Some(value) = lookup(body, path(link, i, side)) else {
+                continue;
+            };
+            let field = state.fields.entry(field.name.clone()).or_default();
+            match ok {
+                true => field.confirm(side, value),
+                false => field.withdraw(side, value),
+            }
+        }
+    })
+    .await;
 }
 
 /// Writes the side the change came from the fields it lost (an owned
 /// field edited on the wrong side, an edit older than the other side's).
 async fn set_back(
-    tw: &TwoWay,
     rt: &Runtime,
     record: &Record<'_>,
+    link: &Link,
     key: &str,
-    state: &mut PairState,
     from: Side,
-    counts: &Counts,
+    body: &Value,
 ) {
-    let Some(body) = body_of(&tw.link, state, from) else {
-        return;
-    };
     let idempotency_key = format!("{}:set-back", record.idempotency_key);
     let back = Record {
         key,
         action: Action::Update,
-        body: Some(&body),
+        body: Some(body),
         idempotency_key: &idempotency_key,
         ..*record
     };
-    match rt.source.deliver(&back).await {
-        Delivery::Sent { .. } => {
-            counts.writes.get("set_back").increment(1);
-            mark_written(&tw.link, state, from, &body);
-        }
-        other => {
-            tracing::warn!(pipeline = record.pipeline, key, outcome = ?other, "could not set a lost field back on the side it came from");
-        }
+    let sent = rt.source.deliver(&back).await;
+    let ok = matches!(sent, Delivery::Sent { .. });
+    if ok {
+        rt.counts.writes.get("set_back").increment(1);
+    } else {
+        tracing::warn!(pipeline = record.pipeline, key, outcome = ?sent, "could not set a lost field back on the side it came from");
     }
+    settle(rt, link, key, record, from, body, ok, false).await;
 }
 
 /// A delete: the other side's record is deleted, the pair marked deleted.
@@ -486,8 +549,6 @@ async fn delete(
     target: &TargetSink,
     record: &Record<'_>,
     key: Option<String>,
-    state: &mut PairState,
-    revision: u64,
 ) -> Delivery {
     let Some(key) = key else {
         // Never linked: nothing on the other side to delete.
@@ -495,43 +556,48 @@ async fn delete(
             reason: SkipReason::AlreadyDeleted,
         };
     };
+    let (_, from) = sides(tw.direction);
+    // Deleted from the other side already: this is its echo.
+    let echo = update(rt, &tw.link, &key, record, |state| {
+        let echo = state.deleted && state.deleted_from != Some(from);
+        if !state.deleted {
+            (state.deleted, state.deleted_from) = (true, Some(from));
+        }
+        echo
+    })
+    .await;
+    if echo {
+        return Delivery::Skipped {
+            reason: SkipReason::AlreadyDeleted,
+        };
+    }
     let sent = target
         .deliver(&Record {
             key: &key,
             ..*record
         })
         .await;
-    if matches!(sent, Delivery::Sent { .. } | Delivery::Skipped { .. }) {
-        state.deleted = true;
-        let saved = rt.store.save(&tw.link.name, &key, state, revision).await;
-        if !matches!(saved, Ok(Saved::Done)) {
-            // Someone changed it meanwhile: mark it deleted over that.
-            if let Ok((mut again, revision)) = rt.store.load(&tw.link.name, &key).await {
-                again.deleted = true;
-                let _ = rt.store.save(&tw.link.name, &key, &again, revision).await;
-            }
-        }
+    if matches!(sent, Delivery::Sent { .. }) {
+        rt.counts.writes.get("delete").increment(1);
     }
     sent
 }
 
-/// Saves the state; when the other direction saved it meanwhile, applies
-/// this change again to its version (applying a change twice is a repeat).
-#[allow(clippy::too_many_arguments)]
-async fn save(
+/// Loads the state of `key`, applies `change` and saves it, again on the
+/// fresh state whenever the other direction saved it meanwhile.
+async fn update<T>(
     rt: &Runtime,
     link: &Link,
+    key: &str,
     record: &Record<'_>,
-    key: Option<&str>,
-    state: &PairState,
-    revision: u64,
-    from: Side,
-    facts: &Facts,
-    counts: &Counts,
-) {
-    let Some(key) = key else { return };
-    let (mut state, mut revision) = (state.clone(), revision);
-    for _ in 0..10 {
+    mut change: impl FnMut(&mut PairState) -> T,
+) -> T {
+    loop {
+        let (mut state, revision) = record
+            .trouble
+            .retry_until_ok("link state read", || rt.store.load(&link.name, key))
+            .await;
+        let out = change(&mut state);
         let saved = record
             .trouble
             .retry_until_ok("link state write", || {
@@ -539,33 +605,7 @@ async fn save(
             })
             .await;
         if saved == Saved::Done {
-            return;
+            return out;
         }
-        let (mut again, rev) = record
-            .trouble
-            .retry_until_ok("link state read", || rt.store.load(&link.name, key))
-            .await;
-        observe(link, &mut again, from, record, facts, counts);
-        // What this change wrote stays written on the fresh version.
-        for (name, field) in &state.fields {
-            let target = again.fields.entry(name.clone()).or_default();
-            for side in [Side::Internal, Side::External] {
-                let i = match side {
-                    Side::Internal => 0,
-                    Side::External => 1,
-                };
-                if field.sent[i].is_some() && target.sent[i].is_none() {
-                    target.sent[i] = field.sent[i].clone();
-                    target.holds[i] = field.holds[i].clone();
-                }
-            }
-        }
-        again.external_id = again.external_id.or(state.external_id.clone());
-        (state, revision) = (again, rev);
     }
-    tracing::warn!(
-        pipeline = record.pipeline,
-        key,
-        "link state kept changing under this change; saved as last seen"
-    );
 }

@@ -16,7 +16,8 @@
 //! A change from a side is an echo (it equals what syncflow sent that
 //! side), a repeat (it equals what the side holds), or a user's edit. An
 //! edit wins by the field's policy: the owning side always (`internal`,
-//! `provider`), or the newer change (`latest`; ties go to System A). Then
+//! `provider`; the other side only with the field's first value), or the
+//! newer change (`latest`; ties go to System A). Then
 //! every side whose holding differs from the winner is written the
 //! winner: the other side (the sync) and, when the edit lost, the side
 //! that made it (set back). A side that already holds the winner is never
@@ -129,8 +130,11 @@ impl FieldState {
         let current = at >= self.seen[i] && !(o.ordered && self.sent[i].is_some());
         self.seen[i] = self.seen[i].max(at);
         let wins = match (policy, &self.winner) {
-            (Policy::Internal, _) => from == Side::Internal,
-            (Policy::Provider, _) => from == Side::External,
+            // An owned field's first value may come from either side (a
+            // record created on the other side fills it in); after that,
+            // only its owner changes it.
+            (Policy::Internal, w) => from == Side::Internal || w.is_none(),
+            (Policy::Provider, w) => from == Side::External || w.is_none(),
             (Policy::Latest, None) => true,
             (Policy::Latest, Some(w)) => at > w.at || (at == w.at && from == Side::Internal),
         };
@@ -158,7 +162,30 @@ impl FieldState {
         let winner = self.winner.as_ref()?;
         let want = &winner.value[side.index()];
         let holds = self.holds[side.index()].as_ref().unwrap_or(&Value::Null);
-        (holds != want).then_some(want)
+        // Being written already (announced, not yet confirmed).
+        let sending = self.sent[side.index()].as_ref() == Some(want);
+        (holds != want && !sending).then_some(want)
+    }
+
+    /// syncflow is about to write `value` to `side`: the change event the
+    /// write causes will be an echo.
+    pub fn sending(&mut self, side: Side, value: Value) {
+        self.sent[side.index()] = Some(value);
+    }
+
+    /// The write of `value` to `side` succeeded: the side holds it (unless
+    /// its echo came already, or a newer write was announced since).
+    pub fn confirm(&mut self, side: Side, value: &Value) {
+        if self.sent[side.index()].as_ref() == Some(value) {
+            self.holds[side.index()] = Some(value.clone());
+        }
+    }
+
+    /// The write of `value` to `side` failed: it will not come back.
+    pub fn withdraw(&mut self, side: Side, value: &Value) {
+        if self.sent[side.index()].as_ref() == Some(value) {
+            self.sent[side.index()] = None;
+        }
     }
 
     /// `side` is known to hold `value` (a create that left the field out).
@@ -182,6 +209,9 @@ pub struct PairState {
     /// Deleted on one side, and so on both.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
+    /// The side the delete came from: the other's delete event is its echo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_from: Option<Side>,
     #[serde(default)]
     pub fields: BTreeMap<String, FieldState>,
 }

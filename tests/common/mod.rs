@@ -32,3 +32,4 @@ pub fn edit(dir: &Path, file: &str, from: &str, to: &str) {
 pub mod contacts;
 pub mod harness;
 pub mod metrics;
+pub mod twoway;

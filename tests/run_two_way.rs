@@ -1,0 +1,239 @@
+//! Two-way sync end to end (DESIGN.md §7): System A (the stand-in, its
+//! every write a CDC event) ↔ HubSpot by signed webhooks and ↔ Salesforce
+//! by polling, on `examples/two-way`. Each step checks where the change
+//! arrived and that nothing more was written: an edit is one write to the
+//! other side, its echo none.
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use syncflow_mock_crm::MockCrmConfig;
+
+use common::twoway::TwoWay;
+
+const WAIT: Duration = Duration::from_secs(20);
+const QUIET: Duration = Duration::from_millis(1500);
+
+fn text<'a>(fields: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a str> {
+    fields.get(name).and_then(Value::as_str)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_flow_both_ways_once_and_policies_decide() {
+    let env = TwoWay::start(
+        MockCrmConfig {
+            record_log: true,
+            ..MockCrmConfig::default()
+        },
+        |_| {},
+    )
+    .await;
+    let run = env.spawn();
+    run.wait_ready(WAIT).await;
+
+    // 1. Born in System A → created in HubSpot, once.
+    let ada = env
+        .system_a
+        .user_create(json!({"crm": "hubspot", "email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace"}))
+        .await
+        .unwrap();
+    let ada_a = ada["id"].as_str().unwrap().to_string();
+    let ada_h = env
+        .wait_for("Ada in HubSpot", WAIT, |e| {
+            e.hubspot_id_of("ada@example.com").ok_or("none".into())
+        })
+        .await;
+    let base = env.wait_quiet(QUIET, WAIT).await;
+    assert_eq!(
+        base,
+        (0, 1, 0),
+        "one create in HubSpot, nothing back into System A (its webhooks are echoes)\n{}\n{}",
+        run.log(),
+        env.crm_log()
+    );
+
+    // 2. A HubSpot user's edit → System A, once; its CDC echo goes nowhere.
+    env.crm
+        .hubspot_user_update(&ada_h, json!({"firstname": "Adele"}))
+        .unwrap();
+    env.wait_for("the edit in System A", WAIT, |e| match e.a(&ada_a) {
+        Some(r) if r["first_name"] == "Adele" => Ok(()),
+        other => Err(format!("{other:?}")),
+    })
+    .await;
+    assert_eq!(
+        env.wait_quiet(QUIET, WAIT).await,
+        (1, 1, 0),
+        "{}\n{}",
+        run.log(),
+        env.crm_log()
+    );
+
+    // 3. A System A edit of a field HubSpot owns (phone: provider) is set
+    //    back; of a field System A owns (email: internal) made in HubSpot,
+    //    too. Each costs one write on the side that made it, none on the other.
+    env.system_a
+        .user_update(&ada_a, json!({"phone": "+1 555 0101"}))
+        .await
+        .unwrap();
+    env.wait_for("phone set back in System A", WAIT, |e| match e.a(&ada_a) {
+        Some(r) if r.get("phone").is_none() => Ok(()),
+        other => Err(format!("{other:?}")),
+    })
+    .await;
+    assert_eq!(
+        env.wait_quiet(QUIET, WAIT).await,
+        (2, 1, 0),
+        "{}\n{}",
+        run.log(),
+        env.crm_log()
+    );
+    env.crm
+        .hubspot_user_update(&ada_h, json!({"email": "hacked@example.com"}))
+        .unwrap();
+    env.wait_for("email set back in HubSpot", WAIT, |e| {
+        match e.hubspot(&ada_h) {
+            Some(f) if text(&f, "email") == Some("ada@example.com") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(
+        env.wait_quiet(QUIET, WAIT).await,
+        (2, 2, 0),
+        "{}\n{}",
+        run.log(),
+        env.crm_log()
+    );
+    assert_eq!(env.a(&ada_a).unwrap()["email"], "ada@example.com");
+
+    // 4. Born in HubSpot → created in System A (marked as HubSpot's) and
+    //    linked: no second HubSpot contact, nothing written back.
+    let lin_h = env
+        .crm
+        .hubspot_user_create(
+            json!({"email": "lin@example.com", "firstname": "Lin", "lastname": "Yu"}),
+        )
+        .unwrap();
+    let lin_a = env
+        .wait_for("Lin in System A", WAIT, |e| {
+            e.a_id_of("lin@example.com").ok_or("none".into())
+        })
+        .await;
+    assert_eq!(
+        env.wait_quiet(QUIET, WAIT).await,
+        (3, 2, 0),
+        "{}\n{}",
+        run.log(),
+        env.crm_log()
+    );
+    let lin = env.a(&lin_a).unwrap();
+    assert_eq!(
+        (lin["crm"].as_str(), lin["first_name"].as_str()),
+        (Some("hubspot"), Some("Lin"))
+    );
+    // And later edits of it go both ways.
+    env.system_a
+        .user_update(&lin_a, json!({"last_name": "Yue"}))
+        .await
+        .unwrap();
+    env.wait_for("Lin's edit in HubSpot", WAIT, |e| match e.hubspot(&lin_h) {
+        Some(f) if text(&f, "lastname") == Some("Yue") => Ok(()),
+        other => Err(format!("{other:?}")),
+    })
+    .await;
+    assert_eq!(
+        env.wait_quiet(QUIET, WAIT).await,
+        (3, 3, 0),
+        "{}\n{}",
+        run.log(),
+        env.crm_log()
+    );
+
+    // 5. Salesforce, by polling: born in System A, edited in Salesforce.
+    let sue = env
+        .system_a
+        .user_create(json!({"crm": "salesforce", "email": "sue@example.com", "first_name": "Sue", "last_name": "Smith"}))
+        .await
+        .unwrap();
+    let sue_a = sue["id"].as_str().unwrap().to_string();
+    let sue_s = env
+        .wait_for("Sue in Salesforce", WAIT, |e| {
+            e.salesforce_id_of("sue@example.com").ok_or("none".into())
+        })
+        .await;
+    assert_eq!(
+        env.wait_quiet(QUIET, WAIT).await,
+        (3, 3, 1),
+        "{}\n{}",
+        run.log(),
+        env.crm_log()
+    );
+    env.crm
+        .salesforce_user_update(&sue_s, json!({"LastName": "Smythe"}), None)
+        .unwrap();
+    env.wait_for("Salesforce's edit in System A", WAIT, |e| {
+        match e.a(&sue_a) {
+            Some(r) if r["last_name"] == "Smythe" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(
+        env.wait_quiet(QUIET, WAIT).await,
+        (4, 3, 1),
+        "{}\n{}",
+        run.log(),
+        env.crm_log()
+    );
+    // Born in Salesforce.
+    env.crm
+        .salesforce_user_create(json!({"Email": "max@example.com", "LastName": "Mux"}), None)
+        .unwrap();
+    let max_a = env
+        .wait_for("Max in System A", WAIT, |e| {
+            e.a_id_of("max@example.com").ok_or("none".into())
+        })
+        .await;
+    assert_eq!(
+        env.wait_quiet(QUIET, WAIT).await,
+        (5, 3, 1),
+        "{}\n{}",
+        run.log(),
+        env.crm_log()
+    );
+
+    // 6. Deletes, both ways: in HubSpot → gone from System A; in System A
+    //    → gone from Salesforce.
+    env.crm.hubspot_user_delete(&lin_h).unwrap();
+    env.wait_for("Lin deleted in System A", WAIT, |e| match e.a(&lin_a) {
+        None => Ok(()),
+        Some(r) => Err(format!("{r}")),
+    })
+    .await;
+    env.system_a.user_delete(&max_a).await.unwrap();
+    env.wait_for("Max deleted in Salesforce", WAIT, |e| {
+        match e.salesforce_id_of("max@example.com") {
+            None => Ok(()),
+            Some(id) => Err(id),
+        }
+    })
+    .await;
+    assert_eq!(
+        env.wait_quiet(QUIET, WAIT).await,
+        (6, 3, 2),
+        "{}\n{}",
+        run.log(),
+        env.crm_log()
+    );
+
+    let metrics = run.metrics().await;
+    let echoes = common::metrics::sum(
+        &metrics,
+        "syncflow_twoway_fields_total",
+        &[r#"outcome="echo""#],
+    );
+    assert!(echoes > 0.0, "echoes are counted:\n{metrics}");
+}
