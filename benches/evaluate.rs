@@ -28,6 +28,7 @@ fn evaluate(c: &mut Criterion) {
         seq: 1,
         timestamp_ms: Some(1_732_252_800_000),
         headers: &headers,
+        linked_key: None,
     };
 
     let mut group = c.benchmark_group("contacts-to-hubspot");

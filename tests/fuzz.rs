@@ -150,6 +150,19 @@ fn is_word(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
 
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 fn budget() -> (u64, u64) {
     let inputs = std::env::var("SYNCFLOW_FUZZ_INPUTS")
         .ok()
@@ -185,8 +198,13 @@ fn broken_config_files_are_errors_never_panics() {
     let inputs = if inputs == 0 { 1_500 } else { inputs };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = common::shipped_config();
-    // (file in the config directory, its original text) for each seed input.
-    let mut corpus: Vec<(String, String)> = Vec::new();
+    // Two config directories: the shipped one, and the two-way example
+    // (links, webhooks, polls).
+    let two_way = tempfile::tempdir().unwrap();
+    copy_dir(&root.join("examples/two-way"), two_way.path());
+    let dirs = [dir.path(), two_way.path()];
+    // (directory, file in it, its original text) for each seed input.
+    let mut corpus: Vec<(usize, String, String)> = Vec::new();
     for file in [
         "syncflow.yaml",
         "pipelines/contacts-to-hubspot.yaml",
@@ -197,7 +215,20 @@ fn broken_config_files_are_errors_never_panics() {
         "schemas/hubspot/contact.json",
     ] {
         let text = std::fs::read_to_string(dir.path().join(file)).unwrap();
-        corpus.push((file.to_string(), text));
+        corpus.push((0, file.to_string(), text));
+    }
+    for file in [
+        "links/contacts-hubspot.yaml",
+        "links/contacts-salesforce.yaml",
+        "providers/hubspot.yaml",
+        "providers/salesforce.yaml",
+        "providers/system_a.yaml",
+        "pipelines/contacts-to-hubspot.yaml",
+        "pipelines/hubspot-to-contacts.yaml",
+        "pipelines/salesforce-to-contacts.yaml",
+    ] {
+        let text = std::fs::read_to_string(two_way.path().join(file)).unwrap();
+        corpus.push((1, file.to_string(), text));
     }
     for doc in ["README.md", "../shared/DESIGN.md"] {
         let Ok(text) = std::fs::read_to_string(root.join(doc)) else {
@@ -208,7 +239,7 @@ fn broken_config_files_are_errors_never_panics() {
                 true => "providers/hubspot.yaml",
                 false => "pipelines/contacts-to-hubspot.yaml",
             };
-            corpus.push((file.to_string(), example));
+            corpus.push((0, file.to_string(), example));
         }
     }
     let env: HashMap<String, String> = HashMap::new();
@@ -217,13 +248,13 @@ fn broken_config_files_are_errors_never_panics() {
     std::panic::set_hook(Box::new(|_| {}));
     let mut invalid = 0u64;
     for _ in 0..inputs {
-        let (file, original) = &corpus[rng.random_range(0..corpus.len())];
+        let (d, file, original) = &corpus[rng.random_range(0..corpus.len())];
         let mutated = mutate(original, &mut rng);
-        let path = dir.path().join(file);
+        let path = dirs[*d].join(file);
         let before = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, &mutated).unwrap();
         no_panic("compile_dir", seed, &mutated, || {
-            if compile_dir(dir.path(), &env, true).is_err() {
+            if compile_dir(dirs[*d], &env, true).is_err() {
                 invalid += 1;
             }
         });
@@ -240,8 +271,18 @@ fn broken_messages_are_dead_letters_never_panics() {
     let inputs = if inputs == 0 { 20_000 } else { inputs };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let config = compile_dir(root, &HashMap::new(), false).unwrap();
-    let pipelines: Vec<_> = config.pipelines.values().cloned().collect();
+    let two_way = compile_dir(&root.join("examples/two-way"), &HashMap::new(), false).unwrap();
+    let pipelines: Vec<_> = config
+        .pipelines
+        .values()
+        .chain(two_way.pipelines.values())
+        .cloned()
+        .collect();
     let samples = [
+        r#"{"op":"c","before":null,"after":{"id":"1","crm":"hubspot","email":"a@b.c","first_name":"A"},"ts_ms":1700000000000}"#,
+        r#"{"op":"d","before":{"id":"1","crm":"salesforce"},"after":null,"ts_ms":1700000000000}"#,
+        r#"{"provider":"hubspot","object":"contact","event_id":"hubspot:1","record_id":"77","occurred_at":1700000000000,"change":"update","record":{"properties":{"firstname":"B"}},"source":"webhook"}"#,
+        r#"{"provider":"salesforce","object":"contact","event_id":"salesforce:3:1","record_id":"003","occurred_at":1700000000000,"change":"delete","record":{"Id":"003","LastName":"X"},"source":"poll"}"#,
         r#"{"op":"c","after":{"id":"1","email":"ada@example.com","first_name":"Ada","last_name":"L","company":"A","status":"active","phone":"+1"}}"#,
         r#"{"op":"u","after":{"id":2,"email":"x@y.z","status":"lead"}}"#,
         r#"{"op":"d","after":{"id":"3"},"before":{"id":"3"}}"#,

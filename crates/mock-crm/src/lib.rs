@@ -61,7 +61,7 @@ pub use config::{ConfigError, MockCrmConfig, RateLimit, parse_duration};
 pub use edits::EditError;
 pub use faults::{Fault, FaultError, MockApi};
 pub use snapshot::{ApiSnapshot, Counters, LoggedRequest, RecordSnapshot, Snapshot};
-pub use webhook::{MAX_RETRY_BACKOFF, WebhookConfig, WebhookStats};
+pub use webhook::{MAX_RETRY_BACKOFF, WebhookConfig, WebhookStats, signature_v3};
 
 use gateway::{Api, Settings};
 use hubspot::HubSpot;

@@ -12,6 +12,7 @@ mod config;
 mod deliver;
 mod event;
 mod sign;
+pub use sign::signature_v3;
 #[cfg(test)]
 mod tests;
 

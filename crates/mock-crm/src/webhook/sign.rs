@@ -8,7 +8,7 @@ use sha2::Sha256;
 /// `X-HubSpot-Signature-v3`: base64 of HMAC-SHA256 keyed with the app secret
 /// over method + URL + body + timestamp (the `X-HubSpot-Request-Timestamp`,
 /// milliseconds as decimal text).
-pub(crate) fn signature_v3(
+pub fn signature_v3(
     secret: &str,
     method: &str,
     url: &str,
