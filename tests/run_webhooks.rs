@@ -22,19 +22,17 @@ fn now_ms() -> u64 {
 }
 
 /// A request as HubSpot would sign it (`secret`, at `timestamp`).
-async fn post(
-    url: &str,
-    body: &[u8],
-    secret: Option<&str>,
-    timestamp: u64,
-) -> (u16, String) {
+async fn post(url: &str, body: &[u8], secret: Option<&str>, timestamp: u64) -> (u16, String) {
     let mut request = reqwest::Client::new()
         .post(url)
         .header("Content-Type", "application/json")
         .body(body.to_vec());
     if let Some(secret) = secret {
         request = request
-            .header("X-HubSpot-Signature-v3", signature_v3(secret, "POST", url, body, timestamp))
+            .header(
+                "X-HubSpot-Signature-v3",
+                signature_v3(secret, "POST", url, body, timestamp),
+            )
             .header("X-HubSpot-Request-Timestamp", timestamp.to_string());
     }
     let response = request.send().await.expect("syncflow answers");
@@ -48,7 +46,10 @@ fn event(id: u64, subscription: &str) -> serde_json::Value {
 }
 
 async fn stored(js: &jetstream::Context) -> u64 {
-    let mut stream = js.get_stream("SYNCFLOW_INBOUND").await.expect("inbound stream");
+    let mut stream = js
+        .get_stream("SYNCFLOW_INBOUND")
+        .await
+        .expect("inbound stream");
     stream.info().await.expect("stream info").state.messages
 }
 
@@ -56,7 +57,12 @@ async fn stored(js: &jetstream::Context) -> u64 {
 async fn hostile_webhooks_are_refused_store_nothing_and_harm_nothing() {
     let env = TwoWay::start(MockCrmConfig::default(), |_| {}).await;
     // Only the webhook side: no pipeline consumes what is stored.
-    for p in ["hubspot-to-contacts", "salesforce-to-contacts", "contacts-to-hubspot", "contacts-to-salesforce"] {
+    for p in [
+        "hubspot-to-contacts",
+        "salesforce-to-contacts",
+        "contacts-to-hubspot",
+        "contacts-to-salesforce",
+    ] {
         std::fs::remove_file(env.dir.path().join(format!("pipelines/{p}.yaml"))).unwrap();
     }
     // One pipeline must remain for `run`; it reads a stream nothing writes to.
@@ -78,12 +84,54 @@ async fn hostile_webhooks_are_refused_store_nothing_and_harm_nothing() {
     let six_minutes_ago = now_ms() - 6 * 60 * 1000;
 
     let cases: Vec<(&str, Vec<u8>, Option<&str>, u64, u16, &str)> = vec![
-        ("wrong signature", good.clone(), Some("not-the-secret"), now_ms(), 401, "bad_signature"),
-        ("no signature", good.clone(), None, now_ms(), 401, "unsigned"),
-        ("timestamp 6 minutes old", good.clone(), Some(APP_SECRET), six_minutes_ago, 401, "stale_timestamp"),
-        ("10 MB body", huge, Some(APP_SECRET), now_ms(), 413, "too_large"),
-        ("invalid JSON", b"[{\"eventId\": 1,".to_vec(), Some(APP_SECRET), now_ms(), 400, "malformed"),
-        ("an event for an unknown object", unknown_object, Some(APP_SECRET), now_ms(), 422, "unknown_object"),
+        (
+            "wrong signature",
+            good.clone(),
+            Some("not-the-secret"),
+            now_ms(),
+            401,
+            "bad_signature",
+        ),
+        (
+            "no signature",
+            good.clone(),
+            None,
+            now_ms(),
+            401,
+            "unsigned",
+        ),
+        (
+            "timestamp 6 minutes old",
+            good.clone(),
+            Some(APP_SECRET),
+            six_minutes_ago,
+            401,
+            "stale_timestamp",
+        ),
+        (
+            "10 MB body",
+            huge,
+            Some(APP_SECRET),
+            now_ms(),
+            413,
+            "too_large",
+        ),
+        (
+            "invalid JSON",
+            b"[{\"eventId\": 1,".to_vec(),
+            Some(APP_SECRET),
+            now_ms(),
+            400,
+            "malformed",
+        ),
+        (
+            "an event for an unknown object",
+            unknown_object,
+            Some(APP_SECRET),
+            now_ms(),
+            422,
+            "unknown_object",
+        ),
     ];
     println!("| request | status | stored | outcome metric |");
     println!("|---|---|---|---|");
@@ -101,13 +149,21 @@ async fn hostile_webhooks_are_refused_store_nothing_and_harm_nothing() {
         println!("| {what} | {status} | 0 | {outcome} |");
     }
     // An unknown provider.
-    let (status, _) = post(&format!("http://{}/hooks/nobody", env.http), &good, Some(APP_SECRET), now_ms()).await;
+    let (status, _) = post(
+        &format!("http://{}/hooks/nobody", env.http),
+        &good,
+        Some(APP_SECRET),
+        now_ms(),
+    )
+    .await;
     assert_eq!(status, 404);
     println!("| provider with no webhook | 404 | 0 | unknown_provider |");
 
     // Unharmed: healthy, and a good request is stored, once however often
     // it comes (a provider's retry, a duplicate).
-    let health = reqwest::get(format!("http://{}/healthz", env.http)).await.unwrap();
+    let health = reqwest::get(format!("http://{}/healthz", env.http))
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
     for _ in 0..3 {
         let (status, text) = post(&url, &good, Some(APP_SECRET), now_ms()).await;

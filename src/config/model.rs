@@ -396,6 +396,13 @@ pub struct TwoWayConfig {
     /// in the provider a second time.
     #[serde(default)]
     pub external_id: Option<String>,
+    /// Inbound: JSONPath to System A's key in the provider's record, for
+    /// records syncflow created in the provider (their outbound mapping
+    /// writes it). With it, a record that has none was born in the
+    /// provider and is created in System A at once; without it, a change
+    /// of an unlinked recent record waits a little for its link first.
+    #[serde(default)]
+    pub internal_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

@@ -46,16 +46,21 @@ pub struct Envelope {
     pub record: Value,
     /// `webhook` or `poll`.
     pub source: String,
+    /// Whether the change may be syncflow's own write (the provider says
+    /// who made it: HubSpot's `changeSource`); unknown when not mapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ours: Option<bool>,
 }
 
 /// The envelope fields a mapping may set.
-const FIELDS: [&str; 6] = [
+const FIELDS: [&str; 7] = [
     "id",
     "object",
     "record_id",
     "occurred_at",
     "change",
     "record",
+    "ours",
 ];
 
 /// A provider's way of reading one event into an envelope.
@@ -73,6 +78,7 @@ pub struct Read {
     pub change: Change,
     /// None when the mapping does not set it.
     pub record: Option<Value>,
+    pub ours: Option<bool>,
 }
 
 impl EnvelopeMapping {
@@ -157,6 +163,7 @@ impl EnvelopeMapping {
             occurred_at,
             change,
             record: out.get("record").cloned(),
+            ours: out.get("ours").and_then(Value::as_bool),
         })
     }
 }

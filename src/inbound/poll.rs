@@ -216,6 +216,7 @@ impl Poll {
                     change: read.change,
                     record: read.record.unwrap_or_else(|| record.clone()),
                     source: "poll".into(),
+                    ours: read.ours,
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;

@@ -42,6 +42,10 @@ fn merge(envelopes: Vec<Envelope>) -> Vec<Envelope> {
                 if envelope.change == Change::Create {
                     into.change = Change::Create;
                 }
+                into.ours = match (into.ours, envelope.ours) {
+                    (None, None) => None,
+                    (a, b) => Some(a == Some(true) || b == Some(true)),
+                };
                 merge_values(&mut into.record, envelope.record);
                 let id = envelope.event_id.rsplit_once(':').map_or("", |(_, id)| id);
                 into.event_id.push('+');
@@ -279,6 +283,7 @@ impl Webhook {
             change: read.change,
             record: read.record.unwrap_or(Value::Object(Default::default())),
             source: "webhook".into(),
+            ours: read.ours,
         })
     }
 }

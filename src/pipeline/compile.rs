@@ -272,6 +272,18 @@ fn two_way(
         Some(p) => Some(json_path(file, &path!["two_way", "external_id"], p, diags)?),
         None => None,
     };
+    let internal_id = match &cfg.internal_id {
+        Some(_) if cfg.direction == Direction::Outbound => {
+            file.error(
+                diags,
+                &path!["two_way", "internal_id"],
+                "internal_id is for inbound pipelines (the provider's record naming System A's key)",
+            );
+            return None;
+        }
+        Some(p) => Some(json_path(file, &path!["two_way", "internal_id"], p, diags)?),
+        None => None,
+    };
     let (side, expected) = match cfg.direction {
         Direction::Outbound => ("external", &link.external),
         Direction::Inbound => ("internal", &link.internal),
@@ -308,6 +320,7 @@ fn two_way(
         modified,
         changes: cfg.changes,
         external_id,
+        internal_id,
     })
 }
 

@@ -9,6 +9,7 @@ use super::Pipeline;
 use crate::action::Action;
 use crate::error::{Fault, Retry};
 use crate::expr::{Event, Vars};
+use crate::mapping::JsonPath;
 
 /// What the runtime knows about a message besides its bytes; exposed to
 /// scripts as `event`.
@@ -51,6 +52,12 @@ pub struct Facts {
     /// Outbound: the provider's id System A's record holds
     /// (`two_way.external_id`).
     pub external_id: Option<String>,
+    /// Inbound: System A's key the provider's record holds
+    /// (`two_way.internal_id`).
+    pub internal_id: Option<String>,
+    /// Inbound: whether the change may be syncflow's own write (the
+    /// envelope's `ours`), when the provider tells.
+    pub ours: Option<bool>,
 }
 
 /// The stage at which a record failed; each is a dead-letter kind.
@@ -318,20 +325,27 @@ impl super::TwoWay {
                 }
             })
             .collect();
-        let external_id = self
-            .external_id
-            .as_ref()
-            .and_then(|p| p.get(record))
-            .and_then(|v| match v.as_ref() {
-                Value::String(s) if !s.is_empty() => Some(s.clone()),
-                Value::Number(n) => Some(n.to_string()),
-                _ => None,
-            });
+        let id_at = |path: &Option<JsonPath>| {
+            path.as_ref()
+                .and_then(|p| p.get(record))
+                .and_then(|v| match v.as_ref() {
+                    Value::String(s) if !s.is_empty() => Some(s.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                })
+        };
         Ok(Facts {
             modified,
             fields,
             linked_key: linked_key.map(str::to_string),
-            external_id,
+            external_id: id_at(&self.external_id),
+            internal_id: id_at(&self.internal_id),
+            ours: match self.direction {
+                crate::config::model::Direction::Inbound => {
+                    message.get("ours").and_then(Value::as_bool)
+                }
+                crate::config::model::Direction::Outbound => None,
+            },
         })
     }
 }

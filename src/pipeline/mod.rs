@@ -63,6 +63,16 @@ pub struct TwoWay {
     changes: ChangeShape,
     /// Outbound: the provider's id, when System A's record holds it.
     external_id: Option<JsonPath>,
+    /// Inbound: System A's key, when the provider's record holds it.
+    internal_id: Option<JsonPath>,
+}
+
+impl TwoWay {
+    /// Inbound: whether the provider's records name System A's key (so an
+    /// unlinked record without one needs no wait for its link).
+    pub fn names_internal_id(&self) -> bool {
+        self.internal_id.is_some()
+    }
 }
 
 #[derive(Debug, Clone)]

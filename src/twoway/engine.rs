@@ -136,7 +136,7 @@ pub async fn deliver(
             (Some(record.key.to_string()), linked)
         }
         Direction::Inbound => {
-            let key = match linked_key(rt, record, provider, object, facts).await {
+            let key = match linked_key(tw, rt, record, provider, object, facts).await {
                 Some(key) => Some(key),
                 None => created_unlinked(rt, record, target, provider, object).await,
             };
@@ -273,9 +273,12 @@ async fn external_id(
 }
 
 /// System A's key of the provider's record (an inbound change's key): as
-/// looked up before evaluation, or, for a recent change, waited for a
-/// little (a record syncflow itself just created in the provider).
+/// looked up before evaluation; or, for a record syncflow itself created
+/// in the provider (it names System A's key, `two_way.internal_id`; or,
+/// without that setting, any recent change), waited for a little, the
+/// outbound side linking it meanwhile.
 async fn linked_key(
+    tw: &TwoWay,
     rt: &Runtime,
     record: &Record<'_>,
     provider: &str,
@@ -285,8 +288,17 @@ async fn linked_key(
     if let Some(key) = &facts.linked_key {
         return Some(key.clone());
     }
+    // Born in the provider, as far as it tells: a change made by someone
+    // else (`ours: false`), or a record that names no System A key when
+    // syncflow's records do (and the provider does not say it was ours:
+    // a change told in parts may carry the name in another part).
+    let named = facts.internal_id.is_some();
+    if !named && (facts.ours == Some(false) || (tw.names_internal_id() && facts.ours != Some(true)))
+    {
+        return None;
+    }
     let age_ms = now_ms().saturating_sub(facts.modified);
-    if age_ms > RECENT.as_millis() as i64 {
+    if age_ms > RECENT.as_millis() as i64 && !named {
         return None;
     }
     let deadline = tokio::time::Instant::now() + LINK_GRACE;
@@ -302,7 +314,22 @@ async fn linked_key(
             return key;
         }
     }
-    None
+    // Never linked (syncflow stopped between the create and its link):
+    // linked now by the key the record names.
+    let named = facts.internal_id.as_deref()?;
+    record
+        .trouble
+        .retry_until_ok("id map write", || {
+            rt.idmap.link(provider, object, named, record.key)
+        })
+        .await;
+    tracing::info!(
+        pipeline = record.pipeline,
+        key = named,
+        id = record.key,
+        "linked by the System A key the provider's record holds"
+    );
+    Some(named.to_string())
 }
 
 /// System A's key of a provider record that System A's API created

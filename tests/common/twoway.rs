@@ -60,6 +60,11 @@ impl TwoWay {
 
     /// Starts `syncflow run` on the environment's config.
     pub fn spawn(&self) -> Run {
+        self.spawn_on(self.http)
+    }
+
+    /// [`spawn`](Self::spawn), listening on `http` (a second instance).
+    pub fn spawn_on(&self, http: SocketAddr) -> Run {
         let log = self.dir.path().join(format!("syncflow-{}.log", now_ms()));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_syncflow"))
@@ -71,18 +76,14 @@ impl TwoWay {
             .env("SALESFORCE_URL", self.crm.salesforce_url())
             .env("SYSTEM_A_URL", self.system_a.base_url())
             .env("HUBSPOT_APP_SECRET", APP_SECRET)
-            .env("SYNCFLOW_HTTP", self.http.to_string())
+            .env("SYNCFLOW_HTTP", http.to_string())
             .env("RUST_LOG", "info")
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn syncflow");
-        Run {
-            child,
-            http: self.http,
-            log,
-        }
+        Run { child, http, log }
     }
 
     /// Waits until `check` holds, or fails with what it last saw.
