@@ -543,6 +543,32 @@ pub struct EndpointConfig {
     /// is: the id map learns it and the record is sent as an update.
     #[serde(default)]
     pub conflict_id_from: Option<ConflictIdConfig>,
+    /// Update and delete endpoints: a header telling the provider to refuse
+    /// the write (412) when the record changed after the last change
+    /// syncflow saw of it, a change syncflow would otherwise overwrite
+    /// unseen (a polled provider's user edit made since the last poll).
+    #[serde(default)]
+    pub unmodified_since: Option<PreconditionConfig>,
+}
+
+/// `{ header: If-Unmodified-Since, format: http_date | ms }`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PreconditionConfig {
+    pub header: String,
+    #[serde(default)]
+    pub format: TimeFormat,
+}
+
+/// How a time is written in a header.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeFormat {
+    /// RFC 9110's HTTP date (second precision).
+    #[default]
+    HttpDate,
+    /// Milliseconds since the epoch.
+    Ms,
 }
 
 /// A JSONPath into a 409 body, or a JSONPath to a text and a regular

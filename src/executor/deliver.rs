@@ -64,6 +64,7 @@ pub async fn handle(ctx: &Ctx, msg: &SourceMessage, eval: &Result<Outcome, EvalE
         seq: msg.seq,
         redelivered: msg.delivered > 1,
         trouble: &ctx.trouble,
+        unmodified_since: None,
     };
     let delivery = match (&ctx.two_way, &p.two_way, &out.facts) {
         (Some(rt), Some(tw), Some(facts)) => {

@@ -66,6 +66,32 @@ pub struct Endpoint {
     pub id_from: Option<JsonPath>,
     /// Create endpoints: where a 409's body names the existing record's id.
     pub conflict_id: Option<ConflictId>,
+    /// Update and delete endpoints: the header of the last modification
+    /// time syncflow saw (two-way links).
+    pub unmodified_since: Option<Precondition>,
+}
+
+/// A conditional write's header.
+#[derive(Debug, Clone)]
+pub struct Precondition {
+    pub header: http::HeaderName,
+    pub format: crate::config::model::TimeFormat,
+}
+
+impl Precondition {
+    /// The header's value for a modification time (ms since the epoch).
+    pub fn value(&self, at_ms: i64) -> http::HeaderValue {
+        use crate::config::model::TimeFormat;
+        let text = match self.format {
+            TimeFormat::Ms => at_ms.to_string(),
+            TimeFormat::HttpDate => {
+                let at =
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms.max(0) as u64);
+                httpdate::fmt_http_date(at)
+            }
+        };
+        http::HeaderValue::from_str(&text).expect("digits and dates are header-safe")
+    }
 }
 
 /// Where a 409 answer to a create names the existing record's id.
@@ -459,11 +485,37 @@ fn compile_endpoint(
         }
         Some(config) => Some(compile_conflict_id(src, object, config, diags)?),
     };
+    let unmodified_since = match &ep.unmodified_since {
+        None => None,
+        Some(_) if !matches!(kind, "update" | "delete") => {
+            file.error(
+                diags,
+                &at("unmodified_since"),
+                "unmodified_since belongs on an update or delete endpoint",
+            );
+            return None;
+        }
+        Some(config) => match http::HeaderName::from_bytes(config.header.as_bytes()) {
+            Ok(header) => Some(Precondition {
+                header,
+                format: config.format,
+            }),
+            Err(_) => {
+                file.error(
+                    diags,
+                    &path!["objects", object, kind, "unmodified_since", "header"],
+                    format!("\"{}\" is not a valid header name", config.header),
+                );
+                return None;
+            }
+        },
+    };
     Some(Endpoint {
         method: method?,
         path: template?,
         id_from,
         conflict_id,
+        unmodified_since,
     })
 }
 

@@ -55,6 +55,10 @@ pub struct Record<'a> {
     pub idempotency_key: &'a str,
     /// The message's position in its stream (for logs).
     pub seq: u64,
+    /// Two-way: the last modification time of the record syncflow saw at
+    /// the target; a provider endpoint with `unmodified_since` refuses the
+    /// write (412) if it changed since.
+    pub unmodified_since: Option<i64>,
 }
 
 /// What became of a record.
@@ -84,6 +88,9 @@ pub enum SkipReason {
     Stale,
     /// A create of a record already there with the same body.
     Unchanged,
+    /// Two-way: the target refused the write because the record changed
+    /// since syncflow last saw it; that change decides what to write.
+    ChangedMeanwhile,
 }
 
 /// Why a record could not be delivered, with what its dead letter says.

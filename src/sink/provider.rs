@@ -154,6 +154,7 @@ impl ProviderSink {
             id,
             body: record.body,
             idempotency_key: record.idempotency_key,
+            unmodified_since: record.unmodified_since,
         };
         self.api.send(request).await
     }

@@ -114,6 +114,22 @@ struct Writes {
     target: Option<Value>,
     /// Back to the side the change came from: the fields it lost.
     back: Option<Value>,
+    /// The last change seen from each side (`[to, from]`): a provider
+    /// endpoint with `unmodified_since` refuses a write over a newer one.
+    seen: [Option<i64>; 2],
+}
+
+/// A provider that refused a write because the record changed since the
+/// last change syncflow saw (`unmodified_since`): that change is on its way
+/// (the next poll) and decides then what to write.
+fn changed_meanwhile(delivery: &Delivery) -> bool {
+    matches!(
+        delivery,
+        Delivery::Failed(Failure {
+            status: Some(412),
+            ..
+        })
+    )
 }
 
 /// One change: returns what became of it at the target.
@@ -168,7 +184,11 @@ pub async fn deliver(
         if let Some(body) = &back {
             announce(link, state, from, body, false);
         }
-        Some(Writes { target, back })
+        Some(Writes {
+            target,
+            back,
+            seen: [state.seen(to), state.seen(from)],
+        })
     })
     .await;
     let Some(writes) = writes else {
@@ -195,9 +215,18 @@ pub async fn deliver(
                     key: &key,
                     action,
                     body: Some(body),
+                    unmodified_since: writes.seen[0].filter(|_| exists),
                     ..*record
                 })
                 .await;
+            if changed_meanwhile(&sent) {
+                counts.writes.get("deferred").increment(1);
+                settle(rt, link, &key, record, to, body, false, false).await;
+                tracing::info!(pipeline = record.pipeline, key = %key, "the target changed since syncflow last saw it: the write waits for that change");
+                return Delivery::Skipped {
+                    reason: SkipReason::ChangedMeanwhile,
+                };
+            }
             let ok = matches!(sent, Delivery::Sent { .. } | Delivery::Skipped { .. });
             if ok {
                 counts
@@ -224,7 +253,7 @@ pub async fn deliver(
         }
     };
     if let Some(back) = &writes.back {
-        set_back(rt, record, link, &key, from, back).await;
+        set_back(rt, record, link, &key, from, back, writes.seen[1]).await;
     }
     sent
 }
@@ -472,6 +501,7 @@ fn observe(
             },
             field.policy,
         );
+        tracing::debug!(pipeline = record.pipeline, key = record.key, field = %field.name, from = ?from, at = facts.modified, value = %value, seen = ?seen, "field observed");
         counts
             .fields
             .get(match seen {
@@ -500,6 +530,7 @@ fn body_of(link: &Link, state: &PairState, side: Side) -> Option<Value> {
 /// for it will be an echo. A create leaves out empty fields, so the new
 /// record holds them empty.
 fn announce(link: &Link, state: &mut PairState, side: Side, body: &Value, create: bool) {
+    tracing::debug!(to = ?side, body = %body, create, "announcing a write");
     for (i, field) in link.fields.iter().enumerate() {
         let field = state.fields.entry(field.name.clone()).or_default();
         match lookup(body, path(link, i, side)) {
@@ -523,6 +554,7 @@ async fn settle(
     ok: bool,
     gone: bool,
 ) {
+    tracing::debug!(key, to = ?side, body = %body, ok, gone, "settling a write");
     update(rt, link, key, record, |state| {
         if gone {
             state.deleted = true;
@@ -550,6 +582,7 @@ async fn set_back(
     key: &str,
     from: Side,
     body: &Value,
+    seen: Option<i64>,
 ) {
     let idempotency_key = format!("{}:set-back", record.idempotency_key);
     let back = Record {
@@ -557,12 +590,15 @@ async fn set_back(
         action: Action::Update,
         body: Some(body),
         idempotency_key: &idempotency_key,
+        unmodified_since: seen,
         ..*record
     };
     let sent = rt.source.deliver(&back).await;
     let ok = matches!(sent, Delivery::Sent { .. });
     if ok {
         rt.counts.writes.get("set_back").increment(1);
+    } else if changed_meanwhile(&sent) {
+        rt.counts.writes.get("deferred").increment(1);
     } else {
         tracing::warn!(pipeline = record.pipeline, key, outcome = ?sent, "could not set a lost field back on the side it came from");
     }

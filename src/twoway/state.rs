@@ -56,6 +56,9 @@ impl Side {
     }
 }
 
+/// Writes to one side whose echo is awaited, at most.
+const MAX_PENDING: usize = 8;
+
 /// The value both sides should hold, in each side's shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Winner {
@@ -74,8 +77,9 @@ pub struct FieldState {
     /// `[internal, external]` for the three below.
     #[serde(default)]
     pub holds: [Option<Value>; 2],
+    /// Announced writes whose echo has not come yet, oldest first.
     #[serde(default)]
-    pub sent: [Option<Value>; 2],
+    pub sent: [Vec<Value>; 2],
     #[serde(default)]
     pub seen: [i64; 2],
 }
@@ -113,9 +117,13 @@ impl FieldState {
     pub fn change(&mut self, o: Observed, policy: Policy) -> Seen {
         let (from, at, value) = (o.from, o.at, o.value);
         let i = from.index();
-        if self.sent[i].as_ref() == Some(&value) {
-            self.holds[i] = Some(value);
-            self.sent[i] = None;
+        if let Some(n) = self.sent[i].iter().position(|v| *v == value) {
+            self.sent[i].remove(n);
+            // An echo older than what the side was seen with since (an
+            // earlier write's, come late) tells nothing of what it holds.
+            if at >= self.seen[i] {
+                self.holds[i] = Some(value);
+            }
             self.seen[i] = self.seen[i].max(at);
             return Seen::Echo;
         }
@@ -127,7 +135,7 @@ impl FieldState {
         // seen from it already; nor, on a side whose events come in commit
         // order, if syncflow's own write is still to come back (it was made
         // after this change).
-        let current = at >= self.seen[i] && !(o.ordered && self.sent[i].is_some());
+        let current = at >= self.seen[i] && !(o.ordered && !self.sent[i].is_empty());
         self.seen[i] = self.seen[i].max(at);
         let wins = match (policy, &self.winner) {
             // An owned field's first value may come from either side (a
@@ -163,29 +171,34 @@ impl FieldState {
         let want = &winner.value[side.index()];
         let holds = self.holds[side.index()].as_ref().unwrap_or(&Value::Null);
         // Being written already (announced, not yet confirmed).
-        let sending = self.sent[side.index()].as_ref() == Some(want);
+        let sending = self.sent[side.index()].last() == Some(want);
         (holds != want && !sending).then_some(want)
     }
 
     /// syncflow is about to write `value` to `side`: the change event the
     /// write causes will be an echo.
     pub fn sending(&mut self, side: Side, value: Value) {
-        self.sent[side.index()] = Some(value);
+        let sent = &mut self.sent[side.index()];
+        sent.retain(|v| *v != value);
+        sent.push(value);
+        // Writes whose echo never came (a side that tells no change when
+        // a write changes nothing) are forgotten, oldest first.
+        if sent.len() > MAX_PENDING {
+            sent.remove(0);
+        }
     }
 
     /// The write of `value` to `side` succeeded: the side holds it (unless
     /// its echo came already, or a newer write was announced since).
     pub fn confirm(&mut self, side: Side, value: &Value) {
-        if self.sent[side.index()].as_ref() == Some(value) {
+        if self.sent[side.index()].last() == Some(value) {
             self.holds[side.index()] = Some(value.clone());
         }
     }
 
     /// The write of `value` to `side` failed: it will not come back.
     pub fn withdraw(&mut self, side: Side, value: &Value) {
-        if self.sent[side.index()].as_ref() == Some(value) {
-            self.sent[side.index()] = None;
-        }
+        self.sent[side.index()].retain(|v| v != value);
     }
 
     /// `side` is known to hold `value` (a create that left the field out).
@@ -196,8 +209,8 @@ impl FieldState {
     /// syncflow wrote `value` to `side` (so the side holds it, and the
     /// change event it causes is an echo).
     pub fn wrote(&mut self, side: Side, value: Value) {
-        self.holds[side.index()] = Some(value.clone());
-        self.sent[side.index()] = Some(value);
+        self.sending(side, value.clone());
+        self.confirm(side, &value);
     }
 }
 
@@ -214,6 +227,18 @@ pub struct PairState {
     pub deleted_from: Option<Side>,
     #[serde(default)]
     pub fields: BTreeMap<String, FieldState>,
+}
+
+impl PairState {
+    /// The newest change time seen from `side` (its clock, ms), if any:
+    /// what the record looked like there, the last syncflow knew.
+    pub fn seen(&self, side: Side) -> Option<i64> {
+        self.fields
+            .values()
+            .map(|f| f.seen[side.index()])
+            .max()
+            .filter(|at| *at > 0)
+    }
 }
 
 #[cfg(test)]
@@ -386,6 +411,38 @@ mod tests {
             Seen::Lost
         );
         assert_eq!(g.to_write(A), Some(&json!("x")));
+    }
+
+    /// Two writes of one field in flight: System A's older edit is being
+    /// written when the CRM user's newer one comes, and lands after it; the
+    /// newer is written again. The first write's echo, arriving after the
+    /// second was announced, is still known as syncflow's own.
+    #[test]
+    fn with_two_writes_in_flight_each_echo_is_known() {
+        let mut f = synced(100);
+        assert_eq!(
+            f.change(obs(A, 200, json!("a"), json!("A")), Policy::Latest),
+            Seen::Won
+        );
+        f.sending(P, json!("A"));
+        assert_eq!(
+            f.change(obs(P, 205, json!("C"), json!("c")), Policy::Latest),
+            Seen::Won
+        );
+        f.confirm(P, &json!("A")); // landed after the user's edit
+        assert_eq!(f.to_write(P), Some(&json!("C")), "the newer edit restored");
+        f.sending(P, json!("C"));
+        assert_eq!(f.to_write(P), None, "announced: not written twice");
+        assert_eq!(
+            f.change(obs(P, 221, json!("A"), json!("a")), Policy::Latest),
+            Seen::Echo
+        );
+        assert_eq!(
+            f.change(obs(P, 230, json!("C"), json!("c")), Policy::Latest),
+            Seen::Echo
+        );
+        assert_eq!(f.winner.as_ref().unwrap().value[1], json!("C"));
+        assert_eq!(f.to_write(P), None);
     }
 
     #[test]

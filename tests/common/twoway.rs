@@ -77,7 +77,10 @@ impl TwoWay {
             .env("SYSTEM_A_URL", self.system_a.base_url())
             .env("HUBSPOT_APP_SECRET", APP_SECRET)
             .env("SYNCFLOW_HTTP", http.to_string())
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("SYNCFLOW_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .stdin(Stdio::null())

@@ -128,6 +128,7 @@ fn native_answers_are_rhais_answers() {
                     seq: 42,
                     timestamp_ms: Some(1_700_000_000_000),
                     headers: &headers,
+                    linked_key: Some("a-7"),
                 };
                 let mut vars = Vars::new(record, event);
                 let rhai = engine.eval_rhai(&script, &mut vars);
@@ -298,6 +299,7 @@ fn random_scripts_agree_with_rhai() {
         seq: 42,
         timestamp_ms: Some(1_700_000_000_000),
         headers: &headers,
+        linked_key: None,
     };
     let records = records();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);

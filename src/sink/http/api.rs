@@ -114,6 +114,7 @@ impl ProviderApi {
                 path: crate::provider::PathTemplate::parse("/").expect("a plain path"),
                 id_from: None,
                 conflict_id: None,
+                unmodified_since: None,
             },
             pause: Pause::new(&provider.name),
             served: AtomicU64::new(0),
@@ -254,6 +255,11 @@ impl ProviderApi {
         {
             headers.insert(name, call.idempotency_key.clone());
         }
+        if let (Some(precondition), Some(at)) =
+            (&call.endpoint.unmodified_since, call.req.unmodified_since)
+        {
+            headers.insert(precondition.header.clone(), precondition.value(at));
+        }
         if call.body.is_some() {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             headers.insert(CONTENT_LENGTH, length);
@@ -320,6 +326,7 @@ impl ProviderApi {
             id: None,
             body: None,
             idempotency_key: "",
+            unmodified_since: None,
         };
         let target = self
             .origin

@@ -90,6 +90,9 @@ pub struct ApiRequest<'a> {
     /// Sent in the provider's idempotency header on every attempt; stable
     /// across redeliveries.
     pub idempotency_key: &'a str,
+    /// The last modification time of the record syncflow saw (ms), for an
+    /// endpoint's `unmodified_since` header.
+    pub unmodified_since: Option<i64>,
 }
 
 #[derive(Debug, Clone)]

@@ -294,7 +294,15 @@ async fn update(
     Path(id): Path<String>,
     request: ApiRequest,
 ) -> Response {
+    let unmodified_since = request.unmodified_since;
     api.serve_body(request, fields, |salesforce, fields| {
+        if let Some(since) = unmodified_since
+            && salesforce
+                .live(&id)
+                .is_some_and(|c| c.last_modified > since)
+        {
+            return precondition_failed();
+        }
         salesforce.update(&id, fields, Origin::Api, None)
     })
     .await
@@ -375,6 +383,16 @@ fn last_name_missing() -> Reply {
         "REQUIRED_FIELD_MISSING",
         "Required fields are missing: [LastName]",
         &[LAST_NAME],
+    )
+}
+
+/// A conditional update of a contact changed after the given time.
+fn precondition_failed() -> Reply {
+    errors(
+        StatusCode::PRECONDITION_FAILED,
+        "PRECONDITION_FAILED",
+        "The requested entity has been modified since the time specified in If-Unmodified-Since",
+        &[],
     )
 }
 
@@ -552,5 +570,38 @@ mod tests {
         let (status, body) = send(h.salesforce(Method::POST, CONTACT_PATH).json(&duplicate)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(body[0]["errorCode"], "DUPLICATE_VALUE");
+    }
+
+    #[tokio::test]
+    async fn a_conditional_update_of_a_contact_changed_since_is_refused() {
+        let h = Harness::start(MockCrmConfig::default()).await;
+        let id = create(&h, json!({"LastName": "Doe"})).await;
+        let modified = h.crm.snapshot().salesforce.records.len();
+        assert_eq!(modified, 1);
+        let path = format!("{CONTACT_PATH}/{id}");
+        let (_, read) = send(h.salesforce(Method::GET, &path)).await;
+        let at = read["LastModifiedDate"].as_u64().unwrap();
+        let conditional = |since: String| {
+            h.salesforce(Method::PATCH, &path)
+                .header("If-Unmodified-Since", since)
+                .json(&json!({"FirstName": "Jo"}))
+        };
+        let (status, body) = send(conditional((at - 1).to_string())).await;
+        assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+        assert_eq!(body[0]["errorCode"], "PRECONDITION_FAILED");
+        let (status, _) = send(conditional(at.to_string())).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        // An HTTP date reaches to the end of its second.
+        let date = |ms: u64| {
+            httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        };
+        let (status, _) = send(conditional(date(at - 1000))).await;
+        assert_eq!(
+            status,
+            StatusCode::PRECONDITION_FAILED,
+            "modified a second later"
+        );
+        let (status, _) = send(conditional(date(at + 60_000))).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
     }
 }
