@@ -390,6 +390,7 @@ mod tests {
             seq,
             redelivered: false,
             trouble: &TROUBLE,
+            unmodified_since: None,
         }
     }
 

@@ -57,6 +57,7 @@ fn req<'a>(endpoint: EndpointKind, id: Option<&'a str>, body: Option<&'a Value>)
         id,
         body,
         idempotency_key: "contacts:42",
+        unmodified_since: None,
     }
 }
 
