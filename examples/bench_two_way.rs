@@ -111,11 +111,7 @@ async fn start(binary: &Path, keep: &[&str], webhook: bool) -> Result<Env, Error
             SECRET,
         )))?;
     }
-    let dir = tempfile::tempdir()?;
-    copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/two-way"),
-        dir.path(),
-    )?;
+    let dir = syncflow_testkit::example_config("two-way")?;
     for entry in std::fs::read_dir(dir.path().join("pipelines"))? {
         let path = entry?.path();
         let name = path.file_stem().unwrap().to_string_lossy().to_string();
@@ -168,20 +164,6 @@ async fn start(binary: &Path, keep: &[&str], webhook: bool) -> Result<Env, Error
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(env)
-}
-
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            std::fs::create_dir_all(&target)?;
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), target)?;
-        }
-    }
-    Ok(())
 }
 
 fn batch_body(first_id: u64, batch: u64) -> Vec<u8> {

@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# The demo: starts NATS (JetStream), Redis and the mock CRM on their own
-# ports, runs `syncflow run` on the shipped pipelines, publishes sample CDC
-# events and prints what reached each CRM and what was dead-lettered.
+# The demo, in two parts.
+# 1. One way: starts NATS (JetStream), Redis and the mock CRM on their own
+#    ports, runs `syncflow run` on the shipped pipelines, publishes sample CDC
+#    events and prints what reached each CRM and what was dead-lettered.
+# 2. Two ways: a fresh NATS and Redis, the System A stand-in (every write a
+#    CDC event), the mock CRM sending signed HubSpot webhooks to syncflow and
+#    serving Salesforce's changes for polling, and `syncflow run` on
+#    examples/two-way; edits made as users make them on either side, and
+#    what each side holds after each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -15,8 +21,10 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
   status=$?
-  if [ $status -ne 0 ] && [ -f "$work/syncflow.log" ]; then
-    echo "== syncflow log (last 40 lines)"; tail -n 40 "$work/syncflow.log"
+  if [ $status -ne 0 ]; then
+    for log in "$work/syncflow.log" "$work/syncflow-two-way.log"; do
+      [ -f "$log" ] && { echo "== $log (last 40 lines)"; tail -n 40 "$log"; }
+    done
   fi
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -25,7 +33,8 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== building"
-cargo build --quiet --bin syncflow --bin mock-crm --example demo_events
+cargo build --quiet --bin syncflow --bin mock-crm --bin system-a \
+  --example demo_events --example demo_two_way
 
 echo "== starting nats-server (JetStream) :$NATS_PORT, redis-server :$REDIS_PORT, mock CRM :$CRM_PORT"
 nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$work/nats" >"$work/nats.log" 2>&1 &
@@ -58,3 +67,47 @@ target/debug/examples/demo_events --nats "$nats" summary --crm "http://127.0.0.1
 echo "== stopping syncflow (SIGTERM: drains, exits 0)"
 kill -TERM "$syncflow_pid"
 wait "$syncflow_pid" && echo "syncflow exited 0"
+
+echo
+echo "== part 2: two-way sync (examples/two-way)"
+NATS2_PORT=${NATS2_PORT:-14223}
+REDIS2_PORT=${REDIS2_PORT:-16380}
+CRM2_PORT=${CRM2_PORT:-18081}
+SYSTEM_A_PORT=${SYSTEM_A_PORT:-18090}
+HTTP2_PORT=${HTTP2_PORT:-19465}
+APP_SECRET=demo-app-secret
+echo "== starting nats-server :$NATS2_PORT, redis-server :$REDIS2_PORT, System A :$SYSTEM_A_PORT, mock CRM :$CRM2_PORT (webhooks to syncflow :$HTTP2_PORT)"
+nats-server -js -a 127.0.0.1 -p "$NATS2_PORT" -sd "$work/nats2" >"$work/nats2.log" 2>&1 &
+pids+=($!)
+redis-server --port "$REDIS2_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis2.log" 2>&1 &
+pids+=($!)
+wait_for_port "$NATS2_PORT"; wait_for_port "$REDIS2_PORT"
+nats2="nats://127.0.0.1:$NATS2_PORT"
+target/debug/system-a --listen "127.0.0.1:$SYSTEM_A_PORT" --nats-url "$nats2" --token dev-token >"$work/system-a.log" 2>&1 &
+pids+=($!)
+# HubSpot's webhooks as HubSpot sends them: batched, signed, and every
+# change's, syncflow's own included.
+target/debug/mock-crm --listen "127.0.0.1:$CRM2_PORT" \
+  --hubspot-limit 100/1s:10 --salesforce-limit 100/1s:10 \
+  --webhook-url "http://127.0.0.1:$HTTP2_PORT/hooks/hubspot" --webhook-secret "$APP_SECRET" >"$work/crm2.log" 2>&1 &
+pids+=($!)
+wait_for_port "$SYSTEM_A_PORT"; wait_for_port "$CRM2_PORT"
+
+target/debug/syncflow validate --dir examples/two-way
+echo "== syncflow run --dir examples/two-way (log: $work/syncflow-two-way.log)"
+NATS_URL="$nats2" REDIS_URL="redis://127.0.0.1:$REDIS2_PORT" \
+  HUBSPOT_URL="http://127.0.0.1:$CRM2_PORT/hubspot" SALESFORCE_URL="http://127.0.0.1:$CRM2_PORT/salesforce" \
+  SYSTEM_A_URL="http://127.0.0.1:$SYSTEM_A_PORT" HUBSPOT_APP_SECRET="$APP_SECRET" \
+  SYNCFLOW_HTTP="127.0.0.1:$HTTP2_PORT" \
+  target/debug/syncflow run --dir examples/two-way >"$work/syncflow-two-way.log" 2>&1 &
+syncflow2_pid=$!
+pids+=($syncflow2_pid)
+for _ in $(seq 1 300); do
+  curl -fsS "http://127.0.0.1:$HTTP2_PORT/readyz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+target/debug/examples/demo_two_way --system-a "http://127.0.0.1:$SYSTEM_A_PORT" \
+  --crm "http://127.0.0.1:$CRM2_PORT" --syncflow "http://127.0.0.1:$HTTP2_PORT"
+kill -TERM "$syncflow2_pid"
+wait "$syncflow2_pid" && echo "syncflow (two-way) exited 0"

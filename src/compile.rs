@@ -60,7 +60,6 @@ pub fn compile_dir(dir: &Path, env: &dyn Env, run_tests: bool) -> Result<Config,
         "link",
         &mut diags,
     );
-    let link_names: Vec<String> = raw.links.iter().map(|l| l.value.name.clone()).collect();
     let links: BTreeMap<String, Arc<Link>> = raw
         .links
         .iter()
@@ -75,7 +74,7 @@ pub fn compile_dir(dir: &Path, env: &dyn Env, run_tests: bool) -> Result<Config,
         provider_names: &raw.provider_names,
         providers: &providers,
         links: &links,
-        link_names: &link_names,
+        link_names: &raw.link_names,
         schemas: &mut schemas,
     };
     let mut pipelines = BTreeMap::new();

@@ -150,19 +150,6 @@ fn is_word(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            std::fs::create_dir_all(&target).unwrap();
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 fn budget() -> (u64, u64) {
     let inputs = std::env::var("SYNCFLOW_FUZZ_INPUTS")
         .ok()
@@ -200,8 +187,7 @@ fn broken_config_files_are_errors_never_panics() {
     let dir = common::shipped_config();
     // Two config directories: the shipped one, and the two-way example
     // (links, webhooks, polls).
-    let two_way = tempfile::tempdir().unwrap();
-    copy_dir(&root.join("examples/two-way"), two_way.path());
+    let two_way = syncflow_testkit::example_config("two-way").unwrap();
     let dirs = [dir.path(), two_way.path()];
     // (directory, file in it, its original text) for each seed input.
     let mut corpus: Vec<(usize, String, String)> = Vec::new();

@@ -219,11 +219,162 @@ const CASES: &[Case] = &[
     },
 ];
 
-#[test]
-fn each_broken_config_is_reported_at_its_place() {
+/// Broken two-way configs: links, inbound pipelines, webhooks and polls
+/// (on a copy of `examples/two-way`).
+const TWO_WAY_CASES: &[Case] = &[
+    Case {
+        name: "link to a typo'd provider",
+        file: "links/contacts-hubspot.yaml",
+        from: "external: { provider: hubspot,",
+        to: "external: { provider: hubspt,",
+        expect: &[
+            r#"links/contacts-hubspot.yaml:3:23: error: unknown provider "hubspt" (did you mean "hubspot"?)"#,
+        ],
+    },
+    Case {
+        name: "link to a typo'd object",
+        file: "links/contacts-hubspot.yaml",
+        from: "external: { provider: hubspot, object: contact }",
+        to: "external: { provider: hubspot, object: contcat }",
+        expect: &[
+            r#"links/contacts-hubspot.yaml:3:40: error: provider "hubspot" has no object "contcat" (did you mean "contact"?)"#,
+        ],
+    },
+    Case {
+        // The link's name is still known: its pipelines are not told "unknown link".
+        name: "unknown policy",
+        file: "links/contacts-hubspot.yaml",
+        from: "policy: provider",
+        to: "policy: crm",
+        expect: &[
+            r#"links/contacts-hubspot.yaml:9:79: error: unknown value "crm"; expected one of latest, internal, provider"#,
+        ],
+    },
+    Case {
+        name: "a field named twice (YAML would keep one silently)",
+        file: "links/contacts-hubspot.yaml",
+        from: "  phone:      { internal: phone,",
+        to: "  email:      { internal: phone,",
+        expect: &[
+            r#"links/contacts-hubspot.yaml:9:3: error: duplicate key "email" (first at line 6)"#,
+        ],
+    },
+    Case {
+        name: "a field path that is not one",
+        file: "links/contacts-hubspot.yaml",
+        from: "external: properties.phone,",
+        to: "external: properties..phone,",
+        expect: &[
+            r#"links/contacts-hubspot.yaml:9:49: error: "properties..phone" is not a dotted path (a.b.c)"#,
+        ],
+    },
+    Case {
+        name: "pipeline of a typo'd link",
+        file: "pipelines/hubspot-to-contacts.yaml",
+        from: "link: contacts-hubspot",
+        to: "link: contacts-hubspt",
+        expect: &[
+            r#"pipelines/hubspot-to-contacts.yaml:25:9: error: unknown link "contacts-hubspt" (did you mean "contacts-hubspot"?)"#,
+        ],
+    },
+    Case {
+        name: "inbound pipeline writing elsewhere than the link's internal side",
+        file: "pipelines/hubspot-to-contacts.yaml",
+        from: "target: { provider: system_a, object: contact }",
+        to: "target: { provider: salesforce, object: contact }",
+        expect: &[
+            r#"pipelines/hubspot-to-contacts.yaml:14:9: error: an inbound pipeline of link "contacts-hubspot" writes to the link's internal side: its target must be the same"#,
+        ],
+    },
+    Case {
+        name: "external_id on an inbound pipeline",
+        file: "pipelines/hubspot-to-contacts.yaml",
+        from: "internal_id: $.properties.syncflow_key",
+        to: "external_id: $.properties.syncflow_key",
+        expect: &[
+            r#"pipelines/hubspot-to-contacts.yaml:29:16: error: external_id is for outbound pipelines (System A's record naming the provider's id)"#,
+        ],
+    },
+    Case {
+        name: "unknown direction",
+        file: "pipelines/hubspot-to-contacts.yaml",
+        from: "direction: inbound",
+        to: "direction: inward",
+        expect: &[
+            r#"pipelines/hubspot-to-contacts.yaml:26:14: error: unknown value "inward"; expected one of outbound, inbound"#,
+        ],
+    },
+    Case {
+        name: "unknown signature scheme",
+        file: "providers/hubspot.yaml",
+        from: "scheme: hubspot_v3",
+        to: "scheme: hubspot_v2",
+        expect: &[
+            r#"providers/hubspot.yaml:27:26: error: unknown value "hubspot_v2" (did you mean "hubspot_v3"?); expected one of hubspot_v3, hmac_sha256"#,
+        ],
+    },
+    Case {
+        name: "typo'd envelope field",
+        file: "providers/hubspot.yaml",
+        from: "id: $.eventId",
+        to: "idd: $.eventId",
+        expect: &[
+            r#"providers/hubspot.yaml:30:7: error: unknown envelope field "idd" (did you mean "id"?); the fields are id, object, record_id, occurred_at, change, record, ours"#,
+            r#"providers/hubspot.yaml:30:7: error: the event mapping needs "id" (a JSONPath or { expr })"#,
+        ],
+    },
+    Case {
+        name: "broken Rhai in the event mapping",
+        file: "providers/hubspot.yaml",
+        from: r#"ours: { expr: 'record.changeSource == "INTEGRATION"' }"#,
+        to: r#"ours: { expr: 'record.changeSource == ' }"#,
+        expect: &[
+            r#"providers/hubspot.yaml:36:45: error: invalid Rhai script: the script ends too early (a value or a closing bracket is missing)"#,
+        ],
+    },
+    Case {
+        name: "a precondition on a create",
+        file: "providers/salesforce.yaml",
+        from: "id_from: $.id }",
+        to: "id_from: $.id, unmodified_since: { header: If-Unmodified-Since, format: ms } }",
+        expect: &[
+            r#"providers/salesforce.yaml:14:109: error: unmodified_since belongs on an update or delete endpoint"#,
+        ],
+    },
+    Case {
+        name: "poll of an object the provider lacks",
+        file: "providers/salesforce.yaml",
+        from: "    contact:\n      every",
+        to: "    contcat:\n      every",
+        expect: &[
+            r#"providers/salesforce.yaml:25:5: error: the provider has no object "contcat" (did you mean "contact"?)"#,
+        ],
+    },
+    Case {
+        name: "poll every 0s",
+        file: "providers/salesforce.yaml",
+        from: "every: 1s",
+        to: "every: 0s",
+        expect: &[
+            r#"providers/salesforce.yaml:26:14: error: inbound.poll.contact.every must be between 100ms and 1h, not 0ms"#,
+        ],
+    },
+    Case {
+        name: "poll request without its cursor",
+        file: "providers/salesforce.yaml",
+        from: "since={since}&",
+        to: "since=&",
+        expect: &[
+            r#"providers/salesforce.yaml:27:24: error: path "/services/data/v60.0/sobjects/Contact/changes?since=&after_id={after_id}&limit={limit}" needs {since}: the cursor"#,
+        ],
+    },
+];
+
+/// Runs each case on a fresh copy of `config` and lists the mismatches.
+fn mismatches(cases: &[Case], config: impl Fn() -> tempfile::TempDir) -> Vec<String> {
     let mut failures = Vec::new();
-    for case in CASES {
-        let dir = shipped_config();
+    for case in cases {
+        let dir = config();
         edit(dir.path(), case.file, case.from, case.to);
         let (code, lines) = validate(dir.path());
         if code != 1 || lines != case.expect {
@@ -233,6 +384,20 @@ fn each_broken_config_is_reported_at_its_place() {
             ));
         }
     }
+    failures
+}
+
+#[test]
+fn each_broken_config_is_reported_at_its_place() {
+    let failures = mismatches(CASES, shipped_config);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn each_broken_two_way_config_is_reported_at_its_place() {
+    let failures = mismatches(TWO_WAY_CASES, || {
+        syncflow_testkit::example_config("two-way").unwrap()
+    });
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -308,6 +473,22 @@ fn the_shipped_config_is_valid() {
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(
         stdout.contains("valid: 2 pipelines, 2 providers, 11 tests passed"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn the_two_way_example_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/two-way");
+    let out = Command::new(env!("CARGO_BIN_EXE_syncflow"))
+        .args(["validate", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("valid: 4 pipelines, 3 providers, 2 links, 5 tests passed"),
         "{stdout}"
     );
 }

@@ -81,6 +81,29 @@ fn envelopes(config: &Config, p: &Pipeline, feed: Feed<'_>) -> Result<Vec<Envelo
             p.name
         )));
     };
+    if tw.direction == crate::config::model::Direction::Outbound {
+        let inbound: Vec<&str> = config
+            .pipelines
+            .values()
+            .filter(|q| {
+                q.two_way.as_ref().is_some_and(|t| {
+                    t.link.name == tw.link.name
+                        && t.direction == crate::config::model::Direction::Inbound
+                })
+            })
+            .map(|q| q.name.as_str())
+            .collect();
+        return Err(TestError::Invalid(format!(
+            "pipeline \"{}\" is link \"{}\"'s outbound half: --webhook and --poll feed its inbound pipeline ({})",
+            p.name,
+            tw.link.name,
+            if inbound.is_empty() {
+                "none yet".to_string()
+            } else {
+                inbound.join(", ")
+            }
+        )));
+    }
     let (provider, object) = tw.link.provider();
     let provider = config.providers.get(&provider.name).unwrap_or(provider);
     let engine = ScriptEngine::new();
@@ -221,4 +244,75 @@ fn link_fields(tw: &crate::pipeline::TwoWay, facts: &crate::pipeline::Facts) -> 
         .filter_map(|(field, value)| Some((field.name.clone(), value.clone()?)))
         .collect();
     Value::Object(fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two_way() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/two-way")
+    }
+
+    fn dry_run(pipeline: &str, feed: Feed<'_>) -> Result<(bool, String), TestError> {
+        let mut out = Vec::new();
+        let ok = run(
+            &two_way(),
+            pipeline,
+            None,
+            Some(feed),
+            Format::Text,
+            &mut out,
+        )?;
+        Ok((ok, String::from_utf8(out).unwrap()))
+    }
+
+    #[test]
+    fn a_webhook_body_runs_through_the_inbound_pipeline() {
+        let sample = two_way().join("samples/hubspot-webhook.json");
+        let (ok, out) = dry_run("hubspot-to-contacts", Feed::Webhook(&sample)).unwrap();
+        assert!(ok, "{out}");
+        assert!(out.starts_with("3 events read into envelopes\n"), "{out}");
+        assert!(out.contains("1: key=5001 action=upsert\n   {\"crm\":\"hubspot\",\"email\":\"lin@example.com\",\"first_name\":\"Lin\",\"hubspot_id\":\"5001\"}"), "{out}");
+        assert!(out.contains("3: key=4712 action=delete"), "{out}");
+    }
+
+    #[test]
+    fn a_poll_page_runs_through_the_inbound_pipeline() {
+        let sample = two_way().join("samples/salesforce-page.json");
+        let (ok, out) = dry_run("salesforce-to-contacts", Feed::Poll(&sample)).unwrap();
+        assert!(ok, "{out}");
+        assert!(out.starts_with("2 events read into envelopes\n"), "{out}");
+        assert!(
+            out.contains("2: key=003000000000002 action=delete"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn feeds_of_the_wrong_kind_are_refused_with_the_reason() {
+        let webhook = two_way().join("samples/hubspot-webhook.json");
+        let page = two_way().join("samples/salesforce-page.json");
+        let err = |pipeline, feed| dry_run(pipeline, feed).unwrap_err().to_string();
+        assert_eq!(
+            err("contacts-to-hubspot", Feed::Webhook(&webhook)),
+            "pipeline \"contacts-to-hubspot\" is link \"contacts-hubspot\"'s outbound half: --webhook and --poll feed its inbound pipeline (hubspot-to-contacts)"
+        );
+        assert_eq!(
+            err("hubspot-to-contacts", Feed::Poll(&page)),
+            "provider \"hubspot\" has no inbound.poll for object \"contact\""
+        );
+        assert_eq!(
+            err("salesforce-to-contacts", Feed::Webhook(&webhook)),
+            "provider \"salesforce\" has no inbound.webhook"
+        );
+        // A body the provider's webhook would refuse: as syncflow run answers it.
+        let bad = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(bad.path(), "{not json").unwrap();
+        let refused = err("hubspot-to-contacts", Feed::Webhook(bad.path()));
+        assert!(
+            refused.starts_with("the webhook would be refused (400"),
+            "{refused}"
+        );
+    }
 }

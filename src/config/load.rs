@@ -76,6 +76,8 @@ pub struct RawConfig {
     pub provider_names: Vec<String>,
     pub pipelines: Vec<Sourced<PipelineConfig>>,
     pub links: Vec<Sourced<LinkConfig>>,
+    /// The `name` of every link file that is valid YAML (as `provider_names`).
+    pub link_names: Vec<String>,
 }
 
 /// Reads `syncflow.yaml`, `providers/*.yaml`, `pipelines/*.yaml` and `links/*.yaml`.
@@ -113,6 +115,9 @@ pub fn load_dir(dir: &Path, env: &dyn Env, diags: &mut Diagnostics) -> RawConfig
     }
     for path in yaml_files(dir, "links", diags) {
         if let Some(file) = read_file(dir, &path, env, diags) {
+            if let Some(name) = file.node(&[Seg::Key("name".into())]).and_then(Node::as_str) {
+                raw.link_names.push(name.to_string());
+            }
             if let Some(value) = deserialize::<LinkConfig>(&file, diags) {
                 raw.links.push(Sourced { value, file });
             }
@@ -160,8 +165,15 @@ fn read_file(
             return None;
         }
     };
-    let mut root = match yaml::parse(&text) {
-        Ok(root) => root,
+    // A repeated key is reported, and the file read on: the config is
+    // refused either way, and its other errors are reported with it.
+    let mut root = match yaml::parse_with_duplicates(&text) {
+        Ok((root, duplicates)) => {
+            for e in duplicates {
+                diags.push(&rel, e.pos, e.message);
+            }
+            root
+        }
         Err(e) => {
             diags.push(&rel, e.pos, format!("invalid YAML: {}", e.message));
             return None;
@@ -207,7 +219,7 @@ pub fn deserialize<T: DeserializeOwned>(file: &SourceFile, diags: &mut Diagnosti
             let candidates = expected_names(&message);
             let hint = did_you_mean(&variant, candidates.iter().map(String::as_str));
             format!(
-                "unknown key \"{variant}\"{hint}; expected one of {}",
+                "unknown value \"{variant}\"{hint}; expected one of {}",
                 candidates.join(", ")
             )
         } else {

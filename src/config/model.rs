@@ -422,6 +422,16 @@ pub enum Direction {
     Inbound,
 }
 
+impl Direction {
+    /// As written in the config (and in metric labels).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
 fn default_max_response_bytes() -> u64 {
     1024 * 1024
 }

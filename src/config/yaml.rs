@@ -81,16 +81,24 @@ pub struct SyntaxError {
 
 /// Parses one YAML document. An empty file is an empty map.
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
+    parse_with_duplicates(text).map(|(root, _)| root)
+}
+
+/// [`parse`], and each key repeated in one map (the tree keeps both). YAML
+/// parsers keep only one of the two, so a whole line of config would be
+/// dropped without a word: the config loader reports each as an error.
+pub fn parse_with_duplicates(text: &str) -> Result<(Node, Vec<SyntaxError>), SyntaxError> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
     parser.load(&mut builder, false).map_err(|e| SyntaxError {
         pos: pos(e.marker()),
         message: e.info().to_string(),
     })?;
-    Ok(builder.root.unwrap_or(Node {
+    let root = builder.root.unwrap_or(Node {
         pos: Pos::new(1, 1),
         kind: Kind::Map(Vec::new()),
-    }))
+    });
+    Ok((root, builder.duplicates))
 }
 
 fn pos(m: &Marker) -> Pos {
@@ -104,6 +112,7 @@ struct Builder {
     anchors: HashMap<usize, Node>,
     anchor_of_open: Vec<usize>,
     root: Option<Node>,
+    duplicates: Vec<SyntaxError>,
 }
 
 impl Builder {
@@ -118,7 +127,21 @@ impl Builder {
                 Kind::Seq(items) => items.push(node),
                 Kind::Map(entries) => match pending_key.take() {
                     None => *pending_key = Some(node),
-                    Some(key) => entries.push((key, node)),
+                    Some(key) => {
+                        let first = key
+                            .as_str()
+                            .and_then(|k| entries.iter().find(|(e, _)| e.as_str() == Some(k)));
+                        if let (Some(k), Some((first, _))) = (key.as_str(), first) {
+                            self.duplicates.push(SyntaxError {
+                                pos: key.pos,
+                                message: format!(
+                                    "duplicate key \"{k}\" (first at line {})",
+                                    first.pos.line
+                                ),
+                            });
+                        }
+                        entries.push((key, node));
+                    }
                 },
                 Kind::Scalar { .. } => unreachable!("scalars have no children"),
             },
@@ -407,6 +430,29 @@ mod tests {
         let err = parse("a: [1, 2\nb: 3\n").unwrap_err();
         assert!(err.pos.line >= 1, "{err:?}");
         assert!(!err.message.is_empty());
+    }
+
+    #[test]
+    fn duplicate_keys_are_each_an_error() {
+        let (_, errs) = parse_with_duplicates("a: 1\nb:\n  c: 1\n  c: 2\na: 3\n").unwrap();
+        let found: Vec<_> = errs
+            .iter()
+            .map(|e| (e.pos.line, e.pos.col, e.message.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (4, 3, "duplicate key \"c\" (first at line 3)"),
+                (5, 1, "duplicate key \"a\" (first at line 1)"),
+            ]
+        );
+        // The same key in two maps is no duplicate.
+        assert!(
+            parse_with_duplicates("a: {x: 1}\nb: {x: 2}\n")
+                .unwrap()
+                .1
+                .is_empty()
+        );
     }
 
     #[test]

@@ -304,11 +304,8 @@ fn two_way(
             diags,
             &path!["target"],
             format!(
-                "a {} pipeline of link \"{}\" writes to the link's {side} side: its target must be the same",
-                match cfg.direction {
-                    Direction::Outbound => "outbound",
-                    Direction::Inbound => "inbound",
-                },
+                "an {} pipeline of link \"{}\" writes to the link's {side} side: its target must be the same",
+                cfg.direction.as_str(),
                 link.name
             ),
         );

@@ -76,10 +76,7 @@ pub struct Counts {
 
 impl Counts {
     pub fn new(link: &str, direction: Direction) -> Self {
-        let direction = match direction {
-            Direction::Outbound => "outbound",
-            Direction::Inbound => "inbound",
-        };
+        let direction = direction.as_str();
         let (l1, l2) = (link.to_string(), link.to_string());
         Counts {
             fields: crate::metric_handles::Handles::new(

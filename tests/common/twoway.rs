@@ -43,11 +43,7 @@ impl TwoWay {
         let mut hook = WebhookConfig::new(format!("http://{http}/hooks/hubspot"), APP_SECRET);
         webhook(&mut hook);
         crm.set_webhook(Some(hook)).expect("webhook config");
-        let dir = tempfile::tempdir().unwrap();
-        copy_dir(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/two-way"),
-            dir.path(),
-        );
+        let dir = syncflow_testkit::example_config("two-way").expect("copy examples/two-way");
         TwoWay {
             nats,
             redis,
@@ -303,17 +299,4 @@ fn now_ms() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            std::fs::create_dir_all(&target).unwrap();
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }

@@ -1,4 +1,4 @@
-//! A copy of the shipped config directory, for tests that edit it.
+//! Copies of the shipped config directories, for tests that edit them.
 
 use std::path::Path;
 
@@ -12,6 +12,15 @@ pub fn shipped_config() -> std::io::Result<tempfile::TempDir> {
         copy_tree(&root.join(sub), &dir.path().join(sub))?;
     }
     std::fs::copy(root.join("syncflow.yaml"), dir.path().join("syncflow.yaml"))?;
+    Ok(dir)
+}
+
+/// Copies the repository's `examples/<name>` (a whole config directory,
+/// such as `two-way`) into a new temporary directory.
+pub fn example_config(name: &str) -> std::io::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    copy_tree(&root.join("examples").join(name), dir.path())?;
     Ok(dir)
 }
 

@@ -26,7 +26,7 @@ use std::io;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-pub use config::shipped_config;
+pub use config::{example_config, shipped_config};
 pub use nats::Nats;
 pub use redis::Redis;
 pub use server::{Server, ServerKind, free_port};
