@@ -224,7 +224,7 @@ async fn main() -> Result<(), Error> {
     demo.crm_edit(
         Method::PATCH,
         &format!("hubspot/contacts/{ada_h}"),
-        json!({"firstname": "Augusta Ada"}),
+        json!({"properties": {"firstname": "Augusta Ada"}}),
     )
     .await?;
     let took = demo
@@ -253,7 +253,7 @@ async fn main() -> Result<(), Error> {
     demo.crm_edit(
         Method::PATCH,
         &format!("hubspot/contacts/{ada_h}"),
-        json!({"lastname": "Lovelace"}),
+        json!({"properties": {"lastname": "Lovelace"}}),
     )
     .await?;
     demo.wait("system_a", ada, |c| c.is_some_and(|c| c.last == "Lovelace"))

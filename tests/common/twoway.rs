@@ -5,7 +5,6 @@
 //! stays valid across restarts).
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
