@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # syncflow's benchmark (issue 5): one command per figure. See bench/README.md.
 #
-#   bench/run.sh [throughput|latency|limiter|all] [options]
+#   bench/run.sh [throughput|latency|limiter|two-way|all] [options]
 #
 #   throughput  preload --count events (default 200000) in JetStream, run
 #               `syncflow run` on bench/config until all are acked; records/s,
@@ -15,6 +15,11 @@
 #               10000/s burst 100, for --duration s (default 10): saturating
 #               demand, then 10000/s offered; Redis commands/s and the busiest
 #               one-second window.
+#   two-way     examples/bench_two_way.rs: signed HubSpot webhook requests
+#               of 100 events into JetStream (events/s, next to a plain
+#               JetStream publish of the same envelopes in the same run), then
+#               HubSpot users' edits at --rate/s (default 1000) for --duration s
+#               (default 20): edit → applied in System A, p50/p90/p99
 #
 # Options: --count N  --rate R  --duration S  --warmup S  --in-flight C
 #          --wrk-secs S  --no-build
@@ -33,15 +38,15 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 mode=${1:-throughput}
-case "$mode" in throughput|latency|limiter|all) shift || true ;; -*) mode=throughput ;; *)
-  echo "usage: bench/run.sh [throughput|latency|limiter|all] [--count N] [--rate R] [--duration S] [--warmup S] [--in-flight C] [--wrk-secs S] [--scrape S] [--perf] [--no-build] [--crm mock|nginx]" >&2
+case "$mode" in throughput|latency|limiter|two-way|all) shift || true ;; -*) mode=throughput ;; *)
+  echo "usage: bench/run.sh [throughput|latency|limiter|two-way|all] [--count N] [--rate R] [--duration S] [--warmup S] [--in-flight C] [--wrk-secs S] [--scrape S] [--perf] [--no-build] [--crm mock|nginx]" >&2
   exit 2 ;;
 esac
 COUNT=200000 RATE=5000 DURATION= WARMUP=3 INFLIGHT=64 WRK_SECS=10 PERF=0 BUILD=1 SCRAPE= CRM=mock
 while [ $# -gt 0 ]; do
   case "$1" in
     --count) COUNT=$2; shift 2 ;;
-    --rate) RATE=$2; shift 2 ;;
+    --rate) RATE=$2; RATE_SET=$2; shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
     --warmup) WARMUP=$2; shift 2 ;;
     --in-flight) INFLIGHT=$2; shift 2 ;;
@@ -65,6 +70,16 @@ if [ "$BUILD" = 1 ]; then
   echo "== building (release)"
   cargo build --release --quiet --bin syncflow \
     --bin mock-crm --example bench_load --example bench_limiter
+fi
+if [ "$mode" = two-way ]; then
+  # The example starts its own servers (testkit) and the mock CRM in-process.
+  [ "$BUILD" = 1 ] && cargo build --release --quiet --example bench_two_way
+  out=target/bench/two-way-$(date +%Y%m%d-%H%M%S); mkdir -p "$out"
+  two_way=target/release/examples/bench_two_way
+  "$two_way" --syncflow target/release/syncflow ingest --events "${COUNT}" | tee "$out/report.txt"
+  "$two_way" --syncflow target/release/syncflow latency --rate "${RATE_SET:-1000}" \
+    --duration "${DURATION:-20}" | tee -a "$out/report.txt"
+  exit 0
 fi
 if [ "$mode" = all ]; then
   for m in throughput latency limiter; do

@@ -300,30 +300,25 @@ async fn latency(binary: &Path, records: usize, rate: u64, duration: u64) -> Res
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    // Applied = System A's CDC event of syncflow's write carrying the value.
+    // Two taps, each the first time it sees an edit's value: stored =
+    // its envelope in SYNCFLOW_INBOUND (the webhook intake); applied =
+    // System A's CDC event of syncflow's write carrying it.
     let client = async_nats::connect(env.nats.url()).await?;
-    let mut cdc = client.subscribe("cdc.contacts.>").await?;
-    let edited: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Default::default();
-    let applied: Arc<std::sync::Mutex<Vec<f64>>> = Default::default();
-    let reader = {
-        let (edited, applied) = (edited.clone(), applied.clone());
-        tokio::spawn(async move {
-            while let Some(msg) = cdc.next().await {
-                let Ok(event) = serde_json::from_slice::<Value>(&msg.payload) else {
-                    continue;
-                };
-                let Some(value) = event["after"]["first_name"].as_str() else {
-                    continue;
-                };
-                if let Some(at) = edited.lock().unwrap().remove(value) {
-                    applied
-                        .lock()
-                        .unwrap()
-                        .push(at.elapsed().as_secs_f64() * 1000.0);
-                }
-            }
-        })
-    };
+    let edited: Edits = Default::default();
+    let (stored_tap, stored) = tap(
+        client.subscribe("syncflow.inbound.hubspot.contact").await?,
+        edited.clone(),
+        |event| {
+            event["record"]["properties"]["firstname"]
+                .as_str()
+                .map(str::to_string)
+        },
+    );
+    let (applied_tap, applied) = tap(
+        client.subscribe("cdc.contacts.>").await?,
+        edited.clone(),
+        |event| event["after"]["first_name"].as_str().map(str::to_string),
+    );
     let total = rate * duration;
     let tick = Duration::from_secs_f64(1.0 / rate as f64);
     let started = Instant::now();
@@ -342,10 +337,9 @@ async fn latency(binary: &Path, records: usize, rate: u64, duration: u64) -> Res
     while applied.lock().unwrap().len() < total as usize && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    reader.abort();
-    let mut ms = applied.lock().unwrap().clone();
-    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let at = |q: f64| ms[((ms.len() as f64 - 1.0) * q).round() as usize];
+    stored_tap.abort();
+    applied_tap.abort();
+    let ms = sorted(&applied);
     println!(
         "edit in HubSpot → applied in System A: {total} edits over {duration} s on {records} contacts"
     );
@@ -353,22 +347,102 @@ async fn latency(binary: &Path, records: usize, rate: u64, duration: u64) -> Res
         "  offered:  {offered:.0} edits/s; applied: {} of {total}",
         ms.len()
     );
-    if !ms.is_empty() {
-        println!(
-            "  latency:  p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-            at(0.5),
-            at(0.9),
-            at(0.99),
-            at(1.0)
-        );
-    }
+    println!("  edit → applied:  {}", percentiles(&ms));
+    println!(
+        "  edit → stored:   {} (the webhook's envelope in JetStream)",
+        percentiles(&sorted(&stored))
+    );
     println!("  (webhooks batched as HubSpot does: up to 100 events or 50 ms)");
     let snap = env.crm.snapshot();
     println!(
         "  HubSpot writes meanwhile (echoes would show here): {}",
         snap.hubspot.counters.api_writes
     );
+    // Where the time went: syncflow's own view, means over the whole run.
+    let metrics = reqwest::get(format!("http://{}/metrics", env.http))
+        .await?
+        .text()
+        .await?;
+    let mean = |name: &str, label: &str| -> Option<f64> {
+        let pick = |suffix: &str| -> f64 {
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(&format!("{name}_{suffix}")) && l.contains(label))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let count = pick("count");
+        (count > 0.0).then(|| pick("sum") / count * 1000.0)
+    };
+    let shown = |v: Option<f64>| v.map_or("-".to_string(), |ms| format!("{ms:.1} ms"));
+    println!(
+        "  syncflow, means: System A request {}; inbound pipeline pull → ack {}",
+        shown(mean(
+            "syncflow_provider_request_seconds",
+            "provider=\"system_a\""
+        )),
+        shown(mean(
+            "syncflow_pipeline_ack_latency_seconds",
+            "pipeline=\"hubspot-to-contacts\""
+        )),
+    );
     Ok(())
+}
+
+type Edits = Arc<std::sync::Mutex<HashMap<String, Instant>>>;
+
+/// Collects, for each edit whose value `value_of` finds in a message of
+/// `subscriber`, the milliseconds from the edit to its first such message.
+fn tap(
+    mut subscriber: async_nats::Subscriber,
+    edited: Edits,
+    value_of: fn(&Value) -> Option<String>,
+) -> (tokio::task::JoinHandle<()>, Arc<std::sync::Mutex<Vec<f64>>>) {
+    let seen: Arc<std::sync::Mutex<Vec<f64>>> = Default::default();
+    let task = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let mut done = std::collections::HashSet::new();
+            while let Some(msg) = subscriber.next().await {
+                let Ok(event) = serde_json::from_slice::<Value>(&msg.payload) else {
+                    continue;
+                };
+                let Some(value) = value_of(&event) else {
+                    continue;
+                };
+                let at = edited.lock().unwrap().get(&value).copied();
+                if let Some(at) = at
+                    && done.insert(value)
+                {
+                    seen.lock()
+                        .unwrap()
+                        .push(at.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+        })
+    };
+    (task, seen)
+}
+
+fn sorted(ms: &std::sync::Mutex<Vec<f64>>) -> Vec<f64> {
+    let mut ms = ms.lock().unwrap().clone();
+    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    ms
+}
+
+fn percentiles(ms: &[f64]) -> String {
+    if ms.is_empty() {
+        return "none".into();
+    }
+    let at = |q: f64| ms[((ms.len() as f64 - 1.0) * q).round() as usize];
+    format!(
+        "p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({})",
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        at(1.0),
+        ms.len()
+    )
 }
 
 #[tokio::main]

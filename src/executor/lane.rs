@@ -22,8 +22,36 @@ use crate::source::SourceMessage;
 pub struct Job {
     pub ctx: Arc<Ctx>,
     pub msg: SourceMessage,
-    pub eval: Result<Outcome, EvalError>,
+    pub eval: Eval,
     pub received: Instant,
+}
+
+pub enum Eval {
+    /// Evaluated when it was pulled.
+    Done(Result<Outcome, EvalError>),
+    /// A provider's change for a two-way link, decoded and keyed by the
+    /// provider's id: evaluated in its lane, with System A's key from the
+    /// id map. There, every earlier change of the record is settled, so a
+    /// link the previous change made (a record born in the CRM, just
+    /// created in System A) is found; and the dispatcher never waits on
+    /// the id map.
+    Inbound {
+        message: serde_json::Value,
+        key: String,
+    },
+}
+
+impl Job {
+    /// Delivers the message (its evaluation finished first, if need be).
+    async fn handle(&self) {
+        match &self.eval {
+            Eval::Done(eval) => deliver::handle(&self.ctx, &self.msg, eval).await,
+            Eval::Inbound { message, key } => {
+                let eval = super::evaluate_inbound(&self.ctx, &self.msg, message, key).await;
+                deliver::handle(&self.ctx, &self.msg, &eval).await
+            }
+        }
+    }
 }
 
 /// Runs until its sender is dropped and its queue is empty, or until
@@ -55,7 +83,7 @@ pub async fn run(
             None => return,
         };
         {
-            let work = deliver::handle(&job.ctx, &job.msg, &job.eval);
+            let work = job.handle();
             tokio::pin!(work);
             loop {
                 tokio::select! {

@@ -189,23 +189,30 @@ impl Dispatcher {
         let ctx = &self.ctx;
         ctx.metrics.received.increment(1);
         let received = Instant::now();
-        let meta = MessageMeta {
-            subject: &msg.subject,
-            seq: msg.seq,
-            timestamp_ms: msg.timestamp_ms,
-            headers: &msg.headers,
-            linked_key: None,
-        };
-        let eval = match &ctx.two_way {
-            Some(rt) if ctx.pipeline.is_inbound() => {
-                evaluate_inbound(ctx, rt, meta, &msg.payload).await
+        let eval = if ctx.pipeline.is_inbound() && ctx.two_way.is_some() {
+            let p = &ctx.pipeline;
+            match p
+                .decode(&msg.payload)
+                .and_then(|m| Ok((p.read_key(&m)?, m)))
+            {
+                Ok((key, message)) => lane::Eval::Inbound { message, key },
+                Err(e) => lane::Eval::Done(Err(e)),
             }
-            _ => ctx.pipeline.evaluate(&meta, &msg.payload),
+        } else {
+            let meta = MessageMeta {
+                subject: &msg.subject,
+                seq: msg.seq,
+                timestamp_ms: msg.timestamp_ms,
+                headers: &msg.headers,
+                linked_key: None,
+            };
+            lane::Eval::Done(ctx.pipeline.evaluate(&meta, &msg.payload))
         };
         let lanes = self.lanes.len();
         let lane = match &eval {
-            Ok(out) => lane_of(&out.key, lanes),
-            Err(e) => match &e.key {
+            lane::Eval::Done(Ok(out)) => lane_of(&out.key, lanes),
+            lane::Eval::Inbound { key, .. } => lane_of(key, lanes),
+            lane::Eval::Done(Err(e)) => match &e.key {
                 Some(key) => lane_of(key, lanes),
                 None => (msg.seq as usize) % lanes,
             },
@@ -236,28 +243,34 @@ impl Dispatcher {
     }
 }
 
-/// Evaluates a change of the provider's record for a two-way link, with
-/// System A's key of it (when linked) given to rules and mappings.
+/// Evaluates a change of the provider's record for a two-way link (decoded,
+/// keyed by the provider's id), with System A's key of it (when linked)
+/// given to rules and mappings.
 async fn evaluate_inbound(
     ctx: &Ctx,
-    rt: &crate::twoway::engine::Runtime,
-    meta: MessageMeta<'_>,
-    payload: &[u8],
+    msg: &SourceMessage,
+    message: &serde_json::Value,
+    key: &str,
 ) -> Result<crate::pipeline::Outcome, crate::pipeline::EvalError> {
     let p = &ctx.pipeline;
-    let message = p.decode(payload)?;
-    let key = p.read_key(&message)?;
+    let rt = ctx
+        .two_way
+        .as_ref()
+        .expect("an inbound pipeline is two-way");
     let link = &p
         .two_way
         .as_ref()
         .expect("an inbound pipeline is two-way")
         .link;
-    let linked = rt.linked_key(&ctx.trouble, link, &key).await;
+    let linked = rt.linked_key(&ctx.trouble, link, key).await;
     let meta = MessageMeta {
+        subject: &msg.subject,
+        seq: msg.seq,
+        timestamp_ms: msg.timestamp_ms,
+        headers: &msg.headers,
         linked_key: linked.as_deref(),
-        ..meta
     };
-    p.evaluate_decoded(&meta, &message, key)
+    p.evaluate_decoded(&meta, message, key.to_string())
 }
 
 /// Naks a message so it is redelivered now rather than after ack_wait.

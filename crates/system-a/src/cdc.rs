@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::HeaderMap;
 use async_nats::header::NATS_MESSAGE_ID;
+use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -93,46 +94,67 @@ impl Publisher {
         })
     }
 
-    /// Publishes the event of `write` and waits until JetStream has stored
-    /// it, however many attempts that takes; the number of failed attempts.
-    pub(crate) async fn publish(&mut self, write: &Write, origin: Origin) -> u64 {
+    /// The event of `write`, made once: every attempt sends the very same
+    /// bytes under the same `Nats-Msg-Id`.
+    pub(crate) fn prepare(&mut self, write: &Write, origin: Origin) -> Event {
         self.writes += 1;
-        let subject = format!("{}.{}", self.subject_prefix, write.id);
-        let message_id = format!("system-a-{}-{}", self.boot, self.writes);
-        // Made once: every attempt sends the very same event.
-        let payload = Bytes::from(event(write, origin, unix_millis()).to_string());
+        Event {
+            subject: format!("{}.{}", self.subject_prefix, write.id),
+            message_id: format!("system-a-{}-{}", self.boot, self.writes),
+            payload: Bytes::from(event(write, origin, unix_millis()).to_string()),
+        }
+    }
+
+    /// Sends `event` without waiting for its acknowledgement: events sent
+    /// one after another are stored in that order.
+    pub(crate) async fn send(&self, event: &Event) -> Result<PublishAckFuture, async_nats::Error> {
+        let mut headers = HeaderMap::new();
+        headers.insert(NATS_MESSAGE_ID, event.message_id.as_str());
+        Ok(self
+            .jetstream
+            .publish_with_headers(event.subject.clone(), headers, event.payload.clone())
+            .await?)
+    }
+
+    /// Waits until JetStream has stored `event`: the acknowledgement of its
+    /// first attempt (`first`), then attempts again, however many it takes;
+    /// the number of failed attempts. An acknowledgement that says
+    /// "duplicate" is a success: an earlier attempt of this event was stored
+    /// (ids are unique per write, so nothing else can have that id).
+    pub(crate) async fn store(
+        &self,
+        event: &Event,
+        first: Result<PublishAckFuture, async_nats::Error>,
+    ) -> u64 {
+        let mut outcome = match first {
+            Ok(ack) => ack.await.map(drop).map_err(async_nats::Error::from),
+            Err(e) => Err(e),
+        };
         let mut failed = 0;
         let mut backoff = FIRST_BACKOFF;
         loop {
-            match self.attempt(&subject, &message_id, payload.clone()).await {
+            match outcome {
                 Ok(()) => return failed,
                 Err(e) => {
                     failed += 1;
-                    tracing::warn!(%subject, %message_id, error = %e, attempt = failed, "CDC event not stored yet, retrying");
+                    tracing::warn!(subject = %event.subject, message_id = %event.message_id, error = %e, attempt = failed, "CDC event not stored yet, retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
+            outcome = match self.send(event).await {
+                Ok(ack) => ack.await.map(drop).map_err(async_nats::Error::from),
+                Err(e) => Err(e),
+            };
         }
     }
+}
 
-    /// One publish and its acknowledgement. An acknowledgement that says
-    /// "duplicate" is a success: an earlier attempt of this event was stored
-    /// (ids are unique per write, so nothing else can have that id).
-    async fn attempt(
-        &self,
-        subject: &str,
-        message_id: &str,
-        payload: Bytes,
-    ) -> Result<(), async_nats::Error> {
-        let mut headers = HeaderMap::new();
-        headers.insert(NATS_MESSAGE_ID, message_id);
-        self.jetstream
-            .publish_with_headers(subject.to_owned(), headers, payload)
-            .await?
-            .await?;
-        Ok(())
-    }
+/// One write's CDC event, ready to send.
+pub(crate) struct Event {
+    pub(crate) subject: String,
+    message_id: String,
+    payload: Bytes,
 }
 
 fn unix_millis() -> u64 {

@@ -92,6 +92,7 @@ async fn write(app: &Arc<App>, origin: Origin, change: Change, success: StatusCo
             let status = match e {
                 WriteError::NotFound(_) => StatusCode::NOT_FOUND,
                 WriteError::BadFields(_) => StatusCode::BAD_REQUEST,
+                WriteError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             };
             error(status, &e.to_string())
         }

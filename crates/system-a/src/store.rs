@@ -122,7 +122,8 @@ impl Contacts {
     }
 
     /// Makes the record what `write` planned. Writes are applied in the order
-    /// they were planned, none planned in between (the caller serialises).
+    /// they were planned (to the contacts they were planned against, and
+    /// later, once stored, to the ones readers see).
     pub(crate) fn apply(&mut self, write: &Write) {
         let number = parse_id(&write.id).expect("planned writes carry canonical ids");
         match &write.after {

@@ -426,3 +426,49 @@ async fn start_refuses_what_cannot_work() {
     let error = SystemA::start(no_nats).await.err().unwrap();
     assert!(error.to_string().contains("connect to"), "{error}");
 }
+
+/// Writes made at once (committed in groups): each record's events chain
+/// (every event's `before` is the previous one's `after`) and end in what
+/// a reader sees; each answer is the record its event says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_keep_each_records_events_in_order() {
+    let fixture = Fixture::start(None).await;
+    let system_a = std::sync::Arc::new(fixture.system_a);
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let created = system_a.user_create(json!({"n": n})).await.unwrap();
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let writers: Vec<_> = (0..400)
+        .map(|w| {
+            let (system_a, id) = (system_a.clone(), ids[w % ids.len()].clone());
+            tokio::spawn(async move {
+                let after = system_a.user_update(&id, json!({"w": w})).await.unwrap();
+                assert_eq!(after["w"], w, "the answer is the write's own record");
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let events = events(&fixture.nats.url(), "CDC").await;
+    assert_eq!(events.len(), 405);
+    for id in &ids {
+        let mine: Vec<&Event> = events
+            .iter()
+            .filter(|e| e.subject == format!("cdc.contacts.{id}"))
+            .collect();
+        assert_eq!(mine.len(), 81, "{id}: a create and 80 updates");
+        for pair in mine.windows(2) {
+            assert_eq!(
+                pair[1].payload["before"], pair[0].payload["after"],
+                "{id}: each event follows the one before"
+            );
+        }
+        assert_eq!(
+            Some(&mine[80].payload["after"]),
+            system_a.get(id).as_ref(),
+            "{id}: a reader sees the last event's record"
+        );
+    }
+}
