@@ -93,26 +93,10 @@ impl IdMap {
     /// `create_key_value` first reads the account info in a shape that
     /// nats-server 2.9 (Debian bookworm's) does not send.
     pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Self, IdMapError> {
-        let fail = |e: &dyn std::fmt::Display| IdMapError(e.to_string());
-        if let Ok(store) = js.get_key_value(BUCKET).await {
-            return Ok(IdMap { store });
-        }
-        js.get_or_create_stream(jetstream::stream::Config {
-            name: format!("KV_{BUCKET}"),
-            description: Some("syncflow: record key to provider id".to_string()),
-            subjects: vec![format!("$KV.{BUCKET}.>")],
-            max_messages_per_subject: 1,
-            storage: jetstream::stream::StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: jetstream::stream::DiscardPolicy::New,
-            num_replicas: replicas,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| fail(&e))?;
-        let store = js.get_key_value(BUCKET).await.map_err(|e| fail(&e))?;
+        let store =
+            crate::kv::open_bucket(js, BUCKET, "syncflow: record key to provider id", replicas)
+                .await
+                .map_err(IdMapError)?;
         Ok(IdMap { store })
     }
 

@@ -16,6 +16,7 @@ pub mod executor;
 pub mod expr;
 pub mod idmap;
 pub mod inbound;
+pub mod kv;
 pub mod limiter;
 pub mod mapping;
 pub mod metric_handles;

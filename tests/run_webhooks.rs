@@ -83,7 +83,9 @@ async fn hostile_webhooks_are_refused_store_nothing_and_harm_nothing() {
     let unknown_object = serde_json::to_vec(&json!([event(3, "company.propertyChange")])).unwrap();
     let six_minutes_ago = now_ms() - 6 * 60 * 1000;
 
-    let cases: Vec<(&str, Vec<u8>, Option<&str>, u64, u16, &str)> = vec![
+    // (what, body, signed with, timestamp, status, outcome metric)
+    type Case<'a> = (&'a str, Vec<u8>, Option<&'a str>, u64, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "wrong signature",
             good.clone(),

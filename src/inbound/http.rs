@@ -80,6 +80,39 @@ impl Hooks {
     }
 }
 
+/// How much of a body over the limit is read (and dropped) so that its
+/// sender, still writing, gets the 413 rather than a broken connection.
+const DRAIN_BYTES: usize = 64 * 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The body, if it is at most `limit` bytes (and arrived whole). Past the
+/// limit nothing more is kept, but the rest is read a while longer, as
+/// servers linger before closing: a client that has not finished sending
+/// would miss the answer.
+async fn read_body(body: Body, limit: usize) -> Option<axum::body::Bytes> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut kept = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.ok()?;
+        if kept.len() + chunk.len() > limit {
+            let mut drained = 0;
+            let _ = tokio::time::timeout(DRAIN_TIME, async {
+                while let Some(Ok(chunk)) = stream.next().await {
+                    drained += chunk.len();
+                    if drained > DRAIN_BYTES {
+                        break;
+                    }
+                }
+            })
+            .await;
+            return None;
+        }
+        kept.extend_from_slice(&chunk);
+    }
+    Some(kept.into())
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -103,7 +136,7 @@ async fn hook(
         );
     };
     let limit = usize::try_from(webhook.max_body_bytes).unwrap_or(usize::MAX);
-    let Ok(body) = axum::body::to_bytes(body, limit).await else {
+    let Some(body) = read_body(body, limit).await else {
         hooks.count(&provider, "too_large");
         return (
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -226,34 +226,19 @@ impl Poll {
 
 /// A path with `{since}`, `{after_id}` and `{limit}`.
 fn parse(path: &str) -> Result<Vec<Part>, String> {
-    if !path.starts_with('/') {
-        return Err(format!("path \"{path}\" must start with \"/\""));
-    }
-    let mut parts = Vec::new();
-    let mut rest = path;
-    while let Some(open) = rest.find('{') {
-        if open > 0 {
-            parts.push(Part::Literal(rest[..open].to_string()));
-        }
-        let close = rest[open..]
-            .find('}')
-            .ok_or_else(|| format!("unterminated placeholder in path \"{path}\""))?;
-        parts.push(match &rest[open + 1..open + close] {
-            "since" => Part::Since,
-            "after_id" => Part::AfterId,
-            "limit" => Part::Limit,
-            other => {
-                return Err(format!(
-                    "unknown placeholder \"{{{other}}}\" in path \"{path}\"{}; placeholders are {{since}}, {{after_id}} and {{limit}}",
-                    crate::config::suggest::did_you_mean(other, ["since", "after_id", "limit"])
-                ));
-            }
-        });
-        rest = &rest[open + close + 1..];
-    }
-    if !rest.is_empty() {
-        parts.push(Part::Literal(rest.to_string()));
-    }
+    use crate::provider::template::{Piece, split};
+    let placeholders = [
+        ("since", Part::Since),
+        ("after_id", Part::AfterId),
+        ("limit", Part::Limit),
+    ];
+    let parts: Vec<Part> = split(path, &placeholders)?
+        .into_iter()
+        .map(|piece| match piece {
+            Piece::Literal(s) => Part::Literal(s),
+            Piece::Placeholder(p) => p,
+        })
+        .collect();
     if !parts.contains(&Part::Since) {
         return Err(format!("path \"{path}\" needs {{since}}: the cursor"));
     }
@@ -264,33 +249,6 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Opens (creating if need be) a key-value bucket of `replicas`, the way
-/// the id map does (nats-server 2.9 needs the stream made by hand).
-pub async fn bucket(
-    js: &jetstream::Context,
-    name: &str,
-    replicas: usize,
-) -> Result<kv::Store, String> {
-    if let Ok(store) = js.get_key_value(name).await {
-        return Ok(store);
-    }
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: format!("KV_{name}"),
-        subjects: vec![format!("$KV.{name}.>")],
-        max_messages_per_subject: 1,
-        storage: jetstream::stream::StorageType::File,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: jetstream::stream::DiscardPolicy::New,
-        num_replicas: replicas,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    js.get_key_value(name).await.map_err(|e| e.to_string())
 }
 
 /// A lease's value: who holds it, until when (ms, the holder's clock).

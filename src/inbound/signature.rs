@@ -166,7 +166,7 @@ impl Verifier {
         // The message is fed in pieces rather than built: bodies can be large.
         let mut rest = self.message.as_str();
         while let Some(open) = rest.find('{') {
-            mac.update(rest[..open].as_bytes());
+            mac.update(&rest.as_bytes()[..open]);
             let after = &rest[open..];
             let (piece, len): (&[u8], usize) = if after.starts_with("{method}") {
                 (request.method.as_bytes(), 8)

@@ -20,8 +20,11 @@ use crate::path;
 /// event per changed field (HubSpot's `propertyChange`, a creation and its
 /// properties) gives events of the same record and time, merged here into
 /// one envelope so that one edit is one write to System A. Deletes stay
-/// apart. The merged envelope's id is its events' ids, so a retry of the
-/// same request is stored once.
+/// apart, and so do events that are not one edit: one made through the
+/// API and one by a user (`ours` differs: syncflow's own write and a
+/// user's edit in the same millisecond), or two that give one field
+/// different values. The merged envelope's id is its events' ids, so a
+/// retry of the same request is stored once.
 fn merge(envelopes: Vec<Envelope>) -> Vec<Envelope> {
     use std::collections::HashMap;
     let mut out: Vec<Envelope> = Vec::with_capacity(envelopes.len());
@@ -37,21 +40,20 @@ fn merge(envelopes: Vec<Envelope>) -> Vec<Envelope> {
             envelope.occurred_at,
         );
         match at.get(&slot) {
-            Some(&i) => {
+            Some(&i)
+                if out[i].ours == envelope.ours
+                    && !conflicting(&out[i].record, &envelope.record) =>
+            {
                 let into = &mut out[i];
                 if envelope.change == Change::Create {
                     into.change = Change::Create;
                 }
-                into.ours = match (into.ours, envelope.ours) {
-                    (None, None) => None,
-                    (a, b) => Some(a == Some(true) || b == Some(true)),
-                };
                 merge_values(&mut into.record, envelope.record);
                 let id = envelope.event_id.rsplit_once(':').map_or("", |(_, id)| id);
                 into.event_id.push('+');
                 into.event_id.push_str(id);
             }
-            None => {
+            _ => {
                 at.insert(slot, out.len());
                 out.push(envelope);
             }
@@ -68,6 +70,17 @@ fn merge(envelopes: Vec<Envelope>) -> Vec<Envelope> {
         }
     }
     out
+}
+
+/// Whether `a` and `b` give one field (a leaf, objects compared deeply)
+/// different values.
+fn conflicting(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => a
+            .iter()
+            .any(|(k, v)| b.get(k).is_some_and(|w| conflicting(v, w))),
+        (a, b) => a != b,
+    }
 }
 
 /// `from`'s fields into `into`, objects merged deeply.
@@ -285,5 +298,86 @@ impl Webhook {
             source: "webhook".into(),
             ours: read.ours,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn event(id: u64, at: i64, ours: Option<bool>, properties: Value) -> Envelope {
+        Envelope {
+            provider: "hubspot".into(),
+            object: "contact".into(),
+            event_id: format!("hubspot:{id}"),
+            record_id: "501".into(),
+            occurred_at: at,
+            change: Change::Update,
+            record: json!({ "properties": properties }),
+            source: "webhook".into(),
+            ours,
+        }
+    }
+
+    fn summary(envelopes: &[Envelope]) -> Vec<(String, Value)> {
+        envelopes
+            .iter()
+            .map(|e| (e.event_id.clone(), e.record.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn one_edit_told_field_by_field_is_one_change() {
+        let user = Some(false);
+        let merged = merge(vec![
+            event(9, 1000, user, json!({"firstname": "Ada"})),
+            event(3, 1000, user, json!({"lastname": "King"})),
+            event(4, 1001, user, json!({"phone": "1"})),
+        ]);
+        assert_eq!(
+            summary(&merged),
+            [
+                (
+                    "hubspot:3+9".to_string(),
+                    json!({"properties": {"firstname": "Ada", "lastname": "King"}})
+                ),
+                (
+                    "hubspot:4".to_string(),
+                    json!({"properties": {"phone": "1"}})
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_users_edit_and_syncflows_write_in_one_millisecond_stay_apart() {
+        // syncflow's write of one value and a user's of another, same field,
+        // same millisecond: merged, the user's edit would be lost.
+        let merged = merge(vec![
+            event(1, 1000, Some(true), json!({"firstname": "v2125"})),
+            event(2, 1000, Some(false), json!({"firstname": "v2126"})),
+            event(3, 1000, Some(false), json!({"lastname": "K"})),
+        ]);
+        assert_eq!(
+            summary(&merged),
+            [
+                (
+                    "hubspot:1".to_string(),
+                    json!({"properties": {"firstname": "v2125"}})
+                ),
+                (
+                    "hubspot:2+3".to_string(),
+                    json!({"properties": {"firstname": "v2126", "lastname": "K"}})
+                ),
+            ]
+        );
+        // Two values of one field from one source: two changes too.
+        let merged = merge(vec![
+            event(1, 1000, None, json!({"firstname": "a"})),
+            event(2, 1000, None, json!({"firstname": "b"})),
+        ]);
+        assert_eq!(merged.len(), 2);
     }
 }

@@ -14,7 +14,8 @@ use crate::compile::Config;
 use crate::config::model::JetStreamGlobals;
 use crate::expr::ScriptEngine;
 use crate::inbound::http::{Hooks, Registry};
-use crate::inbound::poll::{CURSORS, LEASES, Poller, bucket};
+use crate::inbound::poll::{CURSORS, LEASES, Poller};
+use crate::kv::open_bucket;
 
 /// A running poller, stopped by its sender.
 struct Running {
@@ -45,8 +46,8 @@ impl InboundRuntime {
         crate::inbound::ensure_stream(js, settings)
             .await
             .map_err(|e| e.to_string())?;
-        let cursors = bucket(js, CURSORS, settings.replicas).await?;
-        let leases = bucket(js, LEASES, settings.replicas).await?;
+        let cursors = open_bucket(js, CURSORS, "syncflow: poll cursors", settings.replicas).await?;
+        let leases = open_bucket(js, LEASES, "syncflow: poll leases", settings.replicas).await?;
         Ok(InboundRuntime {
             hooks,
             js: js.clone(),

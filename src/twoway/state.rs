@@ -117,11 +117,17 @@ impl FieldState {
     pub fn change(&mut self, o: Observed, policy: Policy) -> Seen {
         let (from, at, value) = (o.from, o.at, o.value);
         let i = from.index();
+        // Another value seen from this side at the very same millisecond,
+        // on a side whose events may come in any order: which of the two
+        // the side holds now is unknown, and the winner is written to it.
+        let tie = !o.ordered && at == self.seen[i] && at != 0;
         if let Some(n) = self.sent[i].iter().position(|v| *v == value) {
             self.sent[i].remove(n);
             // An echo older than what the side was seen with since (an
             // earlier write's, come late) tells nothing of what it holds.
-            if at >= self.seen[i] {
+            if tie && self.holds[i].as_ref() != Some(&value) {
+                self.holds[i] = None;
+            } else if at >= self.seen[i] {
                 self.holds[i] = Some(value);
             }
             self.seen[i] = self.seen[i].max(at);
@@ -135,7 +141,7 @@ impl FieldState {
         // seen from it already; nor, on a side whose events come in commit
         // order, if syncflow's own write is still to come back (it was made
         // after this change).
-        let current = at >= self.seen[i] && !(o.ordered && !self.sent[i].is_empty());
+        let current = at >= self.seen[i] && (!o.ordered || self.sent[i].is_empty());
         self.seen[i] = self.seen[i].max(at);
         let wins = match (policy, &self.winner) {
             // An owned field's first value may come from either side (a
@@ -147,7 +153,7 @@ impl FieldState {
             (Policy::Latest, Some(w)) => at > w.at || (at == w.at && from == Side::Internal),
         };
         if current {
-            self.holds[i] = Some(value.clone());
+            self.holds[i] = if tie { None } else { Some(value.clone()) };
         }
         if !wins {
             return Seen::Lost;
@@ -303,6 +309,42 @@ mod tests {
             Seen::Repeat
         );
         assert_eq!((f.to_write(A), f.to_write(P)), (None, None));
+    }
+
+    /// syncflow's write of A's older edit and a CRM user's newer edit land
+    /// in the CRM in one millisecond: the webhooks cannot say which the CRM
+    /// holds. Whichever order they come in, the user's edit wins and is
+    /// written to both sides (to the CRM too: it may hold syncflow's).
+    #[test]
+    fn a_write_and_an_edit_in_one_millisecond_converge_to_the_edit() {
+        for echo_first in [true, false] {
+            let mut f = synced(100);
+            f.change(obs(A, 200, json!("a"), json!("A")), Policy::Latest);
+            f.sending(P, json!("A"));
+            let echo = obs(P, 300, json!("A"), json!("a"));
+            let edit = obs(P, 300, json!("C"), json!("c"));
+            let (first, second) = if echo_first {
+                (echo, edit)
+            } else {
+                (edit, echo)
+            };
+            f.change(first, Policy::Latest);
+            f.change(second, Policy::Latest);
+            let winner = f.winner.as_ref().map(|w| w.value.clone());
+            assert_eq!(
+                winner,
+                Some([json!("c"), json!("C")]),
+                "echo first: {echo_first}"
+            );
+            assert_eq!(f.to_write(A), Some(&json!("c")), "echo first: {echo_first}");
+            assert_eq!(f.to_write(P), Some(&json!("C")), "echo first: {echo_first}");
+        }
+        // In commit order (System A's events), the later event is what the
+        // side holds: no write back.
+        let mut f = synced(100);
+        f.change(obs(A, 200, json!("a"), json!("A")), Policy::Latest);
+        f.change(obs(A, 200, json!("b"), json!("B")), Policy::Latest);
+        assert_eq!(f.to_write(A), None);
     }
 
     /// Both sides edit the field within the sync delay; the newer edit (the

@@ -34,7 +34,7 @@ fn key(link: &str, record: &str) -> String {
 
 impl LinkStore {
     pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Self, StoreError> {
-        crate::inbound::poll::bucket(js, BUCKET, replicas)
+        crate::kv::open_bucket(js, BUCKET, "syncflow: two-way link states", replicas)
             .await
             .map(|store| LinkStore { store })
             .map_err(StoreError)
