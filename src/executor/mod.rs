@@ -199,14 +199,7 @@ impl Dispatcher {
                 Err(e) => lane::Eval::Done(Err(e)),
             }
         } else {
-            let meta = MessageMeta {
-                subject: &msg.subject,
-                seq: msg.seq,
-                timestamp_ms: msg.timestamp_ms,
-                headers: &msg.headers,
-                linked_key: None,
-            };
-            lane::Eval::Done(ctx.pipeline.evaluate(&meta, &msg.payload))
+            lane::Eval::Done(ctx.pipeline.evaluate(&meta(&msg, None), &msg.payload))
         };
         let lanes = self.lanes.len();
         let lane = match &eval {
@@ -263,14 +256,18 @@ async fn evaluate_inbound(
         .expect("an inbound pipeline is two-way")
         .link;
     let linked = rt.linked_key(&ctx.trouble, link, key).await;
-    let meta = MessageMeta {
+    p.evaluate_decoded(&meta(msg, linked.as_deref()), message, key.to_string())
+}
+
+/// What rules and mappings see of `msg` besides its record.
+fn meta<'a>(msg: &'a SourceMessage, linked_key: Option<&'a str>) -> MessageMeta<'a> {
+    MessageMeta {
         subject: &msg.subject,
         seq: msg.seq,
         timestamp_ms: msg.timestamp_ms,
         headers: &msg.headers,
-        linked_key: linked.as_deref(),
-    };
-    p.evaluate_decoded(&meta, message, key.to_string())
+        linked_key,
+    }
 }
 
 /// Naks a message so it is redelivered now rather than after ack_wait.
