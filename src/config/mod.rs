@@ -7,6 +7,7 @@ pub mod env;
 pub mod globals;
 pub mod load;
 pub mod model;
+pub mod placeholders;
 pub mod range;
 pub mod secret;
 pub mod suggest;

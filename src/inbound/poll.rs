@@ -226,13 +226,16 @@ impl Poll {
 
 /// A path with `{since}`, `{after_id}` and `{limit}`.
 fn parse(path: &str) -> Result<Vec<Part>, String> {
-    use crate::provider::template::{Piece, split};
+    use crate::config::placeholders::{Piece, split};
+    if !path.starts_with('/') {
+        return Err(format!("path \"{path}\" must start with \"/\""));
+    }
     let placeholders = [
         ("since", Part::Since),
         ("after_id", Part::AfterId),
         ("limit", Part::Limit),
     ];
-    let parts: Vec<Part> = split(path, &placeholders)?
+    let parts: Vec<Part> = split("path", path, &placeholders)?
         .into_iter()
         .map(|piece| match piece {
             Piece::Literal(s) => Part::Literal(s),

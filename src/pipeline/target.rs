@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::action::Action;
+use crate::config::placeholders::{Piece, split};
 use crate::provider::Provider;
 
 #[derive(Debug, Clone)]
@@ -68,30 +69,17 @@ impl SubjectTemplate {
         if subject.chars().any(char::is_whitespace) {
             return Err(format!("subject \"{subject}\" contains whitespace"));
         }
-        let mut parts = Vec::new();
-        let mut rest = subject;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(Part::Literal(rest[..open].to_string()));
-            }
-            let close = rest[open..]
-                .find('}')
-                .ok_or_else(|| format!("unterminated placeholder in subject \"{subject}\""))?;
-            parts.push(match &rest[open + 1..open + close] {
-                "key" => Part::Key,
-                "action" => Part::Action,
-                other => {
-                    return Err(format!(
-                        "unknown placeholder \"{{{other}}}\" in subject \"{subject}\"{}; placeholders are {{key}} and {{action}}",
-                        crate::config::suggest::did_you_mean(other, ["key", "action"])
-                    ));
-                }
-            });
-            rest = &rest[open + close + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Literal(rest.to_string()));
-        }
+        let parts = split(
+            "subject",
+            subject,
+            &[("key", Part::Key), ("action", Part::Action)],
+        )?
+        .into_iter()
+        .map(|piece| match piece {
+            Piece::Literal(s) => Part::Literal(s),
+            Piece::Placeholder(p) => p,
+        })
+        .collect();
         let template = SubjectTemplate { parts };
         let sample = template.render("k", Action::Create);
         if sample.split('.').any(str::is_empty) {

@@ -1,7 +1,7 @@
 //! A provider compiled from `providers/<name>.yaml`: endpoints with parsed
 //! path templates, auth, limits and retry policy, ready for the HTTP sink.
 
-pub(crate) mod template;
+mod template;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -2,6 +2,8 @@
 
 use std::fmt::Write;
 
+use crate::config::placeholders::{Piece, split};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Literal(String),
@@ -20,7 +22,10 @@ impl PathTemplate {
     /// Fails on an unknown or unterminated placeholder, or a path that does
     /// not start with `/`.
     pub fn parse(path: &str) -> Result<Self, String> {
-        let parts = split(path, &[("key", Part::Key), ("id", Part::Id)])?
+        if !path.starts_with('/') {
+            return Err(format!("path \"{path}\" must start with \"/\""));
+        }
+        let parts = split("path", path, &[("key", Part::Key), ("id", Part::Id)])?
             .into_iter()
             .map(|piece| match piece {
                 Piece::Literal(s) => Part::Literal(s),
@@ -47,52 +52,6 @@ impl PathTemplate {
         }
         out
     }
-}
-
-/// A piece of a path: text as written, or one of the placeholders given.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Piece<P> {
-    Literal(String),
-    Placeholder(P),
-}
-
-/// Splits `path` at its `{name}` placeholders, each one of `placeholders`.
-/// Fails on an unknown or unterminated placeholder, or a path that does not
-/// start with `/`.
-pub fn split<P: Clone>(path: &str, placeholders: &[(&str, P)]) -> Result<Vec<Piece<P>>, String> {
-    if !path.starts_with('/') {
-        return Err(format!("path \"{path}\" must start with \"/\""));
-    }
-    let mut pieces = Vec::new();
-    let mut rest = path;
-    while let Some(open) = rest.find('{') {
-        if open > 0 {
-            pieces.push(Piece::Literal(rest[..open].to_string()));
-        }
-        let close = rest[open..]
-            .find('}')
-            .ok_or_else(|| format!("unterminated placeholder in path \"{path}\""))?;
-        let name = &rest[open + 1..open + close];
-        let Some((_, placeholder)) = placeholders.iter().find(|(n, _)| *n == name) else {
-            let names: Vec<&str> = placeholders.iter().map(|(n, _)| *n).collect();
-            let listed: Vec<String> = names.iter().map(|n| format!("{{{n}}}")).collect();
-            let listed = match listed.split_last() {
-                Some((last, [])) => last.clone(),
-                Some((last, init)) => format!("{} and {last}", init.join(", ")),
-                None => String::new(),
-            };
-            return Err(format!(
-                "unknown placeholder \"{{{name}}}\" in path \"{path}\"{}; placeholders are {listed}",
-                crate::config::suggest::did_you_mean(name, names.iter().copied())
-            ));
-        };
-        pieces.push(Piece::Placeholder(placeholder.clone()));
-        rest = &rest[open + close + 1..];
-    }
-    if !rest.is_empty() {
-        pieces.push(Piece::Literal(rest.to_string()));
-    }
-    Ok(pieces)
 }
 
 /// Percent-encodes `value` as one path segment. A value that is all dots
