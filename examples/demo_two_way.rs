@@ -163,7 +163,7 @@ impl Demo {
     async fn show(&self, email: &str, apis: &[&str]) -> Result<(), Error> {
         let row = |side: &str, c: Option<Contact>| match c {
             Some(c) => println!(
-                "     {side:<11} {:<9} first={:<9} last={:<10} phone={}",
+                "     {side:<11} {:<18} first={:<19} last={:<9} phone={}",
                 c.id, c.first, c.last, c.phone
             ),
             None => println!("     {side:<11} (none)"),
