@@ -237,6 +237,12 @@ impl Syncflow {
         Syncflow { child, http, log }
     }
 
+    /// A `syncflow run` started by other means (another environment's
+    /// variables), listening on `http`, logging to `log`.
+    pub fn from_child(child: Child, http: SocketAddr, log: PathBuf) -> Syncflow {
+        Syncflow { child, http, log }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -5,13 +5,15 @@
 //! stays valid across restarts).
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use syncflow_mock_crm::{MockCrm, MockCrmConfig, WebhookConfig};
 use syncflow_system_a::{SystemA, SystemAConfig};
 use syncflow_testkit::{NatsServer, RedisServer};
+
+use super::harness::Syncflow;
 
 pub const APP_SECRET: &str = "test-app-secret";
 
@@ -54,12 +56,12 @@ impl TwoWay {
     }
 
     /// Starts `syncflow run` on the environment's config.
-    pub fn spawn(&self) -> Run {
+    pub fn spawn(&self) -> Syncflow {
         self.spawn_on(self.http)
     }
 
     /// [`spawn`](Self::spawn), listening on `http` (a second instance).
-    pub fn spawn_on(&self, http: SocketAddr) -> Run {
+    pub fn spawn_on(&self, http: SocketAddr) -> Syncflow {
         let log = self.dir.path().join(format!("syncflow-{}.log", now_ms()));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_syncflow"))
@@ -81,7 +83,7 @@ impl TwoWay {
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn syncflow");
-        Run { child, http, log }
+        Syncflow::from_child(child, http, log)
     }
 
     /// Waits until `check` holds, or fails with what it last saw.
@@ -230,67 +232,6 @@ impl TwoWay {
             );
         }
     }
-}
-
-pub struct Run {
-    child: Child,
-    pub http: SocketAddr,
-    log: std::path::PathBuf,
-}
-
-impl Run {
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.http))
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .unwrap()
-    }
-
-    pub async fn wait_ready(&self, timeout: Duration) {
-        let started = Instant::now();
-        loop {
-            if let Ok(r) = reqwest::get(format!("http://{}/readyz", self.http)).await
-                && r.status() == 200
-            {
-                return;
-            }
-            assert!(
-                started.elapsed() < timeout,
-                "syncflow not ready:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    pub fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        tokio::task::block_in_place(|| self.child.wait().unwrap());
-    }
-
-    pub fn sigterm(&mut self) -> std::process::ExitStatus {
-        unsafe {
-            kill(self.child.id() as i32, 15);
-        }
-        tokio::task::block_in_place(|| self.child.wait().unwrap())
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-unsafe extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
 }
 
 fn now_ms() -> u128 {
