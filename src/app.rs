@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, run, test, validate};
+use crate::cli::{Cli, Command, dlq, run, test, validate};
 
 /// Valid / success.
 const OK: u8 = 0;
@@ -46,6 +46,7 @@ pub fn main() -> ExitCode {
             test::run(dir, pipeline, input.as_deref(), feed, *format, out)
                 .map_err(|e| e.to_string())
         }),
+        Command::Dlq { command, .. } => with_stdout(|out| dlq::run(dir, command, out)),
         // `run` logs from many threads: it must not hold stdout's lock.
         Command::Run {
             log_format,
@@ -78,6 +79,7 @@ impl Command {
         match self {
             Command::Validate { dir, .. }
             | Command::Test { dir, .. }
+            | Command::Dlq { dir, .. }
             | Command::Run { dir, .. } => &dir.path,
         }
     }

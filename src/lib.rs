@@ -11,6 +11,7 @@ pub mod cli;
 pub mod compile;
 pub mod config;
 pub mod connect;
+pub mod dlq;
 pub mod error;
 pub mod executor;
 pub mod expr;

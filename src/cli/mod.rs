@@ -1,5 +1,6 @@
 //! Command-line arguments (parsing only; the commands live beside this).
 
+pub mod dlq;
 pub mod run;
 pub mod test;
 pub mod validate;
@@ -47,6 +48,13 @@ pub enum Command {
         poll: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+    },
+    /// List, show, replay and purge dead letters.
+    Dlq {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
     },
     /// Run every pipeline until SIGINT/SIGTERM, then drain.
     Run {

@@ -13,6 +13,10 @@ use crate::source::SourceMessage;
 /// The stream syncflow creates for dead-letter subjects no stream captures.
 pub const DLQ_STREAM: &str = "SYNCFLOW_DLQ";
 
+/// The header of a replayed dead letter's message (`syncflow dlq replay`):
+/// `<stream>:<sequence>` of the change it stands for.
+pub const REPLAY_OF_HEADER: &str = "Syncflow-Replay-Of";
+
 #[derive(Debug, Serialize)]
 pub struct DeadLetter<'a> {
     pub pipeline: &'a str,

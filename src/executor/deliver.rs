@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream;
 
-use super::dead_letter::{self, DeadLetter, DeadLetterError, Original};
+use super::dead_letter::{self, DeadLetter, DeadLetterError, Original, REPLAY_OF_HEADER};
 use super::metrics::PipelineMetrics;
 use crate::action::Action;
 use crate::config::model::IdempotencyKeyFrom;
@@ -54,6 +54,10 @@ pub async fn handle(ctx: &Ctx, msg: &SourceMessage, eval: &Result<Outcome, EvalE
     };
     let p = &ctx.pipeline;
     let idempotency_key = idempotency_key(p, msg);
+    let (seq, redelivered) = match replayed_seq(p, msg) {
+        Some(original) => (original, true),
+        None => (msg.seq, msg.delivered > 1),
+    };
     let record = Record {
         pipeline: &p.name,
         key: &out.key,
@@ -61,8 +65,8 @@ pub async fn handle(ctx: &Ctx, msg: &SourceMessage, eval: &Result<Outcome, EvalE
         body: out.body.as_ref(),
         idempotency_key: &idempotency_key,
         stream: &p.source.stream,
-        seq: msg.seq,
-        redelivered: msg.delivered > 1,
+        seq,
+        redelivered,
         trouble: &ctx.trouble,
         unmodified_since: None,
     };
@@ -120,6 +124,14 @@ fn idempotency_key(pipeline: &Pipeline, msg: &SourceMessage) -> String {
         _ => format!("{name}:{}:{}", pipeline.source.stream, msg.seq),
     };
     header_safe(key)
+}
+
+/// A dead letter replayed by `syncflow dlq replay` is a redelivery of the
+/// change it stands for: its original sequence decides whether it is stale
+/// (a newer change of the key, or this very replay, was applied since).
+fn replayed_seq(pipeline: &Pipeline, msg: &SourceMessage) -> Option<u64> {
+    let (stream, seq) = msg.header(REPLAY_OF_HEADER)?.rsplit_once(':')?;
+    (stream == pipeline.source.stream).then(|| seq.parse().ok())?
 }
 
 /// Visible ASCII as it is; `%` and anything else percent-encoded.

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-pub use dead_letter::{DLQ_STREAM, ensure_streams as ensure_dead_letter_streams};
+pub use dead_letter::{DLQ_STREAM, REPLAY_OF_HEADER, ensure_streams as ensure_dead_letter_streams};
 pub use deliver::Ctx;
 pub use metrics::PipelineMetrics;
 
