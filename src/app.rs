@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, dlq, run, test, validate};
+use crate::cli::{Cli, Command, dlq, run, tap, test, validate};
 
 /// Valid / success.
 const OK: u8 = 0;
@@ -47,6 +47,25 @@ pub fn main() -> ExitCode {
                 .map_err(|e| e.to_string())
         }),
         Command::Dlq { command, .. } => with_stdout(|out| dlq::run(dir, command, out)),
+        Command::Tap {
+            pipeline,
+            url,
+            key,
+            action,
+            count,
+            format,
+            ..
+        } => {
+            let args = tap::TapArgs {
+                pipeline,
+                url: url.as_deref(),
+                key: key.as_deref(),
+                action: action.as_deref(),
+                format: *format,
+                count: *count,
+            };
+            with_stdout(|out| tap::run(dir, &args, out))
+        }
         // `run` logs from many threads: it must not hold stdout's lock.
         Command::Run {
             log_format,
@@ -80,6 +99,7 @@ impl Command {
             Command::Validate { dir, .. }
             | Command::Test { dir, .. }
             | Command::Dlq { dir, .. }
+            | Command::Tap { dir, .. }
             | Command::Run { dir, .. } => &dir.path,
         }
     }

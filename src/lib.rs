@@ -31,5 +31,7 @@ pub mod schema;
 pub mod server;
 pub mod sink;
 pub mod source;
+pub mod status;
+pub mod tap;
 pub mod transient;
 pub mod twoway;

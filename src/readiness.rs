@@ -5,6 +5,35 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+/// `/readyz`'s body.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub ready: bool,
+    pub nats: &'static str,
+    /// What is not ready, in one line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub pipelines: BTreeMap<String, PipelineReport>,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct PipelineReport {
+    pub state: PipelineState,
+    /// The step its records are stuck on.
+    pub trouble: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PipelineState {
+    /// Its consumer is bound and nothing is stuck.
+    Running,
+    /// Binding its consumer (or binding again after losing it).
+    Starting,
+    /// Its records wait on a failing step.
+    Troubled,
+}
+
 /// One pipeline's standing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Standing {
@@ -65,6 +94,42 @@ impl Readiness {
         self.nats_connected()
             && !pipelines.is_empty()
             && pipelines.values().all(|s| s.bound && s.trouble.is_none())
+    }
+
+    /// Everything `/readyz` says.
+    pub fn report(&self) -> Report {
+        let connected = self.nats_connected();
+        let pipelines = self
+            .pipelines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, s)| {
+                let state = match (s.bound, s.trouble) {
+                    (_, Some(_)) => PipelineState::Troubled,
+                    (true, None) => PipelineState::Running,
+                    (false, None) => PipelineState::Starting,
+                };
+                (
+                    name.clone(),
+                    PipelineReport {
+                        state,
+                        trouble: s.trouble,
+                    },
+                )
+            })
+            .collect();
+        let ready = self.is_ready();
+        Report {
+            ready,
+            nats: if connected {
+                "connected"
+            } else {
+                "disconnected"
+            },
+            reason: (!ready).then(|| self.not_ready()),
+            pipelines,
+        }
     }
 
     /// Why not ready, for `/readyz`'s body: the pipelines that are not, and why.

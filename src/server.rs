@@ -18,10 +18,12 @@ const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
+        // Up to 30 minutes: a record that waits out retries, a Retry-After
+        // or an open breaker for minutes lands in a bucket of its own.
         let recorder = PrometheusBuilder::new()
             .set_buckets(&[
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0, 30.0,
+                10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
             ])
             .expect("static buckets")
             .build_recorder();
@@ -41,15 +43,18 @@ pub fn router(health: Readiness) -> Router {
         .with_state(health)
 }
 
-async fn readyz(State(health): State<Readiness>) -> (StatusCode, String) {
-    if health.is_ready() {
-        (StatusCode::OK, "ready\n".into())
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", health.not_ready()),
-        )
-    }
+/// 200 when ready, else 503; the body names each pipeline's state either
+/// way, and `reason` says in one line what is not ready.
+async fn readyz(State(health): State<Readiness>) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let report = health.report();
+    let status = match report.ready {
+        true => StatusCode::OK,
+        false => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (
+        status,
+        axum::Json(serde_json::to_value(report).expect("JSON serializes")),
+    )
 }
 
 /// Serves until `shutdown` resolves. Installs the metrics recorder first:

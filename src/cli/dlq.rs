@@ -201,7 +201,10 @@ fn parse_id(id: &str) -> Result<(String, u64), String> {
     Ok((stream.to_string(), seq))
 }
 
-async fn select_letters(store: &DeadLetterStore, select: &Selection) -> Result<Vec<Stored>, String> {
+async fn select_letters(
+    store: &DeadLetterStore,
+    select: &Selection,
+) -> Result<Vec<Stored>, String> {
     let filter = select.filter()?;
     if select.ids.is_empty() {
         return store.list(&filter).await.map_err(|e| e.to_string());
@@ -236,7 +239,11 @@ fn clip(text: &str, max: usize) -> String {
 fn list(letters: &[Stored], format: Format, out: &mut dyn Write) -> std::io::Result<()> {
     if format == Format::Json {
         for s in letters {
-            writeln!(out, "{}", serde_json::to_string(s).expect("JSON serializes"))?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string(s).expect("JSON serializes")
+            )?;
         }
         return Ok(());
     }
@@ -301,13 +308,27 @@ fn table<const N: usize>(
 }
 
 /// What the current config would do with each dead letter's original.
-fn dry_run_letters(config: &Config, letters: &[Stored], out: &mut dyn Write) -> std::io::Result<bool> {
+fn dry_run_letters(
+    config: &Config,
+    letters: &[Stored],
+    out: &mut dyn Write,
+) -> std::io::Result<bool> {
     let mut would_fail = 0;
     for s in letters {
         let l = &s.letter;
-        write!(out, "{} {} key={}: ", id(s), l.pipeline, l.key.as_deref().unwrap_or("-"))?;
+        write!(
+            out,
+            "{} {} key={}: ",
+            id(s),
+            l.pipeline,
+            l.key.as_deref().unwrap_or("-")
+        )?;
         let Some(p) = config.pipelines.get(&l.pipeline) else {
-            writeln!(out, "pipeline \"{}\" is not in the config; the message would reach whatever consumes {}", l.pipeline, l.original.subject)?;
+            writeln!(
+                out,
+                "pipeline \"{}\" is not in the config; the message would reach whatever consumes {}",
+                l.pipeline, l.original.subject
+            )?;
             continue;
         };
         let payload = match l.original.payload() {
@@ -329,14 +350,25 @@ fn dry_run_letters(config: &Config, letters: &[Stored], out: &mut dyn Write) -> 
         match p.evaluate(&meta, &payload) {
             Ok(o) => {
                 let why = o.skip_reason.map(|r| format!(" ({r})")).unwrap_or_default();
-                writeln!(out, "would {}{why} (was {}: {})", o.action, l.error.kind, clip(&l.error.message, 80))?;
+                writeln!(
+                    out,
+                    "would {}{why} (was {}: {})",
+                    o.action,
+                    l.error.kind,
+                    clip(&l.error.message, 80)
+                )?;
                 if let Some(body) = &o.body {
                     writeln!(out, "   {body}")?;
                 }
             }
             Err(e) => {
                 would_fail += 1;
-                writeln!(out, "would be dead-lettered again: {}: {}", e.kind, clip(&e.message, 120))?;
+                writeln!(
+                    out,
+                    "would be dead-lettered again: {}: {}",
+                    e.kind,
+                    clip(&e.message, 120)
+                )?;
             }
         }
     }
@@ -349,12 +381,24 @@ fn dry_run_letters(config: &Config, letters: &[Stored], out: &mut dyn Write) -> 
     Ok(would_fail == 0)
 }
 
-async fn replay(store: &DeadLetterStore, letters: &[Stored], out: &mut dyn Write) -> Result<bool, String> {
+async fn replay(
+    store: &DeadLetterStore,
+    letters: &[Stored],
+    out: &mut dyn Write,
+) -> Result<bool, String> {
     let io = |e: std::io::Error| e.to_string();
     let mut failed = 0;
     for s in letters {
         match store.replay(s).await {
-            Ok(r) => writeln!(out, "{} replayed to {} (seq {}{})", id(s), r.subject, r.seq, if r.new { "" } else { ", already published" }).map_err(io)?,
+            Ok(r) => writeln!(
+                out,
+                "{} replayed to {} (seq {}{})",
+                id(s),
+                r.subject,
+                r.seq,
+                if r.new { "" } else { ", already published" }
+            )
+            .map_err(io)?,
             Err(e) => {
                 failed += 1;
                 writeln!(out, "{} not replayed: {e}", id(s)).map_err(io)?;
@@ -365,14 +409,24 @@ async fn replay(store: &DeadLetterStore, letters: &[Stored], out: &mut dyn Write
     Ok(failed == 0)
 }
 
-async fn purge(store: &DeadLetterStore, letters: &[Stored], yes: bool, out: &mut dyn Write) -> Result<bool, String> {
+async fn purge(
+    store: &DeadLetterStore,
+    letters: &[Stored],
+    yes: bool,
+    out: &mut dyn Write,
+) -> Result<bool, String> {
     let io = |e: std::io::Error| e.to_string();
     if letters.is_empty() {
         writeln!(out, "no dead letters selected").map_err(io)?;
         return Ok(true);
     }
     if !yes {
-        write!(out, "remove {} dead letters for good? [y/N] ", letters.len()).map_err(io)?;
+        write!(
+            out,
+            "remove {} dead letters for good? [y/N] ",
+            letters.len()
+        )
+        .map_err(io)?;
         out.flush().map_err(io)?;
         let mut answer = String::new();
         std::io::stdin().lock().read_line(&mut answer).map_err(io)?;
@@ -382,7 +436,10 @@ async fn purge(store: &DeadLetterStore, letters: &[Stored], yes: bool, out: &mut
         }
     }
     for s in letters {
-        store.delete(s).await.map_err(|e| format!("{}: {e}", id(s)))?;
+        store
+            .delete(s)
+            .await
+            .map_err(|e| format!("{}: {e}", id(s)))?;
     }
     writeln!(out, "{} dead letters removed", letters.len()).map_err(io)?;
     Ok(true)

@@ -2,6 +2,7 @@
 
 pub mod dlq;
 pub mod run;
+pub mod tap;
 pub mod test;
 pub mod validate;
 
@@ -56,6 +57,28 @@ pub enum Command {
         #[command(subcommand)]
         command: dlq::DlqCommand,
     },
+    /// Print a running instance's live decisions for one pipeline: key,
+    /// action, body or error, provider status and latency.
+    Tap {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The pipeline's name.
+        pipeline: String,
+        /// The instance's HTTP address (default: `http.listen` of the config).
+        #[arg(long)]
+        url: Option<String>,
+        /// Only this record key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Only this action (create, update, upsert, delete, skip...).
+        #[arg(long)]
+        action: Option<String>,
+        /// Stop after this many decisions.
+        #[arg(long)]
+        count: Option<u64>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Run every pipeline until SIGINT/SIGTERM, then drain.
     Run {
         #[command(flatten)]
@@ -77,7 +100,7 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 #[derive(Debug, Args)]
 pub struct DirArg {
     /// The config directory (syncflow.yaml, pipelines/, providers/, schemas/).
-    #[arg(long = "dir", env = "SYNCFLOW_DIR", default_value = ".")]
+    #[arg(long = "dir", env = "SYNCFLOW_DIR", default_value = ".", global = true)]
     pub path: PathBuf,
 }
 

@@ -23,8 +23,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub use crate::executor::REPLAY_OF_HEADER;
 use crate::executor::DLQ_STREAM;
+pub use crate::executor::REPLAY_OF_HEADER;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
@@ -228,11 +228,17 @@ impl DeadLetterStore {
         let mut found = Vec::new();
         for (stream, subject) in self.sources(&Filter::default()).await? {
             let tail = (limit as u64).saturating_mul(4).max(64);
-            read::each(&self.js, &stream, subject.as_deref(), Some(tail), |stored| {
-                if let Ok(stored) = stored {
-                    found.push(stored);
-                }
-            })
+            read::each(
+                &self.js,
+                &stream,
+                subject.as_deref(),
+                Some(tail),
+                |stored| {
+                    if let Ok(stored) = stored {
+                        found.push(stored);
+                    }
+                },
+            )
             .await?;
         }
         found.sort_by_key(|s| std::cmp::Reverse((s.time_ms, s.seq)));
@@ -243,14 +249,12 @@ impl DeadLetterStore {
     /// One dead letter by its place.
     pub async fn get(&self, stream: &str, seq: u64) -> Result<Stored, DlqError> {
         let s = self.js.get_stream(stream).await.map_err(nats)?;
-        let raw = s.get_raw_message(seq).await.map_err(|e| {
-            match e.kind() {
-                jetstream::stream::RawMessageErrorKind::NoMessageFound => DlqError::NotFound {
-                    stream: stream.to_string(),
-                    seq,
-                },
-                _ => nats(e),
-            }
+        let raw = s.get_raw_message(seq).await.map_err(|e| match e.kind() {
+            jetstream::stream::RawMessageErrorKind::NoMessageFound => DlqError::NotFound {
+                stream: stream.to_string(),
+                seq,
+            },
+            _ => nats(e),
         })?;
         let time_ms = i64::try_from(raw.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         read::parse(stream, seq, raw.subject.as_str(), time_ms, &raw.payload)
@@ -408,7 +412,10 @@ mod tests {
         let t = parse_time("2026-12-03T10:15:30.250Z", 0).unwrap();
         assert_eq!(format_time(t), "2026-12-03T10:15:30.250Z");
         assert_eq!(parse_time("1970-01-01T00:00:00Z", 0).unwrap(), 0);
-        assert_eq!(parse_time("2000-03-01T00:00:00Z", 0).unwrap(), 951_868_800_000);
+        assert_eq!(
+            parse_time("2000-03-01T00:00:00Z", 0).unwrap(),
+            951_868_800_000
+        );
         let now = 1_000_000_000;
         assert_eq!(parse_time("15m", now).unwrap(), now - 900_000);
         assert_eq!(parse_time("2d", now).unwrap(), now - 172_800_000);

@@ -65,7 +65,13 @@ pub async fn each(
                 let time_ms =
                     i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
                 let seq = info.stream_sequence;
-                each(parse(stream, seq, msg.subject.as_str(), time_ms, &msg.payload));
+                each(parse(
+                    stream,
+                    seq,
+                    msg.subject.as_str(),
+                    time_ms,
+                    &msg.payload,
+                ));
                 pending = info.pending;
             }
             if got == 0 {

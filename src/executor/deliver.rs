@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use async_nats::jetstream;
+use tokio::time::Instant;
 
 use super::dead_letter::{self, DeadLetter, DeadLetterError, Original, REPLAY_OF_HEADER};
 use super::metrics::PipelineMetrics;
@@ -15,6 +16,7 @@ use crate::pipeline::{EvalError, Outcome, Pipeline};
 use crate::sampled::Sampled;
 use crate::sink::{Delivery, Failure, Record, Sink, SkipReason, TargetSink};
 use crate::source::SourceMessage;
+use crate::tap::{Decision, PipelineTap};
 use crate::transient::Trouble;
 
 /// Everything a pipeline's lanes share: one version of the pipeline and
@@ -31,11 +33,42 @@ pub struct Ctx {
     pub dead_letter_log: Sampled,
     /// For a pipeline of a two-way link: the link's state and the other side.
     pub two_way: Option<crate::twoway::engine::Runtime>,
+    /// Who watches its decisions (`syncflow tap`).
+    pub tap: Arc<PipelineTap>,
 }
 
 /// Handles one message to the point where it may be acked: delivered,
-/// skipped or dead-lettered. The caller acks it.
-pub async fn handle(ctx: &Ctx, msg: &SourceMessage, eval: &Result<Outcome, EvalError>) {
+/// skipped or dead-lettered. The caller acks it. `received`: when the
+/// message arrived, for the tap's latency.
+pub async fn handle(
+    ctx: &Ctx,
+    msg: &SourceMessage,
+    eval: &Result<Outcome, EvalError>,
+    received: Instant,
+) {
+    let settled = settle(ctx, msg, eval).await;
+    if ctx.tap.is_active() {
+        offer_to_tap(ctx, msg, eval, &settled, received);
+    }
+}
+
+/// How a message ended, for the tap.
+enum Settled {
+    Sent {
+        status: Option<u16>,
+    },
+    /// `skipped` by the rules, or why the sink skipped it (`stale`...).
+    Skipped {
+        reason: &'static str,
+    },
+    DeadLetter {
+        kind: &'static str,
+        status: Option<u16>,
+        message: Option<String>,
+    },
+}
+
+async fn settle(ctx: &Ctx, msg: &SourceMessage, eval: &Result<Outcome, EvalError>) -> Settled {
     let out = match eval {
         Err(e) => {
             let letter = Letter {
@@ -47,9 +80,18 @@ pub async fn handle(ctx: &Ctx, msg: &SourceMessage, eval: &Result<Outcome, EvalE
                 body: None,
                 attempts: 0,
             };
-            return dead_letter(ctx, msg, letter).await;
+            dead_letter(ctx, msg, letter).await;
+            // The message is the evaluation's: the tap reads it there.
+            return Settled::DeadLetter {
+                kind: e.kind.as_str(),
+                status: None,
+                message: None,
+            };
         }
-        Ok(out) if out.action == Action::Skip => return ctx.metrics.skipped.increment(1),
+        Ok(out) if out.action == Action::Skip => {
+            ctx.metrics.skipped.increment(1);
+            return Settled::Skipped { reason: "skipped" };
+        }
         Ok(out) => out,
     };
     let p = &ctx.pipeline;
@@ -82,11 +124,15 @@ pub async fn handle(ctx: &Ctx, msg: &SourceMessage, eval: &Result<Outcome, EvalE
         } => {
             ctx.metrics.retried(attempts);
             ctx.metrics.sent(out.action.as_str(), status);
+            Settled::Sent { status }
         }
         Delivery::Skipped { reason } => {
             ctx.metrics.skipped.increment(1);
             if reason == SkipReason::Stale {
                 ctx.metrics.stale.increment(1);
+            }
+            Settled::Skipped {
+                reason: reason.as_str(),
             }
         }
         Delivery::Failed(Failure {
@@ -107,8 +153,56 @@ pub async fn handle(ctx: &Ctx, msg: &SourceMessage, eval: &Result<Outcome, EvalE
                 attempts,
             };
             dead_letter(ctx, msg, letter).await;
+            Settled::DeadLetter {
+                kind: kind.as_str(),
+                status,
+                message: Some(message),
+            }
         }
     }
+}
+
+fn offer_to_tap(
+    ctx: &Ctx,
+    msg: &SourceMessage,
+    eval: &Result<Outcome, EvalError>,
+    settled: &Settled,
+    received: Instant,
+) {
+    let (key, action) = match eval {
+        Ok(out) => (Some(out.key.as_str()), Some(out.action.as_str())),
+        Err(e) => (e.key.as_deref(), e.action.map(Action::as_str)),
+    };
+    ctx.tap.offer(key, action, || {
+        let (outcome, status, error_kind, error) = match settled {
+            Settled::Sent { status } => ("sent", *status, None, None),
+            Settled::Skipped { reason } => (*reason, None, None, None),
+            Settled::DeadLetter {
+                kind,
+                status,
+                message,
+            } => {
+                let message = message
+                    .clone()
+                    .or_else(|| eval.as_ref().err().map(|e| e.message.clone()));
+                ("dead_letter", *status, Some(kind.to_string()), message)
+            }
+        };
+        Decision {
+            time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            seq: msg.seq,
+            key: key.map(str::to_string),
+            action: action.map(str::to_string),
+            outcome: outcome.to_string(),
+            status,
+            error_kind,
+            error,
+            body: eval.as_ref().ok().and_then(|o| o.body.clone()),
+            latency_ms: received.elapsed().as_secs_f64() * 1000.0,
+        }
+    });
 }
 
 /// Stable across redeliveries, and new for every change: by default

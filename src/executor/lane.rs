@@ -45,10 +45,10 @@ impl Job {
     /// Delivers the message (its evaluation finished first, if need be).
     async fn handle(&self) {
         match &self.eval {
-            Eval::Done(eval) => deliver::handle(&self.ctx, &self.msg, eval).await,
+            Eval::Done(eval) => deliver::handle(&self.ctx, &self.msg, eval, self.received).await,
             Eval::Inbound { message, key } => {
                 let eval = super::evaluate_inbound(&self.ctx, &self.msg, message, key).await;
-                deliver::handle(&self.ctx, &self.msg, &eval).await
+                deliver::handle(&self.ctx, &self.msg, &eval, self.received).await
             }
         }
     }

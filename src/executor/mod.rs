@@ -8,12 +8,13 @@
 //! across the swap and nothing is handed back. Only a change of the source
 //! itself (stream, subject, consumer settings) needs a drain and a new runner.
 
+mod backlog;
 mod dead_letter;
 mod deliver;
 mod lane;
 mod metrics;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -105,19 +106,37 @@ fn lane_count(ctx: &Ctx) -> usize {
     (ctx.pipeline.target.max_in_flight() * 2).clamp(1, 1024)
 }
 
-/// Stream sequences dispatched and not yet settled, so a redelivery of one
-/// of them is not handled twice.
+/// Stream sequences dispatched and not yet settled, with when they were,
+/// so a redelivery of one of them is not handled twice (and the oldest one's
+/// age can be reported).
 #[derive(Clone, Default)]
-struct Dispatched(Arc<Mutex<HashSet<u64>>>);
+struct Dispatched(Arc<Mutex<HashMap<u64, Instant>>>);
 
 impl Dispatched {
     /// False when `seq` is already being handled.
-    fn insert(&self, seq: u64) -> bool {
-        self.0.lock().expect("dispatched set").insert(seq)
+    fn insert(&self, seq: u64, at: Instant) -> bool {
+        match self.0.lock().expect("dispatched set").entry(seq) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(at);
+                true
+            }
+        }
     }
 
     fn remove(&self, seq: u64) {
         self.0.lock().expect("dispatched set").remove(&seq);
+    }
+
+    /// When the longest-held record was dispatched. A scan: called every
+    /// few seconds, over at most `max_ack_pending` entries.
+    fn oldest(&self) -> Option<Instant> {
+        self.0
+            .lock()
+            .expect("dispatched set")
+            .values()
+            .min()
+            .copied()
     }
 
     /// Waits until every dispatched record has been settled.
@@ -150,6 +169,12 @@ async fn run(
             tx
         })
         .collect();
+    let backlog = tokio::spawn(backlog::report(
+        ctx.js.clone(),
+        ctx.pipeline.source.clone(),
+        name.clone(),
+        dispatched.clone(),
+    ));
     let mut dispatcher = Dispatcher {
         ctx,
         version,
@@ -160,6 +185,7 @@ async fn run(
         dispatcher.dispatch(msg).await;
     }
     readiness.remove(&name);
+    backlog.abort();
     drop(dispatcher);
     while tasks.join_next().await.is_some() {}
     // Every lane is done: the last acks go out before the runner ends.
@@ -178,7 +204,8 @@ struct Dispatcher {
 
 impl Dispatcher {
     async fn dispatch(&mut self, msg: SourceMessage) {
-        if !self.dispatched.insert(msg.seq) {
+        let received = Instant::now();
+        if !self.dispatched.insert(msg.seq, received) {
             // A redelivery of a message still being handled here: its first
             // delivery will ack it.
             return;
@@ -188,7 +215,6 @@ impl Dispatcher {
         }
         let ctx = &self.ctx;
         ctx.metrics.received.increment(1);
-        let received = Instant::now();
         let eval = if ctx.pipeline.is_inbound() && ctx.two_way.is_some() {
             let p = &ctx.pipeline;
             match p

@@ -59,6 +59,7 @@ async fn reload(dir: &Path, engine: &mut Engine) -> bool {
             );
             count("refused");
             metrics::gauge!("syncflow_config_errors").set(errors.len() as f64);
+            engine.config_refused(errors.iter().map(ToString::to_string).collect());
             return false;
         }
         Err(e) => {

@@ -26,6 +26,8 @@ use crate::runtime::plan::{PipelineChange, Plan, plan};
 use crate::sampled::Sampled;
 use crate::server;
 use crate::sink::{ProviderSink, SubjectSink, TargetSink};
+use crate::status::StatusBoard;
+use crate::tap::Taps;
 use crate::transient::Trouble;
 use crate::twoway;
 use crate::twoway::store::LinkStore;
@@ -98,6 +100,8 @@ pub struct Engine {
     config: Config,
     runners: BTreeMap<String, PipelineRunner>,
     drain_deadline: Duration,
+    taps: Taps,
+    status: StatusBoard,
     pub http_addr: SocketAddr,
 }
 
@@ -119,7 +123,10 @@ impl Engine {
             .map_err(|_| RunError::Listen(config.globals.http.listen.clone()))?;
         let mut http_shutdown = shutdown.clone();
         let hooks = Hooks::default();
-        let http_addr = server::serve(listen, readiness.clone(), hooks.router(), async move {
+        let taps = Taps::default();
+        let status = StatusBoard::new(readiness.clone());
+        let routes = hooks.router().merge(taps.router()).merge(status.router());
+        let http_addr = server::serve(listen, readiness.clone(), routes, async move {
             let _ = http_shutdown.wait_for(|s| *s).await;
         })
         .await
@@ -127,7 +134,7 @@ impl Engine {
             addr: listen.to_string(),
             source,
         })?;
-        tracing::info!(addr = %http_addr, "serving /metrics, /healthz, /readyz, /hooks/<provider>");
+        tracing::info!(addr = %http_addr, "serving / (status page), /metrics, /healthz, /readyz, /hooks/<provider>, /api/tap/<pipeline>");
 
         let nats = crate::connect::nats_options(&config.globals.nats)
             .await
@@ -170,12 +177,15 @@ impl Engine {
             config: empty,
             runners: BTreeMap::new(),
             drain_deadline,
+            taps,
+            status,
             http_addr,
         };
         engine
             .inbound
             .apply(&config, &plan, &engine.providers)
             .await;
+        engine.status.config_applied(&config, &engine.js);
         engine.apply_pipelines(&plan, config).await;
         metrics::gauge!("syncflow_config_generation").set(1.0);
         Ok(Some(engine))
@@ -199,6 +209,7 @@ impl Engine {
         self.providers
             .commit(staged, |name| config.providers.contains_key(name));
         self.inbound.apply(&config, &plan, &self.providers).await;
+        self.status.config_applied(&config, &self.js);
         let globals_ignored = plan.globals_changed;
         if globals_ignored {
             tracing::warn!(
@@ -222,6 +233,7 @@ impl Engine {
         let mut draining = Vec::new();
         for name in &plan.removed_pipelines {
             if let Some(runner) = self.runners.remove(name) {
+                self.taps.remove(name);
                 draining.push((runner, None));
                 applied.removed.push(name.clone());
             }
@@ -311,6 +323,7 @@ impl Engine {
             trouble: Arc::new(Trouble::new(&pipeline.name, self.readiness.clone())),
             dead_letter_log: Sampled::every(Duration::from_secs(1)),
             two_way,
+            tap: self.taps.pipeline(&pipeline.name),
         })
     }
 
@@ -319,6 +332,12 @@ impl Engine {
         self.readiness.set_ready(&pipeline.name, false);
         let runner = PipelineRunner::spawn(ctx, self.readiness.clone());
         self.runners.insert(pipeline.name.clone(), runner);
+    }
+
+    /// A reload was refused (its errors stay on the status page until a
+    /// config is applied).
+    pub fn config_refused(&self, errors: Vec<String>) {
+        self.status.config_refused(errors);
     }
 
     /// Stops every pipeline: in-flight records finish (or are handed back

@@ -93,6 +93,17 @@ pub enum SkipReason {
     ChangedMeanwhile,
 }
 
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::AlreadyDeleted => "already_deleted",
+            SkipReason::Stale => "stale",
+            SkipReason::Unchanged => "unchanged",
+            SkipReason::ChangedMeanwhile => "changed_meanwhile",
+        }
+    }
+}
+
 /// Why a record could not be delivered, with what its dead letter says.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {

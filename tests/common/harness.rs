@@ -110,6 +110,38 @@ impl Harness {
         Syncflow::spawn(self, self.dir.path(), drain_timeout)
     }
 
+    /// Runs a `syncflow` command other than `run` on the harness's config,
+    /// with `run`'s environment and `stdin` as its input: (exit code,
+    /// stdout, stderr).
+    pub fn cli(&self, args: &[&str], stdin: &str) -> (i32, String, String) {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_syncflow"))
+            .args(args)
+            .arg("--dir")
+            .arg(self.dir.path())
+            .env("NATS_URL", self.nats.url())
+            .env("REDIS_URL", self.redis.url())
+            .env("HUBSPOT_URL", self.crm.hubspot_url())
+            .env("SALESFORCE_URL", self.crm.salesforce_url())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn syncflow");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Publishes to the CDC stream; returns the message's stream sequence.
     pub async fn publish(&self, subject: &str, msg_id: &str, payload: &[u8]) -> u64 {
         let mut headers = async_nats::HeaderMap::new();

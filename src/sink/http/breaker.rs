@@ -111,6 +111,14 @@ impl Breaker {
             }
             _ => {}
         }
+        let to_name = match to {
+            State::Closed { .. } => "closed",
+            State::Open { .. } => "open",
+            State::HalfOpen => "half_open",
+        };
+        if std::mem::discriminant(state) != std::mem::discriminant(&to) {
+            metrics::counter!("syncflow_provider_breaker_transitions_total", "provider" => provider.clone(), "to" => to_name).increment(1);
+        }
         self.gauge.set(match to {
             State::Closed { .. } => 0.0,
             State::Open { .. } => 1.0,
