@@ -17,9 +17,9 @@ use common::metrics;
 
 const PIPELINE: &str = "contacts-to-hubspot";
 const MAPPING: &str = "pipelines/contacts-to-hubspot.yaml";
-/// The bug: "vip" contacts get a lifecycle stage HubSpot's schema refuses.
-const BUGGY: &str = r#"  properties.lifecyclestage: { expr: 'if record.status == "active" { "customer" } else if record.status == "vip" { "vip" } else { "lead" }' }"#;
-const FIXED: &str = r#"  properties.lifecyclestage: { expr: 'if record.status == "active" || record.status == "vip" { "customer" } else { "lead" }' }"#;
+/// The bug: inactive contacts get a lifecycle stage HubSpot's schema refuses.
+const BUGGY: &str = r#"  properties.lifecyclestage: { expr: 'if record.status == "active" { "customer" } else if record.status == "inactive" { "inactive" } else { "lead" }' }"#;
+const FIXED: &str = r#"  properties.lifecyclestage: { expr: 'if record.status == "active" { "customer" } else if record.status == "inactive" { "other" } else { "lead" }' }"#;
 const VIP: std::ops::RangeInclusive<u32> = 1..=5;
 const GOOD: std::ops::RangeInclusive<u32> = 6..=10;
 
@@ -50,7 +50,7 @@ async fn dead_letters_are_listed_fixed_replayed_once_and_purged() {
     for key in VIP.chain(GOOD) {
         let mut ev = contacts::created(key);
         if VIP.contains(&key) {
-            ev.record["status"] = json!("vip");
+            ev.record["status"] = json!("inactive");
         }
         h.publish(
             &format!("cdc.contacts.{key}"),
@@ -113,7 +113,7 @@ async fn dead_letters_are_listed_fixed_replayed_once_and_purged() {
     assert_eq!(shown["letter"]["original"]["subject"], "cdc.contacts.1");
     assert_eq!(
         shown["letter"]["original"]["data"]["after"]["status"],
-        "vip"
+        "inactive"
     );
 
     // A dry run with the bug still there: they would fail again.
@@ -144,7 +144,7 @@ async fn dead_letters_are_listed_fixed_replayed_once_and_purged() {
     );
     assert_eq!(code, 0, "{dry}");
     assert_eq!(dry.matches("would create").count(), 5, "{dry}");
-    assert!(dry.contains("\"lifecyclestage\":\"customer\""), "{dry}");
+    assert!(dry.contains("\"lifecyclestage\":\"other\""), "{dry}");
     assert_eq!(
         wait_dead_letters(&h, 6).await.len(),
         6,
@@ -169,7 +169,7 @@ async fn dead_letters_are_listed_fixed_replayed_once_and_purged() {
     let mut want: Vec<u32> = VIP.chain(GOOD).collect();
     want.sort_by_key(|k| k.to_string());
     assert_eq!(keys, want);
-    assert_eq!(hubspot["3"]["lifecyclestage"], "customer");
+    assert_eq!(hubspot["3"]["lifecyclestage"], "other");
     assert_eq!(snap.hubspot.counters.creates, 10);
     let left = h.dead_letters().await;
     assert_eq!(
