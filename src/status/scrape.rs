@@ -32,7 +32,9 @@ impl Samples {
 
     /// The sum over every series of `name` with `labels` (0 when none).
     pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.matching(name, labels).map(|s| s.value).sum()
+        // Not `Iterator::sum`: its sum of nothing is -0.0, shown as "-0".
+        self.matching(name, labels)
+            .fold(0.0, |sum, s| sum + s.value)
     }
 
     /// The value of the one series of `name` with `labels`, if it exists.
@@ -130,6 +132,7 @@ odd{pipeline="q\"uo,te=\"x"} 4
         );
         assert_eq!(s.get("syncflow_config_generation", &[]), Some(3.0));
         assert_eq!(s.get("missing", &[]), None);
+        assert!(s.sum("missing", &[]).is_sign_positive());
         let kinds = s.by_label(
             "syncflow_pipeline_dead_letters_total",
             &[("pipeline", "a")],

@@ -16,6 +16,7 @@
 //! The calls block (at most ~10 s while a server starts): they are meant for
 //! test setup, where nothing else is waiting on the runtime.
 
+mod chromedriver;
 mod config;
 mod nats;
 mod redis;
@@ -26,6 +27,7 @@ use std::io;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+pub use chromedriver::{CHROMIUM, CHROMIUM_ARGS, Chromedriver};
 pub use config::{example_config, shipped_config};
 pub use nats::Nats;
 pub use redis::Redis;
@@ -36,6 +38,8 @@ pub use tls::Certs;
 pub type NatsServer = Server<Nats>;
 /// A `redis-server` without persistence on a free loopback port.
 pub type RedisServer = Server<Redis>;
+/// A `chromedriver` on a free loopback port (the browser tests).
+pub type ChromedriverServer = Server<Chromedriver>;
 
 /// Why a test server could not be started.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,233 @@
+//! The status page in a real browser (headless Chromium through
+//! chromedriver) against a running instance: pipelines, providers, the
+//! refused reload's errors and the last dead letters are on the page; the
+//! replay button asks first, and replays when the operator agrees. A
+//! screenshot is saved as `target/status-page.png`.
+//!
+//! Also here: `/readyz`'s JSON and the backlog metrics the page shows.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use syncflow_mock_crm::MockCrmConfig;
+use syncflow_testkit::{CHROMIUM, CHROMIUM_ARGS, ChromedriverServer};
+
+use common::contacts::{self, hubspot_by_key};
+use common::harness::Harness;
+
+const PIPELINE: &str = "contacts-to-hubspot";
+const MAPPING: &str = "pipelines/contacts-to-hubspot.yaml";
+const BUGGY: &str = r#"  properties.lifecyclestage: { expr: 'if record.status == "active" { "customer" } else if record.status == "inactive" { "inactive" } else { "lead" }' }"#;
+const FIXED: &str = r#"  properties.lifecyclestage: { expr: 'if record.status == "active" { "customer" } else if record.status == "inactive" { "other" } else { "lead" }' }"#;
+
+async fn browser(driver: &ChromedriverServer) -> Client {
+    assert!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: install it with apt-get install -y chromium chromium-driver"
+    );
+    let profile = tempfile::tempdir().unwrap();
+    let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|a| a.to_string()).collect();
+    args.push(format!("--user-data-dir={}", profile.path().display()));
+    // The profile must outlive the browser: leak it (a test process).
+    std::mem::forget(profile);
+    let caps = json!({"goog:chromeOptions": {"binary": CHROMIUM, "args": args}});
+    let Value::Object(caps) = caps else {
+        unreachable!()
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    ClientBuilder::rustls()
+        .unwrap()
+        .capabilities(caps)
+        .connect(&driver.url())
+        .await
+        .expect("a Chromium session through chromedriver")
+}
+
+/// Waits until the element `css` has text containing every one of `want`;
+/// returns its text.
+async fn wait_text(client: &Client, css: &str, want: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = match client.find(Locator::Css(css)).await {
+            Ok(el) => el.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if want.iter().all(|w| text.contains(w)) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{css} says {text:?}, want {want:?}:\n{}",
+            client.source().await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn dead_letter_rows(client: &Client) -> Vec<(String, String)> {
+    let mut rows = Vec::new();
+    for row in client
+        .find_all(Locator::Css("#dead-letters tbody tr[data-seq]"))
+        .await
+        .unwrap()
+    {
+        let seq = row.attr("data-seq").await.unwrap().unwrap_or_default();
+        rows.push((seq, row.text().await.unwrap_or_default()));
+    }
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_page_shows_the_instance_and_replays_a_dead_letter() {
+    let h = Harness::start(MockCrmConfig::default()).await;
+    h.remove_pipeline("contacts-to-salesforce");
+    h.set_line(MAPPING, "properties.lifecyclestage:", BUGGY);
+    let syncflow = h.spawn();
+    syncflow.wait_ready(Duration::from_secs(20)).await;
+
+    let mut bad = contacts::created(1);
+    bad.record["status"] = json!("inactive");
+    h.publish("cdc.contacts.1", "c1", &bad.payload()).await;
+    for key in 2..=3 {
+        let ev = contacts::created(key);
+        h.publish(
+            &format!("cdc.contacts.{key}"),
+            &format!("c{key}"),
+            &ev.payload(),
+        )
+        .await;
+    }
+    h.publish("cdc.contacts.x", "junk", b"not json").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while h.dead_letters().await.len() < 2 {
+        assert!(Instant::now() < deadline, "two dead letters expected");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    h.wait_settled(Duration::from_secs(20)).await;
+
+    // /readyz names each pipeline's state, in JSON.
+    let (status, body) = syncflow.readyz().await;
+    assert_eq!(status, 200, "{body}");
+    let ready: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["ready"], true);
+    assert_eq!(ready["nats"], "connected");
+    assert_eq!(ready["pipelines"][PIPELINE]["state"], "running", "{body}");
+
+    // The fix goes in; then a bad edit is refused and the fix keeps running.
+    h.set_line(MAPPING, "properties.lifecyclestage:", FIXED);
+    syncflow
+        .wait_log("reload applied", Duration::from_secs(20))
+        .await;
+    h.set_line(MAPPING, "provider: hubspot", "  provider: hubspt");
+    syncflow
+        .wait_log("reload refused", Duration::from_secs(20))
+        .await;
+
+    // The backlog metrics are reported every few seconds.
+    let metrics = syncflow.metrics().await;
+    for series in [
+        "syncflow_pipeline_consumer_pending",
+        "syncflow_pipeline_ack_pending",
+        "syncflow_pipeline_oldest_unacked_seconds",
+    ] {
+        let line = format!(r#"{series}{{pipeline="{PIPELINE}"}} 0"#);
+        assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
+    }
+
+    let driver = ChromedriverServer::start().expect("chromedriver");
+    let client = browser(&driver).await;
+    client
+        .goto(&format!("http://{}/", syncflow.http))
+        .await
+        .unwrap();
+    let row = format!("#pipelines tr[data-pipeline='{PIPELINE}']");
+    wait_text(
+        &client,
+        &row,
+        &["running", "outbound", "decode 1", "output_schema 1"],
+    )
+    .await;
+    wait_text(
+        &client,
+        "#providers tr[data-provider='hubspot']",
+        &["redis", "closed"],
+    )
+    .await;
+    wait_text(&client, "#config", &["generation 2"]).await;
+    wait_text(
+        &client,
+        "#refused",
+        &["pipelines/contacts-to-hubspot.yaml:", "hubspt"],
+    )
+    .await;
+    wait_text(&client, "#dead-letters", &["output_schema", "decode"]).await;
+    let rows = dead_letter_rows(&client).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let (seq, text) = rows
+        .iter()
+        .find(|(_, text)| text.contains("output_schema"))
+        .unwrap()
+        .clone();
+    assert!(text.contains(PIPELINE) && text.contains('1'), "{text}");
+
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    let png = client.screenshot().await.unwrap();
+    std::fs::write(target.join("status-page.png"), &png).unwrap();
+
+    // The button asks first: dismissed, nothing happens.
+    let button = format!("#dead-letters tr[data-seq='{seq}'] button.replay");
+    client
+        .find(Locator::Css(&button))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    client.dismiss_alert().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        h.dead_letters().await.len(),
+        2,
+        "a dismissed replay replays nothing"
+    );
+
+    // Accepted: replayed, delivered, and gone from the page.
+    client
+        .find(Locator::Css(&button))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    client.accept_alert().await.unwrap();
+    wait_text(&client, "#replay-result", &["replayed"]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let snap = h.crm.snapshot();
+        if let Some(contact) = hubspot_by_key(&snap).get("1") {
+            assert_eq!(contact["lifecyclestage"], "other");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replayed contact never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dead_letter_rows(&client).await.len() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the replayed dead letter is still listed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let left = h.dead_letters().await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["error"]["kind"], "decode");
+    client.close().await.unwrap();
+}
