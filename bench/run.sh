@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # syncflow's benchmark (issue 5): one command per figure. See bench/README.md.
 #
-#   bench/run.sh [throughput|latency|limiter|two-way|all] [options]
+#   bench/run.sh [throughput|latency|limiter|two-way|tap|all] [options]
 #
 #   throughput  preload --count events (default 200000) in JetStream, run
 #               `syncflow run` on bench/config until all are acked; records/s,
@@ -20,6 +20,10 @@
 #               JetStream publish of the same envelopes in the same run), then
 #               HubSpot users' edits at --rate/s (default 1000) for --duration s
 #               (default 20): edit → applied in System A, p50/p90/p99
+#   tap         examples/bench_tap.rs: rounds of --rate events/s (default
+#               10000) for --duration s (default 10), alternating no tap and
+#               a `syncflow tap` reading 64 KB/s: records/s of each, and the
+#               slow-tap rounds as a share of the no-tap ones
 #
 # Options: --count N  --rate R  --duration S  --warmup S  --in-flight C
 #          --wrk-secs S  --no-build
@@ -38,8 +42,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 mode=${1:-throughput}
-case "$mode" in throughput|latency|limiter|two-way|all) shift || true ;; -*) mode=throughput ;; *)
-  echo "usage: bench/run.sh [throughput|latency|limiter|two-way|all] [--count N] [--rate R] [--duration S] [--warmup S] [--in-flight C] [--wrk-secs S] [--scrape S] [--perf] [--no-build] [--crm mock|nginx]" >&2
+case "$mode" in throughput|latency|limiter|two-way|tap|all) shift || true ;; -*) mode=throughput ;; *)
+  echo "usage: bench/run.sh [throughput|latency|limiter|two-way|tap|all] [--count N] [--rate R] [--duration S] [--warmup S] [--in-flight C] [--wrk-secs S] [--scrape S] [--perf] [--no-build] [--crm mock|nginx]" >&2
   exit 2 ;;
 esac
 COUNT=200000 RATE=5000 DURATION= WARMUP=3 INFLIGHT=64 WRK_SECS=10 PERF=0 BUILD=1 SCRAPE= CRM=mock
@@ -79,6 +83,13 @@ if [ "$mode" = two-way ]; then
   "$two_way" --syncflow target/release/syncflow ingest --events "${COUNT}" | tee "$out/report.txt"
   "$two_way" --syncflow target/release/syncflow latency --rate "${RATE_SET:-1000}" \
     --duration "${DURATION:-20}" | tee -a "$out/report.txt"
+  exit 0
+fi
+if [ "$mode" = tap ]; then
+  [ "$BUILD" = 1 ] && cargo build --release --quiet --example bench_tap
+  out=target/bench/tap-$(date +%Y%m%d-%H%M%S); mkdir -p "$out"
+  target/release/examples/bench_tap --syncflow target/release/syncflow \
+    --rate "${RATE_SET:-10000}" --duration "${DURATION:-10}" | tee "$out/report.txt"
   exit 0
 fi
 if [ "$mode" = all ]; then

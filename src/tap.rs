@@ -72,14 +72,24 @@ struct Listener {
 
 /// One pipeline's listeners (shared by every version of the pipeline, so a
 /// hot reload does not cut a tap).
-#[derive(Default)]
 pub struct PipelineTap {
     listening: AtomicUsize,
     listeners: RwLock<Vec<Listener>>,
     next_id: AtomicU64,
+    /// `syncflow_tap_dropped_total`: decisions slow listeners missed.
+    dropped: metrics::Counter,
 }
 
 impl PipelineTap {
+    pub fn new(pipeline: &str) -> Self {
+        PipelineTap {
+            listening: AtomicUsize::new(0),
+            listeners: RwLock::new(Vec::new()),
+            next_id: AtomicU64::new(0),
+            dropped: metrics::counter!("syncflow_tap_dropped_total", "pipeline" => pipeline.to_string()),
+        }
+    }
+
     /// Whether anyone listens: the only cost on the per-record path when
     /// nobody does.
     #[inline]
@@ -99,6 +109,7 @@ impl PipelineTap {
         for l in std::iter::once(first).chain(wanting) {
             if l.tx.try_send(decision.clone()).is_err() {
                 l.dropped.fetch_add(1, Ordering::Relaxed);
+                self.dropped.increment(1);
             }
         }
     }
@@ -156,7 +167,7 @@ impl Taps {
             .lock()
             .expect("taps")
             .entry(name.to_string())
-            .or_default()
+            .or_insert_with(|| Arc::new(PipelineTap::new(name)))
             .clone()
     }
 
@@ -241,7 +252,7 @@ mod tests {
 
     #[test]
     fn nobody_listening_builds_nothing() {
-        let tap = Arc::new(PipelineTap::default());
+        let tap = Arc::new(PipelineTap::new("p"));
         assert!(!tap.is_active());
         tap.offer(Some("k"), Some("create"), || {
             unreachable!("built for nobody")
@@ -254,7 +265,7 @@ mod tests {
 
     #[test]
     fn a_slow_listener_loses_decisions_never_blocks_and_is_told_how_many() {
-        let tap = Arc::new(PipelineTap::default());
+        let tap = Arc::new(PipelineTap::new("p"));
         let mut sub = tap.subscribe(TapFilter::default());
         for seq in 0..(QUEUE as u64 + 10) {
             tap.offer(Some("k"), Some("create"), || decision(seq));
@@ -265,7 +276,7 @@ mod tests {
 
     #[test]
     fn filters_select_by_key_and_action() {
-        let tap = Arc::new(PipelineTap::default());
+        let tap = Arc::new(PipelineTap::new("p"));
         let mut only_k = tap.subscribe(TapFilter {
             key: Some("k".into()),
             action: None,

@@ -36,6 +36,9 @@ pub(super) fn routes(api: Arc<Api<HubSpot>>) -> Router {
 /// HubSpot's contacts, by id. Every change is published as webhook events.
 pub(super) struct HubSpot {
     contacts: HashMap<String, Contact>,
+    /// Contact id by email: the one-contact-per-email check, without a scan
+    /// of every contact per create (quadratic in long runs).
+    ids_by_email: HashMap<String, String>,
     writes: WriteCounts,
     webhooks: Arc<Webhooks>,
 }
@@ -102,6 +105,7 @@ impl Provider for HubSpot {
 
     fn clear(&mut self) {
         self.contacts.clear();
+        self.ids_by_email.clear();
         self.writes = WriteCounts::default();
     }
 }
@@ -110,6 +114,7 @@ impl HubSpot {
     pub(super) fn new(webhooks: Arc<Webhooks>) -> HubSpot {
         HubSpot {
             contacts: HashMap::new(),
+            ids_by_email: HashMap::new(),
             writes: WriteCounts::default(),
             webhooks,
         }
@@ -126,12 +131,8 @@ impl HubSpot {
     pub(super) fn create(&mut self, properties: Map<String, Value>, origin: Origin) -> Reply {
         // Like HubSpot, one contact per email: a second is a conflict that
         // names the first.
-        if let Some(email) = properties.get("email").and_then(Value::as_str) {
-            let existing = self
-                .contacts
-                .iter()
-                .find(|(_, c)| c.properties.get("email").and_then(Value::as_str) == Some(email));
-            if let Some((id, _)) = existing {
+        if let Some(email) = email_of(&properties) {
+            if let Some(id) = self.ids_by_email.get(email) {
                 let body = json!({
                     "status": "error",
                     "message": format!("Contact already exists. Existing ID: {id}"),
@@ -151,6 +152,9 @@ impl HubSpot {
             updated_at: now,
         };
         let reply = Reply::json(StatusCode::CREATED, &contact.to_json(&id));
+        if let Some(email) = email_of(&contact.properties) {
+            self.ids_by_email.insert(email.to_string(), id.clone());
+        }
         self.contacts.insert(id.clone(), contact);
         self.changed(origin, &id, changes, true);
         reply
@@ -166,7 +170,13 @@ impl HubSpot {
             return not_found(id);
         };
         let changes = property_changes(&contact.properties, &properties);
+        if let Some(old) = email_of(&contact.properties) {
+            self.ids_by_email.remove(old);
+        }
         contact.properties.extend(properties);
+        if let Some(email) = email_of(&contact.properties) {
+            self.ids_by_email.insert(email.to_string(), id.to_string());
+        }
         contact.updated_at = now_rfc3339();
         let reply = Reply::json(StatusCode::OK, &contact.to_json(id));
         let changed = !changes.is_empty();
@@ -182,12 +192,19 @@ impl HubSpot {
     }
 
     pub(super) fn archive(&mut self, id: &str, origin: Origin) -> Reply {
-        if self.contacts.remove(id).is_none() {
+        let Some(contact) = self.contacts.remove(id) else {
             return not_found(id);
+        };
+        if let Some(email) = email_of(&contact.properties) {
+            self.ids_by_email.remove(email);
         }
         self.changed(origin, id, vec![Change::Deleted], true);
         Reply::empty(StatusCode::NO_CONTENT)
     }
+}
+
+fn email_of(properties: &Map<String, Value>) -> Option<&str> {
+    properties.get("email").and_then(Value::as_str)
 }
 
 async fn create(State(api): HubSpotApi, request: ApiRequest) -> Response {
