@@ -55,6 +55,8 @@ fn lines(child: std::process::Child) -> Vec<Value> {
 async fn a_tap_sees_every_decision_and_a_slow_one_slows_nothing() {
     let h = Harness::start(MockCrmConfig::default()).await;
     h.remove_pipeline("contacts-to-salesforce");
+    // Records flow as fast as they can: the shipped 10/s is not the point.
+    h.set_rate_limit("hubspot", 100_000, "1s", 1000);
     let syncflow = h.spawn();
     syncflow.wait_ready(Duration::from_secs(20)).await;
 
@@ -105,9 +107,16 @@ async fn a_tap_sees_every_decision_and_a_slow_one_slows_nothing() {
     assert_eq!(decisions.len(), 1, "{text}");
     assert!(decisions[0].contains("key=4 update → sent 200"), "{text}");
 
-    // A tap that does not read while 5,000 records flow.
+    // A tap that does not read while 20,000 records flow (about 9 MB of
+    // decisions: more than the queue and every socket buffer on the way).
     h.wait_settled(Duration::from_secs(20)).await;
-    let mut slow = std::net::TcpStream::connect(syncflow.http).unwrap();
+    // A small receive buffer: what the kernel would hold for the tap is not
+    // what is tested.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let slow = socket.connect(syncflow.http).await.unwrap().into_std().unwrap();
+    slow.set_nonblocking(false).unwrap();
+    let mut slow = slow;
     write!(
         slow,
         "GET /api/tap/{PIPELINE} HTTP/1.1\r\nHost: {}\r\n\r\n",
@@ -117,17 +126,17 @@ async fn a_tap_sees_every_decision_and_a_slow_one_slows_nothing() {
     syncflow
         .wait_log("tap opened", Duration::from_secs(10))
         .await;
-    let events: Vec<contacts::Event> = (1000..6000).map(contacts::created).collect();
+    let events: Vec<contacts::Event> = (1000..21_000).map(contacts::created).collect();
     contacts::publish_all(&h, &events).await;
     h.wait_settled(Duration::from_secs(60)).await;
     let snap = h.crm.snapshot();
     assert_eq!(
         snap.hubspot.counters.creates,
-        5000 + 3,
+        20_000 + 3,
         "every record delivered while the tap lagged"
     );
-    // Now read what the tap got: far fewer than 5,000, and told how many
-    // it missed (the count comes with the next decision, or the keepalive).
+    // Now read what the tap got: far fewer than 20,000, and told how many
+    // it missed (the count comes before the next decision it reads).
     slow.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
     let mut reader = BufReader::new(slow);
     let (mut seen, mut dropped) = (0u64, 0u64);
@@ -145,15 +154,15 @@ async fn a_tap_sees_every_decision_and_a_slow_one_slows_nothing() {
         };
         if let Some(n) = v.get("dropped").and_then(Value::as_u64) {
             dropped += n;
-            if seen + dropped >= 5000 {
-                break;
-            }
         } else if v.get("seq").is_some() {
             seen += 1;
         }
+        if seen + dropped >= 20_000 {
+            break;
+        }
     }
-    assert!(dropped > 0, "a tap that never read lost nothing?");
-    assert_eq!(seen + dropped, 5000, "seen {seen}, dropped {dropped}");
+    assert!(dropped > 0, "a tap that never read lost nothing? it read {seen}");
+    assert_eq!(seen + dropped, 20_000, "seen {seen}, dropped {dropped}");
     let metrics = syncflow.metrics().await;
     let counted = common::metrics::sum(
         &metrics,
