@@ -52,10 +52,10 @@ nats="nats://127.0.0.1:$NATS_PORT"
 target/debug/examples/demo_events --nats "$nats" publish
 
 echo "== syncflow run (log: $work/syncflow.log)"
-NATS_URL="$nats" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
+export NATS_URL="$nats" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
   HUBSPOT_URL="http://127.0.0.1:$CRM_PORT/hubspot" SALESFORCE_URL="http://127.0.0.1:$CRM_PORT/salesforce" \
-  SYNCFLOW_HTTP="127.0.0.1:$HTTP_PORT" \
-  target/debug/syncflow run --dir . >"$work/syncflow.log" 2>&1 &
+  SYNCFLOW_HTTP="127.0.0.1:$HTTP_PORT"
+target/debug/syncflow run --dir . >"$work/syncflow.log" 2>&1 &
 syncflow_pid=$!
 pids+=($syncflow_pid)
 
@@ -63,6 +63,21 @@ target/debug/examples/demo_events --nats "$nats" wait --timeout-secs 180
 echo "== metrics (excerpt)"
 curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics" 2>/dev/null | grep -E '^syncflow_pipeline_(sent|dead_letters|skipped)' | sort || true
 target/debug/examples/demo_events --nats "$nats" summary --crm "http://127.0.0.1:$CRM_PORT"
+
+echo "== dead letters: syncflow dlq list"
+target/debug/syncflow dlq list --dir .
+echo "== what replaying them would do with the config as it is: syncflow dlq replay --all --dry-run"
+target/debug/syncflow dlq replay --all --dry-run --dir . || true
+echo "== status page: http://127.0.0.1:$HTTP_PORT/"
+mkdir -p target
+if chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+  --disable-background-networking --disable-component-update --disable-sync \
+  --user-data-dir="$work/chromium" --virtual-time-budget=5000 --window-size=1280,900 \
+  --screenshot="$PWD/target/demo-status-page.png" "http://127.0.0.1:$HTTP_PORT/" >"$work/chromium.log" 2>&1; then
+  echo "screenshot: target/demo-status-page.png"
+else
+  echo "no screenshot (chromium failed: $work/chromium.log)"
+fi
 
 echo "== stopping syncflow (SIGTERM: drains, exits 0)"
 kill -TERM "$syncflow_pid"

@@ -1,9 +1,10 @@
 # Shared by the scripts: install what they need when it is missing.
 
 # Installs the Debian packages nats-server and redis-server if their
-# binaries are not on PATH.
+# binaries are not on PATH, and chromium with its chromedriver (the status
+# page's browser test).
 ensure_services_installed() {
-  ensure_commands nats-server redis-server
+  ensure_commands nats-server redis-server chromium chromedriver:chromium-driver
 }
 
 # Waits until something listens on 127.0.0.1:$1 (at most $2 seconds).

@@ -378,6 +378,10 @@ fn dry_run_letters(
         letters.len(),
         would_fail
     )?;
+    writeln!(
+        out,
+        "(rules, mappings and schemas were checked; what the provider answers is known only from the replay)"
+    )?;
     Ok(would_fail == 0)
 }
 
