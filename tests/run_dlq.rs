@@ -160,6 +160,7 @@ async fn dead_letters_are_listed_fixed_replayed_once_and_purged() {
         .collect();
 
     let (code, out, err) = h.cli(&["dlq", "replay", "--kind", "output_schema"], "");
+    println!("$ syncflow dlq replay --kind output_schema\n{out}");
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("5 replayed, 0 failed"), "{out}");
     h.wait_settled(Duration::from_secs(20)).await;
