@@ -103,6 +103,7 @@ async fn a_tap_sees_every_decision_and_a_slow_one_slows_nothing() {
     h.publish("cdc.contacts.4", "u4", &update.payload()).await;
     let out = filtered.wait_with_output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
+    println!("$ syncflow tap {PIPELINE} --key 4 --action update --count 1\n{text}");
     let decisions: Vec<&str> = text.lines().filter(|l| l.contains(" seq=")).collect();
     assert_eq!(decisions.len(), 1, "{text}");
     assert!(decisions[0].contains("key=4 update → sent 200"), "{text}");
