@@ -115,9 +115,13 @@ async fn a_tap_sees_every_decision_and_a_slow_one_slows_nothing() {
     // what is tested.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
-    let slow = socket.connect(syncflow.http).await.unwrap().into_std().unwrap();
+    let mut slow = socket
+        .connect(syncflow.http)
+        .await
+        .unwrap()
+        .into_std()
+        .unwrap();
     slow.set_nonblocking(false).unwrap();
-    let mut slow = slow;
     write!(
         slow,
         "GET /api/tap/{PIPELINE} HTTP/1.1\r\nHost: {}\r\n\r\n",
@@ -162,7 +166,10 @@ async fn a_tap_sees_every_decision_and_a_slow_one_slows_nothing() {
             break;
         }
     }
-    assert!(dropped > 0, "a tap that never read lost nothing? it read {seen}");
+    assert!(
+        dropped > 0,
+        "a tap that never read lost nothing? it read {seen}"
+    );
     assert_eq!(seen + dropped, 20_000, "seen {seen}, dropped {dropped}");
     let metrics = syncflow.metrics().await;
     let counted = common::metrics::sum(
