@@ -69,7 +69,7 @@ async fn main() -> Result<(), Error> {
     })
     .await?;
     let dir = tempfile::tempdir()?;
-    copy_tree(Path::new("bench/config"), dir.path())?;
+    syncflow_testkit::copy_tree(Path::new("bench/config"), dir.path())?;
     let http = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let log = std::fs::File::create(dir.path().join("syncflow.log"))?;
     let mut syncflow = Command::new(&args.syncflow)
@@ -268,18 +268,4 @@ fn unix_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
-}
-
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_tree(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), target)?;
-        }
-    }
-    Ok(())
 }

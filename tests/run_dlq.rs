@@ -8,59 +8,27 @@ mod common;
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use syncflow_mock_crm::MockCrmConfig;
 
-use common::contacts::{self, hubspot_by_key};
+use common::contacts::hubspot_by_key;
 use common::harness::Harness;
-use common::metrics;
+use common::{mapping_bug, metrics};
 
 const PIPELINE: &str = "contacts-to-hubspot";
-const MAPPING: &str = "pipelines/contacts-to-hubspot.yaml";
-/// The bug: inactive contacts get a lifecycle stage HubSpot's schema refuses.
-const BUGGY: &str = r#"  properties.lifecyclestage: { expr: 'if record.status == "active" { "customer" } else if record.status == "inactive" { "inactive" } else { "lead" }' }"#;
-const FIXED: &str = r#"  properties.lifecyclestage: { expr: 'if record.status == "active" { "customer" } else if record.status == "inactive" { "other" } else { "lead" }' }"#;
-const VIP: std::ops::RangeInclusive<u32> = 1..=5;
+const INACTIVE: std::ops::RangeInclusive<u32> = 1..=5;
 const GOOD: std::ops::RangeInclusive<u32> = 6..=10;
-
-async fn wait_dead_letters(h: &Harness, n: usize) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let letters = h.dead_letters().await;
-        if letters.len() >= n {
-            return letters;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} dead letters, want {n}",
-            letters.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dead_letters_are_listed_fixed_replayed_once_and_purged() {
     let h = Harness::start(MockCrmConfig::default()).await;
     h.remove_pipeline("contacts-to-salesforce");
-    h.set_line(MAPPING, "properties.lifecyclestage:", BUGGY);
+    mapping_bug::introduce(&h);
     let syncflow = h.spawn();
     syncflow.wait_ready(Duration::from_secs(20)).await;
 
-    for key in VIP.chain(GOOD) {
-        let mut ev = contacts::created(key);
-        if VIP.contains(&key) {
-            ev.record["status"] = json!("inactive");
-        }
-        h.publish(
-            &format!("cdc.contacts.{key}"),
-            &format!("c{key}"),
-            &ev.payload(),
-        )
-        .await;
-    }
-    h.publish("cdc.contacts.x", "junk", b"not json").await;
-    wait_dead_letters(&h, 6).await;
+    mapping_bug::publish(&h, INACTIVE.chain(GOOD), |key| INACTIVE.contains(&key)).await;
+    h.wait_dead_letters(6).await;
     h.wait_settled(Duration::from_secs(20)).await;
 
     // list: a table, counts by pipeline and kind, filters.
@@ -134,7 +102,7 @@ async fn dead_letters_are_listed_fixed_replayed_once_and_purged() {
     assert!(err.contains("say which dead letters"), "{err}");
 
     // The fix, by hot reload; now the dry run says they would be created.
-    h.set_line(MAPPING, "properties.lifecyclestage:", FIXED);
+    mapping_bug::fix(&h);
     syncflow
         .wait_log("reload applied", Duration::from_secs(20))
         .await;
@@ -145,11 +113,7 @@ async fn dead_letters_are_listed_fixed_replayed_once_and_purged() {
     assert_eq!(code, 0, "{dry}");
     assert_eq!(dry.matches("would create").count(), 5, "{dry}");
     assert!(dry.contains("\"lifecyclestage\":\"other\""), "{dry}");
-    assert_eq!(
-        wait_dead_letters(&h, 6).await.len(),
-        6,
-        "a dry run removes nothing"
-    );
+    assert_eq!(h.dead_letters().await.len(), 6, "a dry run removes nothing");
 
     // Keep the dead letters as stored, to put them back later.
     let stored: Vec<Value> = h
@@ -167,7 +131,7 @@ async fn dead_letters_are_listed_fixed_replayed_once_and_purged() {
     let snap = h.crm.snapshot();
     let hubspot = hubspot_by_key(&snap);
     let keys: Vec<u32> = hubspot.keys().map(|k| k.parse().unwrap()).collect();
-    let mut want: Vec<u32> = VIP.chain(GOOD).collect();
+    let mut want: Vec<u32> = INACTIVE.chain(GOOD).collect();
     want.sort_by_key(|k| k.to_string());
     assert_eq!(keys, want);
     assert_eq!(hubspot["3"]["lifecyclestage"], "other");

@@ -15,14 +15,11 @@ use serde_json::{Value, json};
 use syncflow_mock_crm::MockCrmConfig;
 use syncflow_testkit::{CHROMIUM, CHROMIUM_ARGS, ChromedriverServer};
 
-use common::contacts::{self, hubspot_by_key};
+use common::contacts::hubspot_by_key;
 use common::harness::Harness;
+use common::mapping_bug;
 
 const PIPELINE: &str = "contacts-to-hubspot";
-const MAPPING: &str = "pipelines/contacts-to-hubspot.yaml";
-const BUGGY: &str = r#"  properties.lifecyclestage: { expr: 'if record.status == "active" { "customer" } else if record.status == "inactive" { "inactive" } else { "lead" }' }"#;
-const FIXED: &str = r#"  properties.lifecyclestage: { expr: 'if record.status == "active" { "customer" } else if record.status == "inactive" { "other" } else { "lead" }' }"#;
-
 async fn browser(driver: &ChromedriverServer) -> Client {
     assert!(
         std::path::Path::new(CHROMIUM).exists(),
@@ -67,6 +64,11 @@ async fn wait_text(client: &Client, css: &str, want: &[&str]) -> String {
     }
 }
 
+async fn click(client: &Client, css: &str) {
+    let element = client.find(Locator::Css(css)).await.unwrap();
+    element.click().await.unwrap();
+}
+
 async fn dead_letter_rows(client: &Client) -> Vec<(String, String)> {
     let mut rows = Vec::new();
     for row in client
@@ -84,28 +86,12 @@ async fn dead_letter_rows(client: &Client) -> Vec<(String, String)> {
 async fn the_status_page_shows_the_instance_and_replays_a_dead_letter() {
     let h = Harness::start(MockCrmConfig::default()).await;
     h.remove_pipeline("contacts-to-salesforce");
-    h.set_line(MAPPING, "properties.lifecyclestage:", BUGGY);
+    mapping_bug::introduce(&h);
     let syncflow = h.spawn();
     syncflow.wait_ready(Duration::from_secs(20)).await;
 
-    let mut bad = contacts::created(1);
-    bad.record["status"] = json!("inactive");
-    h.publish("cdc.contacts.1", "c1", &bad.payload()).await;
-    for key in 2..=3 {
-        let ev = contacts::created(key);
-        h.publish(
-            &format!("cdc.contacts.{key}"),
-            &format!("c{key}"),
-            &ev.payload(),
-        )
-        .await;
-    }
-    h.publish("cdc.contacts.x", "junk", b"not json").await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while h.dead_letters().await.len() < 2 {
-        assert!(Instant::now() < deadline, "two dead letters expected");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    mapping_bug::publish(&h, 1..=3, |key| key == 1).await;
+    h.wait_dead_letters(2).await;
     h.wait_settled(Duration::from_secs(20)).await;
 
     // /readyz names each pipeline's state, in JSON.
@@ -117,11 +103,15 @@ async fn the_status_page_shows_the_instance_and_replays_a_dead_letter() {
     assert_eq!(ready["pipelines"][PIPELINE]["state"], "running", "{body}");
 
     // The fix goes in; then a bad edit is refused and the fix keeps running.
-    h.set_line(MAPPING, "properties.lifecyclestage:", FIXED);
+    mapping_bug::fix(&h);
     syncflow
         .wait_log("reload applied", Duration::from_secs(20))
         .await;
-    h.set_line(MAPPING, "provider: hubspot", "  provider: hubspt");
+    h.set_line(
+        mapping_bug::MAPPING,
+        "provider: hubspot",
+        "  provider: hubspt",
+    );
     syncflow
         .wait_log("reload refused", Duration::from_secs(20))
         .await;
@@ -180,13 +170,7 @@ async fn the_status_page_shows_the_instance_and_replays_a_dead_letter() {
 
     // The button asks first: dismissed, nothing happens.
     let button = format!("#dead-letters tr[data-seq='{seq}'] button.replay");
-    client
-        .find(Locator::Css(&button))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, &button).await;
     client.dismiss_alert().await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
@@ -196,13 +180,7 @@ async fn the_status_page_shows_the_instance_and_replays_a_dead_letter() {
     );
 
     // Accepted: replayed, delivered, and gone from the page.
-    client
-        .find(Locator::Css(&button))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, &button).await;
     client.accept_alert().await.unwrap();
     wait_text(&client, "#replay-result", &["replayed"]).await;
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -185,7 +185,7 @@ impl Engine {
             .inbound
             .apply(&config, &plan, &engine.providers)
             .await;
-        engine.status.config_applied(&config, &engine.js);
+        engine.status.config_applied(&config, &engine.js, true);
         engine.apply_pipelines(&plan, config).await;
         metrics::gauge!("syncflow_config_generation").set(1.0);
         Ok(Some(engine))
@@ -209,7 +209,6 @@ impl Engine {
         self.providers
             .commit(staged, |name| config.providers.contains_key(name));
         self.inbound.apply(&config, &plan, &self.providers).await;
-        self.status.config_applied(&config, &self.js);
         let globals_ignored = plan.globals_changed;
         if globals_ignored {
             tracing::warn!(
@@ -224,6 +223,8 @@ impl Engine {
             .map(|(name, _)| name.clone())
             .collect();
         applied.globals_ignored = globals_ignored;
+        self.status
+            .config_applied(&self.config, &self.js, !applied.is_empty());
         Ok(applied)
     }
 

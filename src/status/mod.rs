@@ -71,10 +71,18 @@ impl StatusBoard {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The config now running (a new generation).
-    pub fn config_applied(&self, config: &Config, js: &async_nats::jetstream::Context) {
+    /// The config now running; `changed`: a new generation (a valid edit
+    /// that changed nothing keeps the generation, and clears a refusal).
+    pub fn config_applied(
+        &self,
+        config: &Config,
+        js: &async_nats::jetstream::Context,
+        changed: bool,
+    ) {
         let mut b = self.board();
-        b.generation += 1;
+        if changed {
+            b.generation += 1;
+        }
         b.pipelines = config
             .pipelines
             .values()
@@ -111,10 +119,6 @@ impl StatusBoard {
     /// A reload was refused: its errors, each `file:line:col: message`.
     pub fn config_refused(&self, errors: Vec<String>) {
         self.board().refused = Some(json!({"at_ms": now_ms(), "errors": errors}));
-    }
-
-    pub fn generation(&self) -> u64 {
-        self.board().generation
     }
 
     pub fn router(&self) -> Router {

@@ -208,6 +208,23 @@ impl Harness {
         }
     }
 
+    /// Waits until at least `n` dead letters were published; returns them.
+    pub async fn wait_dead_letters(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let letters = self.dead_letters().await;
+            if letters.len() >= n {
+                return letters;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} dead letters, want {n}",
+                letters.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Every dead letter published so far, in order.
     pub async fn dead_letters(&self) -> Vec<Value> {
         let Ok(stream) = self.js.get_stream("SYNCFLOW_DLQ").await else {

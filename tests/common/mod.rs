@@ -31,5 +31,6 @@ pub fn edit(dir: &Path, file: &str, from: &str, to: &str) {
 }
 pub mod contacts;
 pub mod harness;
+pub mod mapping_bug;
 pub mod metrics;
 pub mod twoway;

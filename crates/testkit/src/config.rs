@@ -24,7 +24,8 @@ pub fn example_config(name: &str) -> std::io::Result<tempfile::TempDir> {
     Ok(dir)
 }
 
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+/// Copies the directory `from` into `to` (created if need be), recursively.
+pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;

@@ -28,7 +28,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 pub use chromedriver::{CHROMIUM, CHROMIUM_ARGS, Chromedriver};
-pub use config::{example_config, shipped_config};
+pub use config::{copy_tree, example_config, shipped_config};
 pub use nats::Nats;
 pub use redis::Redis;
 pub use server::{Server, ServerKind, free_port};
