@@ -201,29 +201,51 @@ pub async fn deliver(
                 reason: SkipReason::Unchanged,
             }
         }
-        Some(body) => {
+        Some(first) => {
             let action = if exists {
                 Action::Update
             } else {
                 Action::Create
             };
-            let sent = target
-                .deliver(&Record {
-                    key: &key,
-                    action,
-                    body: Some(body),
-                    unmodified_since: writes.seen[0].filter(|_| exists),
-                    ..*record
-                })
-                .await;
-            if changed_meanwhile(&sent) {
+            let (mut body, mut since) = (first.clone(), writes.seen[0].filter(|_| exists));
+            let mut tries = 0;
+            let sent = loop {
+                let sent = target
+                    .deliver(&Record {
+                        key: &key,
+                        action,
+                        body: Some(&body),
+                        unmodified_since: since,
+                        ..*record
+                    })
+                    .await;
+                if !changed_meanwhile(&sent) {
+                    break sent;
+                }
                 counts.writes.get("deferred").increment(1);
-                settle(rt, link, &key, record, to, body, false, false).await;
-                tracing::info!(pipeline = record.pipeline, key = %key, "the target changed since syncflow last saw it: the write waits for that change");
-                return Delivery::Skipped {
-                    reason: SkipReason::ChangedMeanwhile,
-                };
-            }
+                tries += 1;
+                match refused(
+                    rt,
+                    link,
+                    &key,
+                    record,
+                    to,
+                    &body,
+                    since,
+                    tries < MAX_REFUSALS,
+                )
+                .await
+                {
+                    Some((next, next_since)) => (body, since) = (next, next_since),
+                    None => {
+                        tracing::info!(pipeline = record.pipeline, key = %key, "the target changed since syncflow last saw it: the write waits for that change");
+                        return Delivery::Skipped {
+                            reason: SkipReason::ChangedMeanwhile,
+                        };
+                    }
+                }
+            };
+            let body = &body;
             let ok = matches!(sent, Delivery::Sent { .. } | Delivery::Skipped { .. });
             if ok {
                 counts
@@ -590,16 +612,81 @@ async fn set_back(
         unmodified_since: seen,
         ..*record
     };
-    let sent = rt.source.deliver(&back).await;
+    let mut sent = rt.source.deliver(&back).await;
+    let (mut body, mut since, mut tries) = (body.clone(), seen, 0);
+    while changed_meanwhile(&sent) {
+        rt.counts.writes.get("deferred").increment(1);
+        tries += 1;
+        match refused(
+            rt,
+            link,
+            key,
+            record,
+            from,
+            &body,
+            since,
+            tries < MAX_REFUSALS,
+        )
+        .await
+        {
+            Some((next, next_since)) => (body, since) = (next, next_since),
+            // Withdrawn: the change it waits for will set it back.
+            None => return,
+        }
+        sent = rt
+            .source
+            .deliver(&Record {
+                body: Some(&body),
+                unmodified_since: since,
+                ..back
+            })
+            .await;
+    }
     let ok = matches!(sent, Delivery::Sent { .. });
     if ok {
         rt.counts.writes.get("set_back").increment(1);
-    } else if changed_meanwhile(&sent) {
-        rt.counts.writes.get("deferred").increment(1);
     } else {
         tracing::warn!(pipeline = record.pipeline, key, outcome = ?sent, "could not set a lost field back on the side it came from");
     }
-    settle(rt, link, key, record, from, body, ok, false).await;
+    settle(rt, link, key, record, from, &body, ok, false).await;
+}
+
+/// Refusals (412) of one write in a row before it waits for the next
+/// change instead: a side edited faster than syncflow can write to it.
+const MAX_REFUSALS: u32 = 3;
+
+/// A write of `body` to `side` with `unmodified_since: since` was refused
+/// (412): withdraws it. When the side's change it waited for was handled
+/// meanwhile (see [`PairState::refused`]) and `again` allows, announces
+/// and returns what to write now, with the side's newer `since`; else the
+/// next change from the side decides.
+#[allow(clippy::too_many_arguments)]
+async fn refused(
+    rt: &Runtime,
+    link: &Link,
+    key: &str,
+    record: &Record<'_>,
+    side: Side,
+    body: &Value,
+    since: Option<i64>,
+    again: bool,
+) -> Option<(Value, Option<i64>)> {
+    update(rt, link, key, record, |state| {
+        let written: Vec<(&str, &Value)> = link
+            .fields
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| Some((f.name.as_str(), lookup(body, path(link, i, side))?)))
+            .collect();
+        let seen_meanwhile = state.refused(side, &written, since);
+        if !(seen_meanwhile && again) {
+            return None;
+        }
+        let next = body_of(link, state, side)?;
+        announce(link, state, side, &next, false);
+        Some((next, state.seen(side)))
+    })
+    .await
 }
 
 /// A delete: the other side's record is deleted, the pair marked deleted.

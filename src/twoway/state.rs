@@ -236,6 +236,25 @@ pub struct PairState {
 }
 
 impl PairState {
+    /// A write to `side` of `written` (field name, value) was refused
+    /// because the side changed since `since` (412): it is withdrawn.
+    /// Returns whether a change from the side newer than `since` was seen
+    /// meanwhile. That change was handled while the write was in flight,
+    /// counting on it (`to_write` leaves out what is being sent), so it will
+    /// make no write of its own: the caller must write again now.
+    pub fn refused(&mut self, side: Side, written: &[(&str, &Value)], since: Option<i64>) -> bool {
+        for (name, value) in written {
+            if let Some(field) = self.fields.get_mut(*name) {
+                field.withdraw(side, value);
+            }
+        }
+        match (self.seen(side), since) {
+            (Some(seen), Some(since)) => seen > since,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
     /// The newest change time seen from `side` (its clock, ms), if any:
     /// what the record looked like there, the last syncflow knew.
     pub fn seen(&self, side: Side) -> Option<i64> {
@@ -503,5 +522,45 @@ mod tests {
         state.fields.insert("email".into(), synced(1));
         let text = serde_json::to_string(&state).unwrap();
         assert_eq!(serde_json::from_str::<PairState>(&text).unwrap(), state);
+    }
+
+    /// The soak test's lost edit: System A's edit is written to the CRM
+    /// with the CRM's last seen change as `unmodified_since`; the CRM's
+    /// own, older edit arrives while that write is in flight (and is not
+    /// set back: the write in flight covers it); then the write is refused
+    /// (412). The refusal must say "write again now", and what to write.
+    #[test]
+    fn a_refused_write_whose_awaited_change_came_meanwhile_is_written_again() {
+        let mut state = PairState::default();
+        state.fields.insert("phone".into(), synced(100));
+        let f = state.fields.get_mut("phone").unwrap();
+        // System A's edit wins and is announced to the CRM.
+        assert_eq!(
+            f.change(obs(A, 300, json!("a"), json!("A")), Policy::Latest),
+            Seen::Won
+        );
+        f.sending(P, json!("A"));
+        let since = state.seen(P);
+        // The CRM's older edit comes in meanwhile: it loses, and nothing is
+        // to be written back, since "A" is on its way.
+        let f = state.fields.get_mut("phone").unwrap();
+        assert_eq!(
+            f.change(obs(P, 200, json!("B"), json!("b")), Policy::Latest),
+            Seen::Lost
+        );
+        assert_eq!(f.to_write(P), None);
+        // The write is refused: the change it waited for is already seen.
+        assert!(state.refused(P, &[("phone", &json!("A"))], since));
+        assert_eq!(state.fields["phone"].to_write(P), Some(&json!("A")));
+
+        // Refused before the CRM's change came: wait for it instead.
+        let mut state = PairState::default();
+        state.fields.insert("phone".into(), synced(100));
+        let f = state.fields.get_mut("phone").unwrap();
+        f.change(obs(A, 300, json!("a"), json!("A")), Policy::Latest);
+        f.sending(P, json!("A"));
+        let since = state.seen(P);
+        assert!(!state.refused(P, &[("phone", &json!("A"))], since));
+        assert_eq!(state.fields["phone"].sent[P.index()], Vec::<Value>::new());
     }
 }
