@@ -171,10 +171,10 @@ pub async fn deliver(
         }
         observe(link, state, from, record, facts, counts);
         let target = match exists {
-            true => body_of(link, state, to),
+            true => body_of(link, state, to, record.redelivered),
             false => record.body.cloned(),
         };
-        let back = body_of(link, state, from);
+        let back = body_of(link, state, from, record.redelivered);
         if let Some(body) = &target {
             announce(link, state, to, body, !exists);
         }
@@ -535,10 +535,18 @@ fn observe(
 
 /// The fields `side` must be written, as a body in its shape; `None` when
 /// there are none.
-fn body_of(link: &Link, state: &PairState, side: Side) -> Option<Value> {
+fn body_of(link: &Link, state: &PairState, side: Side, redelivered: bool) -> Option<Value> {
     let mut body = Map::new();
     for (i, field) in link.fields.iter().enumerate() {
-        if let Some(value) = state.fields.get(&field.name).and_then(|f| f.to_write(side)) {
+        let Some(f) = state.fields.get(&field.name) else {
+            continue;
+        };
+        let value = match redelivered {
+            false => f.to_write(side),
+            // Its first handling may have announced writes and died.
+            true => f.to_write_again(side),
+        };
+        if let Some(value) = value {
             insert(&mut body, path(link, i, side), value.clone());
         }
     }
@@ -682,7 +690,7 @@ async fn refused(
         if !(seen_meanwhile && again) {
             return None;
         }
-        let next = body_of(link, state, side)?;
+        let next = body_of(link, state, side, false)?;
         announce(link, state, side, &next, false);
         Some((next, state.seen(side)))
     })

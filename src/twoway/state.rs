@@ -173,12 +173,23 @@ impl FieldState {
     /// An empty winner is not written to a side whose value is unknown:
     /// what syncflow never heard of is taken to be empty.
     pub fn to_write(&self, side: Side) -> Option<&Value> {
-        let winner = self.winner.as_ref()?;
-        let want = &winner.value[side.index()];
-        let holds = self.holds[side.index()].as_ref().unwrap_or(&Value::Null);
         // Being written already (announced, not yet confirmed).
-        let sending = self.sent[side.index()].last() == Some(want);
-        (holds != want && !sending).then_some(want)
+        let sending = self.sent[side.index()].last() == self.wanted(side);
+        self.to_write_again(side).filter(|_| !sending)
+    }
+
+    /// [`to_write`](Self::to_write), writes announced but not confirmed
+    /// included: for a redelivered change, whose first handling may have
+    /// announced a write and died before making it. Writing the same
+    /// value twice is harmless (its second echo repeats what the side holds).
+    pub fn to_write_again(&self, side: Side) -> Option<&Value> {
+        let want = self.wanted(side)?;
+        let holds = self.holds[side.index()].as_ref().unwrap_or(&Value::Null);
+        (holds != want).then_some(want)
+    }
+
+    fn wanted(&self, side: Side) -> Option<&Value> {
+        Some(&self.winner.as_ref()?.value[side.index()])
     }
 
     /// syncflow is about to write `value` to `side`: the change event the
@@ -562,5 +573,24 @@ mod tests {
         let since = state.seen(P);
         assert!(!state.refused(P, &[("phone", &json!("A"))], since));
         assert_eq!(state.fields["phone"].sent[P.index()], Vec::<Value>::new());
+    }
+
+    /// kill -9 between announcing a write and making it: the redelivered
+    /// change finds the write "in flight" forever; it must make it.
+    #[test]
+    fn a_write_announced_by_a_handling_that_died_is_made_by_the_redelivery() {
+        let mut f = synced(100);
+        f.change(obs(A, 300, json!("a"), json!("A")), Policy::Latest);
+        f.sending(P, json!("A"));
+        // (killed here: the write never went out)
+        assert_eq!(
+            f.change(obs(A, 300, json!("a"), json!("A")), Policy::Latest),
+            Seen::Repeat
+        );
+        assert_eq!(f.to_write(P), None);
+        assert_eq!(f.to_write_again(P), Some(&json!("A")));
+        // Once the side holds it, nothing to write either way.
+        f.confirm(P, &json!("A"));
+        assert_eq!(f.to_write_again(P), None);
     }
 }
