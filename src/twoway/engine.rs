@@ -210,12 +210,14 @@ pub async fn deliver(
             let (mut body, mut since) = (first.clone(), writes.seen[0].filter(|_| exists));
             let mut tries = 0;
             let sent = loop {
+                let idempotency_key = again_key(record.idempotency_key, tries);
                 let sent = target
                     .deliver(&Record {
                         key: &key,
                         action,
                         body: Some(&body),
                         unmodified_since: since,
+                        idempotency_key: &idempotency_key,
                         ..*record
                     })
                     .await;
@@ -641,11 +643,13 @@ async fn set_back(
             // Withdrawn: the change it waits for will set it back.
             None => return,
         }
+        let idempotency_key = again_key(&idempotency_key, tries);
         sent = rt
             .source
             .deliver(&Record {
                 body: Some(&body),
                 unmodified_since: since,
+                idempotency_key: &idempotency_key,
                 ..back
             })
             .await;
@@ -657,6 +661,16 @@ async fn set_back(
         tracing::warn!(pipeline = record.pipeline, key, outcome = ?sent, "could not set a lost field back on the side it came from");
     }
     settle(rt, link, key, record, from, &body, ok, false).await;
+}
+
+/// The idempotency key of a write made again after `refusals` refusals: a
+/// new request, not a retry of the refused one (which a provider would
+/// answer with its stored 412).
+fn again_key(key: &str, refusals: u32) -> std::borrow::Cow<'_, str> {
+    match refusals {
+        0 => key.into(),
+        n => format!("{key}:again-{n}").into(),
+    }
 }
 
 /// Refusals (412) of one write in a row before it waits for the next
