@@ -207,45 +207,18 @@ pub async fn deliver(
             } else {
                 Action::Create
             };
-            let (mut body, mut since) = (first.clone(), writes.seen[0].filter(|_| exists));
-            let mut tries = 0;
-            let sent = loop {
-                let idempotency_key = again_key(record.idempotency_key, tries);
-                let sent = target
-                    .deliver(&Record {
-                        key: &key,
-                        action,
-                        body: Some(&body),
-                        unmodified_since: since,
-                        idempotency_key: &idempotency_key,
-                        ..*record
-                    })
-                    .await;
-                if !changed_meanwhile(&sent) {
-                    break sent;
-                }
-                counts.writes.get("deferred").increment(1);
-                tries += 1;
-                match refused(
-                    rt,
-                    link,
-                    &key,
-                    record,
-                    to,
-                    &body,
-                    since,
-                    tries < MAX_REFUSALS,
-                )
-                .await
-                {
-                    Some((next, next_since)) => (body, since) = (next, next_since),
-                    None => {
-                        tracing::info!(pipeline = record.pipeline, key = %key, "the target changed since syncflow last saw it: the write waits for that change");
-                        return Delivery::Skipped {
-                            reason: SkipReason::ChangedMeanwhile,
-                        };
-                    }
-                }
+            let template = Record {
+                key: &key,
+                action,
+                ..*record
+            };
+            let since = writes.seen[0].filter(|_| exists);
+            let written = write(rt, link, record, target, to, template, first.clone(), since).await;
+            let Some((sent, body)) = written else {
+                tracing::info!(pipeline = record.pipeline, key = %key, "the target changed since syncflow last saw it: the write waits for that change");
+                return Delivery::Skipped {
+                    reason: SkipReason::ChangedMeanwhile,
+                };
             };
             let body = &body;
             let ok = matches!(sent, Delivery::Sent { .. } | Delivery::Skipped { .. });
@@ -617,43 +590,14 @@ async fn set_back(
     let back = Record {
         key,
         action: Action::Update,
-        body: Some(body),
         idempotency_key: &idempotency_key,
-        unmodified_since: seen,
         ..*record
     };
-    let mut sent = rt.source.deliver(&back).await;
-    let (mut body, mut since, mut tries) = (body.clone(), seen, 0);
-    while changed_meanwhile(&sent) {
-        rt.counts.writes.get("deferred").increment(1);
-        tries += 1;
-        match refused(
-            rt,
-            link,
-            key,
-            record,
-            from,
-            &body,
-            since,
-            tries < MAX_REFUSALS,
-        )
-        .await
-        {
-            Some((next, next_since)) => (body, since) = (next, next_since),
-            // Withdrawn: the change it waits for will set it back.
-            None => return,
-        }
-        let idempotency_key = again_key(&idempotency_key, tries);
-        sent = rt
-            .source
-            .deliver(&Record {
-                body: Some(&body),
-                unmodified_since: since,
-                idempotency_key: &idempotency_key,
-                ..back
-            })
-            .await;
-    }
+    let written = write(rt, link, record, &rt.source, from, back, body.clone(), seen).await;
+    // Refused for good: the change it waits for will set it back.
+    let Some((sent, body)) = written else {
+        return;
+    };
     let ok = matches!(sent, Delivery::Sent { .. });
     if ok {
         rt.counts.writes.get("set_back").increment(1);
@@ -661,6 +605,43 @@ async fn set_back(
         tracing::warn!(pipeline = record.pipeline, key, outcome = ?sent, "could not set a lost field back on the side it came from");
     }
     settle(rt, link, key, record, from, &body, ok, false).await;
+}
+
+/// Writes `body` to `side` through `sink` as `template` says, with
+/// `unmodified_since: since`. A refusal (412) whose awaited change was
+/// handled meanwhile is written again (see [`refused`]). Returns what the
+/// sink answered and the body last written; `None` when refused for good
+/// (the write is withdrawn and waits for the side's next change).
+#[allow(clippy::too_many_arguments)]
+async fn write(
+    rt: &Runtime,
+    link: &Link,
+    record: &Record<'_>,
+    sink: &TargetSink,
+    side: Side,
+    template: Record<'_>,
+    mut body: Value,
+    mut since: Option<i64>,
+) -> Option<(Delivery, Value)> {
+    let mut refusals = 0;
+    loop {
+        let idempotency_key = again_key(template.idempotency_key, refusals);
+        let sent = sink
+            .deliver(&Record {
+                body: Some(&body),
+                unmodified_since: since,
+                idempotency_key: &idempotency_key,
+                ..template
+            })
+            .await;
+        if !changed_meanwhile(&sent) {
+            return Some((sent, body));
+        }
+        rt.counts.writes.get("deferred").increment(1);
+        refusals += 1;
+        let again = refusals < MAX_REFUSALS;
+        (body, since) = refused(rt, link, template.key, record, side, &body, since, again).await?;
+    }
 }
 
 /// The idempotency key of a write made again after `refusals` refusals: a
