@@ -8,6 +8,7 @@
 pub mod action;
 pub mod app;
 pub mod cli;
+pub mod clock;
 pub mod compile;
 pub mod config;
 pub mod connect;

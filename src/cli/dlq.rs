@@ -6,9 +6,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::Format;
+use crate::clock::format_time;
+use crate::clock::now_ms;
 use crate::compile::{Config, compile_dir};
 use crate::config::env::ProcessEnv;
-use crate::dlq::{DeadLetterStore, Filter, Stored, format_time};
+use crate::dlq::{DeadLetterStore, Filter, Stored};
 use crate::executor::DLQ_STREAM;
 use crate::pipeline::MessageMeta;
 
@@ -54,7 +56,7 @@ impl Selection {
         let now = now_ms();
         let time = |t: &Option<String>| {
             t.as_deref()
-                .map(|t| crate::dlq::parse_time(t, now))
+                .map(|t| crate::clock::parse_time(t, now))
                 .transpose()
         };
         Ok(Filter {
@@ -106,12 +108,6 @@ pub enum DlqCommand {
         #[arg(long)]
         yes: bool,
     },
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Runs one `dlq` subcommand; returns whether it did all it was asked.

@@ -8,9 +8,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 
 use super::Format;
+use crate::clock::format_time;
 use crate::compile::compile_dir;
 use crate::config::env::ProcessEnv;
-use crate::dlq::format_time;
 use crate::tap::Decision;
 
 pub struct TapArgs<'a> {

@@ -189,9 +189,7 @@ fn offer_to_tap(
             }
         };
         Decision {
-            time_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64),
+            time_ms: crate::clock::now_ms(),
             seq: msg.seq,
             key: key.map(str::to_string),
             action: action.map(str::to_string),

@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
 
 use async_nats::jetstream;
 use axum::Router;
@@ -26,6 +25,7 @@ use axum::routing::post;
 
 use super::webhook::{Refused, Request, Webhook};
 use super::{Envelope, store};
+use crate::clock::now_ms;
 use crate::expr::ScriptEngine;
 use crate::metric_handles::Handles;
 
@@ -111,12 +111,6 @@ async fn read_body(body: Body, limit: usize) -> Option<axum::body::Bytes> {
         kept.extend_from_slice(&chunk);
     }
     Some(kept.into())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 async fn hook(

@@ -19,7 +19,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,7 @@ use tokio::sync::watch;
 
 use super::envelope::{Envelope, EnvelopeMapping};
 use super::store;
+use crate::clock::now_ms;
 use crate::config::diagnostics::Diagnostics;
 use crate::config::load::SourceFile;
 use crate::config::model::PollConfig;
@@ -246,12 +247,6 @@ fn parse(path: &str) -> Result<Vec<Part>, String> {
         return Err(format!("path \"{path}\" needs {{since}}: the cursor"));
     }
     Ok(parts)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A lease's value: who holds it, until when (ms, the holder's clock).

@@ -23,6 +23,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::clock::now_ms;
 use crate::compile::Config;
 use crate::dlq::{DeadLetterStore, DlqError, Stored};
 use crate::readiness::Readiness;
@@ -132,12 +133,6 @@ impl StatusBoard {
     fn dead_letter_store(&self) -> Option<DeadLetterStore> {
         self.board().dead_letters.clone()
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 async fn page() -> Response {

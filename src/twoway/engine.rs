@@ -35,6 +35,7 @@ use super::Link;
 use super::state::{Observed, PairState, Seen, Side};
 use super::store::{LinkStore, Saved};
 use crate::action::Action;
+use crate::clock::now_ms;
 use crate::config::model::Direction;
 use crate::idmap::IdMap;
 use crate::mapping::{insert, lookup};
@@ -462,12 +463,6 @@ async fn create_inbound(
     sent
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Applies the change's fields to the state.
 fn observe(
     link: &Link,
@@ -528,6 +523,18 @@ fn body_of(link: &Link, state: &PairState, side: Side, redelivered: bool) -> Opt
     (!body.is_empty()).then_some(Value::Object(body))
 }
 
+/// The link's fields a write of `body` to `side` holds: (name, value).
+fn written<'a>(
+    link: &'a Link,
+    body: &'a Value,
+    side: Side,
+) -> impl Iterator<Item = (&'a str, &'a Value)> {
+    link.fields
+        .iter()
+        .enumerate()
+        .filter_map(move |(i, f)| Some((f.name.as_str(), lookup(body, path(link, i, side))?)))
+}
+
 /// Announces that `side` is about to be written `body`: its change event
 /// for it will be an echo. A create leaves out empty fields, so the new
 /// record holds them empty.
@@ -561,11 +568,8 @@ async fn settle(
         if gone {
             state.deleted = true;
         }
-        for (i, field) in link.fields.iter().enumerate() {
-            let Some(value) = lookup(body, path(link, i, side)) else {
-                continue;
-            };
-            let field = state.fields.entry(field.name.clone()).or_default();
+        for (name, value) in written(link, body, side) {
+            let field = state.fields.entry(name.to_string()).or_default();
             match ok {
                 true => field.confirm(side, value),
                 false => field.withdraw(side, value),
@@ -675,12 +679,7 @@ async fn refused(
     again: bool,
 ) -> Option<(Value, Option<i64>)> {
     update(rt, link, key, record, |state| {
-        let written: Vec<(&str, &Value)> = link
-            .fields
-            .iter()
-            .enumerate()
-            .filter_map(|(i, f)| Some((f.name.as_str(), lookup(body, path(link, i, side))?)))
-            .collect();
+        let written: Vec<(&str, &Value)> = written(link, body, side).collect();
         let seen_meanwhile = state.refused(side, &written, since);
         if !(seen_meanwhile && again) {
             return None;
