@@ -26,7 +26,8 @@
 #               slow-tap rounds as a share of the no-tap ones
 #
 # Options: --count N  --rate R  --duration S  --warmup S  --in-flight C
-#          --wrk-secs S  --no-build
+#          --wrk-secs S  --no-build  --record-bytes B (throughput: events padded to
+#          about B bytes with a field the pipeline does not map)
 #          --crm nginx (throughput): the CRM is one nginx worker answering 201,
 #          as in the reference workload, instead of the mock (no latencies)
 #          --scrape S: GET syncflow's /metrics every S seconds, as Prometheus
@@ -43,13 +44,14 @@ cd "$(dirname "$0")/.."
 
 mode=${1:-throughput}
 case "$mode" in throughput|latency|limiter|two-way|tap|all) shift || true ;; -*) mode=throughput ;; *)
-  echo "usage: bench/run.sh [throughput|latency|limiter|two-way|tap|all] [--count N] [--rate R] [--duration S] [--warmup S] [--in-flight C] [--wrk-secs S] [--scrape S] [--perf] [--no-build] [--crm mock|nginx]" >&2
+  echo "usage: bench/run.sh [throughput|latency|limiter|two-way|tap|all] [--count N] [--rate R] [--duration S] [--warmup S] [--in-flight C] [--wrk-secs S] [--scrape S] [--perf] [--no-build] [--crm mock|nginx] [--record-bytes B]" >&2
   exit 2 ;;
 esac
-COUNT=200000 RATE=5000 DURATION= WARMUP=3 INFLIGHT=64 WRK_SECS=10 PERF=0 BUILD=1 SCRAPE= CRM=mock
+RECORD_BYTES=0 COUNT=200000 RATE=5000 DURATION= WARMUP=3 INFLIGHT=64 WRK_SECS=10 PERF=0 BUILD=1 SCRAPE= CRM=mock
 while [ $# -gt 0 ]; do
   case "$1" in
     --count) COUNT=$2; shift 2 ;;
+    --record-bytes) RECORD_BYTES=$2; shift 2 ;;
     --rate) RATE=$2; RATE_SET=$2; shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
     --warmup) WARMUP=$2; shift 2 ;;
@@ -315,7 +317,8 @@ throughput() {
   start_services
   "$bin/examples/bench_load" --nats "$nats" setup >/dev/null
   echo "== preloading $COUNT events"
-  "$bin/examples/bench_load" --nats "$nats" preload --count "$COUNT" >"$out/preload.json"
+  "$bin/examples/bench_load" --nats "$nats" preload --count "$COUNT" \
+    --record-bytes "$RECORD_BYTES" >"$out/preload.json"
   local load_before; load_before=$(loadavg)
   local others; others=$(others_ticks)
   echo "== syncflow run (load average $load_before)"
@@ -341,7 +344,7 @@ throughput() {
   cpu_per_record=$(awk -v c="$syncflow_cpu_s" -v n="$COUNT" 'BEGIN {printf "%.1f", c * 1e6 / n}')
   : >"$out/report.txt"
   report ""
-  report "== syncflow benchmark: throughput, $COUNT events preloaded, $CRM CRM, max_in_flight $INFLIGHT${SCRAPE:+, /metrics scraped every ${SCRAPE}s} ($(date -u +%FT%TZ), $(nproc) cores)"
+  report "== syncflow benchmark: throughput, $COUNT events preloaded$([ "$RECORD_BYTES" -gt 0 ] && echo " of about $RECORD_BYTES bytes"), $CRM CRM, max_in_flight $INFLIGHT${SCRAPE:+, /metrics scraped every ${SCRAPE}s} ($(date -u +%FT%TZ), $(nproc) cores)"
   report "  load average: $load_before before, $load_after after"
   report "  preload: $(jq -r '.rate_per_s | floor' "$out/preload.json") events/s published into JetStream"
   report "  records/s, first → last CRM receipt: $(fmt "$crm_rate")"

@@ -25,7 +25,7 @@ use serde_json::json;
 
 #[path = "shared/bench_event.rs"]
 mod bench_event;
-use bench_event::event;
+use bench_event::event_of_size;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -54,6 +54,9 @@ enum Command {
         /// Publishes awaiting their JetStream ack at once.
         #[arg(long, default_value_t = 4096)]
         max_pending: usize,
+        /// Pad each event to about this many bytes (an unmapped text field).
+        #[arg(long, default_value_t = 0)]
+        record_bytes: usize,
     },
     /// Publish at a fixed rate (open loop: a slow consumer does not slow it).
     Paced {
@@ -91,8 +94,13 @@ async fn main() -> Result<(), Error> {
     let js = jetstream::new(client.clone());
     let report = match args.command {
         Command::Setup => setup(&js, &args.stream).await?,
-        Command::Preload { count, max_pending } => {
+        Command::Preload {
+            count,
+            max_pending,
+            record_bytes,
+        } => {
             let mut publisher = Publisher::new(&js, &args.subject, max_pending);
+            publisher.record_bytes = record_bytes;
             let started = Instant::now();
             let started_at_us = unix_micros();
             for _ in 0..count {
@@ -164,6 +172,8 @@ struct Publisher<'a> {
     max_pending: usize,
     pending: VecDeque<PublishAckFuture>,
     next_id: u64,
+    /// Events padded to about this size; 0: as they are.
+    record_bytes: usize,
 }
 
 impl<'a> Publisher<'a> {
@@ -174,6 +184,7 @@ impl<'a> Publisher<'a> {
             max_pending: max_pending.max(1),
             pending: VecDeque::new(),
             next_id: 1,
+            record_bytes: 0,
         }
     }
 
@@ -183,7 +194,7 @@ impl<'a> Publisher<'a> {
                 ack.await?;
             }
         }
-        let event = event(self.next_id, unix_micros());
+        let event = event_of_size(self.next_id, unix_micros(), self.record_bytes);
         self.next_id += 1;
         let ack = self.js.publish(self.subject.clone(), event.into()).await?;
         self.pending.push_back(ack);

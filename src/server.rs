@@ -11,8 +11,10 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::readiness::Readiness;
 
-/// How often the recorder folds histogram samples into their buckets.
-const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often the recorder folds histogram samples into their buckets. The
+/// samples wait in memory until then: at 40,000 records/s and three
+/// histograms a record, every second is about a megabyte.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The process-wide Prometheus recorder (a recorder can be installed once).
 pub fn prometheus() -> &'static PrometheusHandle {

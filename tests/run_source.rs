@@ -91,3 +91,55 @@ async fn nats_going_away_is_not_ready_and_coming_back_resumes() {
     );
     assert!(syncflow.sigterm().success(), "{}", syncflow.log());
 }
+
+/// `max_ack_pending_bytes` holds large records back by their size: with
+/// 20 KB records and 64 KiB, a handful are unacked at once where the count
+/// alone (512) would let all 60 be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_records_are_held_by_bytes_not_only_by_count() {
+    let h = Harness::start(MockCrmConfig {
+        latency: Duration::from_millis(100),
+        ..MockCrmConfig::default()
+    })
+    .await;
+    h.remove_pipeline("contacts-to-salesforce");
+    let subject = r#"    subject: "cdc.contacts.>""#;
+    h.edit(
+        "pipelines/contacts-to-hubspot.yaml",
+        subject,
+        &format!("{subject}\n    max_ack_pending_bytes: 65536"),
+    );
+    let events: Vec<Event> = (1..=60)
+        .map(|key| {
+            let mut ev = contacts::created(key);
+            // A long field the mapping leaves out.
+            ev.record["notes"] = serde_json::json!("n".repeat(20_000));
+            ev
+        })
+        .collect();
+    contacts::publish_all(&h, &events).await;
+
+    let mut syncflow = h.spawn();
+    syncflow.wait_ready(Duration::from_secs(30)).await;
+    let started = Instant::now();
+    let mut most_unacked = 0;
+    while h.crm.snapshot().hubspot.counters.creates < 60 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{}",
+            syncflow.log()
+        );
+        let c = h.consumer("contacts-to-hubspot").await;
+        most_unacked = most_unacked.max(c.num_ack_pending);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.wait_settled(Duration::from_secs(20)).await;
+    // 64 KiB takes three 20 KB records; a pull may ask for what is left
+    // when one is settled, so at most twice that are unacked at once.
+    assert!(
+        (1..=6).contains(&most_unacked),
+        "{most_unacked} records unacked at once"
+    );
+    assert!(syncflow.sigterm().success(), "{}", syncflow.log());
+    println!("max_ack_pending_bytes 65536, 20 KB records: at most {most_unacked} unacked at once");
+}

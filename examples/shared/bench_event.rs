@@ -15,3 +15,17 @@ pub fn event(id: u64, sent_at_us: u64) -> String {
         id % 50,
     )
 }
+
+/// [`event`], with an `after.notes` field of filler that makes it about
+/// `bytes` long (a record with a long text field the pipeline does not map).
+#[allow(dead_code)] // bench_load's only
+pub fn event_of_size(id: u64, sent_at_us: u64, bytes: usize) -> String {
+    let plain = event(id, sent_at_us);
+    // `,"notes":""` and the closing braces.
+    let filler = bytes.saturating_sub(plain.len() + 11);
+    if filler == 0 {
+        return plain;
+    }
+    let body = &plain[..plain.len() - 2];
+    format!(r#"{body},"notes":"{}"}}}}"#, "n".repeat(filler))
+}

@@ -675,6 +675,9 @@ pub struct NatsSourceConfig {
     /// Unacked messages the server lets this consumer hold.
     #[serde(default = "default_max_ack_pending")]
     pub max_ack_pending: i64,
+    /// Bytes of unacked messages this pipeline holds at most.
+    #[serde(default = "default_max_ack_pending_bytes")]
+    pub max_ack_pending_bytes: usize,
     /// Redelivery after this long without an ack (in-progress acks extend it).
     #[serde(default = "default_ack_wait")]
     pub ack_wait: ConfigDuration,
@@ -683,8 +686,15 @@ pub struct NatsSourceConfig {
 fn default_batch() -> usize {
     256
 }
+/// Enough to keep a provider's `max_in_flight` (64 by default) busy eight
+/// times over; more only holds memory (bench/README.md, Memory).
 fn default_max_ack_pending() -> i64 {
-    4096
+    512
+}
+/// 2 MiB: 100 records of 20 KB in flight, 8,000 of 250 bytes (so
+/// `max_ack_pending` binds first for small records).
+fn default_max_ack_pending_bytes() -> usize {
+    2 << 20
 }
 fn default_ack_wait() -> ConfigDuration {
     ConfigDuration::from_secs(30)

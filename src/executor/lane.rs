@@ -58,7 +58,8 @@ impl Job {
 /// `abort` turns true: then every message it still holds is handed back.
 ///
 /// The lane takes whatever is sent to it at once (the channel is unbounded;
-/// the consumer's `max_ack_pending` bounds what a pipeline holds), so every
+/// the source's `max_ack_pending` and `max_ack_pending_bytes` bound what a
+/// pipeline holds, by count and by size), so every
 /// message a pipeline holds sits in some lane's queue, where the steady
 /// `progress_every` tick keeps telling JetStream it is being worked on.
 pub async fn run(

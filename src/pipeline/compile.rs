@@ -71,6 +71,13 @@ pub fn compile(
         1,
         1_000_000,
     );
+    file.check_range(
+        diags,
+        &at("max_ack_pending_bytes"),
+        source.max_ack_pending_bytes,
+        1024,
+        1 << 30,
+    );
     file.check_duration(
         diags,
         &at("ack_wait"),

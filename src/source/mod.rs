@@ -71,6 +71,14 @@ enum Settle {
 pub struct AckError(String);
 
 impl AckHandle {
+    /// The bytes the message counts for in its pipeline's
+    /// `max_ack_pending_bytes`.
+    pub fn held_bytes(&self) -> usize {
+        match &self.0 {
+            Settle::JetStream(ack) => ack.held_bytes(),
+        }
+    }
+
     /// Done: the record was delivered, skipped or dead-lettered. The source
     /// may gather acks and send them together; a lost ack means a
     /// redelivery, which the idempotency key makes harmless.

@@ -8,6 +8,7 @@ use futures::StreamExt;
 
 use super::Ack;
 use super::acks::Acks;
+use super::budget::ByteBudget;
 use crate::config::model::NatsSourceConfig;
 use crate::source::{AckHandle, Settle, SourceMessage};
 
@@ -140,6 +141,7 @@ pub async fn fetch(
     batch: usize,
     durable: &str,
     acks: &Acks,
+    budget: &ByteBudget,
 ) -> Result<
     impl futures::Stream<Item = Result<SourceMessage, NatsSourceError>> + use<>,
     NatsSourceError,
@@ -157,13 +159,14 @@ pub async fn fetch(
         .map_err(|e| pull_error(&e))?;
     let durable = durable.to_string();
     let acks = acks.clone();
+    let budget = budget.clone();
     // The server ends the request after PULL_EXPIRES. If its answer never
     // comes (the server restarted, the connection dropped and came back),
     // async-nats would wait 5 s more; end it soon after instead, so the
     // next pull goes to the server that is there now.
     let lost = tokio::time::sleep(PULL_EXPIRES + PULL_GRACE);
     Ok(stream.take_until(lost).map(move |m| {
-        m.map(|m| to_source_message(m, &acks))
+        m.map(|m| to_source_message(m, &acks, &budget))
             .map_err(|e| NatsSourceError::Pull {
                 durable: durable.clone(),
                 message: e.to_string(),
@@ -171,14 +174,14 @@ pub async fn fetch(
     }))
 }
 
-fn to_source_message(m: jetstream::Message, acks: &Acks) -> SourceMessage {
+fn to_source_message(m: jetstream::Message, acks: &Acks, budget: &ByteBudget) -> SourceMessage {
     let delivery = m.reply.as_deref().and_then(Delivery::parse);
     let (seq, delivered, timestamp_ms) = match delivery {
         Some(d) => (d.stream_sequence, d.delivered, Some(d.timestamp_ms)),
         None => (0, 1, None),
     };
     let (msg, acker) = m.split();
-    let headers = msg
+    let headers: Vec<(String, String)> = msg
         .headers
         .as_ref()
         .map(|h| {
@@ -187,6 +190,12 @@ fn to_source_message(m: jetstream::Message, acks: &Acks) -> SourceMessage {
                 .collect()
         })
         .unwrap_or_default();
+    let bytes = msg.payload.len()
+        + msg.subject.len()
+        + headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
     SourceMessage {
         subject: msg.subject.as_str().to_owned(),
         seq,
@@ -197,6 +206,7 @@ fn to_source_message(m: jetstream::Message, acks: &Acks) -> SourceMessage {
         ack: AckHandle(Settle::JetStream(Ack {
             acker,
             acks: acks.clone(),
+            held: budget.hold(bytes),
         })),
     }
 }

@@ -11,6 +11,7 @@
 //! reported not ready meanwhile.
 
 mod acks;
+mod budget;
 mod consumer;
 mod recovery;
 
@@ -29,6 +30,7 @@ use super::{AckError, Source, SourceMessage};
 use crate::config::model::NatsSourceConfig;
 use crate::readiness::Readiness;
 use acks::Acks;
+use budget::{ByteBudget, SizeEstimate};
 use recovery::Recovery;
 
 /// How often a message held but not settled is reported in progress, for
@@ -49,6 +51,9 @@ pub struct JetStreamSource {
     stop: watch::Receiver<bool>,
     acks: Acks,
     acks_task: tokio::task::JoinHandle<()>,
+    /// Bytes of the messages given out and not yet settled.
+    budget: ByteBudget,
+    size: SizeEstimate,
     consumer: Option<PullConsumer>,
     batch: Option<Batch>,
     recovery: Option<Recovery>,
@@ -73,6 +78,7 @@ impl JetStreamSource {
             .clone()
             .unwrap_or_else(|| pipeline.to_string());
         let (acks, acks_task) = Acks::start(pipeline.to_string());
+        let budget = ByteBudget::new(config.max_ack_pending_bytes);
         JetStreamSource {
             js,
             config,
@@ -82,6 +88,8 @@ impl JetStreamSource {
             stop,
             acks,
             acks_task,
+            budget,
+            size: SizeEstimate::default(),
             consumer: None,
             batch: None,
             recovery: None,
@@ -176,12 +184,28 @@ impl Source for JetStreamSource {
                 self.bind().await;
                 continue;
             };
+            let waiting = self.recovery.as_ref().is_some_and(Recovery::is_waiting);
             let batch = match &mut self.batch {
                 Some(batch) => batch,
                 None => {
-                    match consumer::fetch(consumer, self.config.batch, &self.durable, &self.acks)
-                        .await
-                    {
+                    // While recovering, the older messages awaited must come
+                    // whatever the parked ones hold: max_ack_pending bounds it.
+                    if !waiting && self.budget.available() == 0 {
+                        tokio::select! {
+                            _ = self.budget.wait_available() => {}
+                            _ = self.stop.changed() => {}
+                        }
+                        continue;
+                    }
+                    let count = budget::pull_size(
+                        self.config.batch,
+                        self.budget.available(),
+                        self.size.get(),
+                    );
+                    let fetched =
+                        consumer::fetch(consumer, count, &self.durable, &self.acks, &self.budget)
+                            .await;
+                    match fetched {
                         Ok(batch) => self.batch.insert(Box::pin(batch)),
                         Err(e) => {
                             self.cut_off(&e).await;
@@ -190,7 +214,6 @@ impl Source for JetStreamSource {
                     }
                 }
             };
-            let waiting = self.recovery.as_ref().is_some_and(Recovery::is_waiting);
             tokio::select! {
                 next = batch.next() => match next {
                     None => {
@@ -198,6 +221,7 @@ impl Source for JetStreamSource {
                         self.release(true).await;
                     }
                     Some(Ok(msg)) => {
+                        self.size.observe(msg.ack.held_bytes());
                         let admitted = match &mut self.recovery {
                             Some(recovery) => recovery.admit(msg),
                             None => Some(msg),
@@ -238,6 +262,8 @@ async fn hand_back(pipeline: &str, msg: &SourceMessage) {
 pub(crate) struct Ack {
     acker: jetstream::message::Acker,
     acks: Acks,
+    /// The message's share of `max_ack_pending_bytes`, released with it.
+    held: budget::Held,
 }
 
 impl std::fmt::Debug for Ack {
@@ -247,6 +273,10 @@ impl std::fmt::Debug for Ack {
 }
 
 impl Ack {
+    pub(super) fn held_bytes(&self) -> usize {
+        self.held.bytes()
+    }
+
     pub(super) fn ack(self, seq: u64) {
         self.acks.ack(seq, self.acker);
     }
