@@ -20,6 +20,10 @@
 #               JetStream publish of the same envelopes in the same run), then
 #               HubSpot users' edits at --rate/s (default 1000) for --duration s
 #               (default 20): edit → applied in System A, p50/p90/p99
+#   id-map      throughput rounds alternating the bench pipeline as it is
+#               and with creates that learn an id (`id_from`, written to the
+#               id map before the ack): each one's records/s and the id-map
+#               rate as a share of the plain one (--rounds pairs, default 2)
 #   tap         examples/bench_tap.rs: rounds of --rate events/s (default
 #               10000) for --duration s (default 10), alternating no tap and
 #               a `syncflow tap` reading 64 KB/s: records/s of each, and the
@@ -28,6 +32,9 @@
 # Options: --count N  --rate R  --duration S  --warmup S  --in-flight C
 #          --wrk-secs S  --no-build  --record-bytes B (throughput: events padded to
 #          about B bytes with a field the pipeline does not map)
+#          --id-map (throughput): creates learn the id the CRM answers
+#          (`id_from: $.id`) and write it to the id map
+#          --rounds N (id-map): pairs of runs, default 2
 #          --crm nginx (throughput): the CRM is one nginx worker answering 201,
 #          as in the reference workload, instead of the mock (no latencies)
 #          --scrape S: GET syncflow's /metrics every S seconds, as Prometheus
@@ -43,15 +50,17 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 mode=${1:-throughput}
-case "$mode" in throughput|latency|limiter|two-way|tap|all) shift || true ;; -*) mode=throughput ;; *)
-  echo "usage: bench/run.sh [throughput|latency|limiter|two-way|tap|all] [--count N] [--rate R] [--duration S] [--warmup S] [--in-flight C] [--wrk-secs S] [--scrape S] [--perf] [--no-build] [--crm mock|nginx] [--record-bytes B]" >&2
+case "$mode" in throughput|latency|limiter|two-way|tap|id-map|all) shift || true ;; -*) mode=throughput ;; *)
+  echo "usage: bench/run.sh [throughput|latency|limiter|two-way|tap|all] [--count N] [--rate R] [--duration S] [--warmup S] [--in-flight C] [--wrk-secs S] [--scrape S] [--perf] [--no-build] [--crm mock|nginx] [--record-bytes B] [--id-map] [--rounds N]" >&2
   exit 2 ;;
 esac
-RECORD_BYTES=0 COUNT=200000 RATE=5000 DURATION= WARMUP=3 INFLIGHT=64 WRK_SECS=10 PERF=0 BUILD=1 SCRAPE= CRM=mock
+ID_MAP=0 ROUNDS=2 RECORD_BYTES=0 COUNT=200000 RATE=5000 DURATION= WARMUP=3 INFLIGHT=64 WRK_SECS=10 PERF=0 BUILD=1 SCRAPE= CRM=mock
 while [ $# -gt 0 ]; do
   case "$1" in
     --count) COUNT=$2; shift 2 ;;
     --record-bytes) RECORD_BYTES=$2; shift 2 ;;
+    --id-map) ID_MAP=1; shift ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
     --rate) RATE=$2; RATE_SET=$2; shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
     --warmup) WARMUP=$2; shift 2 ;;
@@ -65,7 +74,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-case "$CRM" in mock) ;; nginx) [ "$mode" = throughput ] || { echo "--crm nginx is for throughput" >&2; exit 2; } ;;
+case "$CRM" in mock) ;; nginx) [ "$mode" = throughput ] || [ "$mode" = id-map ] || { echo "--crm nginx is for throughput" >&2; exit 2; } ;;
   *) echo "--crm is mock or nginx" >&2; exit 2 ;; esac
 ensure_services_installed
 ensure_commands wrk jq curl redis-cli:redis-tools /usr/bin/time:time
@@ -92,6 +101,29 @@ if [ "$mode" = tap ]; then
   out=target/bench/tap-$(date +%Y%m%d-%H%M%S); mkdir -p "$out"
   target/release/examples/bench_tap --syncflow target/release/syncflow \
     --rate "${RATE_SET:-10000}" --duration "${DURATION:-10}" | tee "$out/report.txt"
+  exit 0
+fi
+if [ "$mode" = id-map ]; then
+  # Plain and id-map runs alternate (the machine's speed drifts): each
+  # id-map run is compared with the plain run just before it.
+  out=target/bench/id-map-$(date +%Y%m%d-%H%M%S); mkdir -p "$out"
+  rate_of() { awk -F': ' '/records\/s, first → last CRM receipt/ {print $2; exit}' "$1"; }
+  for round in $(seq "$ROUNDS"); do
+    for variant in plain id-map; do
+      "$0" throughput --no-build --crm "$CRM" --count "$COUNT" --in-flight "$INFLIGHT" \
+        --wrk-secs "$WRK_SECS" --record-bytes "$RECORD_BYTES" \
+        $([ "$variant" = id-map ] && echo --id-map) | tee "$out/$variant-$round.txt"
+    done
+  done
+  {
+    echo
+    echo "== id-map benchmark: $ROUNDS rounds of $COUNT events, $CRM CRM, plain then id-map ($(date -u +%FT%TZ), $(nproc) cores)"
+    for round in $(seq "$ROUNDS"); do
+      plain=$(rate_of "$out/plain-$round.txt") idmap=$(rate_of "$out/id-map-$round.txt")
+      echo "  round $round: plain $plain records/s, id-map $idmap records/s = $(awk -v a="$idmap" -v b="$plain" 'BEGIN {printf "%.1f", 100 * a / b}')% of plain"
+    done
+    echo "  target: id-map ≥ 60% of plain in each round"
+  } | tee "$out/report.txt"
   exit 0
 fi
 if [ "$mode" = all ]; then
@@ -149,7 +181,7 @@ start_redis() {
 }
 
 # The reference workload's CRM: one nginx worker answering every POST with
-# 201 and an id, connections kept alive, each receipt's time in its log.
+# 201 and an id of its own (32 hex digits), connections kept alive, each receipt's time in its log.
 start_nginx() {
   mkdir -p "$work/nginx"
   cat >"$work/nginx/nginx.conf" <<NGINX
@@ -172,7 +204,7 @@ http {
     location = /hubspot/crm/v3/objects/contacts {
       access_log $work/nginx/receipts.log receipt buffer=1m flush=1s;
       default_type application/json;
-      return 201 '{"id":"1"}';
+      return 201 '{"id":"\$request_id"}';
     }
   }
 }
@@ -210,7 +242,7 @@ start_syncflow() {
   syncflow_started_us=$(now_us)
   NATS_URL="$nats" REDIS_URL="$redis" SYNCFLOW_HTTP="127.0.0.1:$HTTP_PORT" \
     CRM_URL="$crm/hubspot" CRM_TOKEN="$TOKEN" BENCH_MAX_IN_FLIGHT="$INFLIGHT" \
-    ${SYNCFLOW_WRAP:-} "$bin/syncflow" run --dir "${BENCH_CONFIG:-bench/config}" >"$out/syncflow.log" 2>&1 &
+    ${SYNCFLOW_WRAP:-} "$bin/syncflow" run --dir "$config" >"$out/syncflow.log" 2>&1 &
   syncflow_pid=$!; pids+=("$syncflow_pid")
   if [ -n "$SCRAPE" ]; then
     (while kill -0 "$syncflow_pid" 2>/dev/null; do
@@ -313,7 +345,21 @@ EOF
 
 verdict() { awk -v ok="$1" 'BEGIN {print (ok ? "met" : "NOT met")}'; }
 
+# The config syncflow runs: bench/config, or with --id-map a copy whose
+# creates learn the id the CRM answers.
+bench_config() {
+  config=${BENCH_CONFIG:-bench/config}
+  [ "$ID_MAP" = 1 ] || return 0
+  cp -r "$config" "$work/config"
+  sed -i 's|path: /crm/v3/objects/contacts }|path: /crm/v3/objects/contacts, id_from: $.id }|' \
+    "$work/config/providers/crm.yaml"
+  grep -q 'id_from: \$.id' "$work/config/providers/crm.yaml" ||
+    { echo "--id-map: no create endpoint to add id_from to in $config/providers/crm.yaml" >&2; exit 1; }
+  config=$work/config
+}
+
 throughput() {
+  bench_config
   start_services
   "$bin/examples/bench_load" --nats "$nats" setup >/dev/null
   echo "== preloading $COUNT events"
@@ -344,7 +390,7 @@ throughput() {
   cpu_per_record=$(awk -v c="$syncflow_cpu_s" -v n="$COUNT" 'BEGIN {printf "%.1f", c * 1e6 / n}')
   : >"$out/report.txt"
   report ""
-  report "== syncflow benchmark: throughput, $COUNT events preloaded$([ "$RECORD_BYTES" -gt 0 ] && echo " of about $RECORD_BYTES bytes"), $CRM CRM, max_in_flight $INFLIGHT${SCRAPE:+, /metrics scraped every ${SCRAPE}s} ($(date -u +%FT%TZ), $(nproc) cores)"
+  report "== syncflow benchmark: throughput, $COUNT events preloaded$([ "$RECORD_BYTES" -gt 0 ] && echo " of about $RECORD_BYTES bytes"), $CRM CRM$([ "$ID_MAP" = 1 ] && echo ", creates learn ids (id map)"), max_in_flight $INFLIGHT${SCRAPE:+, /metrics scraped every ${SCRAPE}s} ($(date -u +%FT%TZ), $(nproc) cores)"
   report "  load average: $load_before before, $load_after after"
   report "  preload: $(jq -r '.rate_per_s | floor' "$out/preload.json") events/s published into JetStream"
   report "  records/s, first → last CRM receipt: $(fmt "$crm_rate")"
@@ -363,6 +409,7 @@ throughput() {
 
 latency() {
   local duration=${DURATION:-20}
+  bench_config
   start_services
   "$bin/examples/bench_load" --nats "$nats" setup >/dev/null
   local others; others=$(others_ticks)

@@ -73,11 +73,26 @@ struct Reverse {
 /// A body's hash as stored in [`Entry::body`]: FNV-1a 64 of its JSON. Stable
 /// across versions and machines (std's hashers are not promised to be).
 pub fn body_hash(body: &serde_json::Value) -> String {
-    let bytes = serde_json::to_vec(body).expect("a JSON value always serializes");
-    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    format!("{hash:016x}")
+    // Hashed as it is serialized: no copy of the JSON is made.
+    let mut hash = Fnv1a(0xcbf2_9ce4_8422_2325);
+    serde_json::to_writer(&mut hash, body).expect("a JSON value always serializes");
+    format!("{:016x}", hash.0)
+}
+
+/// FNV-1a 64 over the bytes written to it.
+struct Fnv1a(u64);
+
+impl std::io::Write for Fnv1a {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 = bytes.iter().fold(self.0, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(Clone)]

@@ -101,9 +101,16 @@ impl PipelineRunner {
 }
 
 /// Lanes per pipeline: enough that lanes waiting on backoff or the limiter
-/// don't leave the target's `max_in_flight` idle.
+/// don't leave the target's `max_in_flight` idle. A lane whose records use
+/// the id map spends two JetStream round trips outside its request slot
+/// (the read before, the writes after): twice as many lanes keep the slots
+/// busy (bench/README.md, `id-map`).
 fn lane_count(ctx: &Ctx) -> usize {
-    (ctx.pipeline.target.max_in_flight() * 2).clamp(1, 1024)
+    let per_slot = match ctx.sink.uses_id_map() {
+        true => 4,
+        false => 2,
+    };
+    (ctx.pipeline.target.max_in_flight() * per_slot).clamp(1, 1024)
 }
 
 /// Stream sequences dispatched and not yet settled, with when they were,

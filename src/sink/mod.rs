@@ -151,6 +151,17 @@ pub enum TargetSink {
     Subject(Box<SubjectSink>),
 }
 
+impl TargetSink {
+    /// Whether each record's delivery reads and writes the id map: two
+    /// JetStream round trips besides the request.
+    pub fn uses_id_map(&self) -> bool {
+        match self {
+            TargetSink::Provider(sink) => sink.tracked(),
+            TargetSink::Subject(_) => false,
+        }
+    }
+}
+
 impl Sink for TargetSink {
     async fn deliver(&self, record: &Record<'_>) -> Delivery {
         match self {

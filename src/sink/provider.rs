@@ -61,6 +61,12 @@ impl ProviderSink {
 
     /// Records what was applied: the id, the change's position, the body;
     /// and the reverse entry of an id newly learned (`known`: the id before).
+    ///
+    /// The two writes go out together and both are stored before this
+    /// returns (and the message is acked): the lane waits one JetStream
+    /// round trip instead of two.
+    /// A crash between them can leave the entry without its reverse; the
+    /// redelivery that follows writes it ([`ProviderSink::stale`]).
     async fn applied(
         &self,
         record: &Record<'_>,
@@ -68,35 +74,57 @@ impl ProviderSink {
         deleted: bool,
         known: Option<&str>,
     ) {
-        if let Some(new) = id.as_deref().filter(|new| Some(*new) != known) {
-            record
-                .trouble
-                .retry_until_ok("id map write", || {
-                    self.idmap
-                        .put_reverse(self.provider(), &self.object, record.key, new)
-                })
-                .await;
-        }
+        let reverse = async {
+            if let Some(new) = id.as_deref().filter(|new| Some(*new) != known) {
+                self.put_reverse(record, new).await;
+            }
+        };
         let entry = Entry {
-            id,
-            deleted,
             stream: Some(record.stream.to_string()),
             seq: record.seq,
             body: record.body.filter(|_| !deleted).map(body_hash),
+            id: id.clone(),
+            deleted,
         };
+        let forward = record.trouble.retry_until_ok("id map write", || {
+            self.idmap
+                .put(self.provider(), &self.object, record.key, &entry)
+        });
+        tokio::join!(reverse, forward);
+    }
+
+    async fn put_reverse(&self, record: &Record<'_>, id: &str) {
         record
             .trouble
             .retry_until_ok("id map write", || {
                 self.idmap
-                    .put(self.provider(), &self.object, record.key, &entry)
+                    .put_reverse(self.provider(), &self.object, record.key, id)
             })
             .await;
+    }
+
+    /// A redelivered change no newer than the last one applied is not sent
+    /// again. Its reverse entry is written again: the first delivery may
+    /// have stopped between the entry and its reverse ([`Self::applied`]).
+    async fn stale(&self, record: &Record<'_>, known: &Entry) -> Delivery {
+        tracing::info!(
+            pipeline = record.pipeline,
+            key = record.key,
+            seq = record.seq,
+            "redelivered change is not newer than the one applied; not sent again"
+        );
+        if let Some(id) = known.live_id() {
+            self.put_reverse(record, id).await;
+        }
+        Delivery::Skipped {
+            reason: SkipReason::Stale,
+        }
     }
 
     /// Whether the id map keeps this object's records: it learns their
     /// ids, or needs them in a path. Only then is the last change applied
     /// to each key known (idmap.rs).
-    fn tracked(&self) -> bool {
+    pub fn tracked(&self) -> bool {
         let object = self.object();
         object.learns_ids()
             || [
@@ -190,19 +218,11 @@ impl Sink for ProviderSink {
             false => None,
         };
         if record.redelivered
-            && known
+            && let Some(known) = known
                 .as_ref()
-                .is_some_and(|e| e.supersedes(record.stream, record.seq))
+                .filter(|e| e.supersedes(record.stream, record.seq))
         {
-            tracing::info!(
-                pipeline = record.pipeline,
-                key = record.key,
-                seq = record.seq,
-                "redelivered change is not newer than the one applied; not sent again"
-            );
-            return Delivery::Skipped {
-                reason: SkipReason::Stale,
-            };
+            return self.stale(record, known).await;
         }
         let mut endpoint = match self.endpoint(record, known.as_ref()) {
             Ok(endpoint) => endpoint,
@@ -520,5 +540,43 @@ mod tests {
             crm.snapshot().hubspot.records[&existing].fields["firstname"],
             "Later"
         );
+    }
+
+    #[tokio::test]
+    async fn a_stale_redelivery_writes_the_reverse_entry_a_crash_left_out() {
+        let (sink, crm, nats) = hubspot().await;
+        let v1 = body("One");
+        let Delivery::Sent { id: Some(id), .. } = sink
+            .deliver(&record(Action::Create, 1, Some(&v1), "i1"))
+            .await
+        else {
+            panic!("created");
+        };
+        // The first delivery stopped after the entry, before its reverse.
+        let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        let store = js.get_key_value(crate::idmap::BUCKET).await.unwrap();
+        store
+            .purge(format!("hubspot.contact.by_id.{id}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            sink.idmap.key_of("hubspot", "contact", &id).await.unwrap(),
+            None
+        );
+        let again = Record {
+            redelivered: true,
+            ..record(Action::Create, 1, Some(&v1), "i1")
+        };
+        assert_eq!(
+            sink.deliver(&again).await,
+            Delivery::Skipped {
+                reason: SkipReason::Stale
+            }
+        );
+        assert_eq!(
+            sink.idmap.key_of("hubspot", "contact", &id).await.unwrap(),
+            Some("k1".to_string())
+        );
+        assert_eq!(requests(&crm).len(), 1);
     }
 }
