@@ -285,8 +285,17 @@ impl<W: Waiter> Core<W> {
     /// and nobody waits for them: on the shared limit only (local cells are
     /// nobody else's).
     fn give_back_at(&self) -> Option<Instant> {
-        let idle = self.waiters.is_empty() && self.local.is_none() && !self.giving_back;
-        (idle && self.direct.pool().tail().is_some()).then(|| self.last_arrival + GIVE_BACK_AFTER)
+        let shared = self.local.is_none() && !self.giving_back;
+        let stops_at = self.demand_stops_at().filter(|_| shared)?;
+        self.direct.pool().tail().is_some().then_some(stops_at)
+    }
+
+    /// When this instance's demand counts as stopped, if nobody waits: no
+    /// caller for [`GIVE_BACK_AFTER`].
+    fn demand_stops_at(&self) -> Option<Instant> {
+        self.waiters
+            .is_empty()
+            .then(|| self.last_arrival + GIVE_BACK_AFTER)
     }
 
     /// Offers the latest grant's pooled cells back to Redis; they wait for
@@ -346,6 +355,12 @@ impl<W: Waiter> Core<W> {
             // A probe asks for nothing: nobody may lease before the hold
             // that the return announces.
             Some(Phase::Unreachable) => 0,
+            // Demand has stopped: lease nothing for the arrivals the rate
+            // estimate still expects. Those cells went back to the fleet
+            // (give-back) at once, and were leased again, in a loop of
+            // calls until the estimate decayed: 345 calls in the second after
+            // 10,000/s stopped (timing.rs).
+            _ if self.demand_stops_at().is_some_and(|at| at <= now) => 0,
             _ => self.sizer.want(
                 self.waiters.len(),
                 self.direct.pool().len(),
