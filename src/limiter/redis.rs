@@ -22,11 +22,11 @@
 //!   heard from for [`INSTANCE_TTL`] is dropped).
 //!
 //! One key rather than one per field makes a lease call four commands
-//! (`EVALSHA`, `TIME`, `GET`, `SET`) where it was eleven, and a give-back
-//! three: at 10,000/s shared by three instances, about 75 requests per Redis
-//! command counting those run inside scripts, where it was about 25.
-//! (Instances running the earlier layout, four keys, lease from a timeline
-//! of their own: a fleet switches to this one all at once.)
+//! (`EVALSHA`, `TIME`, `GET`, `SET`) where four keys made it eleven, and a
+//! give-back three: at 10,000/s shared by three instances, one Redis command
+//! per 69–80 requests counting those run inside scripts, where it was one per
+//! 28 at best (docs/limiter.md). Instances running the four-key layout lease
+//! from a timeline of their own: a fleet switches to this one all at once.
 //!
 //! Interval, tolerance and horizon travel with every call, so a changed limit
 //! (hot reload) applies to the same TAT without resetting it.
