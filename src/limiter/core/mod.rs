@@ -20,7 +20,7 @@ mod switch;
 
 use super::LimiterError;
 use super::RateLimitSpec;
-use super::demand::LeaseSizer;
+use super::demand::{LeaseSizer, POOL_REACH};
 use super::direct::Direct;
 use super::gcra::Schedule;
 use super::local::LocalShare;
@@ -369,11 +369,17 @@ impl<W: Waiter> Core<W> {
             ),
         };
         let heartbeat = self.last_call + HEARTBEAT;
+        // New cells would come after the pooled ones (demand.rs).
+        let in_reach = self
+            .direct
+            .pool()
+            .last_at()
+            .map_or(now, |last| last.checked_sub(POOL_REACH).unwrap_or(now));
         let due = match self.phase() {
             Some(Phase::Unreachable | Phase::Announcing) => self.retry_at,
             // Even with the horizon full, call once per heartbeat: that is
             // how a hold is heard of in time.
-            _ if wanted > 0 => self.retry_at.min(heartbeat),
+            _ if wanted > 0 => self.retry_at.max(in_reach).min(heartbeat),
             _ => heartbeat,
         };
         (due, wanted)
