@@ -11,7 +11,7 @@
 //! once and the instance called again, taking the sliver of the horizon
 //! freed since the last call. At 10,000/s offered to a 10,000/s limit after
 //! a 150 ms stall (a backlog that never drains), that was 1 Redis command
-//! per 38–41 requests; waiting for the pool to come within reach, 60–61.
+//! per 38–41 requests; waiting for the pool to come within reach, 60–62.
 //!
 //! It then asks for the uncovered waiters plus the arrivals expected over a
 //! `span`. A lease's cells come at the fleet's interval `Ts` and expire

@@ -25,7 +25,7 @@
 //! (`EVALSHA`, `TIME`, `GET`, `SET`) where four keys made it eleven, and a
 //! give-back three: at 10,000/s shared by three instances, one Redis command
 //! per 69–80 requests counting those run inside scripts, where it was one per
-//! 28 at best (docs/limiter.md). Instances running the four-key layout lease
+//! 7–29 (docs/limiter.md). Instances running the four-key layout lease
 //! from a timeline of their own: a fleet switches to this one all at once.
 //!
 //! Interval, tolerance and horizon travel with every call, so a changed limit
