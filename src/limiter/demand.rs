@@ -4,7 +4,14 @@
 //! already waiting plus the arrivals expected over [`REFILL_AHEAD`] (about a
 //! round trip, so a steady caller rarely waits for one). Asking earlier buys
 //! nothing: new cells come after the pooled ones, and when the fleet is not
-//! saturated they start ageing at once, alongside the pooled ones.
+//! saturated they start ageing at once, alongside the pooled ones. For the
+//! same reason it does not ask while its last pooled cell is more than
+//! [`POOL_REACH`] ahead, however many callers wait: with callers queued
+//! deeper than the pool (a backlog), each grant was spread among them at
+//! once and the instance called again, taking the sliver of the horizon
+//! freed since the last call. At 10,000/s offered to a 10,000/s limit after
+//! a 150 ms stall (a backlog that never drains), that was 1 Redis command
+//! per 38–41 requests; waiting for the pool to come within reach, 60–62.
 //!
 //! It then asks for the uncovered waiters plus the arrivals expected over a
 //! `span`. A lease's cells come at the fleet's interval `Ts` and expire
@@ -29,6 +36,9 @@ const REFILL_AHEAD: Duration = Duration::from_millis(2);
 /// The adaptive span never shrinks below this, so it can grow back.
 const MIN_SPAN: Duration = Duration::from_millis(2);
 const MAX_SPAN: Duration = Duration::from_millis(100);
+/// No lease call while the last pooled cell is further ahead than this
+/// (module docs): about what a saturated instance leases per call.
+pub(super) const POOL_REACH: Duration = MAX_SPAN;
 /// Most cells asked for in one call (the script's horizon may grant fewer).
 const MAX_LEASE: u32 = 1000;
 /// Time constant of the arrival-rate estimate.

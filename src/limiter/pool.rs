@@ -149,6 +149,13 @@ impl Pool {
         (self.len() > 0).then(|| self.cells.front()).flatten()
     }
 
+    /// When the last cell that may still be handed out may be (the
+    /// withheld ones are the last).
+    pub fn last_at(&self) -> Option<Instant> {
+        let last = self.len().checked_sub(1)?;
+        Some(self.cells[last].at)
+    }
+
     /// When the next cell may be handed out.
     pub fn next_at(&self) -> Option<Instant> {
         self.front().map(|cell| cell.at)
@@ -272,12 +279,16 @@ mod tests {
         pool.add(&grant(0, 3), sent, sent, 2 * MS);
         assert_eq!(pool.give_back().map(|t| t.cells), Some(3));
         // Offered back: none of them may start, even when due.
-        assert_eq!((pool.len(), pool.next_at()), (0, None));
+        assert_eq!(
+            (pool.len(), pool.next_at(), pool.last_at()),
+            (0, None, None)
+        );
         assert_eq!(pool.take_due(sent), None);
         assert_eq!(pool.take_fresh(sent), None);
         // Someone leased after them: they are ours again, in order.
         pool.given_back(false);
         assert_eq!(pool.len(), 3);
+        assert_eq!(pool.last_at(), Some(sent + Duration::from_micros(1000)));
         assert_eq!(pool.take_due(sent), Some(sent + 2 * MS));
     }
 

@@ -1,18 +1,32 @@
 //! The Redis side: one Lua script call leases a slice of a provider's timeline.
 //!
-//! Keys (`{provider}` is a cluster hash tag, so all land in one slot; the
-//! prefix is `redis.key_prefix`, `syncflow` by default):
-//! - `syncflow:ratelimit:{provider}`: the GCRA TAT, microseconds on Redis's
-//!   clock (`TIME` is the only clock that matters, instances' clocks never do);
-//! - `syncflow:ratelimit:{provider}:instances`: instance id → last call time,
-//!   the heartbeat that tells the local fallback how many share the limit;
-//! - `syncflow:ratelimit:{provider}:epoch`: when this Redis started keeping
-//!   the provider's state (it expires with the heartbeats), so an instance
-//!   that leased from an earlier state learns that Redis lost it (restarted,
-//!   flushed) and the TAT no longer covers its cells;
-//! - `syncflow:ratelimit:{provider}:hold`: the fleet's switch back to the
-//!   shared limit after local fallbacks (see core.rs): no cell conforms
-//!   before it.
+//! One key per provider, `syncflow:ratelimit:{provider}:state` (`{provider}`
+//! is a cluster hash tag; the prefix is `redis.key_prefix`, `syncflow` by
+//! default), a string of space-separated fields, microseconds on Redis's clock
+//! (`TIME` is the only clock that matters, instances' clocks never do):
+//!
+//! ```text
+//! TAT EPOCH HOLD ID LAST ID LAST ...
+//! ```
+//!
+//! - `TAT`: the GCRA's theoretical arrival time (0: none yet);
+//! - `EPOCH`: when this Redis started keeping the provider's state. It lasts
+//!   while some instance is heard from, so an instance that leased from an
+//!   earlier state learns that Redis lost it (restarted, flushed) and the TAT
+//!   no longer covers its cells;
+//! - `HOLD`: the fleet's switch back to the shared limit after local
+//!   fallbacks (see core/switch.rs), no cell conforms before it; 0 or past:
+//!   none;
+//! - `ID LAST` pairs: each instance's id and its last call, the heartbeat
+//!   that tells the local fallback how many share the limit (an instance not
+//!   heard from for [`INSTANCE_TTL`] is dropped).
+//!
+//! One key rather than one per field makes a lease call four commands
+//! (`EVALSHA`, `TIME`, `GET`, `SET`) where four keys made it eleven, and a
+//! give-back three: at 10,000/s shared by three instances, one Redis command
+//! per 69–80 requests counting those run inside scripts, where it was one per
+//! 7–29 (docs/limiter.md). Instances running the four-key layout lease
+//! from a timeline of their own: a fleet switches to this one all at once.
 //!
 //! Interval, tolerance and horizon travel with every call, so a changed limit
 //! (hot reload) applies to the same TAT without resetting it.
@@ -45,6 +59,10 @@ pub(crate) const CALL_TIMEOUT: Duration = Duration::from_millis(200);
 /// earlier epoch, starts a hold `hold_for` long unless one is running: the
 /// TAT moves to `hold + tolerance`, so the first cell after the hold conforms
 /// at it with no burst in hand. The reply names the running hold (0: none).
+///
+/// The key lives while any of its fields means something: an instance heard
+/// from (and so the epoch), a hold, a TAT ahead of `now` (past it, the TAT
+/// means the same as none), so idle providers leave nothing behind.
 const LEASE: &str = r"
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
@@ -57,19 +75,30 @@ local known_epoch = tonumber(ARGV[7])
 local returning = ARGV[8] == '1'
 local hold_for = tonumber(ARGV[9])
 
-local epoch = tonumber(redis.call('GET', KEYS[3]))
-if epoch == nil then epoch = now end
-redis.call('SET', KEYS[3], string.format('%.0f', epoch), 'PX', math.ceil(instance_ttl / 1000))
+-- TAT EPOCH HOLD ID LAST ID LAST ... (module docs)
+local stored, epoch, hold = 0, now, 0
+local instances = {}
+local state = redis.call('GET', KEYS[1])
+if state then
+  local fields = {}
+  for field in string.gmatch(state, '%S+') do fields[#fields + 1] = field end
+  stored, hold = tonumber(fields[1]), tonumber(fields[3])
+  for i = 4, #fields - 1, 2 do
+    if tonumber(fields[i + 1]) > now - instance_ttl then
+      -- The epoch lasts while some instance is heard from.
+      epoch = tonumber(fields[2])
+      if fields[i] ~= ARGV[5] then instances[#instances + 1] = fields[i] .. ' ' .. fields[i + 1] end
+    end
+  end
+end
+if hold <= now then hold = 0 end
 
-local tat = tonumber(redis.call('GET', KEYS[1]))
-if tat == nil or tat < now then tat = now end
-local hold = tonumber(redis.call('GET', KEYS[4]))
-if hold == nil and (returning or (known_epoch ~= 0 and known_epoch ~= epoch)) then
+local tat = math.max(stored, now)
+if hold == 0 and (returning or (known_epoch ~= 0 and known_epoch ~= epoch)) then
   hold = now + hold_for
-  redis.call('SET', KEYS[4], string.format('%.0f', hold), 'PX', math.ceil(hold_for / 1000))
   if tat < hold + tolerance then
     tat = hold + tolerance
-    redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+    stored = tat
   end
 end
 local start = tat - tolerance
@@ -78,15 +107,15 @@ if start <= now + horizon then fit = math.floor((now + horizon - start) / interv
 local granted = math.min(wanted, fit)
 if granted > 0 then
   tat = tat + granted * interval
-  -- Once now passes the TAT the key means the same as no key: let it expire
-  -- then (plus a second of slack) so idle providers leave nothing behind.
-  redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+  stored = tat
 end
 
-redis.call('ZADD', KEYS[2], now, ARGV[5])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - instance_ttl)
-redis.call('PEXPIRE', KEYS[2], math.ceil(instance_ttl / 1000))
-return {now, start, interval, granted, redis.call('ZCARD', KEYS[2]), epoch, hold or 0, tat}
+instances[#instances + 1] = ARGV[5] .. ' ' .. string.format('%.0f', now)
+local ttl = math.max(instance_ttl, stored - now, hold - now)
+redis.call('SET', KEYS[1],
+  string.format('%.0f %.0f %.0f ', stored, epoch, hold) .. table.concat(instances, ' '),
+  'PX', math.ceil(ttl / 1000))
+return {now, start, interval, granted, #instances, epoch, hold, tat}
 ";
 
 /// Gives back the last `ARGV[2]` cells of a grant, `ARGV[3]` apart, if they
@@ -95,12 +124,19 @@ return {now, start, interval, granted, redis.call('ZCARD', KEYS[2]), epoch, hold
 /// timeline is as if the grant had been that much shorter, and the next
 /// lease (any instance's) takes those cells' times. Returns 1 if given back.
 const GIVE_BACK: &str = r"
-local tat = tonumber(redis.call('GET', KEYS[1]))
-if tat == nil or tat ~= tonumber(ARGV[1]) then return 0 end
-local back = tat - tonumber(ARGV[2]) * tonumber(ARGV[3])
-redis.call('SET', KEYS[1], string.format('%.0f', back), 'KEEPTTL')
+local state = redis.call('GET', KEYS[1])
+if not state then return 0 end
+local tat, rest = string.match(state, '^(%d+)(.*)$')
+if tonumber(tat) ~= tonumber(ARGV[1]) then return 0 end
+local back = tonumber(tat) - tonumber(ARGV[2]) * tonumber(ARGV[3])
+redis.call('SET', KEYS[1], string.format('%.0f', back) .. rest, 'KEEPTTL')
 return 1
 ";
+
+/// The key of a provider's state (module docs).
+pub(crate) fn state_key(key_prefix: &str, provider: &str) -> String {
+    format!("{key_prefix}:ratelimit:{{{provider}}}:state")
+}
 
 /// A Redis handle for the limiters that connects lazily, so syncflow starts
 /// (on the local fallback) while Redis is down. Needs a tokio runtime.
@@ -148,30 +184,23 @@ pub(crate) trait LeaseBackend: Send + Sync + 'static {
 
 pub(crate) type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
-/// One provider's keys and this instance's identity in them.
+/// One provider's key and this instance's identity in it.
 #[derive(Clone)]
 pub(crate) struct LeaseClient {
     redis: ConnectionManager,
     script: Script,
     give_back: Script,
-    tat_key: String,
-    instances_key: String,
-    epoch_key: String,
-    hold_key: String,
+    key: String,
     instance_id: String,
 }
 
 impl LeaseClient {
     pub fn new(redis: ConnectionManager, key_prefix: &str, provider: &str) -> Self {
-        let tat_key = format!("{key_prefix}:ratelimit:{{{provider}}}");
         LeaseClient {
             redis,
             script: Script::new(LEASE),
             give_back: Script::new(GIVE_BACK),
-            instances_key: format!("{tat_key}:instances"),
-            epoch_key: format!("{tat_key}:epoch"),
-            hold_key: format!("{tat_key}:hold"),
-            tat_key,
+            key: state_key(key_prefix, provider),
             instance_id: format!("{:016x}", rand::random::<u64>()),
         }
     }
@@ -183,11 +212,8 @@ impl LeaseClient {
         standing: Standing,
     ) -> Result<Grant, LimiterError> {
         let mut redis = self.redis.clone();
-        let mut call = self.script.key(&self.tat_key);
-        call.key(&self.instances_key)
-            .key(&self.epoch_key)
-            .key(&self.hold_key)
-            .arg(schedule.interval_us)
+        let mut call = self.script.key(&self.key);
+        call.arg(schedule.interval_us)
             .arg(schedule.tolerance_us)
             .arg(wanted)
             .arg(HORIZON.as_micros() as u64)
@@ -221,7 +247,7 @@ impl LeaseClient {
 
     async fn call_give_back(&self, tail: Tail) -> Result<bool, LimiterError> {
         let mut redis = self.redis.clone();
-        let mut call = self.give_back.key(&self.tat_key);
+        let mut call = self.give_back.key(&self.key);
         call.arg(tail.tat_us).arg(tail.cells).arg(tail.interval_us);
         let taken: u8 = within_call_timeout(call.invoke_async(&mut redis)).await?;
         Ok(taken == 1)

@@ -26,14 +26,16 @@ use super::pool::{Grant, Tail};
 use super::redis::{BoxFuture, HORIZON, INSTANCE_TTL, LeaseBackend, Standing, within_call_timeout};
 use super::{LimiterError, RateLimitSpec, SharedLimiter};
 
-/// The state the scripts keep for one provider, with expiry times.
-#[derive(Debug, Default)]
-struct Keys {
-    tat: Option<u64>,
-    epoch: Option<(u64, u64)>,
-    hold: Option<(u64, u64)>,
+/// The provider's key as the scripts keep it (redis.rs): TAT, epoch, hold
+/// (0: none), each instance's last call, and when the key expires.
+#[derive(Debug)]
+struct State {
+    tat: u64,
+    epoch: u64,
+    hold: u64,
     /// Instance id → last call.
     instances: BTreeMap<String, u64>,
+    expires: u64,
 }
 
 #[derive(Debug, Default)]
@@ -51,7 +53,8 @@ pub(super) struct FakeRedis {
     origin: Instant,
     /// Redis's clock at `origin`, µs: far from zero, like a real one.
     base_us: u64,
-    keys: Mutex<Keys>,
+    /// The provider's key; none while absent (never set, expired, lost).
+    state: Mutex<Option<State>>,
     controls: Mutex<Controls>,
     rng: Mutex<StdRng>,
     calls: Mutex<u64>,
@@ -62,7 +65,7 @@ impl FakeRedis {
         Arc::new(FakeRedis {
             origin: Instant::now(),
             base_us: 1_700_000_000_000_000,
-            keys: Mutex::default(),
+            state: Mutex::default(),
             controls: Mutex::default(),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             calls: Mutex::new(0),
@@ -89,7 +92,7 @@ impl FakeRedis {
 
     /// Loses every key, as a restart without persistence does.
     pub fn restart(&self) {
-        *self.keys.lock().unwrap() = Keys::default();
+        *self.state.lock().unwrap() = None;
     }
 
     pub fn calls(&self) -> u64 {
@@ -98,18 +101,25 @@ impl FakeRedis {
 
     pub fn hold_running(&self) -> bool {
         let now = self.now_us();
-        self.keys
-            .lock()
-            .unwrap()
-            .hold
-            .is_some_and(|(_, expires)| expires > now)
+        self.live(now)
+            .as_ref()
+            .is_some_and(|state| state.hold > now)
     }
 
     /// How far the TAT is ahead of Redis's clock.
     pub fn tat_ahead(&self) -> Duration {
         let now = self.now_us();
-        let tat = self.keys.lock().unwrap().tat.unwrap_or(now);
+        let tat = self.live(now).as_ref().map_or(now, |state| state.tat);
         Duration::from_micros(tat.saturating_sub(now))
+    }
+
+    /// The provider's key at `now`, unless it has expired.
+    fn live(&self, now: u64) -> std::sync::MutexGuard<'_, Option<State>> {
+        let mut state = self.state.lock().unwrap();
+        if state.as_ref().is_some_and(|state| state.expires <= now) {
+            *state = None;
+        }
+        state
     }
 
     /// A client for one instance.
@@ -150,21 +160,32 @@ impl FakeRedis {
         let (interval, tolerance) = (schedule.interval_us, schedule.tolerance_us);
         let horizon = HORIZON.as_micros() as u64;
         let instance_ttl = INSTANCE_TTL.as_micros() as u64;
-        let mut k = self.keys.lock().unwrap();
-        let live = |entry: Option<(u64, u64)>| entry.filter(|&(_, expires)| expires > now);
+        let mut state = self.live(now);
 
-        let epoch = live(k.epoch).map_or(now, |(epoch, _)| epoch);
-        k.epoch = Some((epoch, now + instance_ttl));
+        let (mut stored, mut epoch, mut hold) = (0, now, 0);
+        let mut instances = BTreeMap::new();
+        if let Some(old) = state.take() {
+            (stored, hold) = (old.tat, old.hold);
+            for (instance, last) in old.instances {
+                if last + instance_ttl > now {
+                    // The epoch lasts while some instance is heard from.
+                    epoch = old.epoch;
+                    instances.insert(instance, last);
+                }
+            }
+        }
+        if hold <= now {
+            hold = 0;
+        }
 
-        let mut tat = k.tat.filter(|&t| t >= now).unwrap_or(now);
-        let mut hold = live(k.hold).map(|(hold, _)| hold);
+        let mut tat = stored.max(now);
         let known = standing.epoch_us.unwrap_or(0);
-        if hold.is_none() && (standing.returning || (known != 0 && known != epoch)) {
-            let h = now + standing.hold_for.as_micros() as u64;
-            hold = Some(h);
-            k.hold = Some((h, h));
-            tat = tat.max(h + tolerance);
-            k.tat = Some(tat);
+        if hold == 0 && (standing.returning || (known != 0 && known != epoch)) {
+            hold = now + standing.hold_for.as_micros() as u64;
+            if tat < hold + tolerance {
+                tat = hold + tolerance;
+                stored = tat;
+            }
         }
         let start = tat.saturating_sub(tolerance);
         let fit = if start <= now + horizon {
@@ -175,28 +196,39 @@ impl FakeRedis {
         let granted = u64::from(wanted).min(fit) as u32;
         if granted > 0 {
             tat += u64::from(granted) * interval;
-            k.tat = Some(tat);
+            stored = tat;
         }
-        k.instances.insert(id.to_string(), now);
-        k.instances.retain(|_, &mut at| at + instance_ttl > now);
+
+        instances.insert(id.to_string(), now);
+        let ttl = instance_ttl
+            .max(stored.saturating_sub(now))
+            .max(hold.saturating_sub(now));
+        let count = instances.len() as u32;
+        *state = Some(State {
+            tat: stored,
+            epoch,
+            hold,
+            instances,
+            expires: now + ttl.div_ceil(1000) * 1000,
+        });
         Grant {
             now_us: now,
             start_us: start,
             interval_us: interval,
             granted,
             tat_us: tat,
-            instances: k.instances.len() as u32,
+            instances: count,
             epoch_us: epoch,
-            hold_us: hold,
+            hold_us: (hold != 0).then_some(hold),
         }
     }
 
     /// The GIVE_BACK script of redis.rs.
     fn give_back_script(&self, tail: Tail) -> bool {
-        let mut k = self.keys.lock().unwrap();
-        match k.tat {
-            Some(tat) if tat == tail.tat_us => {
-                k.tat = Some(tat - u64::from(tail.cells) * tail.interval_us);
+        let mut state = self.live(self.now_us());
+        match state.as_mut() {
+            Some(state) if state.tat == tail.tat_us => {
+                state.tat -= u64::from(tail.cells) * tail.interval_us;
                 true
             }
             _ => false,

@@ -3,6 +3,7 @@
 //! outage and a restart. The bounds are generous (a busy CI machine delays
 //! requests); the exact timing is proven in paused time (timing.rs).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -11,6 +12,9 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::gcra::Schedule;
+use super::pool::Tail;
+use super::redis::{LeaseBackend, LeaseClient, Standing, state_key};
 use super::sim::{gcra_refusals, max_in_window, per_second, window_bound};
 use super::{LimiterMode, RateLimitSpec, SharedLimiter, connect};
 use syncflow_testkit::RedisServer;
@@ -23,17 +27,52 @@ async fn admin(server: &RedisServer) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
-/// Script calls Redis has served (EVALSHA, and EVAL should the crate fall back).
-async fn script_calls(server: &RedisServer) -> u64 {
+/// Calls of each command Redis has served, those run inside scripts
+/// included (`INFO commandstats`), less `INFO` itself and failed calls (the
+/// first `EVALSHA` of a script, before the client loads it).
+async fn command_calls(server: &RedisServer) -> BTreeMap<String, u64> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(&mut admin(server).await)
         .await
         .unwrap();
     info.lines()
-        .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))
-        .filter_map(|line| line.split(['=', ',']).nth(1)?.parse::<u64>().ok())
-        .sum()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let stat = |key: &str| -> Option<u64> {
+                let (_, value) = stats.split(',').find_map(|s| s.split_once(key))?;
+                value.parse().ok()
+            };
+            Some((name.to_owned(), stat("calls=")? - stat("failed_calls=")?))
+        })
+        .filter(|(name, _)| name != "info")
+        .collect()
+}
+
+/// Script calls Redis has served (EVALSHA, and EVAL should the crate fall back).
+async fn script_calls(server: &RedisServer) -> u64 {
+    let calls = command_calls(server).await;
+    calls.get("evalsha").unwrap_or(&0) + calls.get("eval").unwrap_or(&0)
+}
+
+/// The provider's state as the scripts keep it (redis.rs), `TAT EPOCH HOLD
+/// ID LAST ...`, split into fields; empty when there is none.
+async fn state_fields(server: &RedisServer, provider: &str) -> Vec<String> {
+    let state: Option<String> = redis::cmd("GET")
+        .arg(state_key("syncflow", provider))
+        .query_async(&mut admin(server).await)
+        .await
+        .unwrap();
+    state
+        .unwrap_or_default()
+        .split(' ')
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The TAT the scripts keep for `provider`, if any.
+async fn tat(server: &RedisServer, provider: &str) -> Option<u64> {
+    state_fields(server, provider).await.first()?.parse().ok()
 }
 
 /// Takes a cell and "starts a request" with it, as the HTTP sink does: a
@@ -185,7 +224,6 @@ async fn a_new_spec_applies_to_the_same_key_without_reset() {
     let server = RedisServer::start().expect("redis-server");
     let limiter =
         SharedLimiter::new(connect(&server.url()).unwrap(), "reload", per_second(5, 1)).unwrap();
-    let key = "syncflow:ratelimit:{reload}";
     let started = Instant::now();
     for _ in 0..3 {
         limiter.acquire().await.unwrap();
@@ -196,11 +234,7 @@ async fn a_new_spec_applies_to_the_same_key_without_reset() {
         "{:?}",
         started.elapsed()
     );
-    let tat_before: u64 = redis::cmd("GET")
-        .arg(key)
-        .query_async(&mut admin(&server).await)
-        .await
-        .unwrap();
+    let tat_before = tat(&server, "reload").await.unwrap();
 
     // Burst 2: room for lateness without stretching the interval (with a
     // burst of 1 the fleet runs at T + lateness, see gcra.rs).
@@ -211,11 +245,7 @@ async fn a_new_spec_applies_to_the_same_key_without_reset() {
         waited >= Duration::from_millis(150),
         "waited only {waited:?}"
     );
-    let tat_after: u64 = redis::cmd("GET")
-        .arg(key)
-        .query_async(&mut admin(&server).await)
-        .await
-        .unwrap();
+    let tat_after = tat(&server, "reload").await.unwrap();
     assert!(
         tat_after >= tat_before,
         "TAT went back from {tat_before} to {tat_after}"
@@ -326,13 +356,11 @@ fn metric(rendered: &str, name: &str) -> Option<f64> {
 
 /// Redis's clock and the TAT of `provider`, in microseconds.
 async fn tat_and_now(server: &RedisServer, provider: &str) -> (u64, u64) {
-    let mut redis = admin(server).await;
-    let tat: Option<u64> = redis::cmd("GET")
-        .arg(format!("syncflow:ratelimit:{{{provider}}}"))
-        .query_async(&mut redis)
+    let tat = tat(server, provider).await;
+    let (secs, micros): (u64, u64) = redis::cmd("TIME")
+        .query_async(&mut admin(server).await)
         .await
         .unwrap();
-    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut redis).await.unwrap();
     let now = secs * 1_000_000 + micros;
     (tat.unwrap_or(now), now)
 }
@@ -410,7 +438,7 @@ async fn key_prefixes_keep_deployments_apart() {
         started.elapsed()
     );
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("*ratelimit:{crm}")
+        .arg("*ratelimit:{crm}:state")
         .query_async(&mut admin(&server).await)
         .await
         .unwrap();
@@ -418,6 +446,67 @@ async fn key_prefixes_keep_deployments_apart() {
     keys.sort();
     assert_eq!(
         keys,
-        ["production:ratelimit:{crm}", "staging:ratelimit:{crm}"]
+        [
+            "production:ratelimit:{crm}:state",
+            "staging:ratelimit:{crm}:state"
+        ]
     );
+}
+
+/// A lease call costs four Redis commands (the script, `TIME`, `GET`, `SET`)
+/// and a give-back three, or two when refused: the provider's whole state is
+/// one key, `TAT EPOCH HOLD` and each instance's last call (redis.rs).
+#[tokio::test]
+async fn a_lease_is_four_redis_commands_and_a_give_back_three() {
+    let server = RedisServer::start().expect("redis-server");
+    let client = LeaseClient::new(connect(&server.url()).unwrap(), "syncflow", "few");
+    let schedule = Schedule::new(&per_second(1000, 10));
+    let mut standing = Standing {
+        epoch_us: None,
+        returning: false,
+        hold_for: Duration::from_secs(1),
+    };
+    let first = client.lease(schedule, 5, standing).await.unwrap();
+    assert_eq!(
+        (first.granted, first.instances, first.hold_us),
+        (5, 1, None)
+    );
+    let tail = Tail {
+        tat_us: first.tat_us,
+        interval_us: first.interval_us,
+        cells: 3,
+    };
+    assert!(
+        client.give_back(tail).await.unwrap(),
+        "the end of the timeline"
+    );
+    assert!(!client.give_back(tail).await.unwrap(), "no longer the end");
+    standing.epoch_us = Some(first.epoch_us);
+    let second = client.lease(schedule, 1, standing).await.unwrap();
+    // The timeline goes on after the first grant's two cells kept: the
+    // three given back are the next lease's.
+    let kept_until = first.start_us + 2 * first.interval_us;
+    assert_eq!(second.start_us, kept_until.max(second.now_us));
+    assert_eq!(second.epoch_us, first.epoch_us);
+
+    let calls = command_calls(&server).await;
+    println!("{calls:?}");
+    let count = |name: &str| calls.get(name).copied().unwrap_or(0);
+    // Two leases, two give-backs (one refused).
+    let expected = [("evalsha", 4), ("time", 2), ("get", 4), ("set", 3)];
+    assert_eq!(expected.map(|(name, _)| (name, count(name))), expected);
+    // Besides: loading the scripts, and the connection's PING.
+    let others = calls.keys().filter(|name| {
+        !["evalsha", "time", "get", "set", "ping"].contains(&name.as_str())
+            && !name.starts_with("script")
+    });
+    assert_eq!(others.count(), 0, "{calls:?}");
+
+    let fields = state_fields(&server, "few").await;
+    let [tat, epoch, hold, instance, last] = &fields[..] else {
+        panic!("state {fields:?}");
+    };
+    let values = [tat, epoch, hold, last].map(|f| f.parse::<u64>().unwrap());
+    assert_eq!(values, [second.tat_us, first.epoch_us, 0, second.now_us]);
+    assert_eq!(instance.len(), 16, "{fields:?}");
 }

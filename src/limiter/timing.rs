@@ -388,3 +388,53 @@ async fn a_quiet_instance_is_not_starved_by_a_saturating_one() {
     assert!(quiet_max_wait < HORIZON + 10 * MS, "{quiet_max_wait:?}");
     assert!(busy_rate >= 0.95 * (2000.0 - 50.0), "{busy_rate:.0}/s");
 }
+
+/// An instance whose demand stops gives its unused cells back once and then
+/// only keeps its heartbeat: it does not lease for the arrivals its rate
+/// estimate still expects (which it gave back again at once, in a loop of
+/// calls until the estimate decayed: 345 in the second after 10,000/s).
+#[tokio::test(start_paused = true)]
+async fn an_instance_whose_demand_stops_stops_leasing() {
+    let spec = per_second(10_000, 100);
+    let redis = lan_redis(43);
+    let instances = fleet(&redis, spec, 1);
+    let callers = Callers {
+        per_instance: 64,
+        start_jitter: Duration::ZERO,
+        request_time: Duration::ZERO,
+    };
+    run_callers(&instances, callers, 500 * MS, 47).await;
+    let calls = redis.calls();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // One give-back, and at most two heartbeats.
+    let after = redis.calls() - calls;
+    assert!(after <= 3, "{after} Redis calls after the demand stopped");
+    assert_eq!(
+        redis.tat_ahead(),
+        Duration::ZERO,
+        "the unused cells went back"
+    );
+}
+
+/// More demand than the limit (3 × 3,500/s for 10,000/s): callers queue
+/// deeper than any lease, and each instance still leases large slices
+/// rather than calling again as soon as a grant is spread among them (211
+/// requests per call without waiting for the pool to come within reach,
+/// demand.rs).
+#[tokio::test(start_paused = true)]
+async fn a_backlog_is_served_with_large_leases() {
+    let spec = per_second(10_000, 100);
+    let redis = lan_redis(53);
+    let instances = fleet(&redis, spec, 3);
+    let run = Duration::from_secs(5);
+    let demand: Vec<_> = instances.iter().map(|l| paced(l, 3500, run)).collect();
+    let mut starts = Vec::new();
+    for requests in demand {
+        starts.extend(requests.await.unwrap().into_iter().map(|(_, start)| start));
+    }
+    starts.sort();
+    let per_call = starts.len() as f64 / redis.calls() as f64;
+    println!("3 × 3500/s of 10,000/s: 1 Redis call per {per_call:.0} requests");
+    assert_gcra_exact(&starts, &spec);
+    assert!(per_call > 240.0, "1 call per {per_call:.0} requests");
+}

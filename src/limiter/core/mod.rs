@@ -20,7 +20,7 @@ mod switch;
 
 use super::LimiterError;
 use super::RateLimitSpec;
-use super::demand::LeaseSizer;
+use super::demand::{LeaseSizer, POOL_REACH};
 use super::direct::Direct;
 use super::gcra::Schedule;
 use super::local::LocalShare;
@@ -285,8 +285,17 @@ impl<W: Waiter> Core<W> {
     /// and nobody waits for them: on the shared limit only (local cells are
     /// nobody else's).
     fn give_back_at(&self) -> Option<Instant> {
-        let idle = self.waiters.is_empty() && self.local.is_none() && !self.giving_back;
-        (idle && self.direct.pool().tail().is_some()).then(|| self.last_arrival + GIVE_BACK_AFTER)
+        let shared = self.local.is_none() && !self.giving_back;
+        let stops_at = self.demand_stops_at().filter(|_| shared)?;
+        self.direct.pool().tail().is_some().then_some(stops_at)
+    }
+
+    /// When this instance's demand counts as stopped, if nobody waits: no
+    /// caller for [`GIVE_BACK_AFTER`].
+    fn demand_stops_at(&self) -> Option<Instant> {
+        self.waiters
+            .is_empty()
+            .then(|| self.last_arrival + GIVE_BACK_AFTER)
     }
 
     /// Offers the latest grant's pooled cells back to Redis; they wait for
@@ -346,6 +355,12 @@ impl<W: Waiter> Core<W> {
             // A probe asks for nothing: nobody may lease before the hold
             // that the return announces.
             Some(Phase::Unreachable) => 0,
+            // Demand has stopped: lease nothing for the arrivals the rate
+            // estimate still expects. Those cells went back to the fleet
+            // (give-back) at once, and were leased again, in a loop of
+            // calls until the estimate decayed: 345 calls in the second after
+            // 10,000/s stopped (timing.rs).
+            _ if self.demand_stops_at().is_some_and(|at| at <= now) => 0,
             _ => self.sizer.want(
                 self.waiters.len(),
                 self.direct.pool().len(),
@@ -354,11 +369,17 @@ impl<W: Waiter> Core<W> {
             ),
         };
         let heartbeat = self.last_call + HEARTBEAT;
+        // New cells would come after the pooled ones (demand.rs).
+        let in_reach = self
+            .direct
+            .pool()
+            .last_at()
+            .map_or(now, |last| last.checked_sub(POOL_REACH).unwrap_or(now));
         let due = match self.phase() {
             Some(Phase::Unreachable | Phase::Announcing) => self.retry_at,
             // Even with the horizon full, call once per heartbeat: that is
             // how a hold is heard of in time.
-            _ if wanted > 0 => self.retry_at.min(heartbeat),
+            _ if wanted > 0 => self.retry_at.max(in_reach).min(heartbeat),
             _ => heartbeat,
         };
         (due, wanted)
