@@ -74,17 +74,17 @@ impl ProviderSink {
         deleted: bool,
         known: Option<&str>,
     ) {
-        let reverse = async {
-            if let Some(new) = id.as_deref().filter(|new| Some(*new) != known) {
-                self.put_reverse(record, new).await;
-            }
-        };
         let entry = Entry {
+            id,
+            deleted,
             stream: Some(record.stream.to_string()),
             seq: record.seq,
             body: record.body.filter(|_| !deleted).map(body_hash),
-            id: id.clone(),
-            deleted,
+        };
+        let reverse = async {
+            if let Some(new) = entry.id.as_deref().filter(|new| Some(*new) != known) {
+                self.put_reverse(record, new).await;
+            }
         };
         let forward = record.trouble.retry_until_ok("id map write", || {
             self.idmap
