@@ -209,6 +209,15 @@ const CASES: &[Case] = &[
         ],
     },
     Case {
+        name: "a byte bound below one kilobyte",
+        file: HUBSPOT_PIPELINE,
+        from: r#"subject: "cdc.contacts.>""#,
+        to: "subject: \"cdc.contacts.>\"\n    max_ack_pending_bytes: 100",
+        expect: &[
+            r#"pipelines/contacts-to-hubspot.yaml:8:28: error: source.nats.max_ack_pending_bytes must be between 1024 and 1073741824, not 100"#,
+        ],
+    },
+    Case {
         name: "credentials in base_url",
         file: HUBSPOT_PROVIDER,
         from: r#"base_url: "${HUBSPOT_URL:-http://127.0.0.1:18080/hubspot}""#,
