@@ -539,6 +539,107 @@ pub struct ObjectConfig {
     pub delete: Option<EndpointConfig>,
     #[serde(default)]
     pub read: Option<EndpointConfig>,
+    /// Endpoints that take many records per request (provider/batch.rs).
+    #[serde(default)]
+    pub batch: Option<BatchConfig>,
+}
+
+/// An object's batch endpoints: how records are packed into one request
+/// and how the answer tells each record's outcome.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// The most records in one request.
+    pub max_records: usize,
+    /// How long the first record of a batch waits for others.
+    #[serde(default = "default_batch_max_wait")]
+    pub max_wait: ConfigDuration,
+    #[serde(default)]
+    pub request: BatchRequestConfig,
+    pub response: BatchResponseConfig,
+    #[serde(default)]
+    pub create: Option<BatchEndpointConfig>,
+    #[serde(default)]
+    pub update: Option<BatchEndpointConfig>,
+    #[serde(default)]
+    pub upsert: Option<BatchEndpointConfig>,
+    #[serde(default)]
+    pub delete: Option<BatchEndpointConfig>,
+}
+
+fn default_batch_max_wait() -> ConfigDuration {
+    ConfigDuration::from_millis(200)
+}
+
+/// The body of a batch request.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequestConfig {
+    /// Dotted path in the body where the array of records goes (`inputs`);
+    /// empty: the body is the array itself.
+    #[serde(default)]
+    pub items: String,
+    /// Fields every batch body carries besides (`{ allOrNone: false }`).
+    #[serde(default)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// A field of each record where syncflow puts a trace id, which the
+    /// answer repeats (`objectWriteTraceId`). Without it, the answer's
+    /// results are matched to the records by position.
+    #[serde(default)]
+    pub trace: Option<String>,
+}
+
+/// Where the answer to a batch says what became of each record. Paths are
+/// JSONPath: `results` and `errors` into the whole answer, the others into
+/// one result or error.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchResponseConfig {
+    /// The results (`$.results`, or `$` for an answer that is an array).
+    pub results: String,
+    /// With `request.trace`: where a result repeats its record's trace id.
+    #[serde(default)]
+    pub trace: Option<String>,
+    /// A created record's id in its result.
+    #[serde(default)]
+    pub id_from: Option<String>,
+    /// A result is a success only where this is `true` (`$.success`);
+    /// without it, every result is one.
+    #[serde(default)]
+    pub success: Option<String>,
+    /// Failures listed apart from the results (`$.errors`).
+    #[serde(default)]
+    pub errors: Option<String>,
+    /// With `errors`: where a failure names its records' trace ids (a
+    /// string or an array of them).
+    #[serde(default)]
+    pub error_trace: Option<String>,
+    /// A failure's code (`$.category`, `$.errors[0].statusCode`).
+    #[serde(default)]
+    pub error_code: Option<String>,
+    /// A failure's message.
+    #[serde(default)]
+    pub error_message: Option<String>,
+    /// The HTTP status each failure code stands for, which decides as it
+    /// does for a single request: `retry_on` retries the record (alone, in a
+    /// later batch), 404 on delete is done, 409 on create may teach the id,
+    /// anything else is a dead letter. A code not listed stands for 400.
+    #[serde(default)]
+    pub statuses: BTreeMap<String, u16>,
+}
+
+/// One batch endpoint.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchEndpointConfig {
+    pub method: String,
+    /// May hold `{ids}`: the records' provider ids, comma-separated (a
+    /// delete by ids in the query); then no body is sent.
+    pub path: String,
+    /// Fields each record's item carries besides its mapped body, by dotted
+    /// path: text with `{key}` or `{id}`, or any JSON constant.
+    #[serde(default)]
+    pub item: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

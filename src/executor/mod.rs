@@ -104,14 +104,25 @@ impl PipelineRunner {
 /// don't leave the target's `max_in_flight` idle. A lane whose records use
 /// the id map spends two JetStream round trips outside its request slot
 /// (the read before, the writes after): twice as many lanes keep the slots
-/// busy (bench/README.md, `id-map`).
+/// busy (bench/README.md, `id-map`). A lane holds one record at a time, so
+/// a request slot that carries batches needs a batch's worth of lanes.
 fn lane_count(ctx: &Ctx) -> usize {
     let per_slot = match ctx.sink.uses_id_map() {
         true => 4,
         false => 2,
     };
-    (ctx.pipeline.target.max_in_flight() * per_slot).clamp(1, 1024)
+    let records = ctx.sink.max_batch_records();
+    let most = match records {
+        1 => 1024,
+        _ => MAX_BATCH_LANES,
+    };
+    (ctx.pipeline.target.max_in_flight() * per_slot * records).clamp(1, most)
 }
+
+/// Lanes of a pipeline whose records go in batches: each lane is a task
+/// holding one record, so this bounds the records being batched at once
+/// (with `max_ack_pending`, which is usually lower).
+const MAX_BATCH_LANES: usize = 8192;
 
 /// Stream sequences dispatched and not yet settled, with when they were,
 /// so a redelivery of one of them is not handled twice (and the oldest one's

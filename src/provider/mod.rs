@@ -1,12 +1,15 @@
 //! A provider compiled from `providers/<name>.yaml`: endpoints with parsed
 //! path templates, auth, limits and retry policy, ready for the HTTP sink.
 
+mod batch;
 mod template;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+pub use batch::{Batch, BatchEndpoint, Ids, ItemValue};
 pub use template::PathTemplate;
+pub(crate) use template::encode_segment;
 
 use crate::action::Action;
 use crate::config::diagnostics::Diagnostics;
@@ -57,6 +60,8 @@ pub struct Object {
     pub upsert: Option<Endpoint>,
     pub delete: Option<Endpoint>,
     pub read: Option<Endpoint>,
+    /// Endpoints taking many records per request, beside the single ones.
+    pub batch: Option<Batch>,
 }
 
 #[derive(Debug, Clone)]
@@ -348,6 +353,10 @@ pub fn compile(
                 }
             }
         }
+        let batch = obj.batch.as_ref().and_then(|b| {
+            check_batch_beside_single(src, name, obj, b, diags);
+            batch::compile(src, name, b, diags)
+        });
         let mut it = compiled.into_iter();
         let mut next = || it.next().flatten();
         objects.insert(
@@ -358,6 +367,7 @@ pub fn compile(
                 upsert: next(),
                 delete: next(),
                 read: next(),
+                batch,
             },
         );
     }
@@ -379,6 +389,41 @@ pub fn compile(
         inbound: inbound.unwrap_or_default(),
         config: cfg.clone(),
     })
+}
+
+/// A batch endpoint stands beside the single one of its kind (used where a
+/// record cannot go in a batch, and for what the object supports), and
+/// learns ids where the single one does.
+fn check_batch_beside_single(
+    src: &Sourced<ProviderConfig>,
+    object: &str,
+    obj: &crate::config::model::ObjectConfig,
+    batch: &crate::config::model::BatchConfig,
+    diags: &mut Diagnostics,
+) {
+    let file = &src.file;
+    let pairs = [
+        ("create", &batch.create, &obj.create),
+        ("update", &batch.update, &obj.update),
+        ("upsert", &batch.upsert, &obj.upsert),
+        ("delete", &batch.delete, &obj.delete),
+    ];
+    for (kind, batched, single) in pairs {
+        let Some(_) = batched else { continue };
+        match single {
+            None => file.error(
+                diags,
+                &path!["objects", object, "batch", kind],
+                format!("batch.{kind} needs a single-record {kind} endpoint beside it (objects.{object}.{kind}): records that cannot go in a batch use it"),
+            ),
+            Some(single) if single.id_from.is_some() && batch.response.id_from.is_none() => file.error(
+                diags,
+                &path!["objects", object, "batch", "response"],
+                format!("the {kind} endpoint learns ids (id_from): batch.response.id_from must say where a result holds the id"),
+            ),
+            Some(_) => {}
+        }
+    }
 }
 
 fn auth_header(auth: &Auth) -> Result<(String, Secret), String> {

@@ -57,7 +57,7 @@ impl PathTemplate {
 /// Percent-encodes `value` as one path segment. A value that is all dots
 /// (`.`, `..`) has its dots encoded too: as a segment of its own, servers
 /// would resolve it to the current or parent resource.
-fn encode_segment(out: &mut String, value: &str) {
+pub(crate) fn encode_segment(out: &mut String, value: &str) {
     if !value.is_empty() && value.bytes().all(|b| b == b'.') {
         out.push_str(&"%2E".repeat(value.len()));
         return;

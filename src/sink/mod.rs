@@ -160,6 +160,14 @@ impl TargetSink {
             TargetSink::Subject(_) => false,
         }
     }
+
+    /// The most records one request carries (1 without batch endpoints).
+    pub fn max_batch_records(&self) -> usize {
+        match self {
+            TargetSink::Provider(sink) => sink.max_batch_records(),
+            TargetSink::Subject(_) => 1,
+        }
+    }
 }
 
 impl Sink for TargetSink {

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use super::http::{ApiError, ApiErrorKind, ApiRequest, EndpointKind, ProviderApi};
+use super::http::{ApiError, ApiErrorKind, ApiRequest, Batcher, EndpointKind, ProviderApi};
 use super::{Delivery, Failure, FailureKind, Record, Sink, SkipReason};
 use crate::action::Action;
 use crate::idmap::{Entry, IdMap, body_hash};
@@ -25,14 +25,56 @@ pub struct ProviderSink {
     api: Arc<ProviderApi>,
     idmap: IdMap,
     object: String,
+    /// The object's batch endpoints, by kind: records of those kinds go in
+    /// batches (sink/http/batcher.rs).
+    batchers: Vec<Arc<Batcher>>,
 }
 
 impl ProviderSink {
     pub fn new(api: Arc<ProviderApi>, idmap: IdMap, object: &str) -> Self {
+        let kinds = [
+            EndpointKind::Create,
+            EndpointKind::Update,
+            EndpointKind::Upsert,
+            EndpointKind::Delete,
+        ];
+        let batchers = kinds
+            .into_iter()
+            .filter_map(|kind| Batcher::new(api.clone(), object, kind))
+            .collect();
         ProviderSink {
             api,
             idmap,
             object: object.to_string(),
+            batchers,
+        }
+    }
+
+    /// The most records one request carries: what a pipeline needs in
+    /// flight to fill its batches.
+    pub fn max_batch_records(&self) -> usize {
+        match self.batchers.is_empty() {
+            true => 1,
+            false => self
+                .object()
+                .batch
+                .as_ref()
+                .map_or(1, |batch| batch.max_records),
+        }
+    }
+
+    /// The batcher a record sent to `endpoint` goes through, if any. A
+    /// conditional write (two-way's `unmodified_since`) goes alone: a batch
+    /// has no per-record precondition.
+    fn batcher(&self, record: &Record<'_>, endpoint: EndpointKind) -> Option<&Arc<Batcher>> {
+        let conditional = record.unmodified_since.is_some()
+            && self
+                .object()
+                .endpoint(endpoint)
+                .is_some_and(|ep| ep.unmodified_since.is_some());
+        match conditional {
+            true => None,
+            false => self.batchers.iter().find(|b| b.kind() == endpoint),
         }
     }
 
@@ -184,7 +226,10 @@ impl ProviderSink {
             idempotency_key: record.idempotency_key,
             unmodified_since: record.unmodified_since,
         };
-        self.api.send(request).await
+        match self.batcher(record, endpoint) {
+            Some(batcher) => batcher.send(request).await,
+            None => self.api.send(request).await,
+        }
     }
 }
 
@@ -228,10 +273,13 @@ impl Sink for ProviderSink {
             Ok(endpoint) => endpoint,
             Err(skipped) => return skipped,
         };
-        let needs_id = self
-            .object()
-            .endpoint(endpoint)
-            .is_some_and(|ep| ep.path.needs_id());
+        let needs_id = match self.batcher(record, endpoint) {
+            Some(batcher) => batcher.needs_id(),
+            None => self
+                .object()
+                .endpoint(endpoint)
+                .is_some_and(|ep| ep.path.needs_id()),
+        };
         let mut id = known.as_ref().and_then(Entry::live_id).map(str::to_string);
         let deleted = known.as_ref().is_some_and(|e| e.deleted);
         if needs_id && id.is_none() {

@@ -61,12 +61,12 @@ pub enum ApiBuildError {
 }
 
 /// What one send works out once and every attempt reuses.
-struct Call<'a> {
-    req: ApiRequest<'a>,
-    endpoint: &'a Endpoint,
-    target: Uri,
-    idempotency_key: HeaderValue,
-    body: Option<Bytes>,
+pub(super) struct Call<'a> {
+    pub req: ApiRequest<'a>,
+    pub endpoint: &'a Endpoint,
+    pub target: Uri,
+    pub idempotency_key: HeaderValue,
+    pub body: Option<Bytes>,
 }
 
 impl ProviderApi {
@@ -128,6 +128,10 @@ impl ProviderApi {
     /// The provider this API talks to.
     pub fn provider(&self) -> &Arc<Provider> {
         &self.provider
+    }
+
+    pub(super) fn metrics(&self) -> &ProviderMetrics {
+        &self.metrics
     }
 
     pub fn breaker_state(&self) -> BreakerState {
@@ -342,7 +346,12 @@ impl ProviderApi {
         self.run(call).await
     }
 
-    async fn run(&self, call: Call<'_>) -> Result<ApiResponse, ApiError> {
+    /// The URL of `path` under the provider's `base_url`.
+    pub(super) fn target(&self, path: &str) -> Result<Uri, String> {
+        self.origin.target(path)
+    }
+
+    pub(super) async fn run(&self, call: Call<'_>) -> Result<ApiResponse, ApiError> {
         let req = call.req;
         let retry = &self.provider.retry;
         let max_attempts = retry.max_attempts.max(1);

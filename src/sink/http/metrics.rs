@@ -25,6 +25,11 @@ pub(super) struct ProviderMetrics {
     pub outage_waits: Counter,
     pub breaker_open: Gauge,
     pub limiter_wait: Histogram,
+    /// Records per batch request sent.
+    pub batch_records: Histogram,
+    /// Records a batch's answer refused on their own (every refusal, the
+    /// ones retried in a later batch included).
+    pub batch_refused: Counter,
 }
 
 impl ProviderMetrics {
@@ -36,6 +41,8 @@ impl ProviderMetrics {
             outage_waits: counter!("syncflow_provider_outage_waits_total", "provider" => p.clone()),
             breaker_open: gauge!("syncflow_provider_breaker_open", "provider" => p.clone()),
             limiter_wait: histogram!("syncflow_provider_limiter_wait_seconds", "provider" => p.clone()),
+            batch_records: histogram!("syncflow_provider_batch_records", "provider" => p.clone()),
+            batch_refused: counter!("syncflow_provider_batch_refused_records_total", "provider" => p.clone()),
             requests: Handles::new(move |label: &AttemptLabel| {
                 let status = match label {
                     AttemptLabel::Status(code) => code.to_string(),

@@ -56,6 +56,8 @@
 //!   (0 closed, 1 open, 0.5 half-open), `syncflow_provider_limiter_wait_seconds`.
 
 mod api;
+pub mod batch;
+mod batcher;
 mod breaker;
 mod conn;
 mod metrics;
@@ -69,6 +71,7 @@ mod tests;
 mod verdict;
 
 pub use api::{ApiBuildError, ProviderApi};
+pub use batcher::Batcher;
 pub use breaker::BreakerState;
 
 use crate::error::{Fault, Retry};

@@ -1,0 +1,290 @@
+//! Batch requests: packing records into one body, and reading each
+//! record's outcome out of the answer (provider/batch.rs has the config).
+//!
+//! A batch is sent like any request ([`ProviderApi::send_batch`]): one
+//! rate-limit cell, the provider's retries, breaker and `Retry-After`, one
+//! idempotency key for every attempt. A whole-batch failure is every
+//! record's; a 2xx answer (207 included) is read record by record.
+
+use bytes::Bytes;
+use http::HeaderValue;
+use serde_json::{Map, Value};
+
+use super::api::Call;
+use super::{ApiError, ApiErrorKind, ApiRequest, ApiResponse, EndpointKind, ProviderApi};
+use crate::config::placeholders::Piece;
+use crate::provider::{Batch, BatchEndpoint, Ids, ItemValue, encode_segment};
+
+/// One record's item: its mapped body (an object, or nothing for a delete)
+/// with the endpoint's item fields and the trace id set.
+pub fn item(
+    batch: &Batch,
+    endpoint: &BatchEndpoint,
+    key: &str,
+    id: Option<&str>,
+    body: Option<&Value>,
+    trace: &str,
+) -> Value {
+    let mut item = match body {
+        Some(Value::Object(fields)) => fields.clone(),
+        _ => Map::new(),
+    };
+    for (at, value) in &endpoint.item {
+        let value = match value {
+            ItemValue::Key => Value::String(key.to_string()),
+            ItemValue::Id => Value::String(id.unwrap_or_default().to_string()),
+            ItemValue::Const(value) => value.clone(),
+        };
+        crate::mapping::insert(&mut item, at, value);
+    }
+    if let Some(field) = &batch.trace {
+        item.insert(field.clone(), Value::String(trace.to_string()));
+    }
+    Value::Object(item)
+}
+
+/// The request body for `items`; `None` when the records go in the path.
+pub fn body(batch: &Batch, endpoint: &BatchEndpoint, items: Vec<Value>) -> Option<Bytes> {
+    if endpoint.ids_in_path() {
+        return None;
+    }
+    let items = Value::Array(items);
+    let body = match batch.items_at.is_empty() {
+        true => items,
+        false => {
+            let mut body = batch.fields.clone();
+            crate::mapping::insert(&mut body, &batch.items_at, items);
+            Value::Object(body)
+        }
+    };
+    Some(Bytes::from(
+        serde_json::to_vec(&body).expect("a JSON value always serializes"),
+    ))
+}
+
+/// The path with `{ids}` filled in: each id percent-encoded, comma-separated.
+pub fn path<'a>(endpoint: &BatchEndpoint, ids: impl Iterator<Item = &'a str> + Clone) -> String {
+    let mut out = String::new();
+    for piece in &endpoint.path {
+        match piece {
+            Piece::Literal(text) => out.push_str(text),
+            Piece::Placeholder(Ids) => {
+                for (i, id) in ids.clone().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    encode_segment(&mut out, id);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What the answer says of one record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ItemOutcome {
+    /// Done; with the record's id where `response.id_from` finds one.
+    Done { id: Option<String> },
+    /// The provider refused this record (or said nothing of it): `status` is
+    /// what its code stands for (`response.statuses`).
+    Failed {
+        status: u16,
+        message: String,
+        /// The failure as the answer tells it, for the dead letter (and a
+        /// 409's existing id).
+        body: Option<String>,
+    },
+}
+
+/// Each record's outcome in a 2xx answer to a batch whose records carried
+/// `traces` (in request order).
+pub fn outcomes(batch: &Batch, answer: &[u8], traces: &[&str]) -> Vec<ItemOutcome> {
+    let said_nothing = || ItemOutcome::Failed {
+        status: 502,
+        message: "the provider's answer to the batch says nothing of this record".into(),
+        body: None,
+    };
+    if answer.iter().all(u8::is_ascii_whitespace) {
+        // An answer without a body (HubSpot's archive: 204): all done.
+        return traces.iter().map(|_| ItemOutcome::Done { id: None }).collect();
+    }
+    let Ok(answer) = serde_json::from_slice::<Value>(answer) else {
+        let unreadable = ItemOutcome::Failed {
+            status: 502,
+            message: "the provider's answer to the batch is not JSON".into(),
+            body: None,
+        };
+        return vec![unreadable; traces.len()];
+    };
+    let results = list(batch.results.get(&answer).as_deref());
+    let mut out = vec![None; traces.len()];
+    match &batch.result_trace {
+        None => {
+            for (slot, result) in out.iter_mut().zip(&results) {
+                *slot = Some(read_result(batch, result));
+            }
+        }
+        Some(trace_at) => {
+            let index = |trace: &str| traces.iter().position(|t| *t == trace);
+            for result in &results {
+                for trace in named(trace_at, result) {
+                    if let Some(i) = index(&trace) {
+                        out[i] = Some(read_result(batch, result));
+                    }
+                }
+            }
+            let errors = batch.errors.as_ref().map(|at| list(at.get(&answer).as_deref()));
+            let error_trace = batch.error_trace.as_ref();
+            for error in errors.iter().flatten() {
+                for trace in error_trace.map(|at| named(at, error)).unwrap_or_default() {
+                    if let Some(i) = index(&trace) {
+                        out[i] = Some(failure(batch, error));
+                    }
+                }
+            }
+        }
+    }
+    out.into_iter()
+        .map(|o| o.unwrap_or_else(said_nothing))
+        .collect()
+}
+
+/// A result: done, unless `response.success` says otherwise.
+fn read_result(batch: &Batch, result: &Value) -> ItemOutcome {
+    let succeeded = match &batch.success {
+        None => true,
+        Some(at) => at.get(result).is_some_and(|v| *v == Value::Bool(true)),
+    };
+    if !succeeded {
+        return failure(batch, result);
+    }
+    let id = batch.id_from.as_ref().and_then(|at| {
+        let id = match at.get(result).as_deref() {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => return None,
+        };
+        super::valid_id(&id).then_some(id)
+    });
+    ItemOutcome::Done { id }
+}
+
+fn failure(batch: &Batch, failure: &Value) -> ItemOutcome {
+    let text = |at: &Option<crate::mapping::JsonPath>| {
+        at.as_ref().and_then(|at| match at.get(failure).as_deref() {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Null) | None => None,
+            Some(other) => Some(other.to_string()),
+        })
+    };
+    let code = text(&batch.error_code);
+    let status = batch.status_of(code.as_deref());
+    let message = match (code, text(&batch.error_message)) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(text), None) | (None, Some(text)) => text,
+        (None, None) => "the provider refused this record of the batch".into(),
+    };
+    let mut body = failure.to_string();
+    truncate(&mut body, super::BODY_LIMIT);
+    ItemOutcome::Failed {
+        status,
+        message,
+        body: Some(body),
+    }
+}
+
+/// The trace ids a result or failure names: a string, or an array of them.
+fn named(at: &crate::mapping::JsonPath, value: &Value) -> Vec<String> {
+    match at.get(value).as_deref() {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(names)) => names
+            .iter()
+            .filter_map(|n| n.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn list(found: Option<&Value>) -> Vec<Value> {
+    match found {
+        Some(Value::Array(items)) => items.clone(),
+        _ => Vec::new(),
+    }
+}
+
+fn truncate(text: &mut String, limit: usize) {
+    if text.len() > limit {
+        let mut end = limit;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
+/// The idempotency key of a batch: the same for every attempt of the same
+/// records (FNV-1a over their trace ids), so the provider can replay it.
+pub fn idempotency_key(traces: &[&str]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for trace in traces {
+        for b in trace.bytes().chain([0]) {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("batch:{}:{hash:016x}", traces.len())
+}
+
+impl ProviderApi {
+    /// Sends one batch, retrying the whole batch as the provider's policy
+    /// allows. `kind` is what the records are (for logs and metrics).
+    pub async fn send_batch(
+        &self,
+        object: &str,
+        kind: EndpointKind,
+        endpoint: &BatchEndpoint,
+        path: &str,
+        body: Option<Bytes>,
+        idempotency_key: &str,
+    ) -> Result<ApiResponse, ApiError> {
+        let req = ApiRequest {
+            object,
+            endpoint: kind,
+            key: "",
+            id: None,
+            body: None,
+            idempotency_key,
+            unmodified_since: None,
+        };
+        let what = || format!("{} batch {} {object}", self.provider().name, kind.as_str());
+        let target = self.target(path).map_err(|e| internal(format!("{}: {e}", what())))?;
+        let idempotency_key = HeaderValue::from_str(idempotency_key)
+            .map_err(|_| internal(format!("{}: invalid idempotency key", what())))?;
+        let call = Call {
+            req,
+            endpoint: &endpoint.request,
+            target,
+            idempotency_key,
+            body,
+        };
+        self.run(call).await.map_err(|e| match e.kind {
+            // A 404 to a whole batch is a wrong path, not "the record is gone".
+            ApiErrorKind::NotFound => ApiError {
+                kind: ApiErrorKind::Rejected,
+                ..e
+            },
+            _ => e,
+        })
+    }
+}
+
+fn internal(message: String) -> ApiError {
+    ApiError {
+        kind: ApiErrorKind::Internal,
+        status: None,
+        body: None,
+        attempts: 0,
+        message,
+    }
+}
