@@ -79,14 +79,18 @@ impl Batch {
 
     /// The HTTP status a failure code stands for (400 when not listed).
     pub fn status_of(&self, code: Option<&str>) -> u16 {
-        code.and_then(|c| self.statuses.get(c)).copied().unwrap_or(400)
+        code.and_then(|c| self.statuses.get(c))
+            .copied()
+            .unwrap_or(400)
     }
 }
 
 impl BatchEndpoint {
     /// Whether the records go in the path (`{ids}`) rather than a body.
     pub fn ids_in_path(&self) -> bool {
-        self.path.iter().any(|p| matches!(p, Piece::Placeholder(Ids)))
+        self.path
+            .iter()
+            .any(|p| matches!(p, Piece::Placeholder(Ids)))
     }
 
     /// Whether an item needs the record's provider id.
@@ -169,7 +173,14 @@ pub fn compile(
         if !(100..=599).contains(status) {
             file.error(
                 diags,
-                &path!["objects", object, "batch", "response", "statuses", code.as_str()],
+                &path![
+                    "objects",
+                    object,
+                    "batch",
+                    "response",
+                    "statuses",
+                    code.as_str()
+                ],
                 format!("{status} is not an HTTP status"),
             );
         }

@@ -107,7 +107,10 @@ pub fn outcomes(batch: &Batch, answer: &[u8], traces: &[&str]) -> Vec<ItemOutcom
     };
     if answer.iter().all(u8::is_ascii_whitespace) {
         // An answer without a body (HubSpot's archive: 204): all done.
-        return traces.iter().map(|_| ItemOutcome::Done { id: None }).collect();
+        return traces
+            .iter()
+            .map(|_| ItemOutcome::Done { id: None })
+            .collect();
     }
     let Ok(answer) = serde_json::from_slice::<Value>(answer) else {
         let unreadable = ItemOutcome::Failed {
@@ -134,7 +137,10 @@ pub fn outcomes(batch: &Batch, answer: &[u8], traces: &[&str]) -> Vec<ItemOutcom
                     }
                 }
             }
-            let errors = batch.errors.as_ref().map(|at| list(at.get(&answer).as_deref()));
+            let errors = batch
+                .errors
+                .as_ref()
+                .map(|at| list(at.get(&answer).as_deref()));
             let error_trace = batch.error_trace.as_ref();
             for error in errors.iter().flatten() {
                 for trace in error_trace.map(|at| named(at, error)).unwrap_or_default() {
@@ -258,7 +264,9 @@ impl ProviderApi {
             unmodified_since: None,
         };
         let what = || format!("{} batch {} {object}", self.provider().name, kind.as_str());
-        let target = self.target(path).map_err(|e| internal(format!("{}: {e}", what())))?;
+        let target = self
+            .target(path)
+            .map_err(|e| internal(format!("{}: {e}", what())))?;
         let idempotency_key = HeaderValue::from_str(idempotency_key)
             .map_err(|_| internal(format!("{}: invalid idempotency key", what())))?;
         let call = Call {
@@ -286,5 +294,145 @@ fn internal(message: String) -> ApiError {
         body: None,
         attempts: 0,
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use serde_json::json;
+
+    use super::*;
+
+    /// The batch of `provider`'s contact in examples/batch.
+    fn batch(provider: &str) -> Batch {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/batch");
+        let config = crate::compile::compile_dir(&dir, &HashMap::new(), false).unwrap();
+        let object = &config.providers[provider].objects["contact"];
+        object.batch.clone().unwrap()
+    }
+
+    fn parse(body: Option<Bytes>) -> Value {
+        serde_json::from_slice(&body.unwrap()).unwrap()
+    }
+
+    #[test]
+    fn hubspot_inputs_carry_the_id_and_trace_and_results_match_by_trace() {
+        let b = batch("hubspot");
+        let update = b.update.as_ref().unwrap();
+        let record = json!({"properties": {"email": "a@b.c"}});
+        let items = vec![
+            item(&b, update, "k1", Some("101"), Some(&record), "t1"),
+            item(&b, update, "k2", Some("102"), Some(&record), "t2"),
+            item(&b, update, "k3", Some("103"), Some(&record), "t3"),
+        ];
+        assert_eq!(
+            items[0],
+            json!({"id": "101", "properties": {"email": "a@b.c"}, "objectWriteTraceId": "t1"})
+        );
+        assert_eq!(
+            parse(body(&b, update, items.clone()))["inputs"],
+            Value::Array(items)
+        );
+        assert_eq!(
+            path(update, ["101"].into_iter()),
+            "/crm/v3/objects/contacts/batch/update"
+        );
+        // Out of order, one failure listed apart, one record not mentioned.
+        let answer = json!({
+            "status": "COMPLETE",
+            "results": [{"id": "102", "objectWriteTraceId": "t2"}],
+            "numErrors": 1,
+            "errors": [{"status": "error", "category": "OBJECT_NOT_FOUND", "message": "Object not found", "context": {"objectWriteTraceId": ["t1"]}}],
+        });
+        let got = outcomes(&b, answer.to_string().as_bytes(), &["t1", "t2", "t3"]);
+        let ItemOutcome::Failed {
+            status,
+            message,
+            body,
+        } = &got[0]
+        else {
+            panic!("{got:?}");
+        };
+        assert_eq!(
+            (*status, message.as_str()),
+            (404, "OBJECT_NOT_FOUND: Object not found")
+        );
+        assert!(body.as_deref().unwrap().contains("\"t1\""));
+        assert_eq!(
+            got[1],
+            ItemOutcome::Done {
+                id: Some("102".into())
+            }
+        );
+        assert!(
+            matches!(got[2], ItemOutcome::Failed { status: 502, .. }),
+            "{:?}",
+            got[2]
+        );
+    }
+
+    #[test]
+    fn an_answer_without_a_body_is_every_record_done() {
+        let b = batch("hubspot");
+        assert_eq!(
+            outcomes(&b, b"", &["t1", "t2"]),
+            vec![ItemOutcome::Done { id: None }; 2]
+        );
+        assert!(matches!(
+            outcomes(&b, b"<html>", &["t1"])[0],
+            ItemOutcome::Failed { status: 502, .. }
+        ));
+    }
+
+    #[test]
+    fn salesforce_records_are_typed_and_results_match_by_position() {
+        let b = batch("salesforce");
+        let upsert = b.upsert.as_ref().unwrap();
+        let record = json!({"LastName": "Hopper"});
+        let one = item(&b, upsert, "k/1", None, Some(&record), "t1");
+        assert_eq!(
+            one,
+            json!({"attributes": {"type": "Contact"}, "Internal_Id__c": "k/1", "LastName": "Hopper"})
+        );
+        let sent = parse(body(&b, upsert, vec![one.clone()]));
+        assert_eq!(sent, json!({"allOrNone": false, "records": [one]}));
+        let answer = json!([
+            {"id": "003A", "success": true, "errors": []},
+            {"success": false, "errors": [{"statusCode": "DUPLICATE_VALUE", "message": "duplicate value found", "fields": []}]},
+            {"success": false, "errors": [{"statusCode": "REQUIRED_FIELD_MISSING", "message": "Required fields are missing: [LastName]", "fields": ["LastName"]}]},
+        ]);
+        let got = outcomes(&b, answer.to_string().as_bytes(), &["a", "b", "c", "d"]);
+        assert_eq!(
+            got[0],
+            ItemOutcome::Done {
+                id: Some("003A".into())
+            }
+        );
+        assert!(matches!(got[1], ItemOutcome::Failed { status: 409, .. }));
+        // Not listed in `statuses`: a rejection.
+        assert!(matches!(got[2], ItemOutcome::Failed { status: 400, .. }));
+        assert!(matches!(got[3], ItemOutcome::Failed { status: 502, .. }));
+    }
+
+    #[test]
+    fn salesforce_deletes_put_the_ids_in_the_query() {
+        let b = batch("salesforce");
+        let delete = b.delete.as_ref().unwrap();
+        assert!(delete.ids_in_path() && delete.needs_id());
+        assert_eq!(body(&b, delete, vec![json!({})]), None);
+        assert_eq!(
+            path(delete, ["003A", "003 B"].into_iter()),
+            "/services/data/v60.0/composite/sobjects?ids=003A,003%20B&allOrNone=false"
+        );
+    }
+
+    #[test]
+    fn a_batch_key_is_the_same_for_the_same_records_only() {
+        assert_eq!(idempotency_key(&["a", "b"]), idempotency_key(&["a", "b"]));
+        assert_ne!(idempotency_key(&["a", "b"]), idempotency_key(&["b", "a"]));
+        assert_ne!(idempotency_key(&["ab"]), idempotency_key(&["a", "b"]));
     }
 }

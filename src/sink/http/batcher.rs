@@ -149,9 +149,7 @@ impl Batcher {
             }
             let kind = match (retryable, status, self.kind) {
                 (true, _, _) => ApiErrorKind::RetriesExhausted,
-                (false, 404, EndpointKind::Update | EndpointKind::Delete) => {
-                    ApiErrorKind::NotFound
-                }
+                (false, 404, EndpointKind::Update | EndpointKind::Delete) => ApiErrorKind::NotFound,
                 _ => ApiErrorKind::Rejected,
             };
             return Err(ApiError {
