@@ -24,6 +24,15 @@
 #               and with creates that learn an id (`id_from`, written to the
 #               id map before the ack): each one's records/s and the id-map
 #               rate as a share of the plain one (--rounds pairs, default 2)
+#   batch       batch endpoints (issue 14). With the mock CRM (default): the
+#               provider and the mock limited to HubSpot's 100 requests per
+#               10 s; a batched run (100 records per request) over --count
+#               events (default 20000), its sustained records/s against
+#               1,000 and the 429s; then a run without batching for
+#               --duration s (default 30): its records/s (~10).
+#               With --crm nginx: rounds (--rounds, default 2) of --count
+#               events one request per record, then 100 per request (nginx
+#               answers the batch 204): records/s of each, and the ratio
 #   tap         examples/bench_tap.rs: rounds of --rate events/s (default
 #               10000) for --duration s (default 10), alternating no tap and
 #               a `syncflow tap` reading 64 KB/s: records/s of each, and the
@@ -50,14 +59,14 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 mode=${1:-throughput}
-case "$mode" in throughput|latency|limiter|two-way|tap|id-map|all) shift || true ;; -*) mode=throughput ;; *)
-  echo "usage: bench/run.sh [throughput|latency|limiter|two-way|tap|all] [--count N] [--rate R] [--duration S] [--warmup S] [--in-flight C] [--wrk-secs S] [--scrape S] [--perf] [--no-build] [--crm mock|nginx] [--record-bytes B] [--id-map] [--rounds N]" >&2
+case "$mode" in throughput|latency|limiter|two-way|tap|id-map|batch|all) shift || true ;; -*) mode=throughput ;; *)
+  echo "usage: bench/run.sh [throughput|latency|limiter|two-way|tap|id-map|batch|all] [--count N] [--rate R] [--duration S] [--warmup S] [--in-flight C] [--wrk-secs S] [--scrape S] [--perf] [--no-build] [--crm mock|nginx] [--record-bytes B] [--id-map] [--rounds N]" >&2
   exit 2 ;;
 esac
 ID_MAP=0 ROUNDS=2 RECORD_BYTES=0 COUNT=200000 RATE=5000 DURATION= WARMUP=3 INFLIGHT=64 WRK_SECS=10 PERF=0 BUILD=1 SCRAPE= CRM=mock
 while [ $# -gt 0 ]; do
   case "$1" in
-    --count) COUNT=$2; shift 2 ;;
+    --count) COUNT=$2; COUNT_SET=$2; shift 2 ;;
     --record-bytes) RECORD_BYTES=$2; shift 2 ;;
     --id-map) ID_MAP=1; shift ;;
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -74,7 +83,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-case "$CRM" in mock) ;; nginx) [ "$mode" = throughput ] || [ "$mode" = id-map ] || { echo "--crm nginx is for throughput" >&2; exit 2; } ;;
+case "$CRM" in mock) ;; nginx) [ "$mode" = throughput ] || [ "$mode" = id-map ] || [ "$mode" = batch ] || { echo "--crm nginx is for throughput, id-map and batch" >&2; exit 2; } ;;
   *) echo "--crm is mock or nginx" >&2; exit 2 ;; esac
 ensure_services_installed
 ensure_commands wrk jq curl redis-cli:redis-tools /usr/bin/time:time
@@ -201,6 +210,11 @@ http {
   log_format receipt '\$msec';
   server {
     listen 127.0.0.1:$CRM_PORT;
+    # A batch: every record done, nothing to read back (as HubSpot's archive).
+    location = /hubspot/crm/v3/objects/contacts/batch/create {
+      access_log $work/nginx/receipts.log receipt buffer=1m flush=1s;
+      return 204;
+    }
     location = /hubspot/crm/v3/objects/contacts {
       access_log $work/nginx/receipts.log receipt buffer=1m flush=1s;
       default_type application/json;
@@ -224,14 +238,14 @@ nginx_receipts() {
 }
 
 start_services() {
-  echo "== starting nats-server :$NATS_PORT, redis-server :$REDIS_PORT, $CRM CRM :$CRM_PORT (no limits)"
+  echo "== starting nats-server :$NATS_PORT, redis-server :$REDIS_PORT, $CRM CRM :$CRM_PORT (${MOCK_LIMITS:-no limits})"
   nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$work/nats" >"$out/nats.log" 2>&1 &
   nats_pid=$!; pids+=("$nats_pid")
   start_redis
   if [ "$CRM" = nginx ]; then
     start_nginx
   else
-    "$bin/mock-crm" --listen "127.0.0.1:$CRM_PORT" --no-limits --token "$TOKEN" \
+    "$bin/mock-crm" --listen "127.0.0.1:$CRM_PORT" ${MOCK_LIMITS:---no-limits} --token "$TOKEN" \
       --latency-field properties.sent_at_us >"$out/crm.log" 2>&1 &
     crm_pid=$!; pids+=("$crm_pid")
   fi
@@ -467,10 +481,134 @@ limiter() {
   done
 }
 
+# A copy of bench/config whose creates go in batches of $1 records (none:
+# one request per record), with the provider's limit $2 (as in YAML) and
+# room for $3 unacked messages.
+batch_config() {
+  local records=$1 limit=$2 pending=$3 dir=$work/config-$1
+  rm -rf "$dir"; cp -r bench/config "$dir"
+  sed -i "s|^rate_limit:.*|rate_limit: $limit|" "$dir/providers/crm.yaml"
+  sed -i "s|^    durable: bench-contacts|    durable: bench-contacts\n    max_ack_pending: $pending|" \
+    "$dir/pipelines/bench-contacts.yaml"
+  if [ "$records" != none ]; then
+    cat >>"$dir/providers/crm.yaml" <<YAML
+    batch:
+      max_records: $records
+      max_wait: 200ms
+      request: { items: inputs, trace: objectWriteTraceId }
+      response:
+        results: \$.results
+        trace: \$.objectWriteTraceId
+        errors: \$.errors
+        error_trace: \$.context.objectWriteTraceId
+        error_code: \$.category
+        error_message: \$.message
+        statuses: { VALIDATION_ERROR: 400, CONFLICT: 409, RATE_LIMITS: 429, INTERNAL_ERROR: 503 }
+      create: { method: POST, path: /crm/v3/objects/contacts/batch/create }
+YAML
+  fi
+  "$bin/syncflow" validate --dir "$dir" >/dev/null
+  config=$dir
+}
+
+# The mock's hubspot counters: "creates rate_limited".
+mock_counts() {
+  curl -fsS "$crm/_admin/state" | jq -r '.hubspot.counters | "\(.creates) \(.rate_limited)"'
+}
+
+# Samples the mock's creates every second into $1 ("µs creates 429s")
+# until the file $2 exists.
+sample_creates() {
+  while [ ! -e "$2" ]; do echo "$(now_us) $(mock_counts)" >>"$1"; sleep 1; done
+}
+
+# records/s between the sample 3 s after the first create and the last
+# sample before all $2 were created, from a sample file.
+steady_rate() {
+  awk -v total="$2" '$2 > 0 && !t0 {t0 = $1} t0 && $1 >= t0 + 3e6 && !ta {ta = $1; ca = $2}
+    ta && $2 < total {tb = $1; cb = $2}
+    END {printf "%.1f", (tb > ta) ? (cb - ca) / ((tb - ta) / 1e6) : 0}' "$1"
+}
+
+batch_quota() {
+  local duration=${DURATION:-30}
+  local limit="{ requests: 100, per: 10s, burst: 10 }"
+  MOCK_LIMITS="--hubspot-limit 100/10s:10" start_services
+  : >"$out/report.txt"
+  report ""
+  report "== batch benchmark: mock CRM and provider limited to 100 requests per 10 s (burst 10), as HubSpot ($(date -u +%FT%TZ), $(nproc) cores)"
+
+  batch_config 100 "$limit" 4096
+  "$bin/examples/bench_load" --nats "$nats" setup >/dev/null
+  "$bin/examples/bench_load" --nats "$nats" preload --count "$COUNT" >"$out/preload.json"
+  curl -fsS -X POST "$crm/_admin/reset" >/dev/null
+  echo "== batched: $COUNT events, 100 per request"
+  start_syncflow
+  sample_creates "$out/batched.samples" "$work/batched.done" &
+  "$bin/examples/bench_load" --nats "$nats" wait --durable bench-contacts >"$out/wait.json"
+  touch "$work/batched.done"; sleep 1.2
+  local counts; counts=$(mock_counts)
+  stop_syncflow
+  local rate; rate=$(steady_rate "$out/batched.samples" "$COUNT")
+  local e2e; e2e=$(jq -n --argjson w "$(cat "$out/wait.json")" "$COUNT / (((\$w.settled_at_us) - $syncflow_started_us) / 1e6)")
+  report "  batched (100 per request): $(fmt "$rate" 1) records/s sustained (from 3 s after the first create to the last sample before the end) = $(fmt "$(awk -v r="$rate" 'BEGIN {print r / 10}')" 1)% of 1,000; $(fmt "$e2e" 1) records/s start → all acked"
+  report "    mock CRM: ${counts% *} records created, ${counts#* } requests answered 429; syncflow peak RSS $syncflow_rss_mb MB, CPU $syncflow_cpu_s s"
+
+  batch_config none "$limit" 512
+  "$bin/examples/bench_load" --nats "$nats" setup >/dev/null
+  "$bin/examples/bench_load" --nats "$nats" preload --count 2000 >/dev/null
+  curl -fsS -X POST "$crm/_admin/reset" >/dev/null
+  echo "== one request per record, ${duration}s"
+  start_syncflow
+  sleep 5
+  local c0 t0 c1 t1
+  c0=$(mock_counts); t0=$(now_us)
+  sleep "$duration"
+  c1=$(mock_counts); t1=$(now_us)
+  stop_syncflow
+  local single; single=$(awk -v a="${c0% *}" -v b="${c1% *}" -v t0="$t0" -v t1="$t1" 'BEGIN {printf "%.1f", (b - a) / ((t1 - t0) / 1e6)}')
+  report "  one request per record: $single records/s over ${duration}s (after 5 s); ${c1#* } requests answered 429"
+  report "  batched / single: $(awk -v a="$rate" -v b="$single" 'BEGIN {printf "%.1f", b ? a / b : 0}')×"
+  report "  targets: batched ≥ 95% of 1,000 records/s $(verdict "$(awk -v r="$rate" 'BEGIN {print r >= 950}')"), 0 × 429 $(verdict "$([ "${counts#* }" = 0 ] && [ "${c1#* }" = 0 ] && echo 1 || echo 0)")"
+}
+
+# nginx: one request per record against 100 per request, alternating.
+batch_nginx() {
+  local limit="{ requests: 1000000, per: 1s, burst: 1000 }"
+  start_services
+  : >"$out/report.txt"
+  local round kind rates=()
+  for round in $(seq "$ROUNDS"); do
+    for kind in none 100; do
+      batch_config "$kind" "$limit" 4096
+      "$bin/examples/bench_load" --nats "$nats" setup >/dev/null
+      "$bin/examples/bench_load" --nats "$nats" preload --count "$COUNT" >/dev/null
+      echo "== round $round: $([ "$kind" = none ] && echo "one request per record" || echo "$kind records per request"), $COUNT events"
+      start_syncflow
+      "$bin/examples/bench_load" --nats "$nats" wait --durable bench-contacts >"$out/wait.json"
+      stop_syncflow
+      local e2e; e2e=$(jq -n --argjson w "$(cat "$out/wait.json")" "$COUNT / (((\$w.settled_at_us) - $syncflow_started_us) / 1e6)")
+      rates+=("$e2e")
+      echo "$round $kind $e2e $syncflow_cpu_s $syncflow_rss_mb" >>"$out/rounds.txt"
+    done
+  done
+  report ""
+  report "== batch benchmark: nginx CRM, $COUNT events per run, syncflow start → all acked, max_in_flight $INFLIGHT ($(date -u +%FT%TZ), $(nproc) cores)"
+  while read -r round kind e2e cpu rss; do
+    report "  round $round, $([ "$kind" = none ] && echo "one request per record" || echo "$kind per request"): $(fmt "$e2e") records/s, CPU $(fmt "$(awk -v c="$cpu" -v n="$COUNT" 'BEGIN {print c * 1e6 / n}')" 1) µs/record, peak RSS $rss MB"
+  done <"$out/rounds.txt"
+  local i
+  for ((i = 0; i < ${#rates[@]}; i += 2)); do
+    report "  round $((i / 2 + 1)): batched / one per record = $(awk -v a="${rates[i+1]}" -v b="${rates[i]}" 'BEGIN {printf "%.2f", a / b}')×"
+  done
+  report "  target: batched ≥ 3× one request per record in each round"
+}
+
 case "$mode" in
   throughput) throughput ;;
   latency) latency ;;
   limiter) limiter ;;
+  batch) if [ "$CRM" = nginx ]; then batch_nginx; else COUNT=${COUNT_SET:-20000} batch_quota; fi ;;
 esac
 echo
 echo "(report and logs: $out)"

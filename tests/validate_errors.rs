@@ -379,6 +379,58 @@ const TWO_WAY_CASES: &[Case] = &[
     },
 ];
 
+const BATCH_HUBSPOT: &str = "providers/hubspot.yaml";
+
+/// Broken batch endpoints (on a copy of `examples/batch`).
+const BATCH_CASES: &[Case] = &[
+    Case {
+        name: "no records per batch",
+        file: BATCH_HUBSPOT,
+        from: "max_records: 100 ",
+        to: "max_records: 0 ",
+        expect: &[
+            "providers/hubspot.yaml:32:20: error: objects.contact.batch.max_records must be between 1 and 10000, not 0",
+        ],
+    },
+    Case {
+        name: "results matched by a trace id syncflow does not set",
+        file: BATCH_HUBSPOT,
+        from: "        trace: objectWriteTraceId   # set by syncflow on each input\n",
+        to: "",
+        expect: &[
+            "providers/hubspot.yaml:38:16: error: response.trace needs request.trace: the field of each record where syncflow puts the trace id",
+            "providers/hubspot.yaml:40:17: error: response.errors needs request.trace: failures listed apart are matched to records by trace id",
+        ],
+    },
+    Case {
+        name: "broken JSONPath in the answer",
+        file: BATCH_HUBSPOT,
+        from: "error_code: $.category",
+        to: "error_code: $.category[",
+        expect: &[
+            r#"providers/hubspot.yaml:43:32: error: invalid JSONPath "$.category[": expected selector"#,
+        ],
+    },
+    Case {
+        name: "unknown placeholder in an item",
+        file: BATCH_HUBSPOT,
+        from: r#"batch/update, item: { id: "{id}" }"#,
+        to: r#"batch/update, item: { id: "{idd}" }"#,
+        expect: &[
+            r#"providers/hubspot.yaml:47:88: error: an item field is "{key}", "{id}" or a constant, not "{idd}""#,
+        ],
+    },
+    Case {
+        name: "batch endpoint without its single one",
+        file: BATCH_HUBSPOT,
+        from: "    delete: { method: DELETE, path: \"/crm/v3/objects/contacts/{id}\" }\n",
+        to: "",
+        expect: &[
+            "providers/hubspot.yaml:47:15: error: batch.delete needs a single-record delete endpoint beside it (objects.contact.delete): records that cannot go in a batch use it",
+        ],
+    },
+];
+
 /// Runs each case on a fresh copy of `config` and lists the mismatches.
 fn mismatches(cases: &[Case], config: impl Fn() -> tempfile::TempDir) -> Vec<String> {
     let mut failures = Vec::new();
@@ -406,6 +458,14 @@ fn each_broken_config_is_reported_at_its_place() {
 fn each_broken_two_way_config_is_reported_at_its_place() {
     let failures = mismatches(TWO_WAY_CASES, || {
         syncflow_testkit::example_config("two-way").unwrap()
+    });
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn each_broken_batch_config_is_reported_at_its_place() {
+    let failures = mismatches(BATCH_CASES, || {
+        syncflow_testkit::example_config("batch").unwrap()
     });
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -476,6 +536,22 @@ fn json_format_lists_errors_as_objects() {
 fn the_shipped_config_is_valid() {
     let out = Command::new(env!("CARGO_BIN_EXE_syncflow"))
         .args(["validate", "--dir", env!("CARGO_MANIFEST_DIR")])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("valid: 2 pipelines, 2 providers, 11 tests passed"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn the_batch_example_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/batch");
+    let out = Command::new(env!("CARGO_BIN_EXE_syncflow"))
+        .args(["validate", "--dir"])
+        .arg(&dir)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
