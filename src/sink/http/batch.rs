@@ -95,15 +95,17 @@ pub enum ItemOutcome {
         /// 409's existing id).
         body: Option<String>,
     },
+    /// The answer says nothing of the record (or cannot be read): it may or
+    /// may not have been applied, so it is neither retried (a create could
+    /// be made twice) nor acked as done: a dead letter, to look at.
+    Unanswered { message: String },
 }
 
 /// Each record's outcome in a 2xx answer to a batch whose records carried
 /// `traces` (in request order).
 pub fn outcomes(batch: &Batch, answer: &[u8], traces: &[&str]) -> Vec<ItemOutcome> {
-    let said_nothing = || ItemOutcome::Failed {
-        status: 502,
+    let said_nothing = || ItemOutcome::Unanswered {
         message: "the provider's answer to the batch says nothing of this record".into(),
-        body: None,
     };
     if answer.iter().all(u8::is_ascii_whitespace) {
         // An answer without a body (HubSpot's archive: 204): all done.
@@ -113,10 +115,8 @@ pub fn outcomes(batch: &Batch, answer: &[u8], traces: &[&str]) -> Vec<ItemOutcom
             .collect();
     }
     let Ok(answer) = serde_json::from_slice::<Value>(answer) else {
-        let unreadable = ItemOutcome::Failed {
-            status: 502,
+        let unreadable = ItemOutcome::Unanswered {
             message: "the provider's answer to the batch is not JSON".into(),
-            body: None,
         };
         return vec![unreadable; traces.len()];
     };
@@ -368,7 +368,7 @@ mod tests {
             }
         );
         assert!(
-            matches!(got[2], ItemOutcome::Failed { status: 502, .. }),
+            matches!(got[2], ItemOutcome::Unanswered { .. }),
             "{:?}",
             got[2]
         );
@@ -383,7 +383,7 @@ mod tests {
         );
         assert!(matches!(
             outcomes(&b, b"<html>", &["t1"])[0],
-            ItemOutcome::Failed { status: 502, .. }
+            ItemOutcome::Unanswered { .. }
         ));
     }
 
@@ -414,7 +414,7 @@ mod tests {
         assert!(matches!(got[1], ItemOutcome::Failed { status: 409, .. }));
         // Not listed in `statuses`: a rejection.
         assert!(matches!(got[2], ItemOutcome::Failed { status: 400, .. }));
-        assert!(matches!(got[3], ItemOutcome::Failed { status: 502, .. }));
+        assert!(matches!(got[3], ItemOutcome::Unanswered { .. }));
     }
 
     #[test]

@@ -137,6 +137,15 @@ impl Batcher {
                     message,
                     body,
                 } => (status, message, body),
+                ItemOutcome::Unanswered { message } => {
+                    return Err(ApiError {
+                        kind: ApiErrorKind::Rejected,
+                        status: None,
+                        body: None,
+                        attempts,
+                        message: self.what(&message),
+                    });
+                }
             };
             let retryable = retry.retry_on.contains(&status);
             refused += 1;
@@ -157,14 +166,19 @@ impl Batcher {
                 status: Some(status),
                 body,
                 attempts,
-                message: format!(
-                    "{} batch {} {}: {message}",
-                    self.api.provider().name,
-                    self.kind.as_str(),
-                    self.object
-                ),
+                message: self.what(&message),
             });
         }
+    }
+
+    /// `message` about a record of this batcher, for its dead letter.
+    fn what(&self, message: &str) -> String {
+        format!(
+            "{} batch {} {}: {message}",
+            self.api.provider().name,
+            self.kind.as_str(),
+            self.object
+        )
     }
 
     /// Puts a record's item in the open batch; sends the batch when full.
@@ -250,12 +264,7 @@ impl Batcher {
             status: None,
             body: None,
             attempts,
-            message: format!(
-                "{} batch {} {}: the batch ended without an answer",
-                self.api.provider().name,
-                self.kind.as_str(),
-                self.object
-            ),
+            message: self.what("the batch ended without an answer"),
         }
     }
 }
