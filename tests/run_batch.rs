@@ -295,3 +295,44 @@ async fn kill_9_mid_batch_creates_nothing_twice() {
         want.salesforce_creates(),
     );
 }
+
+/// One bad record makes the CRM refuse its whole batch (400): its records
+/// are sent one by one, and only the bad one is a dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_refused_for_one_record_is_sent_record_by_record() {
+    let h = harness(MockCrmConfig {
+        record_log: true,
+        ..MockCrmConfig::default()
+    })
+    .await;
+    h.remove_pipeline("contacts-to-salesforce");
+    // Any request holding contact 3, batch or single, is refused.
+    h.crm
+        .add_fault(
+            MockApi::Hubspot,
+            Fault::body_contains("c3@example.com", 400),
+        )
+        .unwrap();
+    let events: Vec<_> = (1..=10).map(contacts::created).collect();
+    contacts::publish_all(&h, &events).await;
+    let mut run = h.spawn();
+    run.wait_ready(Duration::from_secs(20)).await;
+    h.wait_settled(Duration::from_secs(60)).await;
+
+    let letters = h.dead_letters().await;
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    assert_eq!(letters[0]["key"], "3");
+    assert_eq!(letters[0]["error"]["status"], 400);
+    let snap = h.crm.snapshot();
+    assert_eq!(hubspot_by_key(&snap).len(), 9);
+    assert_eq!(snap.hubspot.counters.creates, 9);
+    let paths: Vec<(&str, u16)> = snap
+        .hubspot
+        .log
+        .iter()
+        .map(|r| (r.path.as_str(), r.status))
+        .collect();
+    assert_eq!(paths[0], ("/crm/v3/objects/contacts/batch/create", 400));
+    assert_eq!(paths.len(), 11, "{paths:?}");
+    assert!(run.sigterm().success(), "{}", run.log());
+}

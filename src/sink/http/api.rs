@@ -130,6 +130,12 @@ impl ProviderApi {
         &self.provider
     }
 
+    /// One warning per second at most for the provider, with a count of
+    /// the ones left out.
+    pub(super) fn sampled_warn(&self, warn: impl FnOnce(u64)) {
+        self.sampled_warn.warn(warn);
+    }
+
     pub(super) fn metrics(&self) -> &ProviderMetrics {
         &self.metrics
     }

@@ -8,6 +8,11 @@
 //! A batch goes when it holds `max_records`, or `max_wait` after its first
 //! record came. Its request is sent in a task of its own, so a lane that
 //! stops waiting (a drain's deadline) never strands the other records.
+//! A batch refused as a whole (a 4xx other than `retry_on`: some APIs
+//! refuse every record of a batch for one bad one) with more than one
+//! record in it sends each record on its own, through the single endpoint:
+//! the provider's answer to each decides, and only the bad one is a dead
+//! letter.
 //! A record the answer refused with a `retry_on` status is sent again,
 //! alone in the sense that only it goes back: into a later batch, after the
 //! provider's backoff, counting against `retry.max_attempts` like a single
@@ -43,7 +48,13 @@ struct Queued {
     item: Value,
     id: Option<String>,
     trace: String,
-    answer: oneshot::Sender<Result<Answered, ApiError>>,
+    answer: oneshot::Sender<Result<Answered, Refused>>,
+}
+
+/// A batch's failure as a whole, and how many records it held.
+struct Refused {
+    error: ApiError,
+    records: usize,
 }
 
 /// A record's part of a batch's answer.
@@ -110,10 +121,29 @@ impl Batcher {
             let queued = self.submit(item, req.id, req.idempotency_key);
             let answered = match queued.await {
                 Ok(Ok(answered)) => answered,
-                Ok(Err(e)) => {
+                Ok(Err(Refused { error, records }))
+                    if error.kind == ApiErrorKind::Rejected && records > 1 =>
+                {
+                    self.api.sampled_warn(|suppressed| {
+                        tracing::warn!(provider = %self.api.provider().name, object = %self.object, endpoint = self.kind.as_str(), status = error.status, records, suppressed, "batch refused as a whole; sending its records one by one");
+                    });
+                    let single = self.api.send(req).await;
+                    let add = |tries: u32| attempts + error.attempts + tries;
+                    return match single {
+                        Ok(response) => Ok(ApiResponse {
+                            attempts: add(response.attempts),
+                            ..response
+                        }),
+                        Err(e) => Err(ApiError {
+                            attempts: add(e.attempts),
+                            ..e
+                        }),
+                    };
+                }
+                Ok(Err(Refused { error, .. })) => {
                     return Err(ApiError {
-                        attempts: attempts + e.attempts,
-                        ..e
+                        attempts: attempts + error.attempts,
+                        ..error
                     });
                 }
                 Err(_) => return Err(self.dropped(attempts)),
@@ -187,7 +217,7 @@ impl Batcher {
         item: Value,
         id: Option<&str>,
         trace: &str,
-    ) -> oneshot::Receiver<Result<Answered, ApiError>> {
+    ) -> oneshot::Receiver<Result<Answered, Refused>> {
         let (answer, answered) = oneshot::channel();
         let queued = Queued {
             item,
@@ -248,9 +278,13 @@ impl Batcher {
                     }));
                 }
             }
-            Err(e) => {
+            Err(error) => {
+                let records = queued.len();
                 for q in queued {
-                    let _ = q.answer.send(Err(e.clone()));
+                    let _ = q.answer.send(Err(Refused {
+                        error: error.clone(),
+                        records,
+                    }));
                 }
             }
         }
