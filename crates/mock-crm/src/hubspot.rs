@@ -19,7 +19,7 @@ use super::reply::Reply;
 use super::request::ApiRequest;
 use super::snapshot::RecordSnapshot;
 use super::webhook::{Change, Webhooks, property_changes};
-use super::writes::{Origin, WriteCounts};
+use super::writes::{Origin, Write, WriteCounts};
 
 type HubSpotApi = State<Arc<Api<HubSpot>>>;
 
@@ -121,8 +121,8 @@ impl HubSpot {
     }
 
     /// Counts a successful write and publishes its events.
-    fn changed(&mut self, origin: Origin, id: &str, changes: Vec<Change>, changed: bool) {
-        self.writes.count(origin, changed);
+    fn changed(&mut self, origin: Origin, id: &str, changes: Vec<Change>, write: Write) {
+        self.writes.count(origin, write);
         if !changes.is_empty() {
             self.webhooks.publish(origin, id, changes);
         }
@@ -156,7 +156,7 @@ impl HubSpot {
             self.ids_by_email.insert(email.to_string(), id.clone());
         }
         self.contacts.insert(id.clone(), contact);
-        self.changed(origin, &id, changes, true);
+        self.changed(origin, &id, changes, Write::Create);
         reply
     }
 
@@ -180,7 +180,7 @@ impl HubSpot {
         contact.updated_at = now_rfc3339();
         let reply = Reply::json(StatusCode::OK, &contact.to_json(id));
         let changed = !changes.is_empty();
-        self.changed(origin, id, changes, changed);
+        self.changed(origin, id, changes, Write::Update { changed });
         reply
     }
 
@@ -198,7 +198,7 @@ impl HubSpot {
         if let Some(email) = email_of(&contact.properties) {
             self.ids_by_email.remove(email);
         }
-        self.changed(origin, id, vec![Change::Deleted], true);
+        self.changed(origin, id, vec![Change::Deleted], Write::Delete);
         Reply::empty(StatusCode::NO_CONTENT)
     }
 }

@@ -48,7 +48,7 @@ pub struct Counters {
     pub scripted_failures: u64,
     /// Requests answered from the `Idempotency-Key` store.
     pub idempotent_replays: u64,
-    /// Records created (replays excluded).
+    /// Records created through the API (replays and admin edits excluded).
     pub creates: u64,
     /// Successful creates, updates and deletes through the authenticated API
     /// (syncflow's writes), no-op updates included.

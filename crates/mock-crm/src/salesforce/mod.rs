@@ -24,7 +24,7 @@ use super::records::{
 use super::reply::Reply;
 use super::request::ApiRequest;
 use super::snapshot::RecordSnapshot;
-use super::writes::{Origin, WriteCounts};
+use super::writes::{Origin, Write, WriteCounts};
 
 mod changes;
 
@@ -207,7 +207,7 @@ impl Salesforce {
         };
         let changed = contact.merge(fields);
         contact.last_modified = modified_at;
-        self.writes.count(origin, changed);
+        self.writes.count(origin, Write::Update { changed });
         Reply::empty(StatusCode::NO_CONTENT)
     }
 
@@ -223,7 +223,7 @@ impl Salesforce {
                 .expect("the external id index names live contacts");
             let changed = contact.merge(fields);
             contact.last_modified = modified_at;
-            self.writes.count(Origin::Api, changed);
+            self.writes.count(Origin::Api, Write::Update { changed });
             let body = json!({"id": id, "success": true, "errors": [], "created": false});
             return Reply::json(StatusCode::OK, &body);
         }
@@ -253,7 +253,7 @@ impl Salesforce {
         if let Some(external_id) = &contact.external_id {
             self.ids_by_external_id.remove(external_id);
         }
-        self.writes.count(origin, true);
+        self.writes.count(origin, Write::Delete);
         Reply::empty(StatusCode::NO_CONTENT)
     }
 
@@ -277,7 +277,7 @@ impl Salesforce {
             deleted: false,
         };
         self.contacts.insert(id.clone(), contact);
-        self.writes.count(origin, true);
+        self.writes.count(origin, Write::Create);
         id
     }
 }
