@@ -26,6 +26,7 @@
 //! ```
 
 mod admin;
+mod batch;
 mod config;
 mod edits;
 mod faults;

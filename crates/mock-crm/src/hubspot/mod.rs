@@ -1,4 +1,5 @@
-//! The HubSpot-like API under `/hubspot`: CRM v3 contacts.
+//! The HubSpot-like API under `/hubspot`: CRM v3 contacts, one at a time
+//! and in batches of up to 100 (`batch.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -21,11 +22,21 @@ use super::snapshot::RecordSnapshot;
 use super::webhook::{Change, Webhooks, property_changes};
 use super::writes::{Origin, Write, WriteCounts};
 
+mod batch;
+
 type HubSpotApi = State<Arc<Api<HubSpot>>>;
 
 pub(super) fn routes(api: Arc<Api<HubSpot>>) -> Router {
     Router::new()
         .route("/crm/v3/objects/contacts", post(create))
+        // Two segments: never taken for an `{id}`.
+        .route("/crm/v3/objects/contacts/batch/create", post(batch::create))
+        .route("/crm/v3/objects/contacts/batch/update", post(batch::update))
+        .route("/crm/v3/objects/contacts/batch/upsert", post(batch::upsert))
+        .route(
+            "/crm/v3/objects/contacts/batch/archive",
+            post(batch::archive),
+        )
         .route(
             "/crm/v3/objects/contacts/{id}",
             get(read).patch(update).delete(archive),
