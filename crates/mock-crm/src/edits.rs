@@ -113,7 +113,7 @@ fn hubspot_properties(properties: Value) -> Result<Map<String, Value>, EditError
 
 fn salesforce_fields(fields: Value) -> Result<Map<String, Value>, EditError> {
     salesforce::fields(fields.to_string().as_bytes())
-        .map_err(|refusal| outcome(refusal).unwrap_err())
+        .map_err(|refusal| outcome(refusal.into()).unwrap_err())
 }
 
 pub(super) fn routes(shared: Arc<Shared>) -> Router {

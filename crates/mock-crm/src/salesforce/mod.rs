@@ -174,22 +174,49 @@ impl Salesforce {
         origin: Origin,
         at: Option<u64>,
     ) -> Reply {
-        if let Err(refusal) = require_last_name(&fields) {
-            return refusal;
+        match self.try_create(fields, origin, at) {
+            Ok(id) => Reply::json(
+                StatusCode::CREATED,
+                &json!({"id": id, "success": true, "errors": []}),
+            ),
+            Err(refusal) => refusal.into(),
         }
-        let external_id = fields.get(EXTERNAL_ID_FIELD).and_then(Value::as_str);
-        if let Some(owner) = external_id.and_then(|value| self.ids_by_external_id.get(value)) {
-            let message = format!(
-                "duplicate value found: {EXTERNAL_ID_FIELD} duplicates value on record with id: {owner}"
-            );
-            return errors(StatusCode::BAD_REQUEST, "DUPLICATE_VALUE", &message, &[]);
-        }
-        let external_id = external_id.map(str::to_owned);
-        let id = self.insert(fields, external_id, origin, at);
-        Reply::json(
-            StatusCode::CREATED,
-            &json!({"id": id, "success": true, "errors": []}),
-        )
+    }
+
+    /// Creates a contact; its id. A collection creates each record here.
+    fn try_create(
+        &mut self,
+        fields: Map<String, Value>,
+        origin: Origin,
+        at: Option<u64>,
+    ) -> Result<String, Refusal> {
+        self.check_create(&fields)?;
+        let external_id = fields
+            .get(EXTERNAL_ID_FIELD)
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Ok(self.insert(fields, external_id, origin, at))
+    }
+
+    /// Refuses a create as Salesforce does: without `LastName`, or with an
+    /// external id another contact has.
+    fn check_create(&self, fields: &Map<String, Value>) -> Result<(), Refusal> {
+        require_last_name(fields)?;
+        let Some(external_id) = fields.get(EXTERNAL_ID_FIELD).and_then(Value::as_str) else {
+            return Ok(());
+        };
+        let Some(owner) = self.ids_by_external_id.get(external_id) else {
+            return Ok(());
+        };
+        let message = format!(
+            "duplicate value found: {EXTERNAL_ID_FIELD} duplicates value on record with id: {owner}"
+        );
+        Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "DUPLICATE_VALUE",
+            message,
+            &[],
+        ))
     }
 
     /// Merges `fields` into the contact. Like Salesforce, every update moves
@@ -201,22 +228,54 @@ impl Salesforce {
         origin: Origin,
         at: Option<u64>,
     ) -> Reply {
+        match self.try_update(id, fields, origin, at) {
+            Ok(()) => Reply::empty(StatusCode::NO_CONTENT),
+            Err(refusal) => refusal.into(),
+        }
+    }
+
+    fn try_update(
+        &mut self,
+        id: &str,
+        fields: Map<String, Value>,
+        origin: Origin,
+        at: Option<u64>,
+    ) -> Result<(), Refusal> {
         let modified_at = self.modified_at(at);
         let Some(contact) = self.live(id) else {
-            return not_found();
+            return Err(not_found());
         };
         let changed = contact.merge(fields);
         contact.last_modified = modified_at;
         self.writes.count(origin, Write::Update { changed });
-        Reply::empty(StatusCode::NO_CONTENT)
+        Ok(())
+    }
+
+    fn upsert(&mut self, external_id: String, fields: Map<String, Value>) -> Reply {
+        match self.try_upsert(external_id, fields) {
+            Ok(Upserted { id, created }) => {
+                let body = json!({"id": id, "success": true, "errors": [], "created": created});
+                let status = if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                Reply::json(status, &body)
+            }
+            Err(refusal) => refusal.into(),
+        }
     }
 
     /// Updates the contact with this external id, or creates it (and then
     /// `LastName` is required, as on any create).
-    fn upsert(&mut self, external_id: String, fields: Map<String, Value>) -> Reply {
-        let modified_at = self.modified_at(None);
+    fn try_upsert(
+        &mut self,
+        external_id: String,
+        fields: Map<String, Value>,
+    ) -> Result<Upserted, Refusal> {
         let existing = self.ids_by_external_id.get(&external_id).cloned();
         if let Some(id) = existing {
+            let modified_at = self.modified_at(None);
             let contact = self
                 .contacts
                 .get_mut(&id)
@@ -224,29 +283,32 @@ impl Salesforce {
             let changed = contact.merge(fields);
             contact.last_modified = modified_at;
             self.writes.count(Origin::Api, Write::Update { changed });
-            let body = json!({"id": id, "success": true, "errors": [], "created": false});
-            return Reply::json(StatusCode::OK, &body);
+            return Ok(Upserted { id, created: false });
         }
-        if let Err(refusal) = require_last_name(&fields) {
-            return refusal;
-        }
+        require_last_name(&fields)?;
         let id = self.insert(fields, Some(external_id), Origin::Api, None);
-        let body = json!({"id": id, "success": true, "errors": [], "created": true});
-        Reply::json(StatusCode::CREATED, &body)
+        Ok(Upserted { id, created: true })
     }
 
     pub(super) fn read(&mut self, id: &str) -> Reply {
         match self.live(id) {
             Some(contact) => Reply::json(StatusCode::OK, &contact.to_json(id)),
-            None => not_found(),
+            None => not_found().into(),
         }
     }
 
     /// Leaves a tombstone with the last fields, for pollers.
     pub(super) fn delete(&mut self, id: &str, origin: Origin, at: Option<u64>) -> Reply {
+        match self.try_delete(id, origin, at) {
+            Ok(()) => Reply::empty(StatusCode::NO_CONTENT),
+            Err(refusal) => refusal.into(),
+        }
+    }
+
+    fn try_delete(&mut self, id: &str, origin: Origin, at: Option<u64>) -> Result<(), Refusal> {
         let modified_at = self.modified_at(at);
         let Some(contact) = self.contacts.get_mut(id).filter(|c| !c.deleted) else {
-            return not_found();
+            return Err(not_found());
         };
         contact.deleted = true;
         contact.last_modified = modified_at;
@@ -254,7 +316,7 @@ impl Salesforce {
             self.ids_by_external_id.remove(external_id);
         }
         self.writes.count(origin, Write::Delete);
-        Reply::empty(StatusCode::NO_CONTENT)
+        Ok(())
     }
 
     fn insert(
@@ -282,8 +344,51 @@ impl Salesforce {
     }
 }
 
+/// What an upsert did.
+struct Upserted {
+    id: String,
+    created: bool,
+}
+
+/// Why Salesforce refused one record: what a single-record call answers (as
+/// a list of one error), and the error a collection gives that record.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    fields: &'static [&'static str],
+}
+
+impl Refusal {
+    fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+        fields: &'static [&'static str],
+    ) -> Refusal {
+        Refusal {
+            status,
+            code,
+            message: message.into(),
+            fields,
+        }
+    }
+}
+
+impl From<Refusal> for Reply {
+    fn from(refusal: Refusal) -> Reply {
+        errors(
+            refusal.status,
+            refusal.code,
+            &refusal.message,
+            refusal.fields,
+        )
+    }
+}
+
 async fn create(State(api): SalesforceApi, request: ApiRequest) -> Response {
-    api.serve_body(request, fields, |salesforce, fields| {
+    api.serve_body(request, body_fields, |salesforce, fields| {
         salesforce.create(fields, Origin::Api, None)
     })
     .await
@@ -295,7 +400,7 @@ async fn update(
     request: ApiRequest,
 ) -> Response {
     let unmodified_since = request.unmodified_since;
-    api.serve_body(request, fields, |salesforce, fields| {
+    api.serve_body(request, body_fields, |salesforce, fields| {
         if let Some(since) = unmodified_since
             && salesforce
                 .live(&id)
@@ -313,7 +418,7 @@ async fn upsert(
     Path(external_id): Path<String>,
     request: ApiRequest,
 ) -> Response {
-    api.serve_body(request, fields, |salesforce, fields| {
+    api.serve_body(request, body_fields, |salesforce, fields| {
         salesforce.upsert(external_id, fields)
     })
     .await
@@ -334,25 +439,26 @@ async fn delete(
     .await
 }
 
-/// The fields of a create, update or upsert body, or the 400 Salesforce
-/// answers. `LastName` may be left out (an update) but not emptied.
-pub(super) fn fields(body: &[u8]) -> Result<Map<String, Value>, Reply> {
-    let fields = parse_json(body).and_then(scalar_fields).map_err(|error| {
-        let message = match error {
-            FieldsError::Unparsable(e) => format!("Cannot deserialize the request body: {e}"),
-            FieldsError::NotAnObject => "The request body must be a JSON object".to_owned(),
-            FieldsError::Nested(name) => {
-                format!("Field {name} must be a string, number, boolean or null")
-            }
-        };
-        errors(StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR", &message, &[])
-    })?;
+fn body_fields(body: &[u8]) -> Result<Map<String, Value>, Reply> {
+    fields(body).map_err(Reply::from)
+}
+
+/// The fields of a create, update or upsert body, or why Salesforce refuses
+/// it (a 400). `LastName` may be left out (an update) but not emptied.
+pub(super) fn fields(body: &[u8]) -> Result<Map<String, Value>, Refusal> {
+    parse_json(body).map_err(unreadable).and_then(record_fields)
+}
+
+/// The fields of a body, or of a record of a collection (without its
+/// `attributes`).
+fn record_fields(record: Value) -> Result<Map<String, Value>, Refusal> {
+    let fields = scalar_fields(record).map_err(unreadable)?;
     if let Some(email) = invalid_email(&fields, "Email") {
         let message = format!("Email: invalid email address: {email}");
-        return Err(errors(
+        return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
             "INVALID_EMAIL_ADDRESS",
-            &message,
+            message,
             &["Email"],
         ));
     }
@@ -362,7 +468,18 @@ pub(super) fn fields(body: &[u8]) -> Result<Map<String, Value>, Reply> {
     }
 }
 
-fn require_last_name(fields: &Map<String, Value>) -> Result<(), Reply> {
+fn unreadable(error: FieldsError) -> Refusal {
+    let message = match error {
+        FieldsError::Unparsable(e) => format!("Cannot deserialize the request body: {e}"),
+        FieldsError::NotAnObject => "The request body must be a JSON object".to_owned(),
+        FieldsError::Nested(name) => {
+            format!("Field {name} must be a string, number, boolean or null")
+        }
+    };
+    Refusal::new(StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR", message, &[])
+}
+
+fn require_last_name(fields: &Map<String, Value>) -> Result<(), Refusal> {
     match fields.get(LAST_NAME) {
         Some(last_name) if !is_blank(last_name) => Ok(()),
         _ => Err(last_name_missing()),
@@ -377,8 +494,8 @@ fn is_blank(value: &Value) -> bool {
     }
 }
 
-fn last_name_missing() -> Reply {
-    errors(
+fn last_name_missing() -> Refusal {
+    Refusal::new(
         StatusCode::BAD_REQUEST,
         "REQUIRED_FIELD_MISSING",
         "Required fields are missing: [LastName]",
@@ -396,8 +513,8 @@ fn precondition_failed() -> Reply {
     )
 }
 
-fn not_found() -> Reply {
-    errors(
+fn not_found() -> Refusal {
+    Refusal::new(
         StatusCode::NOT_FOUND,
         "NOT_FOUND",
         "The requested resource does not exist",
