@@ -1,12 +1,13 @@
 //! The Salesforce-like API under `/salesforce`: REST API v60.0 Contact
-//! sObjects, with upsert by the external id field `Internal_Id__c`, and a
-//! "changed since" query for pollers (`changes.rs`).
+//! sObjects, with upsert by the external id field `Internal_Id__c`, sObject
+//! collections of up to 200 (`collections.rs`), and a "changed since" query
+//! for pollers (`changes.rs`).
 //!
 //! Every record carries `LastModifiedDate` (milliseconds since the Unix
 //! epoch, a number) and `IsDeleted`. A delete leaves a tombstone, so pollers
 //! see it; everything else treats a deleted contact as gone.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use axum::Router;
@@ -27,6 +28,7 @@ use super::snapshot::RecordSnapshot;
 use super::writes::{Origin, Write, WriteCounts};
 
 mod changes;
+mod collections;
 
 pub(super) const CONTACT_PATH: &str = "/services/data/v60.0/sobjects/Contact";
 const EXTERNAL_ID_FIELD: &str = "Internal_Id__c";
@@ -48,6 +50,16 @@ pub(super) fn routes(api: Arc<Api<Salesforce>>) -> Router {
         .route(
             &format!("{CONTACT_PATH}/{EXTERNAL_ID_FIELD}/{{external_id}}"),
             patch(upsert),
+        )
+        .route(
+            collections::PATH,
+            post(collections::create)
+                .patch(collections::update)
+                .delete(collections::delete),
+        )
+        .route(
+            &format!("{}/Contact/{EXTERNAL_ID_FIELD}", collections::PATH),
+            patch(collections::upsert),
         )
         .with_state(api)
 }
@@ -168,6 +180,12 @@ impl Salesforce {
         self.contacts.get_mut(id).filter(|contact| !contact.deleted)
     }
 
+    fn is_live(&self, id: &str) -> bool {
+        self.contacts
+            .get(id)
+            .is_some_and(|contact| !contact.deleted)
+    }
+
     pub(super) fn create(
         &mut self,
         fields: Map<String, Value>,
@@ -190,7 +208,7 @@ impl Salesforce {
         origin: Origin,
         at: Option<u64>,
     ) -> Result<String, Refusal> {
-        self.check_create(&fields)?;
+        self.check_create(&fields, &Pending::default())?;
         let external_id = fields
             .get(EXTERNAL_ID_FIELD)
             .and_then(Value::as_str)
@@ -199,14 +217,17 @@ impl Salesforce {
     }
 
     /// Refuses a create as Salesforce does: without `LastName`, or with an
-    /// external id another contact has.
-    fn check_create(&self, fields: &Map<String, Value>) -> Result<(), Refusal> {
+    /// external id another contact (or a pending one) has.
+    fn check_create(&self, fields: &Map<String, Value>, pending: &Pending) -> Result<(), Refusal> {
         require_last_name(fields)?;
         let Some(external_id) = fields.get(EXTERNAL_ID_FIELD).and_then(Value::as_str) else {
             return Ok(());
         };
-        let Some(owner) = self.ids_by_external_id.get(external_id) else {
-            return Ok(());
+        let owner = match self.ids_by_external_id.get(external_id) {
+            Some(owner) => owner.as_str(),
+            // A record of the same collection: it has no id yet.
+            None if pending.external_ids.contains(external_id) => "<unknown>",
+            None => return Ok(()),
         };
         let message = format!(
             "duplicate value found: {EXTERNAL_ID_FIELD} duplicates value on record with id: {owner}"
@@ -285,9 +306,25 @@ impl Salesforce {
             self.writes.count(Origin::Api, Write::Update { changed });
             return Ok(Upserted { id, created: false });
         }
-        require_last_name(&fields)?;
+        self.check_upsert(&external_id, &fields, &Pending::default())?;
         let id = self.insert(fields, Some(external_id), Origin::Api, None);
         Ok(Upserted { id, created: true })
+    }
+
+    /// Refuses an upsert that would create a contact without `LastName`.
+    fn check_upsert(
+        &self,
+        external_id: &str,
+        fields: &Map<String, Value>,
+        pending: &Pending,
+    ) -> Result<(), Refusal> {
+        let exists = self.ids_by_external_id.contains_key(external_id)
+            || pending.external_ids.contains(external_id);
+        if exists {
+            Ok(())
+        } else {
+            require_last_name(fields)
+        }
     }
 
     pub(super) fn read(&mut self, id: &str) -> Reply {
@@ -348,6 +385,17 @@ impl Salesforce {
 struct Upserted {
     id: String,
     created: bool,
+}
+
+/// What the records of an all-or-none collection checked so far will have
+/// done once applied, for the checks of the next ones: nothing is applied
+/// until every record passed. Empty for a single record.
+#[derive(Default)]
+struct Pending {
+    /// External ids that creates and upserts will have taken.
+    external_ids: HashSet<String>,
+    /// Contacts that deletes will have deleted.
+    deleted: HashSet<String>,
 }
 
 /// Why Salesforce refused one record: what a single-record call answers (as
