@@ -1,7 +1,8 @@
 //! What every API request goes through, in the order a real API gateway
 //! applies it: fault injection, authentication, rate limit, idempotent
 //! replay, and only then the API's own handler. Then counters, the request
-//! log, and the latency delay.
+//! log, and the latency delay. A batch request goes through once, as a
+//! whole; its handler then asks the item faults about each of its records.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
