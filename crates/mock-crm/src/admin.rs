@@ -89,7 +89,8 @@ async fn set_fail_rate(State(shared): SharedState, body: Bytes) -> Response {
 }
 
 /// `{"api": "hubspot", "body_contains": "x@example.com", "status": 503}`:
-/// the API, and the [`Fault`]'s fields beside it.
+/// the API, and the [`Fault`]'s fields beside it. With `"item_contains"`
+/// instead, only the matching items of batches fail.
 async fn add_fault(State(shared): SharedState, body: Bytes) -> Response {
     let refuse = |message: String| {
         (StatusCode::BAD_REQUEST, Json(json!({"message": message}))).into_response()

@@ -108,12 +108,12 @@ impl Shared {
 /// Checked as the API's create and update bodies are.
 fn hubspot_properties(properties: Value) -> Result<Map<String, Value>, EditError> {
     let body = json!({ "properties": properties }).to_string();
-    hubspot::properties(body.as_bytes()).map_err(|refusal| outcome(refusal).unwrap_err())
+    hubspot::properties(body.as_bytes()).map_err(|refusal| outcome(refusal.into()).unwrap_err())
 }
 
 fn salesforce_fields(fields: Value) -> Result<Map<String, Value>, EditError> {
     salesforce::fields(fields.to_string().as_bytes())
-        .map_err(|refusal| outcome(refusal).unwrap_err())
+        .map_err(|refusal| outcome(refusal.into()).unwrap_err())
 }
 
 pub(super) fn routes(shared: Arc<Shared>) -> Router {

@@ -3,6 +3,12 @@
 //! rate limit and idempotent replays. Tests use them to make one record fail
 //! (always, or a few times) while the others go through, for example to run
 //! a record's retries out or to have a provider refuse it.
+//!
+//! A fault with `item_contains` works inside batches instead: it never
+//! answers a request, but fails the batch items (inputs, records or ids)
+//! whose JSON text contains it, each on its own, with the item error of the
+//! fault's status ([`ItemFaults`]), so one record of a batch can fail while
+//! the others are applied.
 
 use axum::http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -32,13 +38,21 @@ pub struct Fault {
     /// Only requests whose body contains this text.
     #[serde(default)]
     pub body_contains: Option<String>,
+    /// Makes this an item fault: instead of answering a request, it fails
+    /// each item of a batch request (an input, a record, or an id of a
+    /// collection delete) whose JSON text as sent contains this, with an
+    /// item error for `status` and the `message` of `body`, if any. The
+    /// other filters still select the batch request. Never matches a
+    /// single-record request.
+    #[serde(default)]
+    pub item_contains: Option<String>,
     /// 503 for a failure worth retrying, 400 for a rejection, ...
     pub status: u16,
     /// The JSON body of the answer; no body when null.
     #[serde(default)]
     pub body: Value,
-    /// Answer at most this many requests, then let matching ones through;
-    /// every matching request when unset.
+    /// Answer at most this many requests (fail at most this many items, for
+    /// an item fault), then let matching ones through; unlimited when unset.
     #[serde(default)]
     pub times: Option<u64>,
 }
@@ -50,9 +64,20 @@ impl Fault {
             method: None,
             path_contains: None,
             body_contains: Some(text.to_owned()),
+            item_contains: None,
             status,
             body: Value::Null,
             times: None,
+        }
+    }
+
+    /// An item fault failing every batch item whose text contains `text`
+    /// with the item error for `status`.
+    pub fn item_contains(text: &str, status: u16) -> Fault {
+        Fault {
+            body_contains: None,
+            item_contains: Some(text.to_owned()),
+            ..Fault::body_contains(text, status)
         }
     }
 
@@ -104,23 +129,112 @@ impl Faults {
         self.rules.clear();
     }
 
-    /// The answer of the first rule that matches and has answers left.
+    /// The answer of the first request fault (not an item fault) that
+    /// matches and has answers left.
     pub(super) fn answer(&mut self, method: &Method, path: &str, body: &[u8]) -> Option<Reply> {
         if self.rules.is_empty() {
             return None;
         }
-        let rule = self
-            .rules
-            .iter_mut()
-            .find(|r| r.left != Some(0) && r.fault.matches(method, path, body))?;
-        if let Some(left) = &mut rule.left {
-            *left -= 1;
-        }
+        let rule = self.rules.iter_mut().find(|r| {
+            r.left != Some(0)
+                && r.fault.item_contains.is_none()
+                && r.fault.matches(method, path, body)
+        })?;
+        rule.use_one();
         Some(if rule.fault.body.is_null() {
             Reply::empty(rule.status)
         } else {
             Reply::json(rule.status, &rule.fault.body)
         })
+    }
+
+    /// The failure of the first item fault with failures left that matches
+    /// the batch request and whose `item_contains` is in `item`.
+    fn fail_item(&mut self, request: &BatchRequest<'_>, item: &str) -> Option<ItemFault> {
+        let rule = self.rules.iter_mut().find(|r| {
+            r.left != Some(0)
+                && r.fault
+                    .item_contains
+                    .as_deref()
+                    .is_some_and(|text| item.contains(text))
+                && r.fault.matches(request.method, request.path, request.body)
+        })?;
+        rule.use_one();
+        Some(ItemFault {
+            status: rule.status,
+            message: item_message(&rule.fault.body),
+        })
+    }
+}
+
+impl Rule {
+    fn use_one(&mut self) {
+        if let Some(left) = &mut self.left {
+            *left -= 1;
+        }
+    }
+}
+
+/// The `message` of a fault's body (an object, or Salesforce's list of
+/// them), else a default.
+fn item_message(body: &Value) -> String {
+    [&body["message"], &body[0]["message"]]
+        .into_iter()
+        .find_map(Value::as_str)
+        .unwrap_or("injected item failure")
+        .to_owned()
+}
+
+/// An item of a batch failed by an item fault: the API words it as its item
+/// error for `status`.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct ItemFault {
+    pub(super) status: StatusCode,
+    pub(super) message: String,
+}
+
+/// What item faults match a batch request by, besides the item.
+struct BatchRequest<'a> {
+    method: &'a Method,
+    path: &'a str,
+    body: &'a [u8],
+}
+
+/// The item faults as one request's handler sees them: a batch handler asks
+/// about each item before handling it; other handlers never ask.
+pub(super) struct ItemFaults<'a> {
+    faults: &'a mut Faults,
+    request: BatchRequest<'a>,
+    failed: u64,
+}
+
+impl<'a> ItemFaults<'a> {
+    pub(super) fn new(
+        faults: &'a mut Faults,
+        method: &'a Method,
+        path: &'a str,
+        body: &'a [u8],
+    ) -> Self {
+        ItemFaults {
+            faults,
+            request: BatchRequest { method, path, body },
+            failed: 0,
+        }
+    }
+
+    /// How `item` (its JSON text as sent) fails, if an item fault says so.
+    pub(super) fn check(&mut self, item: &str) -> Option<ItemFault> {
+        if self.faults.rules.is_empty() {
+            return None;
+        }
+        let failure = self.faults.fail_item(&self.request, item)?;
+        self.failed += 1;
+        Some(failure)
+    }
+
+    /// Items failed so far.
+    pub(super) fn failed(&self) -> u64 {
+        self.failed
     }
 }
 
@@ -163,6 +277,56 @@ mod tests {
         }
         assert!(faults.answer(&Method::POST, "/", b"k1").is_none());
         assert!(faults.answer(&Method::POST, "/", b"k2").is_none());
+    }
+
+    #[test]
+    fn item_faults_fail_matching_items_only_and_never_answer_requests() {
+        let mut faults = Faults::default();
+        faults
+            .add(Fault {
+                path_contains: Some("batch".into()),
+                times: Some(2),
+                body: json!({"message": "locked"}),
+                ..Fault::item_contains("k1", 409)
+            })
+            .unwrap();
+        faults.add(Fault::item_contains("k2", 500)).unwrap();
+        assert!(faults.answer(&Method::POST, "/batch", b"k1 k2").is_none());
+
+        let mut items = ItemFaults::new(&mut faults, &Method::POST, "/batch", b"k1 k2");
+        let locked = ItemFault {
+            status: StatusCode::CONFLICT,
+            message: "locked".into(),
+        };
+        assert_eq!(items.check(r#"{"id":"k1"}"#), Some(locked.clone()));
+        assert_eq!(items.check(r#"{"id":"k3"}"#), None);
+        assert_eq!(items.check(r#"{"id":"k1"}"#), Some(locked));
+        assert_eq!(
+            items.check(r#"{"id":"k1"}"#),
+            None,
+            "its two failures are spent"
+        );
+        let injected = items.check("k2").unwrap();
+        assert_eq!(
+            (injected.status, injected.message.as_str()),
+            (StatusCode::INTERNAL_SERVER_ERROR, "injected item failure")
+        );
+        assert_eq!(items.failed(), 3);
+
+        // The request filters still apply.
+        let mut other = ItemFaults::new(&mut faults, &Method::POST, "/single", b"k2");
+        assert!(other.check("k1").is_none());
+        assert!(
+            other.check("k2").is_some(),
+            "the k2 fault has no path filter"
+        );
+    }
+
+    #[test]
+    fn item_messages_come_from_either_api_s_error_body() {
+        assert_eq!(item_message(&json!({"message": "a"})), "a");
+        assert_eq!(item_message(&json!([{"message": "b"}])), "b");
+        assert_eq!(item_message(&Value::Null), "injected item failure");
     }
 
     #[test]

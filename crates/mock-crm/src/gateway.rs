@@ -1,7 +1,8 @@
 //! What every API request goes through, in the order a real API gateway
 //! applies it: fault injection, authentication, rate limit, idempotent
 //! replay, and only then the API's own handler. Then counters, the request
-//! log, and the latency delay.
+//! log, and the latency delay. A batch request goes through once, as a
+//! whole; its handler then asks the item faults about each of its records.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::config::check_fail_rate;
-use super::faults::{Fault, FaultError, Faults};
+use super::faults::{Fault, FaultError, Faults, ItemFaults};
 use super::latency::LatencyProbe;
 use super::limit::Limiter;
 use super::records::unix_micros;
@@ -128,7 +129,28 @@ impl<P: Provider> Api<P> {
         request: ApiRequest,
         apply: impl FnOnce(&mut P) -> Reply,
     ) -> Response {
-        let reply = self.decide(request, apply);
+        let reply = self.decide(request, Kind::Single, |store, _| apply(store));
+        self.respond(reply).await
+    }
+
+    /// [`serve`](Self::serve) for a batch request parsed before the lock:
+    /// once through the gateway as a whole (one fault answer, one share of
+    /// the rate limit, one stored reply), then `apply` asks `ItemFaults`
+    /// about each item before handling it.
+    pub(super) async fn serve_batch<T>(
+        &self,
+        request: ApiRequest,
+        parsed: Result<T, Reply>,
+        apply: impl FnOnce(&mut P, T, &mut ItemFaults<'_>) -> Reply,
+    ) -> Response {
+        let reply = self.decide(request, Kind::Batch, |store, item_faults| match parsed {
+            Ok(parsed) => apply(store, parsed, item_faults),
+            Err(refusal) => refusal,
+        });
+        self.respond(reply).await
+    }
+
+    async fn respond(&self, reply: Reply) -> Response {
         if !self.settings.latency.is_zero() {
             tokio::time::sleep(self.settings.latency).await;
         }
@@ -171,7 +193,12 @@ impl<P: Provider> Api<P> {
         edit(&mut self.lock().store)
     }
 
-    fn decide(&self, request: ApiRequest, apply: impl FnOnce(&mut P) -> Reply) -> Reply {
+    fn decide(
+        &self,
+        request: ApiRequest,
+        kind: Kind,
+        apply: impl FnOnce(&mut P, &mut ItemFaults<'_>) -> Reply,
+    ) -> Reply {
         let received_at_us = unix_micros();
         let now = Instant::now();
         if let Some(probe) = &self.settings.latency_probe {
@@ -218,10 +245,17 @@ impl<P: Provider> Api<P> {
             replayed = true;
             stored.clone().with_header("idempotent-replayed", "true")
         } else {
-            let reply = apply(&mut state.store);
-            // Every create answers 201, and nothing else does.
-            if reply.status == StatusCode::CREATED {
-                state.counters.creates += 1;
+            // Creates are counted by the store, record by record.
+            let mut item_faults = ItemFaults::new(
+                &mut state.faults,
+                &request.method,
+                request.uri.path(),
+                &request.body,
+            );
+            let reply = apply(&mut state.store, &mut item_faults);
+            state.counters.scripted_item_failures += item_faults.failed();
+            if kind == Kind::Batch {
+                state.counters.batch_requests += 1;
             }
             if let Some(key) = &request.idempotency_key {
                 state.replies_by_key.insert(key.clone(), reply.clone());
@@ -282,6 +316,14 @@ impl<P: Provider> Api<P> {
         // request can: keep serving rather than fail every later request.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Whether a request is about one record or many: batches are counted apart
+/// and are the only ones item faults apply to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Single,
+    Batch,
 }
 
 /// The 429 for a request arriving at `now` over `limiter`'s limit; `None`

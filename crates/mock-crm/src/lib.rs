@@ -6,6 +6,26 @@
 //! Used by the demo, the end-to-end tests and the benchmarks, so the
 //! request path takes one short lock and logs nothing.
 //!
+//! Routes, relative to each API's base URL:
+//!
+//! - HubSpot (`/hubspot`): `POST /crm/v3/objects/contacts`,
+//!   `GET|PATCH|DELETE /crm/v3/objects/contacts/{id}`, and the batches
+//!   `POST /crm/v3/objects/contacts/batch/{create,update,upsert,archive}`
+//!   (`{"inputs": [...]}`, at most 100).
+//! - Salesforce (`/salesforce`): `POST /services/data/v60.0/sobjects/Contact`,
+//!   `GET|PATCH|DELETE .../sobjects/Contact/{id}`,
+//!   `PATCH .../sobjects/Contact/Internal_Id__c/{external_id}` (upsert),
+//!   `GET .../sobjects/Contact/changes`, and the sObject collections
+//!   `POST|PATCH /services/data/v60.0/composite/sobjects` (`{"allOrNone",
+//!   "records": [...]}`, at most 200), `DELETE .../composite/sobjects?ids=..`
+//!   and `PATCH .../composite/sobjects/Contact/Internal_Id__c` (upsert).
+//!
+//! A batch is one request to the gateway (one fault answer, one share of the
+//! rate limit, one stored reply for its `Idempotency-Key`), and each of its
+//! records goes through the same code as a single-record request: the same
+//! checks, conflicts, webhooks and write counts. A [`Fault`] with
+//! `item_contains` fails single records of a batch.
+//!
 //! For two-way sync it also plays the CRM's side of changes: HubSpot
 //! webhooks for every contact change (signed, batched, retried, and on
 //! demand duplicated, reordered or dropped: [`WebhookConfig`]), a Salesforce
@@ -26,6 +46,7 @@
 //! ```
 
 mod admin;
+mod batch;
 mod config;
 mod edits;
 mod faults;
@@ -163,8 +184,10 @@ impl MockCrm {
     }
 
     /// Answers the requests to `api` that match `fault` with its status and
-    /// body, before authentication, the rate limit and idempotent replays.
-    /// Faults are tried in the order they were added.
+    /// body, before authentication, the rate limit and idempotent replays;
+    /// or, for a fault with `item_contains`, fails the matching items of
+    /// batch requests each on its own. Faults are tried in the order they
+    /// were added.
     pub fn add_fault(&self, api: MockApi, fault: Fault) -> Result<(), FaultError> {
         self.shared.add_fault(api, fault)
     }

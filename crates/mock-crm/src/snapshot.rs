@@ -46,9 +46,19 @@ pub struct Counters {
     /// Requests answered by a scripted [`Fault`](super::Fault).
     #[serde(default)]
     pub scripted_failures: u64,
+    /// Batch items failed by a scripted item fault
+    /// ([`Fault::item_contains`](super::Fault::item_contains)).
+    #[serde(default)]
+    pub scripted_item_failures: u64,
     /// Requests answered from the `Idempotency-Key` store.
     pub idempotent_replays: u64,
-    /// Records created (replays excluded).
+    /// Batch requests (HubSpot `.../batch/*`, Salesforce
+    /// `composite/sobjects`) that reached the API's handler: past faults,
+    /// auth, the rate limit and replays. Refused bodies included.
+    #[serde(default)]
+    pub batch_requests: u64,
+    /// Records created through the API, each record of a batch apart
+    /// (replays and admin edits excluded).
     pub creates: u64,
     /// Successful creates, updates and deletes through the authenticated API
     /// (syncflow's writes), no-op updates included.

@@ -229,6 +229,36 @@ async fn scripted_faults_answer_only_the_requests_they_match() {
 }
 
 #[tokio::test]
+async fn item_faults_are_added_over_the_admin_api_and_fail_batch_items_only() {
+    let h = Harness::start(MockCrmConfig::default()).await;
+    let add = h.root(Method::POST, "/_admin/faults").json(&json!({
+        "api": "hubspot", "item_contains": "doomed@example.com", "status": 409,
+        "times": 1,
+    }));
+    assert_eq!(send(add).await.0, StatusCode::NO_CONTENT);
+    let inputs = json!({"inputs": [
+        {"properties": {"email": "doomed@example.com"}},
+        {"properties": {"email": "doomed@example.com"}},
+    ]});
+    let batch = h.hubspot(Method::POST, &format!("{CONTACTS}/batch/create"));
+    let (status, body) = send(batch.json(&inputs)).await;
+    assert_eq!(status, StatusCode::MULTI_STATUS, "{body}");
+    assert_eq!(
+        body["results"].as_array().unwrap().len(),
+        1,
+        "its one failure spent"
+    );
+    assert_eq!(
+        (
+            &body["errors"][0]["category"],
+            &body["errors"][0]["message"]
+        ),
+        (&json!("CONFLICT"), &json!("injected item failure"))
+    );
+    assert_eq!(h.crm.snapshot().hubspot.counters.scripted_item_failures, 1);
+}
+
+#[tokio::test]
 async fn latency_delays_every_response() {
     let latency = Duration::from_millis(150);
     let h = Harness::start(MockCrmConfig {

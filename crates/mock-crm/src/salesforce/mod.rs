@@ -1,12 +1,13 @@
 //! The Salesforce-like API under `/salesforce`: REST API v60.0 Contact
-//! sObjects, with upsert by the external id field `Internal_Id__c`, and a
-//! "changed since" query for pollers (`changes.rs`).
+//! sObjects, with upsert by the external id field `Internal_Id__c`, sObject
+//! collections of up to 200 (`collections.rs`), and a "changed since" query
+//! for pollers (`changes.rs`).
 //!
 //! Every record carries `LastModifiedDate` (milliseconds since the Unix
 //! epoch, a number) and `IsDeleted`. A delete leaves a tombstone, so pollers
 //! see it; everything else treats a deleted contact as gone.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use axum::Router;
@@ -24,9 +25,10 @@ use super::records::{
 use super::reply::Reply;
 use super::request::ApiRequest;
 use super::snapshot::RecordSnapshot;
-use super::writes::{Origin, WriteCounts};
+use super::writes::{Origin, Write, WriteCounts};
 
 mod changes;
+mod collections;
 
 pub(super) const CONTACT_PATH: &str = "/services/data/v60.0/sobjects/Contact";
 const EXTERNAL_ID_FIELD: &str = "Internal_Id__c";
@@ -48,6 +50,16 @@ pub(super) fn routes(api: Arc<Api<Salesforce>>) -> Router {
         .route(
             &format!("{CONTACT_PATH}/{EXTERNAL_ID_FIELD}/{{external_id}}"),
             patch(upsert),
+        )
+        .route(
+            collections::PATH,
+            post(collections::create)
+                .patch(collections::update)
+                .delete(collections::delete),
+        )
+        .route(
+            &format!("{}/Contact/{EXTERNAL_ID_FIELD}", collections::PATH),
+            patch(collections::upsert),
         )
         .with_state(api)
 }
@@ -168,28 +180,64 @@ impl Salesforce {
         self.contacts.get_mut(id).filter(|contact| !contact.deleted)
     }
 
+    fn is_live(&self, id: &str) -> bool {
+        self.contacts
+            .get(id)
+            .is_some_and(|contact| !contact.deleted)
+    }
+
     pub(super) fn create(
         &mut self,
         fields: Map<String, Value>,
         origin: Origin,
         at: Option<u64>,
     ) -> Reply {
-        if let Err(refusal) = require_last_name(&fields) {
-            return refusal;
+        match self.try_create(fields, origin, at) {
+            Ok(id) => Reply::json(
+                StatusCode::CREATED,
+                &json!({"id": id, "success": true, "errors": []}),
+            ),
+            Err(refusal) => refusal.into(),
         }
-        let external_id = fields.get(EXTERNAL_ID_FIELD).and_then(Value::as_str);
-        if let Some(owner) = external_id.and_then(|value| self.ids_by_external_id.get(value)) {
-            let message = format!(
-                "duplicate value found: {EXTERNAL_ID_FIELD} duplicates value on record with id: {owner}"
-            );
-            return errors(StatusCode::BAD_REQUEST, "DUPLICATE_VALUE", &message, &[]);
-        }
-        let external_id = external_id.map(str::to_owned);
-        let id = self.insert(fields, external_id, origin, at);
-        Reply::json(
-            StatusCode::CREATED,
-            &json!({"id": id, "success": true, "errors": []}),
-        )
+    }
+
+    /// Creates a contact; its id. A collection creates each record here.
+    fn try_create(
+        &mut self,
+        fields: Map<String, Value>,
+        origin: Origin,
+        at: Option<u64>,
+    ) -> Result<String, Refusal> {
+        self.check_create(&fields, &Pending::default())?;
+        let external_id = fields
+            .get(EXTERNAL_ID_FIELD)
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Ok(self.insert(fields, external_id, origin, at))
+    }
+
+    /// Refuses a create as Salesforce does: without `LastName`, or with an
+    /// external id another contact (or a pending one) has.
+    fn check_create(&self, fields: &Map<String, Value>, pending: &Pending) -> Result<(), Refusal> {
+        require_last_name(fields)?;
+        let Some(external_id) = fields.get(EXTERNAL_ID_FIELD).and_then(Value::as_str) else {
+            return Ok(());
+        };
+        let owner = match self.ids_by_external_id.get(external_id) {
+            Some(owner) => owner.as_str(),
+            // A record of the same collection: it has no id yet.
+            None if pending.external_ids.contains(external_id) => "<unknown>",
+            None => return Ok(()),
+        };
+        let message = format!(
+            "duplicate value found: {EXTERNAL_ID_FIELD} duplicates value on record with id: {owner}"
+        );
+        Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "DUPLICATE_VALUE",
+            message,
+            &[],
+        ))
     }
 
     /// Merges `fields` into the contact. Like Salesforce, every update moves
@@ -201,60 +249,111 @@ impl Salesforce {
         origin: Origin,
         at: Option<u64>,
     ) -> Reply {
+        match self.try_update(id, fields, origin, at) {
+            Ok(()) => Reply::empty(StatusCode::NO_CONTENT),
+            Err(refusal) => refusal.into(),
+        }
+    }
+
+    fn try_update(
+        &mut self,
+        id: &str,
+        fields: Map<String, Value>,
+        origin: Origin,
+        at: Option<u64>,
+    ) -> Result<(), Refusal> {
         let modified_at = self.modified_at(at);
         let Some(contact) = self.live(id) else {
-            return not_found();
+            return Err(not_found());
         };
         let changed = contact.merge(fields);
         contact.last_modified = modified_at;
-        self.writes.count(origin, changed);
-        Reply::empty(StatusCode::NO_CONTENT)
+        self.writes.count(origin, Write::Update { changed });
+        Ok(())
+    }
+
+    fn upsert(&mut self, external_id: String, fields: Map<String, Value>) -> Reply {
+        match self.try_upsert(external_id, fields) {
+            Ok(Upserted { id, created }) => {
+                let body = json!({"id": id, "success": true, "errors": [], "created": created});
+                let status = if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                Reply::json(status, &body)
+            }
+            Err(refusal) => refusal.into(),
+        }
     }
 
     /// Updates the contact with this external id, or creates it (and then
     /// `LastName` is required, as on any create).
-    fn upsert(&mut self, external_id: String, fields: Map<String, Value>) -> Reply {
-        let modified_at = self.modified_at(None);
+    fn try_upsert(
+        &mut self,
+        external_id: String,
+        fields: Map<String, Value>,
+    ) -> Result<Upserted, Refusal> {
         let existing = self.ids_by_external_id.get(&external_id).cloned();
         if let Some(id) = existing {
+            let modified_at = self.modified_at(None);
             let contact = self
                 .contacts
                 .get_mut(&id)
                 .expect("the external id index names live contacts");
             let changed = contact.merge(fields);
             contact.last_modified = modified_at;
-            self.writes.count(Origin::Api, changed);
-            let body = json!({"id": id, "success": true, "errors": [], "created": false});
-            return Reply::json(StatusCode::OK, &body);
+            self.writes.count(Origin::Api, Write::Update { changed });
+            return Ok(Upserted { id, created: false });
         }
-        if let Err(refusal) = require_last_name(&fields) {
-            return refusal;
-        }
+        self.check_upsert(&external_id, &fields, &Pending::default())?;
         let id = self.insert(fields, Some(external_id), Origin::Api, None);
-        let body = json!({"id": id, "success": true, "errors": [], "created": true});
-        Reply::json(StatusCode::CREATED, &body)
+        Ok(Upserted { id, created: true })
+    }
+
+    /// Refuses an upsert that would create a contact without `LastName`.
+    fn check_upsert(
+        &self,
+        external_id: &str,
+        fields: &Map<String, Value>,
+        pending: &Pending,
+    ) -> Result<(), Refusal> {
+        let exists = self.ids_by_external_id.contains_key(external_id)
+            || pending.external_ids.contains(external_id);
+        if exists {
+            Ok(())
+        } else {
+            require_last_name(fields)
+        }
     }
 
     pub(super) fn read(&mut self, id: &str) -> Reply {
         match self.live(id) {
             Some(contact) => Reply::json(StatusCode::OK, &contact.to_json(id)),
-            None => not_found(),
+            None => not_found().into(),
         }
     }
 
     /// Leaves a tombstone with the last fields, for pollers.
     pub(super) fn delete(&mut self, id: &str, origin: Origin, at: Option<u64>) -> Reply {
+        match self.try_delete(id, origin, at) {
+            Ok(()) => Reply::empty(StatusCode::NO_CONTENT),
+            Err(refusal) => refusal.into(),
+        }
+    }
+
+    fn try_delete(&mut self, id: &str, origin: Origin, at: Option<u64>) -> Result<(), Refusal> {
         let modified_at = self.modified_at(at);
         let Some(contact) = self.contacts.get_mut(id).filter(|c| !c.deleted) else {
-            return not_found();
+            return Err(not_found());
         };
         contact.deleted = true;
         contact.last_modified = modified_at;
         if let Some(external_id) = &contact.external_id {
             self.ids_by_external_id.remove(external_id);
         }
-        self.writes.count(origin, true);
-        Reply::empty(StatusCode::NO_CONTENT)
+        self.writes.count(origin, Write::Delete);
+        Ok(())
     }
 
     fn insert(
@@ -277,13 +376,67 @@ impl Salesforce {
             deleted: false,
         };
         self.contacts.insert(id.clone(), contact);
-        self.writes.count(origin, true);
+        self.writes.count(origin, Write::Create);
         id
     }
 }
 
+/// What an upsert did.
+struct Upserted {
+    id: String,
+    created: bool,
+}
+
+/// What the records of an all-or-none collection checked so far will have
+/// done once applied, for the checks of the next ones: nothing is applied
+/// until every record passed. Empty for a single record.
+#[derive(Default)]
+struct Pending {
+    /// External ids that creates and upserts will have taken.
+    external_ids: HashSet<String>,
+    /// Contacts that deletes will have deleted.
+    deleted: HashSet<String>,
+}
+
+/// Why Salesforce refused one record: what a single-record call answers (as
+/// a list of one error), and the error a collection gives that record.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    fields: &'static [&'static str],
+}
+
+impl Refusal {
+    fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+        fields: &'static [&'static str],
+    ) -> Refusal {
+        Refusal {
+            status,
+            code,
+            message: message.into(),
+            fields,
+        }
+    }
+}
+
+impl From<Refusal> for Reply {
+    fn from(refusal: Refusal) -> Reply {
+        errors(
+            refusal.status,
+            refusal.code,
+            &refusal.message,
+            refusal.fields,
+        )
+    }
+}
+
 async fn create(State(api): SalesforceApi, request: ApiRequest) -> Response {
-    api.serve_body(request, fields, |salesforce, fields| {
+    api.serve_body(request, body_fields, |salesforce, fields| {
         salesforce.create(fields, Origin::Api, None)
     })
     .await
@@ -295,7 +448,7 @@ async fn update(
     request: ApiRequest,
 ) -> Response {
     let unmodified_since = request.unmodified_since;
-    api.serve_body(request, fields, |salesforce, fields| {
+    api.serve_body(request, body_fields, |salesforce, fields| {
         if let Some(since) = unmodified_since
             && salesforce
                 .live(&id)
@@ -313,7 +466,7 @@ async fn upsert(
     Path(external_id): Path<String>,
     request: ApiRequest,
 ) -> Response {
-    api.serve_body(request, fields, |salesforce, fields| {
+    api.serve_body(request, body_fields, |salesforce, fields| {
         salesforce.upsert(external_id, fields)
     })
     .await
@@ -334,25 +487,26 @@ async fn delete(
     .await
 }
 
-/// The fields of a create, update or upsert body, or the 400 Salesforce
-/// answers. `LastName` may be left out (an update) but not emptied.
-pub(super) fn fields(body: &[u8]) -> Result<Map<String, Value>, Reply> {
-    let fields = parse_json(body).and_then(scalar_fields).map_err(|error| {
-        let message = match error {
-            FieldsError::Unparsable(e) => format!("Cannot deserialize the request body: {e}"),
-            FieldsError::NotAnObject => "The request body must be a JSON object".to_owned(),
-            FieldsError::Nested(name) => {
-                format!("Field {name} must be a string, number, boolean or null")
-            }
-        };
-        errors(StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR", &message, &[])
-    })?;
+fn body_fields(body: &[u8]) -> Result<Map<String, Value>, Reply> {
+    fields(body).map_err(Reply::from)
+}
+
+/// The fields of a create, update or upsert body, or why Salesforce refuses
+/// it (a 400). `LastName` may be left out (an update) but not emptied.
+pub(super) fn fields(body: &[u8]) -> Result<Map<String, Value>, Refusal> {
+    parse_json(body).map_err(unreadable).and_then(record_fields)
+}
+
+/// The fields of a body, or of a record of a collection (without its
+/// `attributes`).
+fn record_fields(record: Value) -> Result<Map<String, Value>, Refusal> {
+    let fields = scalar_fields(record).map_err(unreadable)?;
     if let Some(email) = invalid_email(&fields, "Email") {
         let message = format!("Email: invalid email address: {email}");
-        return Err(errors(
+        return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
             "INVALID_EMAIL_ADDRESS",
-            &message,
+            message,
             &["Email"],
         ));
     }
@@ -362,7 +516,18 @@ pub(super) fn fields(body: &[u8]) -> Result<Map<String, Value>, Reply> {
     }
 }
 
-fn require_last_name(fields: &Map<String, Value>) -> Result<(), Reply> {
+fn unreadable(error: FieldsError) -> Refusal {
+    let message = match error {
+        FieldsError::Unparsable(e) => format!("Cannot deserialize the request body: {e}"),
+        FieldsError::NotAnObject => "The request body must be a JSON object".to_owned(),
+        FieldsError::Nested(name) => {
+            format!("Field {name} must be a string, number, boolean or null")
+        }
+    };
+    Refusal::new(StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR", message, &[])
+}
+
+fn require_last_name(fields: &Map<String, Value>) -> Result<(), Refusal> {
     match fields.get(LAST_NAME) {
         Some(last_name) if !is_blank(last_name) => Ok(()),
         _ => Err(last_name_missing()),
@@ -377,8 +542,8 @@ fn is_blank(value: &Value) -> bool {
     }
 }
 
-fn last_name_missing() -> Reply {
-    errors(
+fn last_name_missing() -> Refusal {
+    Refusal::new(
         StatusCode::BAD_REQUEST,
         "REQUIRED_FIELD_MISSING",
         "Required fields are missing: [LastName]",
@@ -396,8 +561,8 @@ fn precondition_failed() -> Reply {
     )
 }
 
-fn not_found() -> Reply {
-    errors(
+fn not_found() -> Refusal {
+    Refusal::new(
         StatusCode::NOT_FOUND,
         "NOT_FOUND",
         "The requested resource does not exist",

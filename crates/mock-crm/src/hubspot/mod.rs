@@ -1,4 +1,5 @@
-//! The HubSpot-like API under `/hubspot`: CRM v3 contacts.
+//! The HubSpot-like API under `/hubspot`: CRM v3 contacts, one at a time
+//! and in batches of up to 100 (`batch.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -19,13 +20,23 @@ use super::reply::Reply;
 use super::request::ApiRequest;
 use super::snapshot::RecordSnapshot;
 use super::webhook::{Change, Webhooks, property_changes};
-use super::writes::{Origin, WriteCounts};
+use super::writes::{Origin, Write, WriteCounts};
+
+mod batch;
 
 type HubSpotApi = State<Arc<Api<HubSpot>>>;
 
 pub(super) fn routes(api: Arc<Api<HubSpot>>) -> Router {
     Router::new()
         .route("/crm/v3/objects/contacts", post(create))
+        // Two segments: never taken for an `{id}`.
+        .route("/crm/v3/objects/contacts/batch/create", post(batch::create))
+        .route("/crm/v3/objects/contacts/batch/update", post(batch::update))
+        .route("/crm/v3/objects/contacts/batch/upsert", post(batch::upsert))
+        .route(
+            "/crm/v3/objects/contacts/batch/archive",
+            post(batch::archive),
+        )
         .route(
             "/crm/v3/objects/contacts/{id}",
             get(read).patch(update).delete(archive),
@@ -121,25 +132,31 @@ impl HubSpot {
     }
 
     /// Counts a successful write and publishes its events.
-    fn changed(&mut self, origin: Origin, id: &str, changes: Vec<Change>, changed: bool) {
-        self.writes.count(origin, changed);
+    fn changed(&mut self, origin: Origin, id: &str, changes: Vec<Change>, write: Write) {
+        self.writes.count(origin, write);
         if !changes.is_empty() {
             self.webhooks.publish(origin, id, changes);
         }
     }
 
     pub(super) fn create(&mut self, properties: Map<String, Value>, origin: Origin) -> Reply {
+        answer(StatusCode::CREATED, self.try_create(properties, origin))
+    }
+
+    /// Creates a contact; it as the API returns it. A batch creates each of
+    /// its contacts here.
+    fn try_create(
+        &mut self,
+        properties: Map<String, Value>,
+        origin: Origin,
+    ) -> Result<Value, Refusal> {
         // Like HubSpot, one contact per email: a second is a conflict that
         // names the first.
-        if let Some(email) = email_of(&properties) {
-            if let Some(id) = self.ids_by_email.get(email) {
-                let body = json!({
-                    "status": "error",
-                    "message": format!("Contact already exists. Existing ID: {id}"),
-                    "category": "CONFLICT",
-                });
-                return Reply::json(StatusCode::CONFLICT, &body);
-            }
+        if let Some(email) = email_of(&properties)
+            && let Some(id) = self.ids_by_email.get(email)
+        {
+            let message = format!("Contact already exists. Existing ID: {id}");
+            return Err(Refusal::new(StatusCode::CONFLICT, "CONFLICT", message));
         }
         let id = next_record_number().to_string();
         let now = now_rfc3339();
@@ -151,13 +168,13 @@ impl HubSpot {
             created_at: now.clone(),
             updated_at: now,
         };
-        let reply = Reply::json(StatusCode::CREATED, &contact.to_json(&id));
+        let created = contact.to_json(&id);
         if let Some(email) = email_of(&contact.properties) {
             self.ids_by_email.insert(email.to_string(), id.clone());
         }
         self.contacts.insert(id.clone(), contact);
-        self.changed(origin, &id, changes, true);
-        reply
+        self.changed(origin, &id, changes, Write::Create);
+        Ok(created)
     }
 
     pub(super) fn update(
@@ -166,8 +183,18 @@ impl HubSpot {
         properties: Map<String, Value>,
         origin: Origin,
     ) -> Reply {
+        answer(StatusCode::OK, self.try_update(id, properties, origin))
+    }
+
+    /// Merges `properties` into the contact; it as the API returns it.
+    fn try_update(
+        &mut self,
+        id: &str,
+        properties: Map<String, Value>,
+        origin: Origin,
+    ) -> Result<Value, Refusal> {
         let Some(contact) = self.contacts.get_mut(id) else {
-            return not_found(id);
+            return Err(not_found(id));
         };
         let changes = property_changes(&contact.properties, &properties);
         if let Some(old) = email_of(&contact.properties) {
@@ -178,28 +205,79 @@ impl HubSpot {
             self.ids_by_email.insert(email.to_string(), id.to_string());
         }
         contact.updated_at = now_rfc3339();
-        let reply = Reply::json(StatusCode::OK, &contact.to_json(id));
+        let updated = contact.to_json(id);
         let changed = !changes.is_empty();
-        self.changed(origin, id, changes, changed);
-        reply
+        self.changed(origin, id, changes, Write::Update { changed });
+        Ok(updated)
     }
 
     fn read(&self, id: &str) -> Reply {
         match self.contacts.get(id) {
             Some(contact) => Reply::json(StatusCode::OK, &contact.to_json(id)),
-            None => not_found(id),
+            None => not_found(id).into(),
         }
     }
 
     pub(super) fn archive(&mut self, id: &str, origin: Origin) -> Reply {
+        match self.try_archive(id, origin) {
+            Ok(()) => Reply::empty(StatusCode::NO_CONTENT),
+            Err(refusal) => refusal.into(),
+        }
+    }
+
+    fn try_archive(&mut self, id: &str, origin: Origin) -> Result<(), Refusal> {
         let Some(contact) = self.contacts.remove(id) else {
-            return not_found(id);
+            return Err(not_found(id));
         };
         if let Some(email) = email_of(&contact.properties) {
             self.ids_by_email.remove(email);
         }
-        self.changed(origin, id, vec![Change::Deleted], true);
-        Reply::empty(StatusCode::NO_CONTENT)
+        self.changed(origin, id, vec![Change::Deleted], Write::Delete);
+        Ok(())
+    }
+}
+
+/// The single-record answer: `status` with the contact, or the refusal.
+fn answer(status: StatusCode, outcome: Result<Value, Refusal>) -> Reply {
+    match outcome {
+        Ok(contact) => Reply::json(status, &contact),
+        Err(refusal) => refusal.into(),
+    }
+}
+
+/// Why HubSpot refused one record: what a single-record call answers, and
+/// what a batch lists in its `errors` for that input.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Refusal {
+    status: StatusCode,
+    category: &'static str,
+    message: String,
+    /// The `errors` of a validation error's answer: details per property.
+    details: Option<Value>,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, category: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            category,
+            message: message.into(),
+            details: None,
+        }
+    }
+}
+
+impl From<Refusal> for Reply {
+    fn from(refusal: Refusal) -> Reply {
+        let mut body = json!({
+            "status": "error",
+            "message": refusal.message,
+            "category": refusal.category,
+        });
+        if let Some(details) = refusal.details {
+            body["errors"] = details;
+        }
+        Reply::json(refusal.status, &body)
     }
 }
 
@@ -208,14 +286,14 @@ fn email_of(properties: &Map<String, Value>) -> Option<&str> {
 }
 
 async fn create(State(api): HubSpotApi, request: ApiRequest) -> Response {
-    api.serve_body(request, properties, |hubspot, properties| {
+    api.serve_body(request, body_properties, |hubspot, properties| {
         hubspot.create(properties, Origin::Api)
     })
     .await
 }
 
 async fn update(State(api): HubSpotApi, Path(id): Path<String>, request: ApiRequest) -> Response {
-    api.serve_body(request, properties, |hubspot, properties| {
+    api.serve_body(request, body_properties, |hubspot, properties| {
         hubspot.update(&id, properties, Origin::Api)
     })
     .await
@@ -230,28 +308,48 @@ async fn archive(State(api): HubSpotApi, Path(id): Path<String>, request: ApiReq
         .await
 }
 
-/// The `properties` of a create or update body, or the 400 HubSpot answers.
-pub(super) fn properties(body: &[u8]) -> Result<Map<String, Value>, Reply> {
-    let mut body = parse_json(body).map_err(validation_error)?;
+fn body_properties(body: &[u8]) -> Result<Map<String, Value>, Reply> {
+    properties(body).map_err(Reply::from)
+}
+
+/// The `properties` of a create or update body, or why HubSpot refuses it
+/// (a 400).
+pub(super) fn properties(body: &[u8]) -> Result<Map<String, Value>, Refusal> {
+    properties_of(parse_json(body).map_err(validation_error)?)
+}
+
+/// The `properties` of a body or of a batch input (an object with them).
+fn properties_of(mut body: Value) -> Result<Map<String, Value>, Refusal> {
     let properties = body
         .get_mut("properties")
         .map(Value::take)
         .ok_or_else(|| validation_error(FieldsError::NotAnObject))?;
     let properties = scalar_fields(properties).map_err(validation_error)?;
-    if let Some(email) = invalid_email(&properties, "email") {
-        let message = format!("Email address {email} is invalid");
-        let body = json!({
-            "status": "error",
-            "message": format!("Property values were not valid: {message}"),
-            "category": "VALIDATION_ERROR",
-            "errors": [{"code": "INVALID_EMAIL", "message": message, "context": {"propertyName": ["email"]}}],
-        });
-        return Err(Reply::json(StatusCode::BAD_REQUEST, &body));
-    }
+    check_email(&properties)?;
     Ok(properties)
 }
 
-fn validation_error(refusal: FieldsError) -> Reply {
+/// HubSpot refuses an `email` that is not an email address.
+fn check_email(properties: &Map<String, Value>) -> Result<(), Refusal> {
+    if let Some(email) = invalid_email(properties, "email") {
+        let message = format!("Email address {email} is invalid");
+        return Err(Refusal {
+            details: Some(json!([{
+                "code": "INVALID_EMAIL",
+                "message": message,
+                "context": {"propertyName": ["email"]},
+            }])),
+            ..Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                format!("Property values were not valid: {message}"),
+            )
+        });
+    }
+    Ok(())
+}
+
+fn validation_error(refusal: FieldsError) -> Refusal {
     let message = match refusal {
         FieldsError::Unparsable(e) => format!("Invalid input JSON: {e}"),
         FieldsError::NotAnObject => {
@@ -261,20 +359,19 @@ fn validation_error(refusal: FieldsError) -> Reply {
             format!("Property \"{name}\" must be a string, number, boolean or null")
         }
     };
-    error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", &message)
+    Refusal::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", message)
 }
 
-fn not_found(id: &str) -> Reply {
-    error(
+fn not_found(id: &str) -> Refusal {
+    Refusal::new(
         StatusCode::NOT_FOUND,
         "OBJECT_NOT_FOUND",
-        &format!("Object not found. objectId {id} does not exist"),
+        format!("Object not found. objectId {id} does not exist"),
     )
 }
 
-fn error(status: StatusCode, category: &str, message: &str) -> Reply {
-    let body = json!({"status": "error", "message": message, "category": category});
-    Reply::json(status, &body)
+fn error(status: StatusCode, category: &'static str, message: &str) -> Reply {
+    Refusal::new(status, category, message).into()
 }
 
 #[cfg(test)]
