@@ -38,6 +38,7 @@ async fn an_outage_ends_with_every_record_delivered_once_and_no_dead_letter() {
         method: None,
         path_contains: None,
         body_contains: None,
+        item_contains: None,
         status: 503,
         body: Value::Null,
         times: None,
