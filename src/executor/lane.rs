@@ -84,8 +84,10 @@ pub async fn run(
             None => return,
         };
         {
-            let work = job.handle();
-            tokio::pin!(work);
+            // Boxed: inline, the delivery's state (several KB) would be part
+            // of every lane task, idle or not, and a pipeline that batches
+            // has thousands of lanes.
+            let mut work = Box::pin(job.handle());
             loop {
                 tokio::select! {
                     biased;

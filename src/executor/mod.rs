@@ -114,14 +114,15 @@ fn lane_count(ctx: &Ctx) -> usize {
     let records = ctx.sink.max_batch_records();
     let most = match records {
         1 => 1024,
-        _ => MAX_BATCH_LANES,
+        // More lanes than twice the records a pipeline may hold only
+        // thin out key collisions further, at a task each.
+        _ => (2 * ctx.pipeline.source.max_ack_pending.max(1) as usize).clamp(1024, MAX_BATCH_LANES),
     };
     (ctx.pipeline.target.max_in_flight() * per_slot * records).clamp(1, most)
 }
 
 /// Lanes of a pipeline whose records go in batches: each lane is a task
-/// holding one record, so this bounds the records being batched at once
-/// (with `max_ack_pending`, which is usually lower).
+/// holding one record, so this bounds the records being batched at once.
 const MAX_BATCH_LANES: usize = 8192;
 
 /// Stream sequences dispatched and not yet settled, with when they were,
