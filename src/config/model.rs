@@ -707,6 +707,10 @@ pub struct PipelineConfig {
     pub source: SourceConfig,
     /// A JSONPath or `{ expr }` over the message.
     pub key: serde_yaml::Value,
+    /// The account a record belongs to (a JSONPath or `{ expr }` over the
+    /// message): the target provider's rate limit applies per account.
+    #[serde(default)]
+    pub account: Option<serde_yaml::Value>,
     /// Keys longer than this (in bytes) are dead letters of kind `key`.
     #[serde(default = "default_max_key_bytes")]
     pub max_key_bytes: usize,

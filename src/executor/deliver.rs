@@ -103,6 +103,7 @@ async fn settle(ctx: &Ctx, msg: &SourceMessage, eval: &Result<Outcome, EvalError
     let record = Record {
         pipeline: &p.name,
         key: &out.key,
+        account: out.account.as_deref(),
         action: out.action,
         body: out.body.as_ref(),
         idempotency_key: &idempotency_key,

@@ -63,12 +63,12 @@ impl Job {
 /// message a pipeline holds sits in some lane's queue, where the steady
 /// `progress_every` tick keeps telling JetStream it is being worked on.
 pub async fn run(
-    mut rx: mpsc::UnboundedReceiver<Job>,
+    mut rx: mpsc::UnboundedReceiver<Box<Job>>,
     mut abort: watch::Receiver<bool>,
     progress_every: Duration,
     done: impl Fn(u64) + Send,
 ) {
-    let mut queue: VecDeque<Job> = VecDeque::new();
+    let mut queue: VecDeque<Box<Job>> = VecDeque::new();
     let mut open = true;
     // Steady, never reset per message: a lane whose messages each take a
     // little less than the period must still report the ones it queues.

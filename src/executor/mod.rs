@@ -217,7 +217,9 @@ async fn run(
 struct Dispatcher {
     ctx: Arc<Ctx>,
     version: watch::Receiver<Arc<Ctx>>,
-    lanes: Vec<mpsc::UnboundedSender<lane::Job>>,
+    /// Jobs go boxed: a channel allocates its slots 32 at a time, and a
+    /// job inline is some 500 bytes, 16 KB per lane whether it is busy or not.
+    lanes: Vec<mpsc::UnboundedSender<Box<lane::Job>>>,
     dispatched: Dispatched,
 }
 
@@ -255,12 +257,12 @@ impl Dispatcher {
                 None => (msg.seq as usize) % lanes,
             },
         };
-        let job = lane::Job {
+        let job = Box::new(lane::Job {
             ctx: ctx.clone(),
             msg,
             eval,
             received,
-        };
+        });
         // A lane ends early only when aborted at the drain deadline.
         if let Err(mpsc::error::SendError(job)) = self.lanes[lane].send(job) {
             hand_back(&job.ctx.pipeline.name, &job.msg).await;

@@ -19,6 +19,7 @@
 //! makes sure a request that must first open a connection does not start
 //! late: it opens it before taking the cell (docs/sink-connections.md).
 
+mod accounts;
 mod core;
 mod demand;
 mod direct;
@@ -36,6 +37,7 @@ mod timing;
 
 use std::time::Duration;
 
+pub use self::accounts::AccountLimits;
 pub use self::driver::SharedLimiter;
 pub use self::redis::{connect, manage};
 

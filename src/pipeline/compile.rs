@@ -88,6 +88,16 @@ pub fn compile(
     file.check_range(diags, &path!["max_key_bytes"], cfg.max_key_bytes, 1, 4096);
 
     let key = compile_source(file, &path!["key"], &cfg.key, "key", ctx.engine, diags);
+    let account = cfg.account.as_ref().map(|account| {
+        compile_source(
+            file,
+            &path!["account"],
+            account,
+            "account",
+            ctx.engine,
+            diags,
+        )
+    });
     let record = compile_source(
         file,
         &path!["record"],
@@ -221,6 +231,10 @@ pub fn compile(
         name: cfg.name.clone(),
         source,
         key: key?,
+        account: match account {
+            Some(compiled) => Some(compiled?),
+            None => None,
+        },
         max_key_bytes: cfg.max_key_bytes,
         idempotency_key: cfg.idempotency_key,
         record: record?,

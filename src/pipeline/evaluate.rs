@@ -29,6 +29,8 @@ pub struct MessageMeta<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
     pub key: String,
+    /// The record's account, for pipelines that name one.
+    pub account: Option<String>,
     pub action: Action,
     /// The mapped, schema-checked body for create/update/upsert.
     pub body: Option<Value>,
@@ -65,6 +67,7 @@ pub struct Facts {
 pub enum EvalErrorKind {
     Decode,
     Key,
+    Account,
     InputSchema,
     Script,
     Mapping,
@@ -72,9 +75,10 @@ pub enum EvalErrorKind {
 }
 
 impl EvalErrorKind {
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 7] = [
         "decode",
         "key",
+        "account",
         "input_schema",
         "script",
         "mapping",
@@ -85,6 +89,7 @@ impl EvalErrorKind {
         match self {
             EvalErrorKind::Decode => "decode",
             EvalErrorKind::Key => "key",
+            EvalErrorKind::Account => "account",
             EvalErrorKind::InputSchema => "input_schema",
             EvalErrorKind::Script => "script",
             EvalErrorKind::Mapping => "mapping",
@@ -121,6 +126,9 @@ impl EvalError {
         Retry::No
     }
 }
+
+/// The longest account name: it is part of Redis keys and log lines.
+const MAX_ACCOUNT_BYTES: usize = 256;
 
 impl Pipeline {
     /// Evaluates one message. Pure: no I/O, safe to call from any thread.
@@ -172,6 +180,49 @@ impl Pipeline {
             ));
         }
         Ok(key)
+    }
+
+    /// The message's account, for a pipeline that names one.
+    fn read_account(&self, message: &Value, key: &str) -> Result<Option<String>, EvalError> {
+        let Some(source) = &self.account else {
+            return Ok(None);
+        };
+        let at = source.as_str();
+        let value = source.get(message, &self.engine).map_err(|e| {
+            fail(
+                EvalErrorKind::Account,
+                Some(key),
+                format!("account {at}: {e}"),
+            )
+        })?;
+        let account = match value.as_deref() {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            Some(other) => {
+                return Err(fail(
+                    EvalErrorKind::Account,
+                    Some(key),
+                    format!("account at {at} must be a non-empty string or a number, got {other}"),
+                ));
+            }
+            None => {
+                return Err(fail(
+                    EvalErrorKind::Account,
+                    Some(key),
+                    format!("no account at {at}"),
+                ));
+            }
+        };
+        if account.len() > MAX_ACCOUNT_BYTES || account.chars().any(char::is_control) {
+            return Err(fail(
+                EvalErrorKind::Account,
+                Some(key),
+                format!(
+                    "the account at {at} must be at most {MAX_ACCOUNT_BYTES} bytes without control characters"
+                ),
+            ));
+        }
+        Ok(Some(account))
     }
 
     /// Evaluates a decoded message whose key was read.
@@ -237,6 +288,8 @@ impl Pipeline {
             Some(Action::Skip) => return Ok(skipped(key, "rule")),
             Some(a) => a,
         };
+        // Only a record that goes to the provider needs its account.
+        let account = self.read_account(message, &key)?;
         let body = if action.sends_body() {
             let body = self
                 .mapping
@@ -278,6 +331,7 @@ impl Pipeline {
         };
         Ok(Outcome {
             key,
+            account,
             action,
             body,
             skip_reason: None,
@@ -362,6 +416,7 @@ fn fail(kind: EvalErrorKind, key: Option<&str>, message: String) -> EvalError {
 fn skipped(key: String, reason: &'static str) -> Outcome {
     Outcome {
         key,
+        account: None,
         action: Action::Skip,
         body: None,
         skip_reason: Some(reason),

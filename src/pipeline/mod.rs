@@ -29,6 +29,8 @@ pub struct Pipeline {
     /// The NATS source, with `durable` defaulted to the pipeline name.
     pub source: NatsSourceConfig,
     key: FieldSource,
+    /// The account a record belongs to, when the pipeline names one.
+    account: Option<FieldSource>,
     /// Longer keys are dead letters of kind `key`.
     max_key_bytes: usize,
     /// What idempotency keys are made of.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use redis::aio::ConnectionManager;
 
 use super::plan::ProviderChange;
-use crate::limiter::{Limiter, LimiterError, RateLimitSpec, SharedLimiter};
+use crate::limiter::{AccountLimits, Limiter, LimiterError, RateLimitSpec, SharedLimiter};
 use crate::provider::{Provider, RateLimit};
 use crate::sink::http::{ApiBuildError, ProviderApi};
 
@@ -29,6 +29,8 @@ pub enum ProviderBuildError {
 pub struct ProviderRuntime {
     pub api: Arc<ProviderApi>,
     limiter: Option<(SharedLimiter, RateLimit)>,
+    /// The same limit per account, for records that name theirs.
+    accounts: Option<Arc<AccountLimits>>,
 }
 
 /// Every provider's runtime, by name.
@@ -44,6 +46,9 @@ pub struct Staged {
     built: BTreeMap<String, ProviderRuntime>,
     /// Limiters kept from the running providers that take a new rate.
     new_rates: Vec<(String, SharedLimiter, RateLimit)>,
+    /// Account limits kept from the running providers: they take the new
+    /// rate too.
+    new_account_rates: Vec<(Arc<AccountLimits>, RateLimit)>,
 }
 
 impl Providers {
@@ -69,6 +74,7 @@ impl Providers {
         let mut staged = Staged {
             built: BTreeMap::new(),
             new_rates: Vec::new(),
+            new_account_rates: Vec::new(),
         };
         for (name, change) in changes {
             let provider = &new[name];
@@ -82,6 +88,9 @@ impl Providers {
                         unreachable!("a rate-limit change keeps a limit on both sides");
                     };
                     staged.new_rates.push((name.clone(), limiter, rl));
+                    if let Some(accounts) = running.and_then(|r| r.accounts.clone()) {
+                        staged.new_account_rates.push((accounts, rl));
+                    }
                 }
                 ProviderChange::Rebuilt | ProviderChange::Added => {
                     let kept = running.and_then(|r| r.limiter.clone());
@@ -98,12 +107,45 @@ impl Providers {
                     let sink_limiter = limiter
                         .as_ref()
                         .map_or(Limiter::Unlimited, |(l, _)| Limiter::Shared(l.clone()));
-                    let sink = ProviderApi::new(provider.clone(), sink_limiter)?;
+                    let accounts = match (
+                        running.and_then(|r| r.accounts.clone()),
+                        provider.rate_limit,
+                    ) {
+                        (_, None) => None,
+                        (Some(kept), Some(rl)) => {
+                            let old = running
+                                .and_then(|r| r.limiter.as_ref())
+                                .map(|(_, old)| *old);
+                            if old != Some(rl) {
+                                staged.new_account_rates.push((kept.clone(), rl));
+                            }
+                            Some(kept)
+                        }
+                        (None, Some(rl)) => Some(Arc::new(
+                            AccountLimits::new(
+                                self.redis.clone(),
+                                &self.key_prefix,
+                                &provider.name,
+                                spec(rl),
+                            )
+                            .map_err(|source| {
+                                ProviderBuildError::Limiter {
+                                    provider: provider.name.clone(),
+                                    source,
+                                }
+                            })?,
+                        )),
+                    };
+                    let mut sink = ProviderApi::new(provider.clone(), sink_limiter)?;
+                    if let Some(accounts) = &accounts {
+                        sink = sink.with_account_limits(accounts.clone());
+                    }
                     staged.built.insert(
                         name.clone(),
                         ProviderRuntime {
                             api: Arc::new(sink),
                             limiter,
+                            accounts,
                         },
                     );
                 }
@@ -122,6 +164,12 @@ impl Providers {
             }
             if let Some(running) = self.running.get_mut(&name) {
                 running.limiter = Some((limiter, rl));
+            }
+        }
+
+        for (accounts, rl) in staged.new_account_rates {
+            if let Err(e) = accounts.set_spec(spec(rl)) {
+                tracing::error!(error = %e, "cannot apply the new rate limit to the accounts");
             }
         }
 

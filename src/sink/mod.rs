@@ -41,6 +41,9 @@ pub struct Record<'a> {
     /// The pipeline it comes from (for logs).
     pub pipeline: &'a str,
     pub key: &'a str,
+    /// The account it belongs to, for a pipeline that names one: the
+    /// provider's limit applies per account.
+    pub account: Option<&'a str>,
     /// Never `Skip`: skipped records do not reach a sink.
     pub action: Action,
     /// The mapped, schema-checked body, for actions that send one.

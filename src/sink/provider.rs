@@ -221,6 +221,7 @@ impl ProviderSink {
             object: &self.object,
             endpoint,
             key: record.key,
+            account: record.account,
             id,
             body: record.body,
             idempotency_key: record.idempotency_key,

@@ -19,7 +19,7 @@ use super::retry::{backoff_ceiling, full_jitter, parse_retry_after};
 use super::slots::Slots;
 use super::verdict::{Attempt, Verdict};
 use super::{ApiError, ApiErrorKind, ApiRequest, ApiResponse, EndpointKind};
-use crate::limiter::{Limiter, LimiterError};
+use crate::limiter::{AccountLimits, Limiter, LimiterError};
 use crate::provider::{Endpoint, Provider};
 use crate::sampled::Sampled;
 
@@ -33,6 +33,8 @@ pub struct ProviderApi {
     /// The concurrency bound and a connection per request in flight.
     slots: Slots,
     limiter: Limiter,
+    /// For records that name their account: each account's own limit.
+    accounts: Option<Arc<AccountLimits>>,
     in_flight: AtomicUsize,
     breaker: Breaker,
     idempotency_header: Option<HeaderName>,
@@ -106,6 +108,7 @@ impl ProviderApi {
             headers,
             slots,
             limiter,
+            accounts: None,
             in_flight: AtomicUsize::new(0),
             breaker,
             idempotency_header,
@@ -123,6 +126,13 @@ impl ProviderApi {
             metrics,
             provider,
         })
+    }
+
+    /// Applies the provider's rate limit per account to records that name
+    /// one (the others keep the provider's).
+    pub fn with_account_limits(mut self, accounts: Arc<AccountLimits>) -> Self {
+        self.accounts = Some(accounts);
+        self
     }
 
     /// The provider this API talks to.
@@ -198,7 +208,15 @@ impl ProviderApi {
         if let Err(e) = slot.ready(&self.origin, timeout).await {
             return connect_failed(e);
         }
-        let (mut waited, mut deadline) = self.limiter.acquire_cell(false).await?;
+        let account_limiter;
+        let limiter = match (call.req.account, &self.accounts) {
+            (Some(account), Some(accounts)) => {
+                account_limiter = accounts.limiter(account)?;
+                &account_limiter
+            }
+            _ => &self.limiter,
+        };
+        let (mut waited, mut deadline) = limiter.acquire_cell(false).await?;
         // The provider may have closed the connection while the request
         // waited for its cell (an idle timeout): open it again, and if that
         // made the cell stale, wait for a fresh one at the queue's front.
@@ -207,7 +225,7 @@ impl ProviderApi {
                 Ok(false) => break,
                 Ok(true) if deadline.is_none_or(|d| Instant::now() <= d) => break,
                 Ok(true) => {
-                    let (more, fresh) = self.limiter.acquire_cell(true).await?;
+                    let (more, fresh) = limiter.acquire_cell(true).await?;
                     (waited, deadline) = (waited + more, fresh);
                 }
                 Err(e) => return connect_failed(e),
@@ -333,6 +351,7 @@ impl ProviderApi {
             object: "(poll)",
             endpoint: EndpointKind::Read,
             key: "",
+            account: None,
             id: None,
             body: None,
             idempotency_key: "",

@@ -5,8 +5,9 @@
 //! two batches at once, so batching cannot reorder a key's changes. A
 //! record waits for its batch's answer like it would for its own request.
 //!
-//! A batch goes when it holds `max_records`, or `max_wait` after its first
-//! record came. Its request is sent in a task of its own, so a lane that
+//! A batch holds one account's records (an account has its own limit), and
+//! goes when it holds `max_records`, or `max_wait` after its first record
+//! came. Its request is sent in a task of its own, so a lane that
 //! stops waiting (a drain's deadline) never strands the other records.
 //! A batch refused as a whole (a 4xx other than `retry_on`: some APIs
 //! refuse every record of a batch for one bad one) with more than one
@@ -18,6 +19,7 @@
 //! provider's backoff, counting against `retry.max_attempts` like a single
 //! request's tries.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
@@ -33,10 +35,11 @@ pub struct Batcher {
     api: Arc<ProviderApi>,
     object: String,
     kind: EndpointKind,
-    open: Mutex<Open>,
+    /// The batch filling up, per account (`None`: a pipeline without).
+    open: Mutex<HashMap<Option<String>, Open>>,
 }
 
-/// The batch filling up. `generation` tells a `max_wait` timer whether the
+/// A batch filling up. `generation` tells a `max_wait` timer whether the
 /// batch it was started for is still the one filling.
 #[derive(Default)]
 struct Open {
@@ -77,7 +80,7 @@ impl Batcher {
             api,
             object: object.to_string(),
             kind,
-            open: Mutex::new(Open::default()),
+            open: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -118,7 +121,7 @@ impl Batcher {
                 req.body,
                 req.idempotency_key,
             );
-            let queued = self.submit(item, req.id, req.idempotency_key);
+            let queued = self.submit(req.account, item, req.id, req.idempotency_key);
             let answered = match queued.await {
                 Ok(Ok(answered)) => answered,
                 Ok(Err(Refused { error, records }))
@@ -211,9 +214,11 @@ impl Batcher {
         )
     }
 
-    /// Puts a record's item in the open batch; sends the batch when full.
+    /// Puts a record's item in its account's open batch; sends the batch
+    /// when full.
     fn submit(
         self: &Arc<Self>,
+        account: Option<&str>,
         item: Value,
         id: Option<&str>,
         trace: &str,
@@ -226,33 +231,50 @@ impl Batcher {
             answer,
         };
         let batch = self.batch();
+        let account = account.map(str::to_string);
         let full = {
             let mut open = self.open.lock().expect("batch lock");
-            open.queued.push(queued);
-            if open.queued.len() == 1 {
-                let (me, generation, wait) = (self.clone(), open.generation, batch.max_wait);
+            let filling = open.entry(account.clone()).or_default();
+            filling.queued.push(queued);
+            if filling.queued.len() == 1 {
+                let (me, generation, wait) = (self.clone(), filling.generation, batch.max_wait);
+                let account = account.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(wait).await;
-                    let due = {
-                        let mut open = me.open.lock().expect("batch lock");
-                        (open.generation == generation).then(|| open.close())
-                    };
+                    let due = me.close_if(&account, Some(generation));
                     if let Some(queued) = due {
-                        me.flush(queued).await;
+                        me.flush(account.as_deref(), queued).await;
                     }
                 });
             }
-            (open.queued.len() >= batch.max_records).then(|| open.close())
+            match filling.queued.len() >= batch.max_records {
+                true => Some(filling.close()),
+                false => None,
+            }
         };
         if let Some(queued) = full {
             let me = self.clone();
-            tokio::spawn(async move { me.flush(queued).await });
+            tokio::spawn(async move { me.flush(account.as_deref(), queued).await });
         }
         answered
     }
 
+    /// Takes `account`'s open batch out if it is still the `generation`
+    /// a timer was started for. An account whose batch went leaves no
+    /// entry behind: accounts come and go.
+    fn close_if(&self, account: &Option<String>, generation: Option<u64>) -> Option<Vec<Queued>> {
+        let mut open = self.open.lock().expect("batch lock");
+        let filling = open.get_mut(account)?;
+        if generation.is_some_and(|g| g != filling.generation) || filling.queued.is_empty() {
+            return None;
+        }
+        let queued = filling.close();
+        open.remove(account);
+        Some(queued)
+    }
+
     /// Sends a batch and tells each record its part of the answer.
-    async fn flush(&self, mut queued: Vec<Queued>) {
+    async fn flush(&self, account: Option<&str>, mut queued: Vec<Queued>) {
         let (batch, endpoint) = (self.batch(), self.endpoint());
         let items = queued.iter_mut().map(|q| q.item.take()).collect();
         let body = batch::body(batch, endpoint, items);
@@ -265,7 +287,15 @@ impl Batcher {
         self.api.metrics().batch_records.record(queued.len() as f64);
         let sent = self
             .api
-            .send_batch(&self.object, self.kind, endpoint, &path, body, &key)
+            .send_batch(
+                &self.object,
+                self.kind,
+                account,
+                endpoint,
+                &path,
+                body,
+                &key,
+            )
             .await;
         match sent {
             Ok(response) => {

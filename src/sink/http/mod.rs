@@ -87,6 +87,8 @@ pub struct ApiRequest<'a> {
     pub endpoint: EndpointKind,
     /// The record key, for `{key}` in the path.
     pub key: &'a str,
+    /// The record's account: its own rate limit.
+    pub account: Option<&'a str>,
     /// The provider's id of the record, for `{id}` in the path.
     pub id: Option<&'a str>,
     pub body: Option<&'a serde_json::Value>,
