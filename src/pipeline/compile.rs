@@ -385,6 +385,14 @@ fn target(
                 object: object.clone(),
             })
         }
+        (None, None, Some(_)) if cfg.account.is_some() => {
+            file.error(
+                diags,
+                &path!["account"],
+                "account applies a provider's rate limit per account; a NATS subject target has none",
+            );
+            None
+        }
         (None, None, Some(nats)) => match SubjectTemplate::parse(&nats.subject) {
             Ok(subject) => Some(Target::Subject(subject)),
             Err(e) => {
