@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 use syncflow_mock_crm::{LoggedRequest, MockCrmConfig};
 
-use common::contacts;
+use common::contacts::{self, hubspot_by_key};
 use common::harness::Harness;
 
 /// The busiest `window` of `times` (µs): how many fall in it at most.
@@ -35,8 +35,10 @@ fn key_of(r: &LoggedRequest) -> u32 {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_account_has_the_providers_limit_to_itself() {
+/// The HubSpot pipeline alone, its account the contact's company (its
+/// tests cut: they have records without one), the provider's limit
+/// `per_second` requests, one at a time, per account.
+async fn harness(per_second: u32) -> Harness {
     let h = Harness::start(MockCrmConfig {
         record_log: true,
         ..MockCrmConfig::default()
@@ -48,27 +50,37 @@ async fn each_account_has_the_providers_limit_to_itself() {
         "key: $.after.id",
         "key: $.after.id\naccount: $.after.company",
     );
-    // Its tests: records without a company, which has become the account.
     let file = h.dir.path().join("pipelines/contacts-to-hubspot.yaml");
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, &text[..text.find("\ntests:").unwrap()]).unwrap();
-    // 5 requests/s, one at a time: per account.
-    h.set_rate_limit("hubspot", 5, "1s", 1);
+    h.set_rate_limit("hubspot", per_second, "1s", 1);
+    h
+}
+
+/// Publishes a change of `key` for `company`; `n` tells versions apart.
+async fn publish(h: &Harness, key: u32, company: &str, op: &'static str, n: u32) {
+    let mut ev = contacts::created(key);
+    ev.record["company"] = json!(company);
+    ev.record["last_name"] = json!(format!("L{key}-{n}"));
+    let payload = json!({"op": op, "after": ev.record});
+    h.publish(
+        &format!("cdc.contacts.{key}"),
+        &format!("acct-{key}-{n}"),
+        payload.to_string().as_bytes(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_account_has_the_providers_limit_to_itself() {
+    let h = harness(5).await;
 
     let per_account = 20;
     let mut tenant_of = BTreeMap::new();
     for key in 1..=2 * per_account {
         let tenant = if key % 2 == 0 { "acme" } else { "globex" };
         tenant_of.insert(key, tenant);
-        let mut ev = contacts::created(key);
-        ev.record["company"] = json!(tenant);
-        let payload = json!({"op": ev.op, "after": ev.record});
-        h.publish(
-            &format!("cdc.contacts.{key}"),
-            &format!("acct-{key}"),
-            payload.to_string().as_bytes(),
-        )
-        .await;
+        publish(&h, key, tenant, "c", 0).await;
     }
     let mut run = h.spawn();
     run.wait_ready(Duration::from_secs(20)).await;
@@ -109,5 +121,80 @@ async fn each_account_has_the_providers_limit_to_itself() {
             .filter(|l| l.starts_with("syncflow_provider_requests_total"))
             .collect::<Vec<_>>()
             .join(" ")
+    );
+}
+
+/// One account floods the pipeline while another sends a few records: the
+/// few arrive at once, the flood drains at its own limit, in per-key order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_at_its_limit_holds_back_only_its_own_records() {
+    let h = harness(10).await;
+    let mut run = h.spawn();
+    run.wait_ready(Duration::from_secs(20)).await;
+
+    // acme: 60 contacts created and updated, 120 requests (12 s at 10/s).
+    let flood_keys = 60;
+    for key in 1..=flood_keys {
+        publish(&h, key, "acme", "c", 0).await;
+    }
+    for key in 1..=flood_keys {
+        publish(&h, key, "acme", "u", 1).await;
+    }
+    // globex: 10 contacts just behind the flood in the stream.
+    let published = std::time::Instant::now();
+    let few: Vec<u32> = (1001..=1010).collect();
+    for &key in &few {
+        publish(&h, key, "globex", "c", 0).await;
+    }
+    let globex_done = loop {
+        let snap = h.crm.snapshot();
+        let there = hubspot_by_key(&snap)
+            .keys()
+            .filter(|k| k.parse::<u32>().unwrap() > 1000)
+            .count();
+        if there == few.len() {
+            break snap;
+        }
+        assert!(
+            published.elapsed() < Duration::from_secs(30),
+            "{there} of globex's contacts after 30 s\n{}",
+            run.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = published.elapsed();
+    let acme_then = globex_done
+        .hubspot
+        .log
+        .iter()
+        .filter(|r| key_of(r) <= flood_keys)
+        .count();
+    // Behind the flood, globex would have waited 12 s.
+    assert!(took < Duration::from_secs(4), "globex took {took:?}");
+    assert!(acme_then < 100, "acme had {acme_then} of 120 requests done");
+
+    h.wait_settled(Duration::from_secs(60)).await;
+    let snap = h.crm.snapshot();
+    let contacts = hubspot_by_key(&snap);
+    assert_eq!(contacts.len(), flood_keys as usize + few.len());
+    for key in 1..=flood_keys {
+        assert_eq!(
+            contacts[&key.to_string()]["lastname"],
+            format!("L{key}-1"),
+            "acme's update of {key} applied last"
+        );
+    }
+    let letters = h.dead_letters().await;
+    assert!(letters.is_empty(), "{letters:#?}");
+    let metrics = run.metrics().await;
+    let parked: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("syncflow_pipeline_parked_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(parked > 0.0, "nothing was parked");
+    assert!(run.sigterm().success(), "{}", run.log());
+    println!(
+        "isolation: globex's 10 contacts in {took:?} behind acme's flood, with acme at {acme_then} of 120; {parked} records parked"
     );
 }

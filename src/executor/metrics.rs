@@ -11,6 +11,8 @@ pub struct PipelineMetrics {
     /// Redelivered changes not sent because a newer one was applied.
     pub stale: Counter,
     pub retries: Counter,
+    /// Records of an account at its limit handed back for later.
+    pub parked: Counter,
     pub ack_latency: Histogram,
     /// By action and HTTP status (none for a publish).
     sent: Handles<(&'static str, Option<u16>), Counter>,
@@ -27,6 +29,7 @@ impl PipelineMetrics {
             skipped: counter!("syncflow_pipeline_skipped_total", "pipeline" => p.clone()),
             stale: counter!("syncflow_pipeline_stale_total", "pipeline" => p.clone()),
             retries: counter!("syncflow_pipeline_retries_total", "pipeline" => p.clone()),
+            parked: counter!("syncflow_pipeline_parked_total", "pipeline" => p.clone()),
             ack_latency: histogram!("syncflow_pipeline_ack_latency_seconds", "pipeline" => p),
             sent: Handles::new(move |&(action, status): &(&'static str, Option<u16>)| {
                 let status = status.map_or_else(|| "published".to_string(), |s| s.to_string());

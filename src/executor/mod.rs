@@ -8,6 +8,7 @@
 //! across the swap and nothing is handed back. Only a change of the source
 //! itself (stream, subject, consumer settings) needs a drain and a new runner.
 
+mod accounts;
 mod backlog;
 mod dead_letter;
 mod deliver;
@@ -127,40 +128,71 @@ const MAX_BATCH_LANES: usize = 8192;
 
 /// Stream sequences dispatched and not yet settled, with when they were,
 /// so a redelivery of one of them is not handled twice (and the oldest one's
-/// age can be reported).
+/// age can be reported); and how many each account holds (accounts.rs).
 #[derive(Clone, Default)]
-struct Dispatched(Arc<Mutex<HashMap<u64, Instant>>>);
+struct Dispatched(Arc<Mutex<DispatchedState>>);
+
+#[derive(Default)]
+struct DispatchedState {
+    by_seq: HashMap<u64, (Instant, Option<Arc<str>>)>,
+    held: HashMap<Arc<str>, usize>,
+}
 
 impl Dispatched {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DispatchedState> {
+        self.0.lock().expect("dispatched set")
+    }
+
     /// False when `seq` is already being handled.
     fn insert(&self, seq: u64, at: Instant) -> bool {
-        match self.0.lock().expect("dispatched set").entry(seq) {
+        match self.lock().by_seq.entry(seq) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(at);
+                v.insert((at, None));
                 true
             }
         }
     }
 
+    /// Records `account`'s records held now.
+    fn held(&self, account: &str) -> usize {
+        self.lock().held.get(account).copied().unwrap_or(0)
+    }
+
+    /// Counts `seq` among `account`'s held records until it is removed.
+    fn hold(&self, seq: u64, account: &str) {
+        let mut state = self.lock();
+        let account: Arc<str> = match state.held.get_key_value(account) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(account),
+        };
+        if let Some(entry) = state.by_seq.get_mut(&seq) {
+            entry.1 = Some(account.clone());
+            *state.held.entry(account).or_default() += 1;
+        }
+    }
+
     fn remove(&self, seq: u64) {
-        self.0.lock().expect("dispatched set").remove(&seq);
+        let mut state = self.lock();
+        if let Some((_, Some(account))) = state.by_seq.remove(&seq)
+            && let Some(n) = state.held.get_mut(&account)
+        {
+            *n -= 1;
+            if *n == 0 {
+                state.held.remove(&account);
+            }
+        }
     }
 
     /// When the longest-held record was dispatched. A scan: called every
     /// few seconds, over at most `max_ack_pending` entries.
     fn oldest(&self) -> Option<Instant> {
-        self.0
-            .lock()
-            .expect("dispatched set")
-            .values()
-            .min()
-            .copied()
+        self.lock().by_seq.values().map(|(at, _)| *at).min()
     }
 
     /// Waits until every dispatched record has been settled.
     async fn wait_empty(&self) {
-        while !self.0.lock().expect("dispatched set").is_empty() {
+        while !self.lock().by_seq.is_empty() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -195,11 +227,15 @@ async fn run(
         dispatched.clone(),
     ));
     let mut dispatcher = Dispatcher {
+        gate: account_gate(&ctx),
         ctx,
         version,
         lanes,
         dispatched,
     };
+    if let Some(gate) = &dispatcher.gate {
+        tracing::info!(pipeline = %name, records_per_account = gate.cap(), "records name their account: each account holds at most this many at once, the rest wait in JetStream");
+    }
     while let Some(msg) = source.next().await {
         dispatcher.dispatch(msg).await;
     }
@@ -221,6 +257,8 @@ struct Dispatcher {
     /// job inline is some 500 bytes, 16 KB per lane whether it is busy or not.
     lanes: Vec<mpsc::UnboundedSender<Box<lane::Job>>>,
     dispatched: Dispatched,
+    /// For a pipeline whose records name accounts with limits of their own.
+    gate: Option<accounts::AccountGate>,
 }
 
 impl Dispatcher {
@@ -257,6 +295,20 @@ impl Dispatcher {
                 None => (msg.seq as usize) % lanes,
             },
         };
+        if let (Some(gate), lane::Eval::Done(Ok(out))) = (&mut self.gate, &eval)
+            && let Some(account) = &out.account
+        {
+            let held = self.dispatched.held(account);
+            match gate.admit(account, &out.key, msg.seq, held, received) {
+                accounts::Admit::Go => self.dispatched.hold(msg.seq, account),
+                accounts::Admit::Park(delay) => {
+                    park(gate, &ctx.pipeline.name, account, &msg, delay).await;
+                    ctx.metrics.parked.increment(1);
+                    self.dispatched.remove(msg.seq);
+                    return;
+                }
+            }
+        }
         let job = Box::new(lane::Job {
             ctx: ctx.clone(),
             msg,
@@ -272,6 +324,11 @@ impl Dispatcher {
 
     async fn take_new_version(&mut self) {
         let next = self.version.borrow_and_update().clone();
+        // The new version's limits; what is parked stays parked.
+        match (account_gate(&next), &mut self.gate) {
+            (Some(new), Some(gate)) => gate.reconfigure(new),
+            (new, gate) => *gate = new,
+        }
         if next.pipeline.key_path() != self.ctx.pipeline.key_path() {
             // Records are routed to lanes by key: with another key, a record
             // could overtake an earlier one of the same record still queued
@@ -314,6 +371,47 @@ fn meta<'a>(msg: &'a SourceMessage, linked_key: Option<&'a str>) -> MessageMeta<
         timestamp_ms: msg.timestamp_ms,
         headers: &msg.headers,
         linked_key,
+    }
+}
+
+/// The gate of a pipeline whose records name their account, when its
+/// provider has a limit to apply per account.
+fn account_gate(ctx: &Ctx) -> Option<accounts::AccountGate> {
+    let p = &ctx.pipeline;
+    if !p.names_accounts() {
+        return None;
+    }
+    let limit = p.target.provider()?.rate_limit?;
+    let per_s = f64::from(limit.requests) / limit.per.as_secs_f64();
+    Some(accounts::AccountGate::new(
+        per_s,
+        ctx.sink.max_batch_records(),
+        p.source.ack_wait.0,
+    ))
+}
+
+/// Hands a record of an account at its cap back to JetStream, to come
+/// again after `delay`.
+async fn park(
+    gate: &accounts::AccountGate,
+    pipeline: &str,
+    account: &str,
+    msg: &SourceMessage,
+    delay: Duration,
+) {
+    gate.log.warn(|suppressed| {
+        tracing::info!(
+            pipeline,
+            account,
+            seq = msg.seq,
+            delay_ms = delay.as_millis() as u64,
+            parked = gate.parked(),
+            suppressed,
+            "account at its limit: record parked, other accounts go on"
+        );
+    });
+    if let Err(e) = msg.ack.nak(Some(delay)).await {
+        tracing::warn!(pipeline, seq = msg.seq, error = %e, "could not park message; it will be redelivered after ack_wait");
     }
 }
 

@@ -84,6 +84,11 @@ struct Rule {
 }
 
 impl Pipeline {
+    /// Whether records name the account they belong to.
+    pub fn names_accounts(&self) -> bool {
+        self.account.is_some()
+    }
+
     /// The JSONPath of the record key, which routes records to lanes.
     pub fn key_path(&self) -> &str {
         self.key.as_str()

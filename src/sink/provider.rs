@@ -452,6 +452,7 @@ mod tests {
         Record {
             pipeline: "test",
             key: "k1",
+            account: None,
             action,
             body,
             idempotency_key: ikey,

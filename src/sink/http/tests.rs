@@ -54,6 +54,7 @@ fn req<'a>(endpoint: EndpointKind, id: Option<&'a str>, body: Option<&'a Value>)
         object: "contact",
         endpoint,
         key: "k1",
+        account: None,
         id,
         body,
         idempotency_key: "contacts:42",
