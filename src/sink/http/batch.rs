@@ -242,19 +242,33 @@ pub fn idempotency_key(traces: &[&str]) -> String {
     format!("batch:{}:{hash:016x}", traces.len())
 }
 
+/// One batch request, as the batcher made it.
+pub struct BatchRequest<'a> {
+    /// The provider object and what the records are (for logs and metrics).
+    pub object: &'a str,
+    pub kind: EndpointKind,
+    /// Whose limit the request takes its cell from.
+    pub account: Option<&'a str>,
+    pub endpoint: &'a BatchEndpoint,
+    /// The rendered path and the body (none when the ids are in the path).
+    pub path: &'a str,
+    pub body: Option<Bytes>,
+    pub idempotency_key: &'a str,
+}
+
 impl ProviderApi {
     /// Sends one batch, retrying the whole batch as the provider's policy
-    /// allows. `kind` is what the records are (for logs and metrics).
-    pub async fn send_batch(
-        &self,
-        object: &str,
-        kind: EndpointKind,
-        account: Option<&str>,
-        endpoint: &BatchEndpoint,
-        path: &str,
-        body: Option<Bytes>,
-        idempotency_key: &str,
-    ) -> Result<ApiResponse, ApiError> {
+    /// allows.
+    pub async fn send_batch(&self, batch: BatchRequest<'_>) -> Result<ApiResponse, ApiError> {
+        let BatchRequest {
+            object,
+            kind,
+            account,
+            endpoint,
+            path,
+            body,
+            idempotency_key,
+        } = batch;
         let req = ApiRequest {
             object,
             endpoint: kind,

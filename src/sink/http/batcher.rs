@@ -287,15 +287,15 @@ impl Batcher {
         self.api.metrics().batch_records.record(queued.len() as f64);
         let sent = self
             .api
-            .send_batch(
-                &self.object,
-                self.kind,
+            .send_batch(batch::BatchRequest {
+                object: &self.object,
+                kind: self.kind,
                 account,
                 endpoint,
-                &path,
+                path: &path,
                 body,
-                &key,
-            )
+                idempotency_key: &key,
+            })
             .await;
         match sent {
             Ok(response) => {
