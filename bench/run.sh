@@ -33,6 +33,12 @@
 #               With --crm nginx: rounds (--rounds, default 2) of --count
 #               events one request per record, then 100 per request (nginx
 #               answers the batch 204): records/s of each, and the ratio
+#   accounts    accounts (issue 14): the bench pipeline names its account
+#               (after.tenant), each of 200 accounts limited to 10 requests/s;
+#               one account gets 50,000 events at once, then the others 5/s
+#               each for --duration s (default 30) after 3 s of warm-up:
+#               the others' publish → CRM latency, and the flooded account's
+#               requests/s meanwhile
 #   tap         examples/bench_tap.rs: rounds of --rate events/s (default
 #               10000) for --duration s (default 10), alternating no tap and
 #               a `syncflow tap` reading 64 KB/s: records/s of each, and the
@@ -59,7 +65,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 mode=${1:-throughput}
-case "$mode" in throughput|latency|limiter|two-way|tap|id-map|batch|all) shift || true ;; -*) mode=throughput ;; *)
+case "$mode" in throughput|latency|limiter|two-way|tap|id-map|batch|accounts|all) shift || true ;; -*) mode=throughput ;; *)
   echo "usage: bench/run.sh [throughput|latency|limiter|two-way|tap|id-map|batch|all] [--count N] [--rate R] [--duration S] [--warmup S] [--in-flight C] [--wrk-secs S] [--scrape S] [--perf] [--no-build] [--crm mock|nginx] [--record-bytes B] [--id-map] [--rounds N]" >&2
   exit 2 ;;
 esac
@@ -573,6 +579,42 @@ batch_quota() {
   report "  targets: batched ≥ 95% of 1,000 records/s $(verdict "$(awk -v r="$rate" 'BEGIN {print r >= 950}')"), 0 × 429 $(verdict "$([ "${counts#* }" = 0 ] && [ "${c1#* }" = 0 ] && echo 1 || echo 0)")"
 }
 
+accounts() {
+  local duration=${DURATION:-30} flood=${COUNT_SET:-50000} dir=$work/config-accounts
+  cp -r bench/config "$dir"
+  sed -i "s|^rate_limit:.*|rate_limit: { requests: 10, per: 1s, burst: 1 }|" "$dir/providers/crm.yaml"
+  sed -i "s|^    durable: bench-contacts|    durable: bench-contacts\n    max_ack_pending: 100000\n    max_ack_pending_bytes: 67108864|; s|^key: \$.after.id|key: \$.after.id\naccount: \$.after.tenant|" \
+    "$dir/pipelines/bench-contacts.yaml"
+  "$bin/syncflow" validate --dir "$dir" >/dev/null
+  config=$dir
+  start_services
+  "$bin/examples/bench_load" --nats "$nats" setup >/dev/null
+  local others; others=$(others_ticks)
+  start_syncflow
+  local deadline=$((SECONDS + 30))
+  until curl -fsS "http://127.0.0.1:$HTTP_PORT/readyz" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || { echo "syncflow not ready after 30 s" >&2; exit 1; }
+    sleep 0.2
+  done
+  echo "== $flood events of account t0 at once, then 199 accounts at 5/s each for ${WARMUP}s + ${duration}s"
+  /usr/bin/time -f "%U %S" -o "$out/accounts.cpu" \
+    "$bin/examples/bench_load" --nats "$nats" accounts --accounts 200 --flood "$flood" --rate 5 \
+    --duration-secs "$duration" --warmup-secs "$WARMUP" --reset-url "$crm/_admin/latency/reset" >"$out/accounts.json"
+  sleep 2  # the last events' way to the CRM
+  curl -fsS "$crm/_admin/latency" >"$out/latency.json"
+  stop_syncflow
+  local parked; parked=$(awk '/^syncflow_pipeline_parked_total/ {print $2}' "$out/metrics.txt")
+  : >"$out/report.txt"
+  report ""
+  report "== accounts benchmark: 200 accounts of 10 requests/s each; account t0 gets $flood events at once, the 199 others 5 events/s each ($(date -u +%FT%TZ), $(nproc) cores)"
+  report "  published: $(jq -r '"flood in \(.flood_published_s * 10 | floor / 10) s; others \(.measured) measured at \(.measured_rate_per_s | floor)/s over '"$duration"' s, publisher at most \(.max_lag_ms | floor) ms behind"' "$out/accounts.json")"
+  report "  the others' publish → CRM latency: $(latency_line "$out/latency.json")"
+  report "  account t0 meanwhile: $(jq -r '.without_field' "$out/latency.json") requests in ${duration}s + 2 s = $(awk -v n="$(jq -r .without_field "$out/latency.json")" -v d="$duration" 'BEGIN {printf "%.1f", n / (d + 2)}')/s (its limit: 10/s); syncflow parked $parked records"
+  report "  syncflow: peak RSS $syncflow_rss_mb MB, CPU $syncflow_cpu_s s"
+  others_report "$others"
+  report "  target: the others' p99 < 1 s $(verdict "$(jq 'if .p99_us < 1000000 then 1 else 0 end' "$out/latency.json")")"
+}
+
 # nginx: one request per record against 100 per request, alternating.
 batch_nginx() {
   local limit="{ requests: 1000000, per: 1s, burst: 1000 }"
@@ -610,6 +652,7 @@ case "$mode" in
   latency) latency ;;
   limiter) limiter ;;
   batch) if [ "$CRM" = nginx ]; then batch_nginx; else COUNT=${COUNT_SET:-20000} batch_quota; fi ;;
+  accounts) accounts ;;
 esac
 echo
 echo "(report and logs: $out)"

@@ -75,6 +75,27 @@ enum Command {
         #[arg(long, default_value_t = 4096)]
         max_pending: usize,
     },
+    /// Accounts (issue 14): FLOOD events of account t0 at once, without a
+    /// send time, then the other ACCOUNTS − 1 accounts at RATE events per
+    /// second each, round robin, with one, for WARMUP + DURATION seconds;
+    /// the CRM's latency probe is reset when the warm-up ends. Events carry
+    /// `after.tenant`.
+    Accounts {
+        #[arg(long, default_value_t = 200)]
+        accounts: u64,
+        #[arg(long, default_value_t = 50_000)]
+        flood: u64,
+        #[arg(long, default_value_t = 5)]
+        rate: u64,
+        #[arg(long, default_value_t = 30)]
+        duration_secs: u64,
+        #[arg(long, default_value_t = 3)]
+        warmup_secs: u64,
+        #[arg(long)]
+        reset_url: Option<String>,
+        #[arg(long, default_value_t = 4096)]
+        max_pending: usize,
+    },
     /// Wait until DURABLE has acked every message in the stream.
     Wait {
         #[arg(long, default_value = "bench-contacts")]
@@ -133,6 +154,36 @@ async fn main() -> Result<(), Error> {
             )
             .await?
         }
+        Command::Accounts {
+            accounts,
+            flood,
+            rate,
+            duration_secs,
+            warmup_secs,
+            reset_url,
+            max_pending,
+        } => {
+            let mut publisher = Publisher::new(&js, &args.subject, max_pending);
+            publisher.accounts = Some((accounts.max(2), true));
+            let started = Instant::now();
+            for _ in 0..flood {
+                publisher.publish().await?;
+            }
+            publisher.flush().await?;
+            let flood_s = started.elapsed().as_secs_f64();
+            publisher.accounts = Some((accounts.max(2), false));
+            let mut report = paced(
+                &mut publisher,
+                rate * (accounts.max(2) - 1),
+                Duration::from_secs(warmup_secs),
+                Duration::from_secs(duration_secs),
+                reset_url.as_deref(),
+            )
+            .await?;
+            report["flood"] = json!(flood);
+            report["flood_published_s"] = json!(flood_s);
+            report
+        }
         Command::Wait {
             durable,
             timeout_secs,
@@ -174,6 +225,9 @@ struct Publisher<'a> {
     next_id: u64,
     /// Events padded to about this size; 0: as they are.
     record_bytes: usize,
+    /// Events of accounts (`after.tenant`): (how many accounts, whether this
+    /// is account t0's flood, without send times; else t1.. in turn).
+    accounts: Option<(u64, bool)>,
 }
 
 impl<'a> Publisher<'a> {
@@ -185,6 +239,7 @@ impl<'a> Publisher<'a> {
             pending: VecDeque::new(),
             next_id: 1,
             record_bytes: 0,
+            accounts: None,
         }
     }
 
@@ -194,7 +249,14 @@ impl<'a> Publisher<'a> {
                 ack.await?;
             }
         }
-        let event = event_of_size(self.next_id, unix_micros(), self.record_bytes);
+        let mut event = event_of_size(self.next_id, unix_micros(), self.record_bytes);
+        if let Some((accounts, flood)) = self.accounts {
+            let tenant = match flood {
+                true => 0,
+                false => 1 + self.next_id % (accounts - 1),
+            };
+            event = with_tenant(&event, tenant, flood);
+        }
         self.next_id += 1;
         let ack = self.js.publish(self.subject.clone(), event.into()).await?;
         self.pending.push_back(ack);
@@ -290,6 +352,19 @@ async fn wait(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The event with `after.tenant` set to `t<tenant>`; without its send time
+/// for a flood (the CRM's latency probe then counts it apart).
+fn with_tenant(event: &str, tenant: u64, flood: bool) -> String {
+    let mut value: serde_json::Value =
+        serde_json::from_str(event).expect("the bench event is JSON");
+    let after = value["after"].as_object_mut().expect("after is an object");
+    after.insert("tenant".into(), json!(format!("t{tenant}")));
+    if flood {
+        after.remove("sent_at_us");
+    }
+    value.to_string()
 }
 
 fn unix_micros() -> u64 {
