@@ -7,11 +7,14 @@
 //! they wait in, and `max_ack_pending`, so every other account would wait
 //! behind it.
 //!
-//! The gate lets each account hold at most `cap` records at once: about a
-//! quarter of a second of its limit (at least 2, and two batches' worth
-//! where the target batches). A record of an account at its cap is
-//! *parked*: handed back to JetStream (a nak) with a delay, roughly when
-//! the account will have room, and forgotten but for its key and sequence.
+//! The gate lets each account hold at most `cap` records at once: half a
+//! second of its limit (at least 2, and two batches' worth where the
+//! target batches). A record of an account at its cap is *parked*: handed
+//! back to JetStream (a nak) with a delay, and forgotten but for its key
+//! and sequence. Parked records are timed to come back a little faster
+//! than the account can send them, so that it always has the next ones at
+//! hand; one that comes back while the account is still at its cap waits
+//! a little more.
 //! Other accounts' records keep flowing past it. Parked records still count
 //! towards `max_ack_pending`, which must therefore exceed the backlog one
 //! account may build up (README, "Accounts").
@@ -57,9 +60,9 @@ impl AccountGate {
     /// `requests_per_s`: an account's limit; `batch`: records per request.
     pub fn new(requests_per_s: f64, batch: usize, ack_wait: Duration) -> Self {
         let rate = requests_per_s * batch as f64;
-        let quarter_second = (rate / 4.0).ceil() as usize;
+        let half_second = (rate / 2.0).ceil() as usize;
         AccountGate {
-            cap: quarter_second.max(2).max(2 * batch),
+            cap: half_second.max(2).max(2 * batch),
             rate,
             forget_after: MAX_PARK + 2 * ack_wait,
             parked: HashMap::new(),
@@ -111,13 +114,14 @@ impl AccountGate {
             .is_some_and(|seqs| seqs.contains_key(&seq));
         let waiting = self.parked_by_account.get(account).copied().unwrap_or(0);
         // A record parked for the first time goes behind the account's
-        // other parked ones; one that came back too early waits for a
-        // cap's worth of the account's records to go.
-        let ahead = match again {
-            true => self.cap,
-            false => waiting + 1,
+        // other parked ones, due back a fifth sooner than the account
+        // reaches it; one that came back too early waits for half its
+        // cap's worth of records to go.
+        let wait = match again {
+            true => self.cap as f64 / 2.0 / self.rate,
+            false => (waiting + 1) as f64 / (1.25 * self.rate),
         };
-        let delay = Duration::from_secs_f64(ahead as f64 / self.rate).clamp(MIN_PARK, MAX_PARK);
+        let delay = Duration::from_secs_f64(wait).clamp(MIN_PARK, MAX_PARK);
         if !again {
             *self
                 .parked_by_account
@@ -184,13 +188,13 @@ mod tests {
     fn an_account_at_its_cap_parks_its_records_and_not_the_others() {
         let now = Instant::now();
         let mut gate = AccountGate::new(10.0, 1, Duration::from_secs(30));
-        assert_eq!(gate.cap(), 3);
+        assert_eq!(gate.cap(), 5);
         assert_eq!(gate.admit("a", "k1", 1, 2, now), Admit::Go);
         // At its cap: parked, further back each time.
-        let Admit::Park(first) = gate.admit("a", "k2", 2, 3, now) else {
+        let Admit::Park(first) = gate.admit("a", "k2", 2, 5, now) else {
             panic!()
         };
-        let Admit::Park(second) = gate.admit("a", "k3", 3, 3, now) else {
+        let Admit::Park(second) = gate.admit("a", "k3", 3, 5, now) else {
             panic!()
         };
         assert!(second > first, "{first:?} {second:?}");
@@ -206,7 +210,7 @@ mod tests {
     fn a_later_change_of_a_parked_key_waits_for_the_earlier_one() {
         let now = Instant::now();
         let mut gate = AccountGate::new(10.0, 1, Duration::from_secs(30));
-        assert!(matches!(gate.admit("a", "k", 5, 3, now), Admit::Park(_)));
+        assert!(matches!(gate.admit("a", "k", 5, 5, now), Admit::Park(_)));
         // The account has room now, but k's change 5 is still out.
         assert!(matches!(gate.admit("a", "k", 9, 0, now), Admit::Park(_)));
         // Whatever the account: the key's order comes first.
@@ -223,7 +227,7 @@ mod tests {
     fn a_parked_change_that_never_comes_back_is_forgotten() {
         let now = Instant::now();
         let mut gate = AccountGate::new(10.0, 1, Duration::from_secs(30));
-        assert!(matches!(gate.admit("a", "k", 5, 3, now), Admit::Park(_)));
+        assert!(matches!(gate.admit("a", "k", 5, 5, now), Admit::Park(_)));
         let later = now + Duration::from_secs(100);
         assert!(matches!(gate.admit("a", "k", 9, 0, later), Admit::Park(_)));
         let much_later = now + MAX_PARK + Duration::from_secs(100);
@@ -234,7 +238,7 @@ mod tests {
     #[test]
     fn batches_leave_room_for_two_of_them() {
         let gate = AccountGate::new(10.0, 100, Duration::from_secs(30));
-        assert_eq!(gate.cap(), 250);
+        assert_eq!(gate.cap(), 500);
         let gate = AccountGate::new(1.0, 100, Duration::from_secs(30));
         assert_eq!(gate.cap(), 200);
     }
