@@ -198,3 +198,56 @@ async fn an_account_at_its_limit_holds_back_only_its_own_records() {
         "isolation: globex's 10 contacts in {took:?} behind acme's flood, with acme at {acme_then} of 120; {parked} records parked"
     );
 }
+
+/// A spent quota holds back its account's records, not as dead letters,
+/// while other accounts go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_quota_holds_back_only_its_accounts_records() {
+    let h = harness(10).await;
+    h.edit(
+        "providers/hubspot.yaml",
+        "max_in_flight: 32",
+        "max_in_flight: 32\nquota: { requests: 3, per: 1d }",
+    );
+    let mut run = h.spawn_with_drain_timeout("1s");
+    run.wait_ready(Duration::from_secs(20)).await;
+    for key in 1..=5 {
+        publish(&h, key, "acme", "c", 0).await;
+    }
+    for key in 6..=7 {
+        publish(&h, key, "globex", "c", 0).await;
+    }
+    run.wait_log("quota spent", Duration::from_secs(20)).await;
+    // globex's two go; acme's fourth and fifth wait for tomorrow.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while hubspot_by_key(&h.crm.snapshot()).len() < 5 {
+        assert!(std::time::Instant::now() < deadline, "{}", run.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let contacts = hubspot_by_key(&h.crm.snapshot());
+    let acme = (1..=5).filter(|k| contacts.contains_key(&k.to_string()));
+    assert_eq!(acme.count(), 3, "{contacts:?}");
+    assert!(contacts.contains_key("6") && contacts.contains_key("7"));
+    assert!(h.dead_letters().await.is_empty());
+    let pending = h.consumer("contacts-to-hubspot").await.num_ack_pending;
+    assert_eq!(pending, 2);
+    let line = run
+        .log()
+        .lines()
+        .find(|l| l.contains("quota spent"))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains("acme") && line.contains("resets_at"),
+        "{line}"
+    );
+    let metrics = run.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("syncflow_provider_quota_waits_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    run.sigterm();
+}

@@ -124,7 +124,7 @@ const CASES: &[Case] = &[
         from: "timeout: 10s",
         to: "timeout: 10 sec",
         expect: &[
-            r#"providers/hubspot.yaml:7:10: error: invalid duration "10 sec": expected a number and a unit (ms, s, m, h), for example 200ms or 10s"#,
+            r#"providers/hubspot.yaml:7:10: error: invalid duration "10 sec": expected a number and a unit (ms, s, m, h, d), for example 200ms or 10s"#,
         ],
     },
     Case {

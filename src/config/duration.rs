@@ -29,7 +29,7 @@ impl From<ConfigDuration> for Duration {
 /// leap year), so no arithmetic on durations can overflow.
 const MAX_SECONDS: f64 = 366.0 * 24.0 * 3600.0;
 
-/// Parses `<number><unit>` with unit one of `ms`, `s`, `m`, `h`.
+/// Parses `<number><unit>` with unit one of `ms`, `s`, `m`, `h`, `d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -38,7 +38,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (number, unit) = s.split_at(split);
     let bad = || {
         format!(
-            "invalid duration \"{s}\": expected a number and a unit (ms, s, m, h), for example 200ms or 10s"
+            "invalid duration \"{s}\": expected a number and a unit (ms, s, m, h, d), for example 200ms or 10s"
         )
     };
     let value: f64 = number.parse().map_err(|_| bad())?;
@@ -47,6 +47,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => 1_000.0,
         "m" => 60_000.0,
         "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
         _ => return Err(bad()),
     };
     if !value.is_finite() || value < 0.0 {
@@ -74,7 +75,7 @@ impl<'de> Deserialize<'de> for ConfigDuration {
             }
             fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
                 Err(E::custom(
-                    "a duration needs a unit (ms, s, m, h), for example 10s",
+                    "a duration needs a unit (ms, s, m, h, d), for example 10s",
                 ))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {

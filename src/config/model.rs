@@ -174,6 +174,10 @@ pub struct ProviderConfig {
     pub headers: BTreeMap<String, Secret>,
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Requests allowed per window (a CRM's daily allocation), per account
+    /// for pipelines that name one; counted in Redis.
+    #[serde(default)]
+    pub quota: Option<QuotaConfig>,
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
     #[serde(default = "default_timeout")]
@@ -523,6 +527,14 @@ impl Default for CircuitBreakerConfig {
             open_for: ConfigDuration::from_secs(10),
         }
     }
+}
+
+/// `{ requests: 250000, per: 1d }`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    pub requests: u64,
+    pub per: ConfigDuration,
 }
 
 /// The endpoints of one object type (contact, company, ...).

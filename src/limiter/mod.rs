@@ -27,6 +27,7 @@ mod driver;
 mod gcra;
 mod local;
 mod pool;
+mod quota;
 mod redis;
 #[cfg(test)]
 mod sim;
@@ -39,6 +40,7 @@ use std::time::Duration;
 
 pub use self::accounts::AccountLimits;
 pub use self::driver::SharedLimiter;
+pub use self::quota::{Quotas, Taken};
 pub use self::redis::{connect, manage};
 
 /// A provider's rate limit: `requests` per `per`, at most `burst` at once.

@@ -32,6 +32,8 @@ pub struct Provider {
     /// `(header name, value)` for auth and the configured extra headers.
     pub headers: Vec<(String, Secret)>,
     pub rate_limit: Option<RateLimit>,
+    /// Requests allowed per window, per account (limiter/quota.rs).
+    pub quota: Option<Quota>,
     pub max_in_flight: usize,
     pub timeout: Duration,
     pub retry: RetryConfig,
@@ -51,6 +53,13 @@ pub struct RateLimit {
     pub requests: u32,
     pub per: Duration,
     pub burst: u32,
+}
+
+/// `quota: { requests, per }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub requests: u64,
+    pub per: Duration,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -275,6 +284,26 @@ pub fn compile(
             burst: rl.burst.unwrap_or(1),
         }
     });
+    let quota = cfg.quota.as_ref().map(|q| {
+        file.check_range(
+            diags,
+            &path!["quota", "requests"],
+            q.requests,
+            1,
+            1_000_000_000_000,
+        );
+        file.check_duration(
+            diags,
+            &path!["quota", "per"],
+            q.per.0,
+            Duration::from_secs(1),
+            DAY * 31,
+        );
+        Quota {
+            requests: q.requests,
+            per: q.per.0,
+        }
+    });
     file.check_range(diags, &path!["max_in_flight"], cfg.max_in_flight, 1, 512);
     file.check_duration(diags, &path!["timeout"], cfg.timeout.0, MS, HOUR);
     file.check_range(
@@ -379,6 +408,7 @@ pub fn compile(
         base_url: cfg.base_url.trim_end_matches('/').to_string(),
         headers,
         rate_limit,
+        quota,
         max_in_flight: cfg.max_in_flight,
         timeout: cfg.timeout.0,
         retry: cfg.retry.clone(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use redis::aio::ConnectionManager;
 
 use super::plan::ProviderChange;
-use crate::limiter::{AccountLimits, Limiter, LimiterError, RateLimitSpec, SharedLimiter};
+use crate::limiter::{AccountLimits, Limiter, LimiterError, Quotas, RateLimitSpec, SharedLimiter};
 use crate::provider::{Provider, RateLimit};
 use crate::sink::http::{ApiBuildError, ProviderApi};
 
@@ -139,6 +139,15 @@ impl Providers {
                     let mut sink = ProviderApi::new(provider.clone(), sink_limiter)?;
                     if let Some(accounts) = &accounts {
                         sink = sink.with_account_limits(accounts.clone());
+                    }
+                    if let Some(quota) = provider.quota {
+                        let quotas = Quotas::new(
+                            self.redis.clone(),
+                            &self.key_prefix,
+                            &provider.name,
+                            quota,
+                        );
+                        sink = sink.with_quotas(Arc::new(quotas));
                     }
                     staged.built.insert(
                         name.clone(),

@@ -19,7 +19,7 @@ use super::retry::{backoff_ceiling, full_jitter, parse_retry_after};
 use super::slots::Slots;
 use super::verdict::{Attempt, Verdict};
 use super::{ApiError, ApiErrorKind, ApiRequest, ApiResponse, EndpointKind};
-use crate::limiter::{AccountLimits, Limiter, LimiterError};
+use crate::limiter::{AccountLimits, Limiter, LimiterError, Quotas, Taken};
 use crate::provider::{Endpoint, Provider};
 use crate::sampled::Sampled;
 
@@ -35,6 +35,8 @@ pub struct ProviderApi {
     limiter: Limiter,
     /// For records that name their account: each account's own limit.
     accounts: Option<Arc<AccountLimits>>,
+    /// The provider's `quota`, per account.
+    quotas: Option<Arc<Quotas>>,
     in_flight: AtomicUsize,
     breaker: Breaker,
     idempotency_header: Option<HeaderName>,
@@ -109,6 +111,7 @@ impl ProviderApi {
             slots,
             limiter,
             accounts: None,
+            quotas: None,
             in_flight: AtomicUsize::new(0),
             breaker,
             idempotency_header,
@@ -133,6 +136,35 @@ impl ProviderApi {
     pub fn with_account_limits(mut self, accounts: Arc<AccountLimits>) -> Self {
         self.accounts = Some(accounts);
         self
+    }
+
+    /// Spends the provider's `quota` (per account) on every attempt.
+    pub fn with_quotas(mut self, quotas: Arc<Quotas>) -> Self {
+        self.quotas = Some(quotas);
+        self
+    }
+
+    /// Waits until `account`'s quota has a request left: a spent quota
+    /// holds back the account's records (not dead letters) until it resets.
+    async fn wait_for_quota(&self, account: Option<&str>) {
+        let Some(quotas) = &self.quotas else {
+            return;
+        };
+        loop {
+            let resets_at = match quotas.take(account, SystemTime::now()).await {
+                Taken::Yes => return,
+                Taken::Spent { resets_at } => resets_at,
+            };
+            self.metrics.quota_waits.increment(1);
+            let wait = resets_at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            self.sampled_warn.warn(|suppressed| {
+                tracing::warn!(provider = %self.provider.name, account, resets_at = %httpdate::fmt_http_date(resets_at), resets_in_s = wait.as_secs(), suppressed, "quota spent: the account's records wait until it resets");
+            });
+            // Looked at again at least every minute: the clock may move.
+            tokio::time::sleep(wait.min(Duration::from_secs(60)) + Duration::from_millis(5)).await;
+        }
     }
 
     /// The provider this API talks to.
@@ -394,6 +426,7 @@ impl ProviderApi {
                 counted += 1;
             }
             attempts += 1;
+            self.wait_for_quota(req.account).await;
             let attempt = self.attempt(&call).await.map_err(|e| ApiError {
                 attempts: attempts - 1,
                 ..internal(format!("{}: {e}", self.what(&req)))

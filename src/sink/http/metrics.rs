@@ -30,6 +30,8 @@ pub(super) struct ProviderMetrics {
     /// Records a batch's answer refused on their own (every refusal, the
     /// ones retried in a later batch included).
     pub batch_refused: Counter,
+    /// Attempts that found their quota spent and waited for it to reset.
+    pub quota_waits: Counter,
 }
 
 impl ProviderMetrics {
@@ -43,6 +45,7 @@ impl ProviderMetrics {
             limiter_wait: histogram!("syncflow_provider_limiter_wait_seconds", "provider" => p.clone()),
             batch_records: histogram!("syncflow_provider_batch_records", "provider" => p.clone()),
             batch_refused: counter!("syncflow_provider_batch_refused_records_total", "provider" => p.clone()),
+            quota_waits: counter!("syncflow_provider_quota_waits_total", "provider" => p.clone()),
             requests: Handles::new(move |label: &AttemptLabel| {
                 let status = match label {
                     AttemptLabel::Status(code) => code.to_string(),
