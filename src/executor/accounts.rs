@@ -54,7 +54,7 @@ pub struct AccountGate {
 
 /// The shortest and longest a parked record waits before it comes back.
 const MIN_PARK: Duration = Duration::from_millis(100);
-const MAX_PARK: Duration = Duration::from_secs(600);
+const MAX_PARK: Duration = Duration::from_secs(3600);
 
 impl AccountGate {
     /// `requests_per_s`: an account's limit; `batch`: records per request.
