@@ -258,6 +258,15 @@ start_services() {
   wait_for_port "$NATS_PORT"; wait_for_port "$CRM_PORT"
 }
 
+# Waits until syncflow's /readyz answers (at most 30 s).
+wait_ready() {
+  local deadline=$((SECONDS + 30))
+  until curl -fsS "http://127.0.0.1:$HTTP_PORT/readyz" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || { echo "syncflow not ready after 30 s" >&2; tail "$out/syncflow.log" >&2; exit 1; }
+    sleep 0.2
+  done
+}
+
 start_syncflow() {
   syncflow_started_us=$(now_us)
   NATS_URL="$nats" REDIS_URL="$redis" SYNCFLOW_HTTP="127.0.0.1:$HTTP_PORT" \
@@ -434,11 +443,7 @@ latency() {
   "$bin/examples/bench_load" --nats "$nats" setup >/dev/null
   local others; others=$(others_ticks)
   start_syncflow
-  local deadline=$((SECONDS + 30))
-  until curl -fsS "http://127.0.0.1:$HTTP_PORT/readyz" >/dev/null 2>&1; do
-    [ $SECONDS -lt $deadline ] || { echo "syncflow not ready after 30 s" >&2; tail "$out/syncflow.log" >&2; exit 1; }
-    sleep 0.2
-  done
+  wait_ready
   local load_before; load_before=$(loadavg)
   echo "== publishing $RATE/s for ${WARMUP}s warm-up + ${duration}s (load average $load_before)"
   /usr/bin/time -f "%U %S" -o "$out/paced.cpu" \
@@ -593,11 +598,7 @@ accounts() {
   "$bin/examples/bench_load" --nats "$nats" setup >/dev/null
   local others; others=$(others_ticks)
   start_syncflow
-  local deadline=$((SECONDS + 30))
-  until curl -fsS "http://127.0.0.1:$HTTP_PORT/readyz" >/dev/null 2>&1; do
-    [ $SECONDS -lt $deadline ] || { echo "syncflow not ready after 30 s" >&2; exit 1; }
-    sleep 0.2
-  done
+  wait_ready
   echo "== $flood events of account t0 at once, then 199 accounts at 5/s each for ${WARMUP}s + ${duration}s"
   /usr/bin/time -f "%U %S" -o "$out/accounts.cpu" \
     "$bin/examples/bench_load" --nats "$nats" accounts --accounts 200 --flood "$flood" --rate 5 \

@@ -103,11 +103,18 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
     }
 
     #[test]
     fn absurd_lengths_are_errors_not_panics() {
-        for huge in ["99999999999999999999h", "1e400s", "8785h", "527041m"] {
+        for huge in [
+            "99999999999999999999h",
+            "1e400s",
+            "8785h",
+            "527041m",
+            "367d",
+        ] {
             let err = parse_duration(huge).unwrap_err();
             assert!(
                 err.contains("too long") || err.contains("invalid"),
@@ -122,7 +129,7 @@ mod tests {
 
     #[test]
     fn rejects_missing_or_unknown_units() {
-        for bad in ["10", "10 sec", "ten s", "5d", "", "-1s"] {
+        for bad in ["10", "10 sec", "ten s", "5w", "", "-1s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
         }
     }

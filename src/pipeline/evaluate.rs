@@ -152,22 +152,7 @@ impl Pipeline {
     /// The message's record key.
     pub fn read_key(&self, message: &Value) -> Result<String, EvalError> {
         let at = self.key.as_str();
-        let value = self
-            .key
-            .get(message, &self.engine)
-            .map_err(|e| fail(EvalErrorKind::Key, None, format!("key {at}: {e}")))?;
-        let key = match value.as_deref() {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            Some(other) => {
-                return Err(fail(
-                    EvalErrorKind::Key,
-                    None,
-                    format!("key at {at} must be a non-empty string or a number, got {other}"),
-                ));
-            }
-            None => return Err(fail(EvalErrorKind::Key, None, format!("no key at {at}"))),
-        };
+        let key = self.read_name(&self.key, message, EvalErrorKind::Key, None)?;
         if key.len() > self.max_key_bytes {
             return Err(fail(
                 EvalErrorKind::Key,
@@ -182,37 +167,37 @@ impl Pipeline {
         Ok(key)
     }
 
+    /// A key or an account: a non-empty string, or a number as text.
+    fn read_name(
+        &self,
+        source: &crate::mapping::FieldSource,
+        message: &Value,
+        kind: EvalErrorKind,
+        key: Option<&str>,
+    ) -> Result<String, EvalError> {
+        let (at, what) = (source.as_str(), kind.as_str());
+        let value = source
+            .get(message, &self.engine)
+            .map_err(|e| fail(kind, key, format!("{what} {at}: {e}")))?;
+        match value.as_deref() {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+            Some(Value::Number(n)) => Ok(n.to_string()),
+            Some(other) => Err(fail(
+                kind,
+                key,
+                format!("{what} at {at} must be a non-empty string or a number, got {other}"),
+            )),
+            None => Err(fail(kind, key, format!("no {what} at {at}"))),
+        }
+    }
+
     /// The message's account, for a pipeline that names one.
     fn read_account(&self, message: &Value, key: &str) -> Result<Option<String>, EvalError> {
         let Some(source) = &self.account else {
             return Ok(None);
         };
         let at = source.as_str();
-        let value = source.get(message, &self.engine).map_err(|e| {
-            fail(
-                EvalErrorKind::Account,
-                Some(key),
-                format!("account {at}: {e}"),
-            )
-        })?;
-        let account = match value.as_deref() {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            Some(other) => {
-                return Err(fail(
-                    EvalErrorKind::Account,
-                    Some(key),
-                    format!("account at {at} must be a non-empty string or a number, got {other}"),
-                ));
-            }
-            None => {
-                return Err(fail(
-                    EvalErrorKind::Account,
-                    Some(key),
-                    format!("no account at {at}"),
-                ));
-            }
-        };
+        let account = self.read_name(source, message, EvalErrorKind::Account, Some(key))?;
         if account.len() > MAX_ACCOUNT_BYTES || account.chars().any(char::is_control) {
             return Err(fail(
                 EvalErrorKind::Account,

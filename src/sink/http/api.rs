@@ -524,7 +524,7 @@ fn json_bytes(body: &Value) -> Bytes {
     Bytes::from(buf)
 }
 
-fn internal(message: String) -> ApiError {
+pub(super) fn internal(message: String) -> ApiError {
     ApiError {
         kind: ApiErrorKind::Internal,
         status: None,

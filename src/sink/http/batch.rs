@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::HeaderValue;
 use serde_json::{Map, Value};
 
-use super::api::Call;
+use super::api::{Call, internal};
 use super::{ApiError, ApiErrorKind, ApiRequest, ApiResponse, EndpointKind, ProviderApi};
 use crate::config::placeholders::Piece;
 use crate::provider::{Batch, BatchEndpoint, Ids, ItemValue, encode_segment};
@@ -300,16 +300,6 @@ impl ProviderApi {
             },
             _ => e,
         })
-    }
-}
-
-fn internal(message: String) -> ApiError {
-    ApiError {
-        kind: ApiErrorKind::Internal,
-        status: None,
-        body: None,
-        attempts: 0,
-        message,
     }
 }
 
