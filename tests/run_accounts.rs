@@ -129,6 +129,9 @@ async fn each_account_has_the_providers_limit_to_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_at_its_limit_holds_back_only_its_own_records() {
     let h = harness(10).await;
+    // A short ack_wait: acme's next 10 records wait in memory, the rest is
+    // handed back to JetStream and comes again.
+    h.set_ack_wait("contacts-to-hubspot", "2s");
     let mut run = h.spawn();
     run.wait_ready(Duration::from_secs(20)).await;
 

@@ -83,6 +83,16 @@ impl AccountGate {
         self.cap
     }
 
+    /// An account's records per second at its limit.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// The earliest parked change of `key`.
+    pub fn first_parked(&self, key: &str) -> Option<u64> {
+        self.parked.get(key)?.keys().next().copied()
+    }
+
     /// Records parked right now.
     pub fn parked(&self) -> usize {
         self.parked_by_account.values().sum()
@@ -136,7 +146,7 @@ impl AccountGate {
     }
 
     /// The change at `seq` of `key` is no longer parked.
-    fn unpark(&mut self, key: &str, seq: u64) {
+    pub fn unpark(&mut self, key: &str, seq: u64) {
         let Some(seqs) = self.parked.get_mut(key) else {
             return;
         };

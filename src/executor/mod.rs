@@ -14,6 +14,7 @@ mod dead_letter;
 mod deliver;
 mod lane;
 mod metrics;
+mod waiting;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -172,16 +173,18 @@ impl Dispatched {
         }
     }
 
-    fn remove(&self, seq: u64) {
+    /// Settles `seq`; returns the account it was held for, if any.
+    fn remove(&self, seq: u64) -> Option<Arc<str>> {
         let mut state = self.lock();
-        if let Some((_, Some(account))) = state.by_seq.remove(&seq)
-            && let Some(n) = state.held.get_mut(&account)
-        {
+        let (_, account) = state.by_seq.remove(&seq)?;
+        let account = account?;
+        if let Some(n) = state.held.get_mut(&account) {
             *n -= 1;
             if *n == 0 {
                 state.held.remove(&account);
             }
         }
+        Some(account)
     }
 
     /// When the longest-held record was dispatched. A scan: called every
@@ -210,16 +213,25 @@ async fn run(
     let ctx = version.borrow_and_update().clone();
     let name = ctx.pipeline.name.clone();
     let dispatched = Dispatched::default();
+    let room = waiting_room(&ctx).map(Arc::new);
     let mut tasks = JoinSet::new();
-    let lanes = (0..lane_count(&ctx))
+    let lanes: Vec<_> = (0..lane_count(&ctx))
         .map(|_| {
             let (tx, rx) = mpsc::unbounded_channel();
-            let dispatched = dispatched.clone();
-            let done = move |seq| dispatched.remove(seq);
+            let (dispatched, room) = (dispatched.clone(), room.clone());
+            let done = move |seq| {
+                // A settled record of an account makes room for its next.
+                if let (Some(account), Some(room)) = (dispatched.remove(seq), &room) {
+                    room.release(&account, &dispatched);
+                }
+            };
             tasks.spawn(lane::run(rx, abort.clone(), progress_every, done));
             tx
         })
         .collect();
+    if let Some(room) = &room {
+        room.set_lanes(lanes.clone());
+    }
     let backlog = tokio::spawn(backlog::report(
         ctx.js.clone(),
         ctx.pipeline.source.clone(),
@@ -227,14 +239,14 @@ async fn run(
         dispatched.clone(),
     ));
     let mut dispatcher = Dispatcher {
-        gate: account_gate(&ctx),
+        room: room.clone(),
         ctx,
         version,
         lanes,
-        dispatched,
+        dispatched: dispatched.clone(),
     };
-    if let Some(gate) = &dispatcher.gate {
-        tracing::info!(pipeline = %name, records_per_account = gate.cap(), "records name their account: each account holds at most this many at once, the rest wait in JetStream");
+    if let Some(room) = &room {
+        tracing::info!(pipeline = %name, records_per_account = room.cap(), "records name their account: each account sends at most this many at once, its next ones wait");
     }
     while let Some(msg) = source.next().await {
         dispatcher.dispatch(msg).await;
@@ -242,6 +254,13 @@ async fn run(
     readiness.remove(&name);
     backlog.abort();
     drop(dispatcher);
+    if let Some(room) = &room {
+        // What waited for its account's turn goes back to JetStream now.
+        for job in room.close() {
+            hand_back(&name, &job.msg).await;
+            dispatched.remove(job.msg.seq);
+        }
+    }
     while tasks.join_next().await.is_some() {}
     // Every lane is done: the last acks go out before the runner ends.
     source.close().await;
@@ -258,7 +277,7 @@ struct Dispatcher {
     lanes: Vec<mpsc::UnboundedSender<Box<lane::Job>>>,
     dispatched: Dispatched,
     /// For a pipeline whose records name accounts with limits of their own.
-    gate: Option<accounts::AccountGate>,
+    room: Option<Arc<waiting::WaitingRoom>>,
 }
 
 impl Dispatcher {
@@ -295,26 +314,31 @@ impl Dispatcher {
                 None => (msg.seq as usize) % lanes,
             },
         };
-        if let (Some(gate), lane::Eval::Done(Ok(out))) = (&mut self.gate, &eval)
-            && let Some(account) = &out.account
-        {
-            let held = self.dispatched.held(account);
-            match gate.admit(account, &out.key, msg.seq, held, received) {
-                accounts::Admit::Go => self.dispatched.hold(msg.seq, account),
-                accounts::Admit::Park(delay) => {
-                    park(gate, &ctx.pipeline.name, account, &msg, delay).await;
-                    ctx.metrics.parked.increment(1);
-                    self.dispatched.remove(msg.seq);
-                    return;
-                }
-            }
-        }
         let job = Box::new(lane::Job {
             ctx: ctx.clone(),
             msg,
             eval,
             received,
         });
+        let account = match &job.eval {
+            lane::Eval::Done(Ok(out)) => out.account.clone(),
+            _ => None,
+        };
+        let job = match (&self.room, account) {
+            (Some(room), Some(account)) => {
+                match room.offer(job, &account, &self.dispatched, received) {
+                    waiting::Offered::Go(job) => job,
+                    waiting::Offered::Kept => return,
+                    waiting::Offered::Park(job, delay) => {
+                        park(room, &job.ctx.pipeline.name, &account, &job.msg, delay).await;
+                        job.ctx.metrics.parked.increment(1);
+                        self.dispatched.remove(job.msg.seq);
+                        return;
+                    }
+                }
+            }
+            _ => job,
+        };
         // A lane ends early only when aborted at the drain deadline.
         if let Err(mpsc::error::SendError(job)) = self.lanes[lane].send(job) {
             hand_back(&job.ctx.pipeline.name, &job.msg).await;
@@ -325,9 +349,8 @@ impl Dispatcher {
     async fn take_new_version(&mut self) {
         let next = self.version.borrow_and_update().clone();
         // The new version's limits; what is parked stays parked.
-        match (account_gate(&next), &mut self.gate) {
-            (Some(new), Some(gate)) => gate.reconfigure(new),
-            (new, gate) => *gate = new,
+        if let (Some(new), Some(room)) = (account_gate(&next), &self.room) {
+            room.reconfigure(new, next.pipeline.source.ack_wait.0);
         }
         if next.pipeline.key_path() != self.ctx.pipeline.key_path() {
             // Records are routed to lanes by key: with another key, a record
@@ -390,25 +413,39 @@ fn account_gate(ctx: &Ctx) -> Option<accounts::AccountGate> {
     ))
 }
 
+/// The waiting room of a pipeline whose records name their account: half
+/// of the pipeline's `max_ack_pending_bytes` for records waiting in memory.
+fn waiting_room(ctx: &Ctx) -> Option<waiting::WaitingRoom> {
+    let gate = account_gate(ctx)?;
+    let source = &ctx.pipeline.source;
+    Some(waiting::WaitingRoom::new(
+        gate,
+        source.max_ack_pending_bytes / 2,
+        source.ack_wait.0,
+    ))
+}
+
 /// Hands a record of an account at its cap back to JetStream, to come
 /// again after `delay`.
 async fn park(
-    gate: &accounts::AccountGate,
+    room: &waiting::WaitingRoom,
     pipeline: &str,
     account: &str,
     msg: &SourceMessage,
     delay: Duration,
 ) {
-    gate.log.warn(|suppressed| {
-        tracing::info!(
-            pipeline,
-            account,
-            seq = msg.seq,
-            delay_ms = delay.as_millis() as u64,
-            parked = gate.parked(),
-            suppressed,
-            "account at its limit: record parked, other accounts go on"
-        );
+    room.log(|gate| {
+        gate.log.warn(|suppressed| {
+            tracing::info!(
+                pipeline,
+                account,
+                seq = msg.seq,
+                delay_ms = delay.as_millis() as u64,
+                parked = gate.parked(),
+                suppressed,
+                "account at its limit: record parked, other accounts go on"
+            );
+        })
     });
     if let Err(e) = msg.ack.nak(Some(delay)).await {
         tracing::warn!(pipeline, seq = msg.seq, error = %e, "could not park message; it will be redelivered after ack_wait");
