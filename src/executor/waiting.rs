@@ -183,14 +183,14 @@ impl WaitingRoom {
 
     /// The pipeline drains: nothing more goes on; returns what waits here,
     /// to hand back.
-    pub fn close(&self) -> Vec<Box<Job>> {
+    pub fn close(&self) -> Vec<Job> {
         let mut inner = self.lock();
         inner.lanes = None;
         inner.bytes = 0;
         std::mem::take(&mut inner.by_account)
             .into_values()
             .flat_map(BTreeMap::into_values)
-            .map(|w| w.job)
+            .map(|w| *w.job)
             .collect()
     }
 
