@@ -7,6 +7,9 @@
 //! they wait in, and `max_ack_pending`, so every other account would wait
 //! behind it.
 //!
+//! (The records an account sends next wait in memory rather than in
+//! JetStream, up to a budget: waiting.rs. This file decides.)
+//!
 //! The gate lets each account hold at most `cap` records at once: half a
 //! second of its limit (at least 2, and two batches' worth where the
 //! target batches). A record of an account at its cap is *parked*: handed
