@@ -28,6 +28,11 @@ fn busiest(times: &[u64], window: u64) -> usize {
     most
 }
 
+/// The company a HubSpot create names (the account, upper-cased).
+fn tenant(r: &LoggedRequest) -> &str {
+    r.body["properties"]["company"].as_str().unwrap_or_default()
+}
+
 /// The contact's key in a HubSpot create (its firstname is `F<key>`).
 fn key_of(r: &LoggedRequest) -> u32 {
     r.body["properties"]["firstname"].as_str().unwrap()[1..]
@@ -253,4 +258,63 @@ async fn a_spent_quota_holds_back_only_its_accounts_records() {
         "{metrics}"
     );
     run.sigterm();
+}
+
+/// A 429 with `Retry-After` to one account's request pauses that account
+/// only: the provider keeps serving the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_pauses_only_its_account() {
+    let h = harness(10).await;
+    h.crm
+        .add_fault(
+            syncflow_mock_crm::MockApi::Hubspot,
+            syncflow_mock_crm::Fault {
+                times: Some(1),
+                retry_after_s: Some(3),
+                ..syncflow_mock_crm::Fault::body_contains("ACME", 429)
+            },
+        )
+        .unwrap();
+    let mut run = h.spawn();
+    run.wait_ready(Duration::from_secs(20)).await;
+    let published = std::time::Instant::now();
+    for key in 1..=3 {
+        publish(&h, key, "acme", "c", 0).await;
+    }
+    for key in 4..=6 {
+        publish(&h, key, "globex", "c", 0).await;
+    }
+    h.wait_settled(Duration::from_secs(30)).await;
+    let log = h.crm.snapshot().hubspot.log;
+    let refused: Vec<_> = log.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(refused.len(), 1, "{log:#?}");
+    assert_eq!(tenant(refused[0]), "ACME");
+    let first = refused[0].received_at_us;
+    let created_after = |keys: std::ops::RangeInclusive<u32>| {
+        log.iter()
+            .filter(|r| r.status == 201 && keys.contains(&key_of(r)))
+            .map(|r| r.received_at_us.saturating_sub(first) / 1000)
+            .max()
+            .unwrap()
+    };
+    let (acme_ms, globex_ms) = (created_after(1..=3), created_after(4..=6));
+    assert!(
+        globex_ms < 1500,
+        "globex's last create {globex_ms} ms after the 429"
+    );
+    assert!(
+        acme_ms >= 2900,
+        "acme's last create {acme_ms} ms after the 429"
+    );
+    let text = run.log();
+    assert!(
+        text.contains("pausing the account's requests") && text.contains("acme"),
+        "{text}"
+    );
+    assert!(!text.contains("pausing every request"), "{text}");
+    assert!(run.sigterm().success());
+    println!(
+        "pause: acme's last create {acme_ms} ms after its 429, globex's {globex_ms} ms ({:?} since publish)",
+        published.elapsed()
+    );
 }

@@ -62,6 +62,7 @@ fn fault(item_contains: Option<&str>, path_contains: Option<&str>, status: u16) 
         status,
         body: Value::Null,
         times: None,
+        retry_after_s: None,
     }
 }
 

@@ -42,6 +42,7 @@ async fn an_outage_ends_with_every_record_delivered_once_and_no_dead_letter() {
         status: 503,
         body: Value::Null,
         times: None,
+        retry_after_s: None,
     };
     let mut syncflow = h.spawn();
     syncflow.wait_ready(Duration::from_secs(20)).await;

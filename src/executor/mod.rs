@@ -120,8 +120,18 @@ fn lane_count(ctx: &Ctx) -> usize {
         // thin out key collisions further, at a task each.
         _ => (2 * ctx.pipeline.source.max_ack_pending.max(1) as usize).clamp(1024, MAX_BATCH_LANES),
     };
-    (ctx.pipeline.target.max_in_flight() * per_slot * records).clamp(1, most)
+    let lanes = (ctx.pipeline.target.max_in_flight() * per_slot * records).clamp(1, most);
+    match ctx.pipeline.names_accounts() {
+        // An account at its cap fills a few lanes with records waiting for
+        // its cells; other accounts' keys that share those lanes wait
+        // behind them. Many lanes make that rare (bench/README.md, accounts).
+        true => lanes.max(ACCOUNT_LANES),
+        false => lanes,
+    }
 }
+
+/// Lanes of a pipeline whose records name accounts, at least.
+const ACCOUNT_LANES: usize = 1024;
 
 /// Lanes of a pipeline whose records go in batches: each lane is a task
 /// holding one record, so this bounds the records being batched at once.

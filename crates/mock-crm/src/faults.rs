@@ -55,6 +55,9 @@ pub struct Fault {
     /// an item fault), then let matching ones through; unlimited when unset.
     #[serde(default)]
     pub times: Option<u64>,
+    /// A `Retry-After` header (seconds) on the answer, as a CRM's 429 has.
+    #[serde(default)]
+    pub retry_after_s: Option<u64>,
 }
 
 impl Fault {
@@ -68,6 +71,7 @@ impl Fault {
             status,
             body: Value::Null,
             times: None,
+            retry_after_s: None,
         }
     }
 
@@ -141,10 +145,14 @@ impl Faults {
                 && r.fault.matches(method, path, body)
         })?;
         rule.use_one();
-        Some(if rule.fault.body.is_null() {
+        let reply = if rule.fault.body.is_null() {
             Reply::empty(rule.status)
         } else {
             Reply::json(rule.status, &rule.fault.body)
+        };
+        Some(match rule.fault.retry_after_s {
+            Some(seconds) => reply.with_header("retry-after", seconds),
+            None => reply,
         })
     }
 

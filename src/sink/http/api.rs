@@ -44,6 +44,8 @@ pub struct ProviderApi {
     get_endpoint: Endpoint,
     /// Retry-After pauses every request to the provider.
     pause: Pause,
+    /// A 429's Retry-After to an account's request pauses that account.
+    account_pauses: std::sync::Mutex<std::collections::HashMap<String, Arc<Pause>>>,
     /// Requests that succeeded, and requests failing right now: an outage
     /// (nobody served, several failing) is told from a record that keeps
     /// failing on its own.
@@ -122,7 +124,8 @@ impl ProviderApi {
                 conflict_id: None,
                 unmodified_since: None,
             },
-            pause: Pause::new(&provider.name),
+            pause: Pause::new(&provider.name, None),
+            account_pauses: Default::default(),
             served: AtomicU64::new(0),
             failing: AtomicUsize::new(0),
             sampled_warn: Sampled::every(Duration::from_secs(1)),
@@ -170,6 +173,15 @@ impl ProviderApi {
     /// The provider this API talks to.
     pub fn provider(&self) -> &Arc<Provider> {
         &self.provider
+    }
+
+    /// `account`'s pause, made on first use.
+    fn account_pause(&self, account: &str) -> Arc<Pause> {
+        let mut pauses = self.account_pauses.lock().expect("account pauses");
+        pauses
+            .entry(account.to_string())
+            .or_insert_with(|| Arc::new(Pause::new(&self.provider.name, Some(account))))
+            .clone()
     }
 
     /// One warning per second at most for the provider, with a count of
@@ -419,9 +431,13 @@ impl ProviderApi {
         // Counted among the provider's failing requests from its first
         // transient failure until it ends.
         let mut failing: Option<Failing<'_>> = None;
+        let account_pause = req.account.map(|account| self.account_pause(account));
         let failure = loop {
             pass.ready().await;
             self.pause.wait().await;
+            if let Some(pause) = &account_pause {
+                pause.wait().await;
+            }
             if !pass.is_probe() {
                 counted += 1;
             }
@@ -432,7 +448,12 @@ impl ProviderApi {
                 ..internal(format!("{}: {e}", self.what(&req)))
             })?;
             let verdict = attempt.classify(req.endpoint, &retry.retry_on);
-            pass.attempted(verdict.health());
+            // An account's 429 is its own limit, not the provider failing.
+            let account_limited = account_pause.is_some() && verdict.status() == Some(429);
+            pass.attempted(match account_limited {
+                true => ProviderHealth::Up,
+                false => verdict.health(),
+            });
             let failure = match verdict {
                 Verdict::Success { status, body } => {
                     self.served.fetch_add(1, Ordering::Relaxed);
@@ -447,7 +468,10 @@ impl ProviderApi {
             let backoff = || full_jitter(backoff_ceiling(retry, counted), &mut rand::rng());
             let wait = match failure.retry_after {
                 Some(asked) if asked <= retry.max_retry_after.0 => {
-                    self.pause.pause_for(asked, status.unwrap_or_default());
+                    match (&account_pause, account_limited) {
+                        (Some(pause), true) => pause.pause_for(asked, 429),
+                        _ => self.pause.pause_for(asked, status.unwrap_or_default()),
+                    }
                     Duration::ZERO
                 }
                 Some(asked) => {
@@ -477,7 +501,12 @@ impl ProviderApi {
             });
             tokio::time::sleep(wait).await;
         };
-        pass.finished(failure.health());
+        pass.finished(
+            match account_pause.is_some() && failure.status.is_some_and(|s| s.as_u16() == 429) {
+                true => ProviderHealth::Up,
+                false => failure.health(),
+            },
+        );
         Err(failure.into_error(&self.what(&req), attempts))
     }
 }

@@ -2,7 +2,8 @@
 //! provider will take requests again, for everyone. Every request of the
 //! provider waits it out before its next attempt (rather than each lane
 //! spending an attempt on the same wall), and no rate-limit cell is taken
-//! meanwhile.
+//! meanwhile. A 429 to a request of an account (pipelines that name one)
+//! pauses that account only: its quota, not the provider, ran out.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -12,14 +13,16 @@ use tokio::time::Instant;
 
 pub(super) struct Pause {
     provider: String,
+    account: Option<String>,
     until: Mutex<Option<Instant>>,
     pauses: Counter,
 }
 
 impl Pause {
-    pub fn new(provider: &str) -> Self {
+    pub fn new(provider: &str, account: Option<&str>) -> Self {
         Pause {
             provider: provider.to_string(),
+            account: account.map(str::to_string),
             until: Mutex::new(None),
             pauses: metrics::counter!("syncflow_provider_pauses_total", "provider" => provider.to_string()),
         }
@@ -32,7 +35,14 @@ impl Pause {
         if current.is_none_or(|t| t < until) {
             if current.is_none_or(|t| t <= Instant::now()) {
                 self.pauses.increment(1);
-                tracing::info!(provider = %self.provider, status, wait_ms = wait.as_millis() as u64, "provider asked to wait (Retry-After): pausing every request to it");
+                match &self.account {
+                    None => {
+                        tracing::info!(provider = %self.provider, status, wait_ms = wait.as_millis() as u64, "provider asked to wait (Retry-After): pausing every request to it")
+                    }
+                    Some(account) => {
+                        tracing::info!(provider = %self.provider, account, status, wait_ms = wait.as_millis() as u64, "provider asked to wait (Retry-After): pausing the account's requests")
+                    }
+                }
             }
             *current = Some(until);
         }
@@ -56,7 +66,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn everyone_waits_for_the_latest_pause() {
-        let pause = Pause::new("p");
+        let pause = Pause::new("p", None);
         let started = Instant::now();
         pause.wait().await;
         assert_eq!(started.elapsed(), Duration::ZERO);

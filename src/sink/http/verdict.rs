@@ -128,6 +128,16 @@ impl Attempt {
 }
 
 impl Verdict {
+    /// The HTTP status, when a response came back.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Verdict::Success { status, .. } => Some(status.as_u16()),
+            Verdict::Final(failure) | Verdict::Retryable(failure) => {
+                failure.status.map(|s| s.as_u16())
+            }
+        }
+    }
+
     pub fn health(&self) -> ProviderHealth {
         match self {
             Verdict::Success { .. } => ProviderHealth::Up,
