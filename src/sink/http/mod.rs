@@ -30,8 +30,12 @@
 //!   HTTP date) replaces it and is honoured in full, even beyond
 //!   `max_backoff`. A date in the past means no wait.
 //! - Retry-After (`pause.rs`): up to `retry.max_retry_after`, it pauses
-//!   every request to the provider until then; longer, the attempt counts as
-//!   failed and the usual backoff applies.
+//!   every request to the provider until then (a 429's to a request of an
+//!   account: that account's); longer, the attempt counts as failed and the
+//!   usual backoff applies. An account's 429 is not the provider failing:
+//!   it does not count towards the breaker.
+//! - Quota (`quota`, limiter/quota.rs): every attempt spends one of the
+//!   provider's (or the account's) quota; a spent quota waits for its reset.
 //! - Circuit breaker (`breaker.rs`): `failure_threshold` consecutive requests
 //!   that failed on the provider's side open it. While open, `send` waits
 //!   instead of failing; after `open_for`, one attempt goes through as the
