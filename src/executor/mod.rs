@@ -39,6 +39,9 @@ pub struct PipelineRunner {
     pub name: String,
     /// The source the runner's consumer was bound with.
     source: NatsSourceConfig,
+    /// Whether it was started for records that name their account (and
+    /// so runs them through an account gate and waiting room).
+    accounts: bool,
     version: watch::Sender<Arc<Ctx>>,
     stop: watch::Sender<bool>,
     abort: watch::Sender<bool>,
@@ -60,11 +63,13 @@ impl PipelineRunner {
             stop_rx,
         );
         let progress_every = jetstream::progress_every(source.ack_wait.0);
+        let accounts = account_gate(&ctx).is_some();
         let (version, version_rx) = watch::channel(ctx);
         let task = tokio::spawn(run(pulled, version_rx, readiness, abort_rx, progress_every));
         PipelineRunner {
             name,
             source,
+            accounts,
             version,
             stop,
             abort,
@@ -73,9 +78,10 @@ impl PipelineRunner {
     }
 
     /// Whether `ctx` can take over this runner with [`swap`](Self::swap):
-    /// same source, so the same consumer, bound the same way.
+    /// same source, so the same consumer, bound the same way, and accounts
+    /// named or not as before (the account gate is the runner's).
     pub fn can_swap_to(&self, ctx: &Ctx) -> bool {
-        self.source == ctx.pipeline.source
+        self.source == ctx.pipeline.source && self.accounts == account_gate(ctx).is_some()
     }
 
     /// Makes `ctx` the version that evaluates and sends every record pulled
