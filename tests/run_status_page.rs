@@ -70,16 +70,29 @@ async fn click(client: &Client, css: &str) {
 }
 
 async fn dead_letter_rows(client: &Client) -> Vec<(String, String)> {
+    // The page redraws the table on its refresh: a row found just before
+    // may be gone (a stale element). Read the table again then.
+    for _ in 0..10 {
+        if let Ok(rows) = try_dead_letter_rows(client).await {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    try_dead_letter_rows(client).await.unwrap()
+}
+
+async fn try_dead_letter_rows(
+    client: &Client,
+) -> Result<Vec<(String, String)>, fantoccini::error::CmdError> {
     let mut rows = Vec::new();
     for row in client
         .find_all(Locator::Css("#dead-letters tbody tr[data-seq]"))
-        .await
-        .unwrap()
+        .await?
     {
-        let seq = row.attr("data-seq").await.unwrap().unwrap_or_default();
-        rows.push((seq, row.text().await.unwrap_or_default()));
+        let seq = row.attr("data-seq").await?.unwrap_or_default();
+        rows.push((seq, row.text().await?));
     }
-    rows
+    Ok(rows)
 }
 
 #[tokio::test(flavor = "multi_thread")]

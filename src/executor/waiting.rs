@@ -31,6 +31,8 @@ pub struct WaitingRoom {
 struct Inner {
     gate: AccountGate,
     by_account: HashMap<String, BTreeMap<u64, Waiting>>,
+    /// Keys with a change waiting here, and how many.
+    keys: HashMap<String, usize>,
     bytes: usize,
     max_bytes: usize,
     /// Records of one account kept at most.
@@ -71,6 +73,7 @@ impl WaitingRoom {
             inner: Mutex::new(Inner {
                 gate,
                 by_account: HashMap::new(),
+                keys: HashMap::new(),
                 bytes: 0,
                 max_bytes,
                 per_account,
@@ -123,12 +126,17 @@ impl WaitingRoom {
             Admit::Park(delay) => delay,
         };
         let bytes = job.msg.payload.len() + OVERHEAD;
-        if queued >= inner.per_account || inner.bytes + bytes > inner.max_bytes {
+        // The earliest change of a key whose later changes wait here comes
+        // in whatever the limits: handed back, it would leave them stuck
+        // behind it, in a room it can never enter while they fill it.
+        let unblocks = inner.keys.contains_key(&key) && inner.gate.first_parked(&key) == Some(seq);
+        if !unblocks && (queued >= inner.per_account || inner.bytes + bytes > inner.max_bytes) {
             // Not back before the records waiting here have gone.
             let behind = Duration::from_secs_f64(queued as f64 / inner.gate.rate());
             return Offered::Park(job, delay.max(behind));
         }
         inner.bytes += bytes;
+        *inner.keys.entry(key.clone()).or_default() += 1;
         let waiting = Waiting { job, key, bytes };
         inner
             .by_account
@@ -164,6 +172,12 @@ impl WaitingRoom {
             };
             let waiting = queue.remove(&seq).expect("just found");
             inner.bytes -= waiting.bytes;
+            if let Some(n) = inner.keys.get_mut(&waiting.key) {
+                *n -= 1;
+                if *n == 0 {
+                    inner.keys.remove(&waiting.key);
+                }
+            }
             inner.gate.unpark(&waiting.key, seq);
             dispatched.hold(seq, account);
             held += 1;
@@ -187,6 +201,7 @@ impl WaitingRoom {
         let mut inner = self.lock();
         inner.lanes = None;
         inner.bytes = 0;
+        inner.keys.clear();
         std::mem::take(&mut inner.by_account)
             .into_values()
             .flat_map(BTreeMap::into_values)
