@@ -318,3 +318,41 @@ async fn a_429_pauses_only_its_account() {
         published.elapsed()
     );
 }
+
+/// The provider's own count of the requests left (HubSpot's
+/// `X-HubSpot-RateLimit-Daily-Remaining`) is followed when it is lower than
+/// syncflow's: the account waits instead of running into the provider's
+/// daily limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_saying_fewer_requests_are_left_is_followed() {
+    let h = Harness::start(MockCrmConfig {
+        record_log: true,
+        hubspot_daily: Some(3),
+        ..MockCrmConfig::default()
+    })
+    .await;
+    h.remove_pipeline("contacts-to-salesforce");
+    h.set_rate_limit("hubspot", 10, "1s", 1);
+    h.edit(
+        "providers/hubspot.yaml",
+        "max_in_flight: 32",
+        "max_in_flight: 32\nquota: { requests: 250000, per: 1d, remaining_header: X-HubSpot-RateLimit-Daily-Remaining }",
+    );
+    let mut run = h.spawn_with_drain_timeout("1s");
+    run.wait_ready(Duration::from_secs(20)).await;
+    for key in 1..=5 {
+        contacts::publish_all(&h, &[contacts::created(key)]).await;
+    }
+    run.wait_log("quota spent", Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let snap = h.crm.snapshot();
+    assert_eq!(snap.hubspot.counters.creates, 3);
+    assert_eq!(
+        snap.hubspot.counters.rate_limited, 0,
+        "{:#?}",
+        snap.hubspot.log
+    );
+    assert_eq!(h.consumer("contacts-to-hubspot").await.num_ack_pending, 2);
+    assert!(h.dead_letters().await.is_empty());
+    run.sigterm();
+}

@@ -535,6 +535,12 @@ impl Default for CircuitBreakerConfig {
 pub struct QuotaConfig {
     pub requests: u64,
     pub per: ConfigDuration,
+    /// A response header telling the requests left (HubSpot's
+    /// `X-HubSpot-RateLimit-Daily-Remaining`, or Salesforce's
+    /// `Sforce-Limit-Info: api-usage=USED/MAX`): followed when lower than
+    /// syncflow's own count.
+    #[serde(default)]
+    pub remaining_header: Option<String>,
 }
 
 /// The endpoints of one object type (contact, company, ...).

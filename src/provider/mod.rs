@@ -55,11 +55,12 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
-/// `quota: { requests, per }`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `quota: { requests, per, remaining_header }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quota {
     pub requests: u64,
     pub per: Duration,
+    pub remaining_header: Option<http::HeaderName>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -299,9 +300,21 @@ pub fn compile(
             Duration::from_secs(1),
             DAY * 31,
         );
+        let remaining_header = q.remaining_header.as_ref().and_then(|name| {
+            http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| {
+                    file.error(
+                        diags,
+                        &path!["quota", "remaining_header"],
+                        format!("\"{name}\" is not a valid header name"),
+                    )
+                })
+                .ok()
+        });
         Quota {
             requests: q.requests,
             per: q.per.0,
+            remaining_header,
         }
     });
     file.check_range(diags, &path!["max_in_flight"], cfg.max_in_flight, 1, 512);

@@ -140,7 +140,7 @@ impl Providers {
                     if let Some(accounts) = &accounts {
                         sink = sink.with_account_limits(accounts.clone());
                     }
-                    if let Some(quota) = provider.quota {
+                    if let Some(quota) = provider.quota.clone() {
                         let quotas = Quotas::new(
                             self.redis.clone(),
                             &self.key_prefix,

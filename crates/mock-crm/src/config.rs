@@ -16,6 +16,11 @@ pub struct MockCrmConfig {
     pub hubspot_limit: Option<RateLimit>,
     /// Limit of the `/salesforce` API; `None` = unlimited.
     pub salesforce_limit: Option<RateLimit>,
+    /// Requests the `/hubspot` API takes in all (HubSpot's daily limit, not
+    /// reset while the mock runs); every answer says how many are left in
+    /// `X-HubSpot-RateLimit-Daily-Remaining`, and once none is, requests
+    /// are refused 429 (policy `DAILY`). `None` = no such limit.
+    pub hubspot_daily: Option<u64>,
     /// Fraction (0..=1) of API requests answered 503 before anything else.
     pub fail_rate: f64,
     /// Added to every API response.
@@ -39,6 +44,7 @@ impl Default for MockCrmConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             hubspot_limit: None,
             salesforce_limit: None,
+            hubspot_daily: None,
             fail_rate: 0.0,
             latency: Duration::ZERO,
             token: None,

@@ -82,6 +82,13 @@ pub(super) trait Provider: Send + 'static {
     fn unauthorized() -> Reply;
     /// The 429 body and headers; the gateway adds `Retry-After`.
     fn rate_limited(limit: &RateLimit) -> Reply;
+    /// The 429 once the daily limit is used up.
+    fn daily_limit_reached() -> Reply {
+        Reply::json(
+            StatusCode::TOO_MANY_REQUESTS,
+            &json!({"status": "error", "message": "You have reached your daily limit.", "errorType": "RATE_LIMIT", "policyName": "DAILY"}),
+        )
+    }
     fn records(&self) -> BTreeMap<String, RecordSnapshot>;
     /// Successful writes by origin, since the start or the last reset.
     fn write_counts(&self) -> WriteCounts;
@@ -103,6 +110,8 @@ struct ApiState<P> {
     replies_by_key: HashMap<String, Reply>,
     counters: Counters,
     log: Vec<LoggedRequest>,
+    /// The daily limit and the requests it took so far.
+    daily: Option<(u64, u64)>,
 }
 
 impl<P: Provider> Api<P> {
@@ -116,8 +125,15 @@ impl<P: Provider> Api<P> {
                 replies_by_key: HashMap::new(),
                 counters: Counters::default(),
                 log: Vec::new(),
+                daily: None,
             }),
         }
+    }
+
+    /// Takes at most `requests` in all (HubSpot's daily limit).
+    pub(super) fn with_daily(self, requests: Option<u64>) -> Self {
+        self.lock().daily = requests.map(|max| (max, 0));
+        self
     }
 
     /// Runs `request` through the gateway; `apply` is the API's own handling,
@@ -236,6 +252,9 @@ impl<P: Provider> Api<P> {
         {
             state.counters.rate_limited += 1;
             refusal
+        } else if state.daily.is_some_and(|(max, used)| used >= max) {
+            state.counters.rate_limited += 1;
+            P::daily_limit_reached()
         } else if let Some(stored) = request
             .idempotency_key
             .as_ref()
@@ -261,6 +280,21 @@ impl<P: Provider> Api<P> {
                 state.replies_by_key.insert(key.clone(), reply.clone());
             }
             reply
+        };
+        let reply = match &mut state.daily {
+            Some((max, used)) => {
+                // Every request that got past the gateway's checks counts.
+                if authorized && !injected && reply.status != StatusCode::TOO_MANY_REQUESTS {
+                    *used += 1;
+                }
+                reply
+                    .with_header("x-hubspot-ratelimit-daily", *max)
+                    .with_header(
+                        "x-hubspot-ratelimit-daily-remaining",
+                        max.saturating_sub(*used),
+                    )
+            }
+            None => reply,
         };
         state
             .counters
@@ -308,6 +342,9 @@ impl<P: Provider> Api<P> {
         }
         state.replies_by_key.clear();
         state.counters = Counters::default();
+        if let Some((_, used)) = &mut state.daily {
+            *used = 0;
+        }
         state.log.clear();
     }
 

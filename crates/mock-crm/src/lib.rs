@@ -111,7 +111,10 @@ impl MockCrm {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let hubspot = HubSpot::new(webhooks.clone());
         let shared = Arc::new(Shared {
-            hubspot: Arc::new(Api::new(settings.clone(), config.hubspot_limit, hubspot)),
+            hubspot: Arc::new(
+                Api::new(settings.clone(), config.hubspot_limit, hubspot)
+                    .with_daily(config.hubspot_daily),
+            ),
             salesforce: Arc::new(Api::new(
                 settings.clone(),
                 config.salesforce_limit,

@@ -34,6 +34,9 @@ struct Args {
     /// Limit of /salesforce: at most REQUESTS per PER, BURST at once (or `window`).
     #[arg(long, value_name = "REQUESTS/PER:BURST", default_value = "25/1s:5")]
     salesforce_limit: RateLimit,
+    /// Requests the HubSpot API takes in all, as its daily limit (none by default).
+    #[arg(long, value_name = "REQUESTS")]
+    hubspot_daily: Option<u64>,
     /// No rate limits at all (for benchmarks of the sender).
     #[arg(long, conflicts_with_all = ["hubspot_limit", "salesforce_limit"])]
     no_limits: bool,
@@ -140,6 +143,7 @@ async fn serve(args: Args) -> std::io::Result<()> {
         listen: args.listen,
         hubspot_limit: limit(args.hubspot_limit),
         salesforce_limit: limit(args.salesforce_limit),
+        hubspot_daily: args.hubspot_daily,
         fail_rate: args.fail_rate,
         latency: args.latency,
         token: args.token,

@@ -55,6 +55,38 @@ async fn requests_need_the_bearer_token() {
 }
 
 #[tokio::test]
+async fn hubspot_tells_the_daily_requests_left_and_refuses_past_them() {
+    let h = Harness::start(MockCrmConfig {
+        hubspot_daily: Some(2),
+        ..MockCrmConfig::default()
+    })
+    .await;
+    let create = || {
+        h.hubspot(Method::POST, CONTACTS)
+            .json(&json!({"properties": {"firstname": "A"}}))
+            .send()
+    };
+    for left in ["1", "0"] {
+        let response = create().await.unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        assert_eq!(
+            response.headers()["x-hubspot-ratelimit-daily-remaining"],
+            left
+        );
+        assert_eq!(response.headers()["x-hubspot-ratelimit-daily"], "2");
+    }
+    let response = create().await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        response.headers()["x-hubspot-ratelimit-daily-remaining"],
+        "0"
+    );
+    let body = crate::test_support::body(response).await;
+    assert_eq!(body["policyName"], "DAILY");
+    assert_eq!(h.crm.snapshot().hubspot.counters.creates, 2);
+}
+
+#[tokio::test]
 async fn each_api_has_its_own_limit() {
     let h = Harness::start(MockCrmConfig {
         hubspot_limit: one_per_ten_seconds(),

@@ -147,16 +147,17 @@ impl ProviderApi {
         self
     }
 
-    /// Waits until `account`'s quota has a request left: a spent quota
+    /// Waits while `account`'s quota is known to be spent: a spent quota
     /// holds back the account's records (not dead letters) until it resets.
+    /// (The request takes its share of the quota later, with its cell:
+    /// [`ProviderApi::take_quota`].)
     async fn wait_for_quota(&self, account: Option<&str>) {
         let Some(quotas) = &self.quotas else {
             return;
         };
         loop {
-            let resets_at = match quotas.take(account, SystemTime::now()).await {
-                Taken::Yes => return,
-                Taken::Spent { resets_at } => resets_at,
+            let Some(resets_at) = quotas.spent(account, SystemTime::now()) else {
+                return;
             };
             self.metrics.quota_waits.increment(1);
             let wait = resets_at
@@ -167,6 +168,34 @@ impl ProviderApi {
             });
             // Looked at again at least every minute: the clock may move.
             tokio::time::sleep(wait.min(Duration::from_secs(60)) + Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Takes one request of the quota, just before it is sent: the answers
+    /// to the requests before it (the provider's count of what is left)
+    /// are in by then. False when the quota is spent.
+    async fn take_quota(&self, account: Option<&str>) -> bool {
+        match &self.quotas {
+            Some(quotas) => quotas.take(account, SystemTime::now()).await == Taken::Yes,
+            None => true,
+        }
+    }
+
+    /// Follows the provider's count of the requests left, where the quota
+    /// names the header that tells it.
+    async fn follow_quota(&self, account: Option<&str>, headers: &HeaderMap) {
+        let Some(quotas) = &self.quotas else {
+            return;
+        };
+        let Some(value) = quotas
+            .remaining_header()
+            .and_then(|name| headers.get(name))
+            .and_then(|v| v.to_str().ok())
+        else {
+            return;
+        };
+        if let Some(remaining) = remaining_of(value) {
+            quotas.follow(account, remaining, SystemTime::now()).await;
         }
     }
 
@@ -239,7 +268,9 @@ impl ProviderApi {
     /// One try: a slot (the concurrency bound, and the slot's connection,
     /// made ready first), then the rate limiter, then HTTP. The slot comes
     /// first so a granted rate-limit cell is spent at once (slots.rs).
-    async fn attempt(&self, call: &Call<'_>) -> Result<Attempt, LimiterError> {
+    /// `None`: the quota turned out spent when the request was about to go
+    /// (its cell is lost; the request waits for the quota and goes again).
+    async fn attempt(&self, call: &Call<'_>) -> Result<Option<Attempt>, LimiterError> {
         let timeout = self.provider.timeout;
         let mut slot = self.slots.take().await;
         let started = Instant::now();
@@ -247,7 +278,7 @@ impl ProviderApi {
         let connect_failed = |e| {
             let attempt = Attempt::Transport(e);
             self.metrics.attempt(attempt.label(), started.elapsed());
-            Ok(attempt)
+            Ok(Some(attempt))
         };
         if let Err(e) = slot.ready(&self.origin, timeout).await {
             return connect_failed(e);
@@ -276,6 +307,9 @@ impl ProviderApi {
             }
         }
         self.metrics.limiter_wait.record(waited);
+        if !self.take_quota(call.req.account).await {
+            return Ok(None);
+        }
 
         let _in_flight = RequestInFlight::start(self);
         let started = Instant::now();
@@ -291,22 +325,25 @@ impl ProviderApi {
                     limit,
                 }
             }
-            Ok(response) => Attempt::Response {
-                status: response.status,
-                retry_after: response
-                    .headers
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| parse_retry_after(v, SystemTime::now())),
-                body: response.body,
-            },
+            Ok(response) => {
+                self.follow_quota(call.req.account, &response.headers).await;
+                Attempt::Response {
+                    status: response.status,
+                    retry_after: response
+                        .headers
+                        .get(RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| parse_retry_after(v, SystemTime::now())),
+                    body: response.body,
+                }
+            }
             Err(e) => {
                 slot.discard();
                 Attempt::Transport(e)
             }
         };
         self.metrics.attempt(attempt.label(), started.elapsed());
-        Ok(attempt)
+        Ok(Some(attempt))
     }
 
     /// The HTTP request of one attempt: the endpoint's method and path, the
@@ -447,6 +484,14 @@ impl ProviderApi {
                 attempts: attempts - 1,
                 ..internal(format!("{}: {e}", self.what(&req)))
             })?;
+            let Some(attempt) = attempt else {
+                // Not an attempt: the quota ran out as it was about to go.
+                attempts -= 1;
+                if !pass.is_probe() {
+                    counted -= 1;
+                }
+                continue;
+            };
             let verdict = attempt.classify(req.endpoint, &retry.retry_on);
             // An account's 429 is its own limit, not the provider failing.
             let account_limited = account_pause.is_some() && verdict.status() == Some(429);
@@ -509,6 +554,34 @@ impl ProviderApi {
         );
         Err(failure.into_error(&self.what(&req), attempts))
     }
+}
+
+/// The requests left in a quota header: a number (HubSpot's
+/// `X-HubSpot-RateLimit-Daily-Remaining: 4711`), or Salesforce's
+/// `Sforce-Limit-Info: api-usage=25/5000`.
+fn remaining_of(value: &str) -> Option<u64> {
+    let value = value.trim();
+    if let Ok(left) = value.parse() {
+        return Some(left);
+    }
+    let usage = value
+        .split(',')
+        .find_map(|part| part.trim().strip_prefix("api-usage="))?;
+    let (used, max) = usage.split_once('/')?;
+    let (used, max): (u64, u64) = (used.trim().parse().ok()?, max.trim().parse().ok()?);
+    Some(max.saturating_sub(used))
+}
+
+#[cfg(test)]
+#[test]
+fn quota_headers_read_as_requests_left() {
+    assert_eq!(remaining_of("4711"), Some(4711));
+    assert_eq!(remaining_of("api-usage=25/5000"), Some(4975));
+    assert_eq!(
+        remaining_of("api-usage=25/5000, per-app-api-usage=1/100"),
+        Some(4975)
+    );
+    assert_eq!(remaining_of("plenty"), None);
 }
 
 /// Counts a request among the failing ones for as long as it lives.
