@@ -53,14 +53,7 @@ impl ProviderSink {
     /// The most records one request carries: what a pipeline needs in
     /// flight to fill its batches.
     pub fn max_batch_records(&self) -> usize {
-        match self.batchers.is_empty() {
-            true => 1,
-            false => self
-                .object()
-                .batch
-                .as_ref()
-                .map_or(1, |batch| batch.max_records),
-        }
+        self.batchers.first().map_or(1, |b| b.max_records())
     }
 
     /// The batcher a record sent to `endpoint` goes through, if any. A

@@ -35,6 +35,8 @@ pub struct Batcher {
     api: Arc<ProviderApi>,
     object: String,
     kind: EndpointKind,
+    /// The object's `batch:`, copied once: read several times per record.
+    batch: Batch,
     /// The batch filling up, per account (`None`: a pipeline without).
     open: Mutex<HashMap<Option<String>, Open>>,
 }
@@ -70,16 +72,13 @@ struct Answered {
 impl Batcher {
     /// `None` when the object has no batch endpoint of `kind`.
     pub fn new(api: Arc<ProviderApi>, object: &str, kind: EndpointKind) -> Option<Arc<Self>> {
-        api.provider()
-            .objects
-            .get(object)?
-            .batch
-            .as_ref()?
-            .endpoint(kind)?;
+        let batch = api.provider().objects.get(object)?.batch.clone()?;
+        batch.endpoint(kind)?;
         Some(Arc::new(Batcher {
             api,
             object: object.to_string(),
             kind,
+            batch,
             open: Mutex::new(HashMap::new()),
         }))
     }
@@ -88,15 +87,13 @@ impl Batcher {
         self.kind
     }
 
-    fn batch(&self) -> &Batch {
-        self.api.provider().objects[&self.object]
-            .batch
-            .as_ref()
-            .expect("checked in new")
+    /// The most records one request carries.
+    pub fn max_records(&self) -> usize {
+        self.batch.max_records
     }
 
     fn endpoint(&self) -> &BatchEndpoint {
-        self.batch().endpoint(self.kind).expect("checked in new")
+        self.batch.endpoint(self.kind).expect("checked in new")
     }
 
     /// Whether the records need their provider id.
@@ -114,7 +111,7 @@ impl Batcher {
         let (mut attempts, mut refused) = (0, 0);
         loop {
             let item = batch::item(
-                self.batch(),
+                &self.batch,
                 self.endpoint(),
                 req.key,
                 req.id,
@@ -230,7 +227,7 @@ impl Batcher {
             trace: trace.to_string(),
             answer,
         };
-        let batch = self.batch();
+        let batch = &self.batch;
         let account = account.map(str::to_string);
         let full = {
             let mut open = self.open.lock().expect("batch lock");
@@ -275,7 +272,7 @@ impl Batcher {
 
     /// Sends a batch and tells each record its part of the answer.
     async fn flush(&self, account: Option<&str>, mut queued: Vec<Queued>) {
-        let (batch, endpoint) = (self.batch(), self.endpoint());
+        let (batch, endpoint) = (&self.batch, self.endpoint());
         let items = queued.iter_mut().map(|q| q.item.take()).collect();
         let body = batch::body(batch, endpoint, items);
         let path = batch::path(
