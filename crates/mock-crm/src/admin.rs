@@ -1,18 +1,24 @@
 //! `/_admin`: inspection and control for tests and demos. Not rate limited,
 //! not authenticated, not counted (the admin edits of `edits.rs`, also here,
 //! are counted apart as `user_writes`).
+//!
+//! OAuth (`oauth.rs`): `PUT /oauth/grants/{account}` (`{"refresh_token":
+//! ".."}`) registers or replaces an account's refresh token, `DELETE
+//! /oauth/grants/{account}` revokes it and the account's access tokens,
+//! `POST /oauth/expire/{account}` expires the access tokens only, and
+//! `GET /oauth` answers the [`OAuthStats`](super::OAuthStats).
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Router, body::Bytes};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Fault, MockApi, Shared, Snapshot, WebhookConfig, WebhookStats, edits};
+use super::{Fault, MockApi, OAuthStats, Shared, Snapshot, WebhookConfig, WebhookStats, edits};
 
 type SharedState = State<Arc<Shared>>;
 
@@ -27,6 +33,12 @@ pub(super) fn routes(shared: Arc<Shared>) -> Router {
             "/webhooks",
             get(webhook_stats).put(set_webhook).delete(unset_webhook),
         )
+        .route("/oauth", get(oauth_stats))
+        .route(
+            "/oauth/grants/{account}",
+            put(oauth_grant).delete(oauth_revoke),
+        )
+        .route("/oauth/expire/{account}", post(oauth_expire))
         .with_state(shared.clone())
         .merge(edits::routes(shared))
 }
@@ -57,6 +69,45 @@ async fn set_webhook(State(shared): SharedState, body: Bytes) -> Response {
 async fn unset_webhook(State(shared): SharedState) -> StatusCode {
     (shared.webhooks.set_target(None)).expect("no target is always a valid setting");
     StatusCode::NO_CONTENT
+}
+
+async fn oauth_stats(State(shared): SharedState) -> Json<OAuthStats> {
+    Json(shared.settings.oauth.stats())
+}
+
+#[derive(Deserialize)]
+struct Grant {
+    refresh_token: String,
+}
+
+/// `{"refresh_token": ".."}`, read whatever the content type.
+async fn oauth_grant(
+    State(shared): SharedState,
+    Path(account): Path<String>,
+    body: Bytes,
+) -> Response {
+    match serde_json::from_slice::<Grant>(&body) {
+        Ok(grant) if !grant.refresh_token.is_empty() => {
+            shared.settings.oauth.grant(&account, &grant.refresh_token);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(_) => refuse("the refresh token is empty".into()),
+        Err(e) => refuse(format!("expected {{\"refresh_token\": \"..\"}}: {e}")),
+    }
+}
+
+async fn oauth_revoke(State(shared): SharedState, Path(account): Path<String>) -> StatusCode {
+    shared.settings.oauth.revoke(&account);
+    StatusCode::NO_CONTENT
+}
+
+async fn oauth_expire(State(shared): SharedState, Path(account): Path<String>) -> StatusCode {
+    shared.settings.oauth.expire(&account);
+    StatusCode::NO_CONTENT
+}
+
+fn refuse(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({"message": message}))).into_response()
 }
 
 async fn state(State(shared): SharedState) -> Json<Snapshot> {

@@ -36,6 +36,10 @@ pub struct MockCrmConfig {
     /// Where HubSpot contact changes are posted as webhooks; `None` (the
     /// default) = nowhere. Can be set later with `MockCrm::set_webhook`.
     pub webhook: Option<WebhookConfig>,
+    /// The OAuth2 refresh-token flow (`None`, the default: off). When on,
+    /// API requests must carry an access token the mock issued at its token
+    /// endpoints (or `token`, when set); see `oauth.rs`.
+    pub oauth: Option<OAuthConfig>,
 }
 
 impl Default for MockCrmConfig {
@@ -51,6 +55,7 @@ impl Default for MockCrmConfig {
             record_log: false,
             latency_field: None,
             webhook: None,
+            oauth: None,
         }
     }
 }
@@ -63,6 +68,51 @@ impl MockCrmConfig {
         }
         if let Some(webhook) = &self.webhook {
             webhook.validate()?;
+        }
+        if let Some(oauth) = &self.oauth {
+            oauth.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// The OAuth client the mock's token endpoints accept, and what they issue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthConfig {
+    pub client_id: String,
+    pub client_secret: String,
+    /// How long an access token is accepted after its refresh.
+    pub access_ttl: Duration,
+    /// Each refresh returns a new refresh token and the old one stops
+    /// working (some providers rotate them; HubSpot and Salesforce, by
+    /// default, do not). Off by default.
+    pub rotate_refresh_tokens: bool,
+}
+
+impl OAuthConfig {
+    /// The default access token lifetime, HubSpot's 30 minutes.
+    pub const DEFAULT_ACCESS_TTL: Duration = Duration::from_secs(30 * 60);
+
+    /// A client whose access tokens live `access_ttl`, refresh tokens not rotated.
+    pub fn new(
+        client_id: impl Into<String>,
+        client_secret: impl Into<String>,
+        access_ttl: Duration,
+    ) -> Self {
+        OAuthConfig {
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+            access_ttl,
+            rotate_refresh_tokens: false,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.client_id.is_empty() {
+            return Err(ConfigError::OAuth("the client id is empty".into()));
+        }
+        if self.access_ttl.is_zero() {
+            return Err(ConfigError::OAuth("the access token ttl is zero".into()));
         }
         Ok(())
     }
@@ -191,6 +241,8 @@ pub enum ConfigError {
     FailRate(f64),
     #[error("invalid webhook setting: {0}")]
     Webhook(String),
+    #[error("invalid OAuth setting: {0}")]
+    OAuth(String),
 }
 
 #[cfg(test)]
@@ -245,5 +297,22 @@ mod tests {
         };
         assert_eq!(config.validate(), Err(ConfigError::FailRate(1.5)));
         assert_eq!(MockCrmConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn config_rejects_an_oauth_client_without_id_or_ttl() {
+        let with = |oauth: OAuthConfig| MockCrmConfig {
+            oauth: Some(oauth),
+            ..MockCrmConfig::default()
+        };
+        let ttl = OAuthConfig::DEFAULT_ACCESS_TTL;
+        assert_eq!(with(OAuthConfig::new("id", "s", ttl)).validate(), Ok(()));
+        for bad in [
+            OAuthConfig::new("", "s", ttl),
+            OAuthConfig::new("id", "s", Duration::ZERO),
+        ] {
+            let error = with(bad.clone()).validate();
+            assert!(matches!(error, Err(ConfigError::OAuth(_))), "{bad:?}");
+        }
     }
 }

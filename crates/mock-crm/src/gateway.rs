@@ -3,6 +3,9 @@
 //! replay, and only then the API's own handler. Then counters, the request
 //! log, and the latency delay. A batch request goes through once, as a
 //! whole; its handler then asks the item faults about each of its records.
+//!
+//! With OAuth on, the bearer must be the fixed token or a live access token
+//! the mock issued (`oauth.rs`; one more short lock per request, only then).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +20,7 @@ use super::config::check_fail_rate;
 use super::faults::{Fault, FaultError, Faults, ItemFaults};
 use super::latency::LatencyProbe;
 use super::limit::Limiter;
+use super::oauth::{Bearer, OAuth};
 use super::records::unix_micros;
 use super::reply::Reply;
 use super::request::ApiRequest;
@@ -32,6 +36,27 @@ pub(super) struct Settings {
     token: Option<String>,
     record_log: bool,
     pub(super) latency_probe: Option<Arc<LatencyProbe>>,
+    /// Grants and issued access tokens; checked only when OAuth is on.
+    pub(super) oauth: OAuth,
+}
+
+/// What the gateway made of a request's bearer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Auth {
+    /// `account`: whose access token it was (OAuth only).
+    Accepted { account: Option<String> },
+    /// `expired`: an access token the mock issued to `account` that expired
+    /// or was revoked.
+    Refused {
+        expired: bool,
+        account: Option<String>,
+    },
+}
+
+impl Auth {
+    fn accepted(&self) -> bool {
+        matches!(self, Auth::Accepted { .. })
+    }
 }
 
 impl Settings {
@@ -45,6 +70,7 @@ impl Settings {
                 .latency_field
                 .as_deref()
                 .map(|field| Arc::new(LatencyProbe::new(field))),
+            oauth: OAuth::new(config.oauth.clone()),
         }
     }
 
@@ -64,14 +90,41 @@ impl Settings {
         fail_rate > 0.0 && rand::random::<f64>() < fail_rate
     }
 
-    fn accepts(&self, authorization: Option<&HeaderValue>) -> bool {
-        let bearer = authorization
+    pub(super) fn latency(&self) -> Duration {
+        self.latency
+    }
+
+    /// Without OAuth, the bearer must be the token, or any non-empty one
+    /// when none is set; with OAuth, the token (when set) or a live access
+    /// token the mock issued at `now`.
+    fn authenticate(&self, authorization: Option<&HeaderValue>, now: Instant) -> Auth {
+        let unknown = Auth::Refused {
+            expired: false,
+            account: None,
+        };
+        let Some(bearer) = authorization
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
-        match (bearer, &self.token) {
-            (Some(bearer), Some(expected)) => bearer == expected,
-            (Some(bearer), None) => !bearer.is_empty(),
-            (None, _) => false,
+            .and_then(|value| value.strip_prefix("Bearer "))
+        else {
+            return unknown;
+        };
+        let anonymous = Auth::Accepted { account: None };
+        match &self.token {
+            Some(expected) if bearer == expected => return anonymous,
+            None if bearer.is_empty() => return unknown,
+            None if !self.oauth.is_on() => return anonymous,
+            _ if !self.oauth.is_on() => return unknown,
+            _ => {}
+        }
+        match self.oauth.check(bearer, now) {
+            Bearer::Live(account) => Auth::Accepted {
+                account: Some(account),
+            },
+            Bearer::Expired(account) => Auth::Refused {
+                expired: true,
+                account: Some(account),
+            },
+            Bearer::Unknown => unknown,
         }
     }
 }
@@ -80,6 +133,10 @@ impl Settings {
 /// they word the gateway's refusals.
 pub(super) trait Provider: Send + 'static {
     fn unauthorized() -> Reply;
+    /// The 401 for an access token that expired or was revoked (OAuth).
+    fn expired() -> Reply {
+        Self::unauthorized()
+    }
     /// The 429 body and headers; the gateway adds `Retry-After`.
     fn rate_limited(limit: &RateLimit) -> Reply;
     /// The 429 once the daily limit is used up.
@@ -166,6 +223,10 @@ impl<P: Provider> Api<P> {
         self.respond(reply).await
     }
 
+    pub(super) fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     async fn respond(&self, reply: Reply) -> Response {
         if !self.settings.latency.is_zero() {
             tokio::time::sleep(self.settings.latency).await;
@@ -221,7 +282,10 @@ impl<P: Provider> Api<P> {
             probe.observe(&request.body, received_at_us);
         }
         let injected = self.settings.roll_injected_failure();
-        let authorized = self.settings.accepts(request.authorization.as_ref());
+        let auth = self
+            .settings
+            .authenticate(request.authorization.as_ref(), now);
+        let authorized = auth.accepted();
         let logged_body = self
             .settings
             .record_log
@@ -243,8 +307,14 @@ impl<P: Provider> Api<P> {
         {
             state.counters.scripted_failures += 1;
             reply
-        } else if !authorized {
-            P::unauthorized()
+        } else if let Auth::Refused { expired, account } = &auth {
+            if self.settings.oauth.is_on() {
+                self.settings.oauth.count_unauthorized(account.as_deref());
+            }
+            match expired {
+                true => P::expired(),
+                false => P::unauthorized(),
+            }
         } else if let Some(refusal) = state
             .limiter
             .as_mut()
@@ -308,6 +378,10 @@ impl<P: Provider> Api<P> {
                 received_at_us,
                 body,
                 replayed,
+                account: match auth {
+                    Auth::Accepted { account } => account,
+                    Auth::Refused { .. } => None,
+                },
             });
         }
         reply
@@ -387,6 +461,7 @@ fn body_as_json(body: &[u8]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::OAuthConfig;
 
     #[test]
     fn retry_after_rounds_up_to_whole_seconds() {
@@ -394,6 +469,12 @@ mod tests {
         assert_eq!(retry_after_secs(Duration::from_millis(1000)), 1);
         assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
         assert_eq!(retry_after_secs(Duration::ZERO), 1);
+    }
+
+    impl Settings {
+        fn accepts(&self, authorization: Option<&HeaderValue>) -> bool {
+            self.authenticate(authorization, Instant::now()).accepted()
+        }
     }
 
     #[test]
@@ -411,5 +492,57 @@ mod tests {
         });
         assert!(fixed.accepts(Some(&header("Bearer dev-token"))));
         assert!(!fixed.accepts(Some(&header("Bearer other"))));
+    }
+
+    #[test]
+    fn with_oauth_the_bearer_must_be_the_token_or_an_issued_access_token() {
+        let header = |value: &'static str| HeaderValue::from_static(value);
+        let oauth = Some(OAuthConfig::new("id", "secret", Duration::from_secs(60)));
+        let settings = Settings::new(&MockCrmConfig {
+            token: Some("dev-token".into()),
+            oauth: oauth.clone(),
+            ..MockCrmConfig::default()
+        });
+        assert!(settings.accepts(Some(&header("Bearer dev-token"))));
+        let unknown = Auth::Refused {
+            expired: false,
+            account: None,
+        };
+        let now = Instant::now();
+        let other = header("Bearer other");
+        assert_eq!(settings.authenticate(Some(&other), now), unknown);
+
+        settings.oauth.grant("acme", "rt-acme");
+        let form =
+            "grant_type=refresh_token&client_id=id&client_secret=secret&refresh_token=rt-acme";
+        let issued = settings
+            .oauth
+            .refresh(form.as_bytes(), now)
+            .unwrap()
+            .unwrap();
+        let bearer = HeaderValue::try_from(format!("Bearer {}", issued.access_token)).unwrap();
+        let account = Some("acme".to_owned());
+        assert_eq!(
+            settings.authenticate(Some(&bearer), now),
+            Auth::Accepted {
+                account: account.clone()
+            }
+        );
+        let later = now + Duration::from_secs(60);
+        assert_eq!(
+            settings.authenticate(Some(&bearer), later),
+            Auth::Refused {
+                expired: true,
+                account
+            }
+        );
+
+        // Without a fixed token, any other bearer is refused.
+        let settings = Settings::new(&MockCrmConfig {
+            oauth,
+            ..MockCrmConfig::default()
+        });
+        assert!(!settings.accepts(Some(&header("Bearer anything"))));
+        assert!(!settings.accepts(Some(&header("Bearer "))));
     }
 }

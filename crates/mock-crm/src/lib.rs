@@ -34,6 +34,19 @@
 //! ([`MockCrm::hubspot_user_create`] and the like), counted apart from
 //! syncflow's API writes ([`Counters`]).
 //!
+//! With [`MockCrmConfig::oauth`] set, it also plays the OAuth2
+//! refresh-token flow, per account (`oauth.rs`): tests register each
+//! account's refresh token ([`MockCrm::oauth_grant`], or
+//! `PUT /_admin/oauth/grants/{account}`), clients trade it for short-lived
+//! access tokens at `POST /hubspot/oauth/v1/token` or
+//! `POST /salesforce/services/oauth2/token` (form-encoded
+//! `grant_type=refresh_token&client_id&client_secret&refresh_token`), and
+//! API requests must then carry a live one (or the fixed `token`). An
+//! expired or revoked token gets the API's 401, and the request log names
+//! the account of each accepted token. Admin routes: `DELETE
+//! /_admin/oauth/grants/{account}` (revoke), `POST
+//! /_admin/oauth/expire/{account}`, and `GET /_admin/oauth` ([`OAuthStats`]).
+//!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use syncflow_mock_crm::{MockCrm, MockCrmConfig};
@@ -55,6 +68,7 @@ mod histogram;
 mod hubspot;
 mod latency;
 mod limit;
+mod oauth;
 mod records;
 mod reply;
 mod request;
@@ -78,9 +92,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use config::{ConfigError, MockCrmConfig, RateLimit, parse_duration};
+pub use config::{ConfigError, MockCrmConfig, OAuthConfig, RateLimit, parse_duration};
 pub use edits::EditError;
 pub use faults::{Fault, FaultError, MockApi};
+pub use oauth::OAuthStats;
 pub use snapshot::{ApiSnapshot, Counters, LoggedRequest, RecordSnapshot, Snapshot};
 pub use webhook::{MAX_RETRY_BACKOFF, WebhookConfig, WebhookStats, signature_v3};
 
@@ -146,6 +161,7 @@ impl MockCrm {
             fail_rate = config.fail_rate,
             latency = ?config.latency,
             webhook = ?config.webhook.as_ref().map(|webhook| &webhook.url),
+            oauth_client = ?config.oauth.as_ref().map(|oauth| &oauth.client_id),
             "mock CRM listening"
         );
         let deliveries = shared.webhooks.spawn_delivery();
@@ -202,8 +218,9 @@ impl MockCrm {
     }
 
     /// Forgets records, counters, logs, stored replies, rate-limit history,
-    /// queued webhook events and webhook counts. The settings (fail rate,
-    /// scripted faults, webhook target, Salesforce clock) stay.
+    /// queued webhook events and webhook counts, and zeroes the OAuth stats.
+    /// The settings (fail rate, scripted faults, webhook target, Salesforce
+    /// clock, OAuth grants) stay, and so do the access tokens issued.
     pub fn reset(&self) {
         self.shared.reset();
     }
@@ -232,6 +249,29 @@ impl MockCrm {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Registers or replaces `account`'s OAuth refresh token: the old one
+    /// stops working, access tokens already issued stay valid. Used only
+    /// when the mock was started with [`MockCrmConfig::oauth`].
+    pub fn oauth_grant(&self, account: &str, refresh_token: &str) {
+        self.shared.settings.oauth.grant(account, refresh_token);
+    }
+
+    /// Revokes `account`'s refresh token and every live access token of it
+    /// (requests carrying one are then told it expired).
+    pub fn oauth_revoke(&self, account: &str) {
+        self.shared.settings.oauth.revoke(account);
+    }
+
+    /// Expires `account`'s live access tokens now; its refresh token still
+    /// works, so a client that refreshes carries on.
+    pub fn oauth_expire(&self, account: &str) {
+        self.shared.settings.oauth.expire(account);
+    }
+
+    pub fn oauth_stats(&self) -> OAuthStats {
+        self.shared.settings.oauth.stats()
     }
 
     /// A CRM user creates a HubSpot contact (`properties` is an object, as in
@@ -330,6 +370,7 @@ impl Shared {
         self.hubspot.reset();
         self.salesforce.reset();
         self.webhooks.reset();
+        self.settings.oauth.reset_stats();
     }
 
     fn set_salesforce_clock(&self, now: Option<u64>) {

@@ -10,17 +10,25 @@
 //!     [--webhook-url http://127.0.0.1:8081/webhooks/hubspot --webhook-secret S \
 //!      [--webhook-max-batch 100] [--webhook-max-wait 50ms] [--webhook-duplicate-rate 0.1] \
 //!      [--webhook-drop-rate 0.1] [--webhook-reorder] [--webhook-max-attempts 10] \
-//!      [--webhook-retry-backoff 100ms] [--webhook-max-concurrent 10]]
+//!      [--webhook-retry-backoff 100ms] [--webhook-max-concurrent 10]] \
+//!     [--oauth-client-id ID --oauth-client-secret S [--oauth-access-ttl 30m] \
+//!      [--oauth-rotate-refresh-tokens] [--oauth-grant ACCOUNT=REFRESH_TOKEN]...]
 //! ```
 //!
-//! The webhook target can also be set later: `PUT /_admin/webhooks`.
+//! The webhook target can also be set later: `PUT /_admin/webhooks`. With
+//! an OAuth client, requests need an access token from
+//! `POST /hubspot/oauth/v1/token` or `POST /salesforce/services/oauth2/token`
+//! (or `--token`); refresh tokens are registered per account with
+//! `--oauth-grant` or `PUT /_admin/oauth/grants/{account}`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use syncflow_mock_crm::{MockCrm, MockCrmConfig, RateLimit, WebhookConfig, parse_duration};
+use syncflow_mock_crm::{
+    MockCrm, MockCrmConfig, OAuthConfig, RateLimit, WebhookConfig, parse_duration,
+};
 use tracing_subscriber::EnvFilter;
 
 /// HubSpot- and Salesforce-like mock CRM. Inspect it at /_admin/state.
@@ -58,6 +66,49 @@ struct Args {
     latency_field: Option<String>,
     #[command(flatten)]
     webhook: WebhookArgs,
+    #[command(flatten)]
+    oauth: OAuthArgs,
+}
+
+/// The OAuth2 refresh-token flow, per account (see `OAuthConfig`).
+#[derive(clap::Args)]
+struct OAuthArgs {
+    /// Turn OAuth on: the client the token endpoints accept. Requests then
+    /// need an access token the mock issued (or --token).
+    #[arg(long, value_name = "ID", requires = "oauth_client_secret")]
+    oauth_client_id: Option<String>,
+    /// The client secret token requests must carry.
+    #[arg(long, env = "MOCK_CRM_OAUTH_CLIENT_SECRET", hide_env_values = true)]
+    oauth_client_secret: Option<String>,
+    /// How long an access token is accepted.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    oauth_access_ttl: Duration,
+    /// Each refresh returns a new refresh token; the old one stops working.
+    #[arg(long)]
+    oauth_rotate_refresh_tokens: bool,
+    /// An account's refresh token, registered at start (repeatable).
+    #[arg(long, value_name = "ACCOUNT=REFRESH_TOKEN", value_parser = grant, requires = "oauth_client_id")]
+    oauth_grant: Vec<(String, String)>,
+}
+
+impl OAuthArgs {
+    fn config(&self) -> Option<OAuthConfig> {
+        let client_id = self.oauth_client_id.clone()?;
+        let secret = self.oauth_client_secret.clone().unwrap_or_default();
+        Some(OAuthConfig {
+            rotate_refresh_tokens: self.oauth_rotate_refresh_tokens,
+            ..OAuthConfig::new(client_id, secret, self.oauth_access_ttl)
+        })
+    }
+}
+
+fn grant(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((account, token)) if !account.is_empty() && !token.is_empty() => {
+            Ok((account.to_owned(), token.to_owned()))
+        }
+        _ => Err(format!("\"{s}\" is not ACCOUNT=REFRESH_TOKEN")),
+    }
 }
 
 /// HubSpot webhooks for every contact change (see `WebhookConfig`).
@@ -150,14 +201,73 @@ async fn serve(args: Args) -> std::io::Result<()> {
         record_log: args.log,
         latency_field: args.latency_field,
         webhook: args.webhook.config(),
+        oauth: args.oauth.config(),
     })
     .await?;
+    for (account, refresh_token) in &args.oauth.oauth_grant {
+        crm.oauth_grant(account, refresh_token);
+    }
     println!("mock CRM listening on {}", crm.addr());
     println!("  hubspot:    {}", crm.hubspot_url());
     println!("  salesforce: {}", crm.salesforce_url());
     println!("  state:      {}/_admin/state", crm.base_url());
     println!("  webhooks:   {}/_admin/webhooks", crm.base_url());
+    if args.oauth.oauth_client_id.is_some() {
+        println!("  oauth:      {}/_admin/oauth", crm.base_url());
+    }
 
     tokio::signal::ctrl_c().await?;
     crm.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn the_flags_are_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn oauth_is_on_with_a_client_id() {
+        let args = Args::try_parse_from(["mock-crm"]).unwrap();
+        assert_eq!(args.oauth.config(), None);
+
+        let args = Args::try_parse_from([
+            "mock-crm",
+            "--oauth-client-id",
+            "id",
+            "--oauth-client-secret",
+            "s",
+            "--oauth-rotate-refresh-tokens",
+            "--oauth-grant",
+            "acme=rt-acme",
+        ])
+        .unwrap();
+        let expected = OAuthConfig {
+            rotate_refresh_tokens: true,
+            ..OAuthConfig::new("id", "s", OAuthConfig::DEFAULT_ACCESS_TTL)
+        };
+        assert_eq!(args.oauth.config(), Some(expected));
+        assert_eq!(args.oauth.oauth_grant, [("acme".into(), "rt-acme".into())]);
+
+        for bad in [
+            &["--oauth-client-id", "id"][..],
+            &["--oauth-grant", "acme=rt"],
+            &[
+                "--oauth-client-id",
+                "id",
+                "--oauth-client-secret",
+                "s",
+                "--oauth-grant",
+                "acme",
+            ],
+        ] {
+            let argv = std::iter::once("mock-crm").chain(bad.iter().copied());
+            assert!(Args::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -107,4 +107,8 @@ pub struct LoggedRequest {
     /// The body as JSON; a string when it is not JSON, null when empty.
     pub body: Value,
     pub replayed: bool,
+    /// With OAuth on, the account whose access token the request carried
+    /// (none for the fixed `token`, or a refused bearer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }

@@ -1,9 +1,11 @@
 //! A mock CRM on a free port and a client that talks to it.
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use std::time::Duration;
+
 use serde_json::Value;
 
-use super::{MockCrm, MockCrmConfig};
+use super::{MockCrm, MockCrmConfig, OAuthConfig};
 
 pub(super) const TOKEN: &str = "test-token";
 
@@ -45,6 +47,19 @@ impl Harness {
     }
 }
 
+/// OAuth on (`CLIENT_ID`, `CLIENT_SECRET`, access tokens living
+/// `access_ttl`), a request log, no fixed token.
+pub(super) fn oauth_config(access_ttl: Duration, rotate: bool) -> MockCrmConfig {
+    MockCrmConfig {
+        record_log: true,
+        oauth: Some(OAuthConfig {
+            rotate_refresh_tokens: rotate,
+            ..OAuthConfig::new(CLIENT_ID, CLIENT_SECRET, access_ttl)
+        }),
+        ..MockCrmConfig::default()
+    }
+}
+
 /// Sends `request` and returns the status and the body as JSON (null when empty).
 pub(super) async fn send(request: RequestBuilder) -> (StatusCode, Value) {
     let response = request.send().await.expect("send the request");
@@ -61,7 +76,31 @@ pub(super) async fn body(response: Response) -> Value {
     }
 }
 
+/// The OAuth client of [`Harness::start_oauth`].
+pub(super) const CLIENT_ID: &str = "client-id";
+pub(super) const CLIENT_SECRET: &str = "client-secret";
+
 impl Harness {
+    /// A mock with [`oauth_config`].
+    pub(super) async fn start_oauth(access_ttl: Duration, rotate: bool) -> Harness {
+        Harness::start(oauth_config(access_ttl, rotate)).await
+    }
+
+    /// A token request to `path` (under the server root) with the
+    /// harness's client and `refresh_token`.
+    pub(super) fn refresh(&self, path: &str, refresh_token: &str) -> RequestBuilder {
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("client_id", CLIENT_ID),
+            ("client_secret", CLIENT_SECRET),
+            ("refresh_token", refresh_token),
+        ];
+        let body = serde_urlencoded::to_string(form).expect("a form");
+        self.root(Method::POST, path)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+    }
+
     /// Creates a HubSpot contact with `properties` and returns its id.
     pub(super) async fn create_hubspot_contact(&self, properties: Value) -> String {
         let request = self

@@ -1,5 +1,6 @@
 //! The HubSpot-like API under `/hubspot`: CRM v3 contacts, one at a time
-//! and in batches of up to 100 (`batch.rs`).
+//! and in batches of up to 100 (`batch.rs`), and, with OAuth on, the token
+//! endpoint `POST /oauth/v1/token` (`oauth.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::RateLimit;
 use super::gateway::{Api, Provider};
+use super::oauth::{self, Refreshed, TokenAnswers};
 use super::records::{
     FieldsError, invalid_email, next_record_number, now_rfc3339, parse_json, scalar_fields,
 };
@@ -28,6 +30,7 @@ type HubSpotApi = State<Arc<Api<HubSpot>>>;
 
 pub(super) fn routes(api: Arc<Api<HubSpot>>) -> Router {
     Router::new()
+        .route("/oauth/v1/token", post(oauth::token::<HubSpot>))
         .route("/crm/v3/objects/contacts", post(create))
         // Two segments: never taken for an `{id}`.
         .route("/crm/v3/objects/contacts/batch/create", post(batch::create))
@@ -81,6 +84,14 @@ impl Provider for HubSpot {
         )
     }
 
+    fn expired() -> Reply {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "EXPIRED_AUTHENTICATION",
+            "The OAuth token used to make this call expired.",
+        )
+    }
+
     fn rate_limited(limit: &RateLimit) -> Reply {
         let body = json!({
             "status": "error",
@@ -118,6 +129,24 @@ impl Provider for HubSpot {
         self.contacts.clear();
         self.ids_by_email.clear();
         self.writes = WriteCounts::default();
+    }
+}
+
+impl TokenAnswers for HubSpot {
+    fn token_issued(refreshed: &Refreshed, _host: Option<&str>) -> Reply {
+        let body = json!({
+            "token_type": "bearer",
+            "refresh_token": refreshed.refresh_token,
+            "access_token": refreshed.access_token,
+            "expires_in": refreshed.expires_in.as_secs(),
+        });
+        Reply::json(StatusCode::OK, &body)
+    }
+
+    fn bad_refresh_token() -> Reply {
+        let body =
+            json!({"status": "BAD_REFRESH_TOKEN", "message": "missing or unknown refresh token"});
+        Reply::json(StatusCode::BAD_REQUEST, &body)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The Salesforce-like API under `/salesforce`: REST API v60.0 Contact
 //! sObjects, with upsert by the external id field `Internal_Id__c`, sObject
 //! collections of up to 200 (`collections.rs`), and a "changed since" query
-//! for pollers (`changes.rs`).
+//! for pollers (`changes.rs`); with OAuth on, the token endpoint
+//! `POST /services/oauth2/token` (`oauth.rs`).
 //!
 //! Every record carries `LastModifiedDate` (milliseconds since the Unix
 //! epoch, a number) and `IsDeleted`. A delete leaves a tombstone, so pollers
@@ -19,6 +20,7 @@ use serde_json::{Map, Value, json};
 
 use super::RateLimit;
 use super::gateway::{Api, Provider};
+use super::oauth::{self, Refreshed, TokenAnswers};
 use super::records::{
     FieldsError, invalid_email, next_record_number, parse_json, scalar_fields, unix_millis,
 };
@@ -40,6 +42,7 @@ type SalesforceApi = State<Arc<Api<Salesforce>>>;
 
 pub(super) fn routes(api: Arc<Api<Salesforce>>) -> Router {
     Router::new()
+        .route("/services/oauth2/token", post(oauth::token::<Salesforce>))
         .route(CONTACT_PATH, post(create))
         // A fixed segment: matched before `{id}`.
         .route(&format!("{CONTACT_PATH}/changes"), get(changes::changes))
@@ -162,6 +165,36 @@ impl Provider for Salesforce {
             clock: self.clock,
             ..Salesforce::default()
         };
+    }
+}
+
+/// Salesforce answers a refresh without `expires_in`: its sessions end by
+/// the org's policy (the mock still enforces the ttl). Nor does it repeat
+/// the refresh token, unless the connected app rotates them.
+impl TokenAnswers for Salesforce {
+    fn token_issued(refreshed: &Refreshed, host: Option<&str>) -> Reply {
+        // Where the client found this API (the mock nests it under `/salesforce`).
+        let instance_url = host
+            .map(|host| format!("http://{host}/salesforce"))
+            .unwrap_or_default();
+        let mut body = json!({
+            "access_token": refreshed.access_token,
+            "instance_url": instance_url,
+            "id": "https://login.salesforce.com/id/00D/005",
+            "token_type": "Bearer",
+            "issued_at": unix_millis().to_string(),
+            "signature": "mock",
+        });
+        if refreshed.rotated {
+            body["refresh_token"] = refreshed.refresh_token.clone().into();
+        }
+        Reply::json(StatusCode::OK, &body)
+    }
+
+    fn bad_refresh_token() -> Reply {
+        let body =
+            json!({"error": "invalid_grant", "error_description": "expired access/refresh token"});
+        Reply::json(StatusCode::BAD_REQUEST, &body)
     }
 }
 
