@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, dlq, run, tap, test, validate};
+use crate::cli::{Cli, Command, accounts, dlq, run, tap, test, validate};
 
 /// Valid / success.
 const OK: u8 = 0;
@@ -47,6 +47,7 @@ pub fn main() -> ExitCode {
                 .map_err(|e| e.to_string())
         }),
         Command::Dlq { command, .. } => with_stdout(|out| dlq::run(dir, command, out)),
+        Command::Accounts { command, .. } => with_stdout(|out| accounts::run(dir, command, out)),
         Command::Tap {
             pipeline,
             url,
@@ -99,6 +100,7 @@ impl Command {
             Command::Validate { dir, .. }
             | Command::Test { dir, .. }
             | Command::Dlq { dir, .. }
+            | Command::Accounts { dir, .. }
             | Command::Tap { dir, .. }
             | Command::Run { dir, .. } => &dir.path,
         }

@@ -32,3 +32,11 @@ pub async fn open_bucket(
     .map_err(|e| e.to_string())?;
     js.get_key_value(name).await.map_err(|e| e.to_string())
 }
+
+/// This process, as it names itself in leases: its pid and start time.
+pub fn holder_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos:x}", std::process::id())
+}

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod compile;
 pub mod config;
 pub mod connect;
+pub mod credentials;
 pub mod dlq;
 pub mod error;
 pub mod executor;

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::Path;
-use std::time::Duration;
 
 use super::Format;
 use crate::clock::format_time;
@@ -13,9 +12,6 @@ use crate::config::env::ProcessEnv;
 use crate::dlq::{DeadLetterStore, Filter, Stored};
 use crate::executor::DLQ_STREAM;
 use crate::pipeline::MessageMeta;
-
-/// How long a command waits for NATS before saying it cannot reach it.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Selection {
@@ -171,15 +167,7 @@ fn require_selection(select: &Selection, all: bool, verb: &str) -> Result<(), St
 }
 
 async fn connect(config: &Config) -> Result<DeadLetterStore, String> {
-    let g = &config.globals.nats;
-    let options = crate::connect::nats_options(g)
-        .await
-        .map_err(|e| e.to_string())?;
-    let client = tokio::time::timeout(CONNECT_TIMEOUT, options.connect(&g.url))
-        .await
-        .map_err(|_| format!("cannot reach NATS at {} within {CONNECT_TIMEOUT:?}", g.url))?
-        .map_err(|e| format!("cannot connect to NATS at {}: {e}", g.url))?;
-    let js = async_nats::jetstream::new(client);
+    let js = super::jetstream(config).await?;
     let subjects: BTreeMap<String, String> = config
         .pipelines
         .values()

@@ -1,5 +1,6 @@
 //! Command-line arguments (parsing only; the commands live beside this).
 
+pub mod accounts;
 pub mod dlq;
 pub mod run;
 pub mod tap;
@@ -57,6 +58,13 @@ pub enum Command {
         #[command(subcommand)]
         command: dlq::DlqCommand,
     },
+    /// List, add and remove accounts' credentials (auth.per_account).
+    Accounts {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(subcommand)]
+        command: accounts::AccountsCommand,
+    },
     /// Print a running instance's live decisions for one pipeline: key,
     /// action, body or error, provider status and latency.
     Tap {
@@ -108,4 +116,23 @@ pub struct DirArg {
 pub enum Format {
     Text,
     Json,
+}
+
+/// How long a command waits for NATS before saying it cannot reach it.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// JetStream, with the config's connection settings (`syncflow.yaml`).
+async fn jetstream(
+    config: &crate::compile::Config,
+) -> Result<async_nats::jetstream::Context, String> {
+    let g = &config.globals.nats;
+    let url = crate::config::secret::redact_url(&g.url);
+    let options = crate::connect::nats_options(g)
+        .await
+        .map_err(|e| e.to_string())?;
+    let client = tokio::time::timeout(CONNECT_TIMEOUT, options.connect(&g.url))
+        .await
+        .map_err(|_| format!("cannot reach NATS at {url} within {CONNECT_TIMEOUT:?}"))?
+        .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))?;
+    Ok(async_nats::jetstream::new(client))
 }

@@ -460,6 +460,52 @@ pub struct Auth {
     pub header: Option<HeaderAuth>,
     #[serde(default)]
     pub basic: Option<BasicAuth>,
+    /// Each account's own credentials, kept in the credentials bucket
+    /// (`syncflow accounts`), for pipelines that name the account.
+    #[serde(default)]
+    pub per_account: Option<PerAccountAuth>,
+}
+
+/// `auth.per_account`: what each account's stored credential is and how it
+/// becomes an `Authorization` header.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PerAccountAuth {
+    pub kind: CredentialKind,
+    /// `oauth2`: where refresh tokens are traded for access tokens; a path
+    /// under `base_url` or a whole URL.
+    #[serde(default)]
+    pub token_url: Option<String>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    /// `oauth2`: an access token is refreshed this long before it expires
+    /// (at most half its lifetime before).
+    #[serde(default = "default_refresh_before")]
+    pub refresh_before: ConfigDuration,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    /// The stored secret is the bearer token itself.
+    Bearer,
+    /// The stored secret is an OAuth2 refresh token (RFC 6749 §6).
+    Oauth2,
+}
+
+impl CredentialKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::Bearer => "bearer",
+            CredentialKind::Oauth2 => "oauth2",
+        }
+    }
+}
+
+fn default_refresh_before() -> ConfigDuration {
+    ConfigDuration::from_secs(300)
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -380,6 +380,17 @@ fn target(
                 );
                 return None;
             }
+            if provider.account_auth.is_some() && cfg.account.is_none() {
+                file.error(
+                    diags,
+                    &path!["target", "provider"],
+                    format!(
+                        "provider \"{}\" takes credentials per account (auth.per_account): the pipeline must say whose records it carries (account: $.tenant_id)",
+                        provider.name
+                    ),
+                );
+                return None;
+            }
             Some(Target::Provider {
                 provider: provider.clone(),
                 object: object.clone(),

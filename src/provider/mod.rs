@@ -1,12 +1,14 @@
 //! A provider compiled from `providers/<name>.yaml`: endpoints with parsed
 //! path templates, auth, limits and retry policy, ready for the HTTP sink.
 
+mod auth;
 mod batch;
 mod template;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+pub use auth::{AccountAuth, OAuth2};
 pub use batch::{Batch, BatchEndpoint, Ids, ItemValue};
 pub use template::PathTemplate;
 pub(crate) use template::encode_segment;
@@ -15,7 +17,7 @@ use crate::action::Action;
 use crate::config::diagnostics::Diagnostics;
 use crate::config::load::Sourced;
 use crate::config::model::{
-    Auth, CircuitBreakerConfig, ConflictIdConfig, EndpointConfig, ProviderConfig, RetryConfig,
+    CircuitBreakerConfig, ConflictIdConfig, EndpointConfig, ProviderConfig, RetryConfig,
 };
 use crate::config::secret::Secret;
 use crate::config::yaml::Seg;
@@ -31,6 +33,8 @@ pub struct Provider {
     pub base_url: String,
     /// `(header name, value)` for auth and the configured extra headers.
     pub headers: Vec<(String, Secret)>,
+    /// `auth.per_account`: each account's own credentials.
+    pub account_auth: Option<AccountAuth>,
     pub rate_limit: Option<RateLimit>,
     /// Requests allowed per window, per account (limiter/quota.rs).
     pub quota: Option<Quota>,
@@ -241,13 +245,8 @@ pub fn compile(
         file.error(diags, &path!["base_url"], problem);
     }
 
-    let mut headers = Vec::new();
-    if let Some(auth) = &cfg.auth {
-        match auth_header(auth) {
-            Ok(header) => headers.push(header),
-            Err(e) => file.error(diags, &path!["auth"], e),
-        }
-    }
+    let mut headers: Vec<_> = auth::auth_header(src, diags).into_iter().collect();
+    let account_auth = auth::per_account(src, &cfg.base_url, diags);
     headers.extend(cfg.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
     for (name, value) in &headers {
         let value = value.expose();
@@ -420,6 +419,7 @@ pub fn compile(
         name: cfg.name.clone(),
         base_url: cfg.base_url.trim_end_matches('/').to_string(),
         headers,
+        account_auth,
         rate_limit,
         quota,
         max_in_flight: cfg.max_in_flight,
@@ -466,23 +466,6 @@ fn check_batch_beside_single(
             ),
             Some(_) => {}
         }
-    }
-}
-
-fn auth_header(auth: &Auth) -> Result<(String, Secret), String> {
-    match (&auth.bearer, &auth.header, &auth.basic) {
-        (Some(token), None, None) => Ok((
-            "authorization".into(),
-            Secret::new(format!("Bearer {}", token.expose())),
-        )),
-        (None, Some(h), None) => Ok((h.name.clone(), h.value.clone())),
-        (None, None, Some(b)) => {
-            use base64::Engine as _;
-            let creds = base64::engine::general_purpose::STANDARD
-                .encode(format!("{}:{}", b.username, b.password.expose()));
-            Ok(("authorization".into(), Secret::new(format!("Basic {creds}"))))
-        }
-        _ => Err("auth takes exactly one of bearer, header { name, value } or basic { username, password }".into()),
     }
 }
 

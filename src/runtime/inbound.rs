@@ -54,7 +54,7 @@ impl InboundRuntime {
             cursors,
             leases,
             engine: ScriptEngine::new(),
-            holder: holder_id(),
+            holder: crate::kv::holder_id(),
             pollers: BTreeMap::new(),
         })
     }
@@ -132,12 +132,4 @@ impl InboundRuntime {
 async fn stop(running: Running) {
     let _ = running.stop.send(true);
     let _ = running.task.await;
-}
-
-/// Unique per process: the pid and the start time.
-fn holder_id() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{}-{nanos:x}", std::process::id())
 }

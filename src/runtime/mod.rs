@@ -15,6 +15,7 @@ use async_nats::jetstream;
 
 use crate::compile::Config;
 use crate::config::model::Direction;
+use crate::credentials::CredentialStore;
 use crate::executor::{Ctx, PipelineMetrics, PipelineRunner, ensure_dead_letter_streams};
 use crate::idmap::IdMap;
 use crate::inbound::http::Hooks;
@@ -144,7 +145,8 @@ impl Engine {
             .map_err(|e| RunError::NatsUrl(e.to_string()))?;
         readiness.watch_nats(nats.clone());
         let js = jetstream::new(nats.clone());
-        let Some((idmap, links, inbound)) = wait_for_nats(&js, &config, hooks, shutdown).await
+        let Some((idmap, links, inbound, credentials)) =
+            wait_for_nats(&js, &config, hooks, shutdown).await
         else {
             return Ok(None);
         };
@@ -154,7 +156,7 @@ impl Engine {
             .and_then(|client| {
                 limiter::manage(client).map_err(|e| RunError::Redis(e.to_string()))
             })?;
-        let mut providers = Providers::new(redis, &config.globals.redis.key_prefix);
+        let mut providers = Providers::new(redis, &config.globals.redis.key_prefix, credentials);
         let empty = Config {
             globals: config.globals.clone(),
             providers: BTreeMap::new(),
@@ -383,7 +385,7 @@ async fn wait_for_nats(
     config: &Config,
     hooks: Hooks,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Option<(IdMap, LinkStore, InboundRuntime)> {
+) -> Option<(IdMap, LinkStore, InboundRuntime, Arc<CredentialStore>)> {
     let subjects: Vec<String> = config
         .pipelines
         .values()
@@ -403,7 +405,8 @@ async fn wait_for_nats(
                 .await
                 .map_err(|e| e.to_string())?;
             let inbound = InboundRuntime::open(hooks.clone(), js, settings).await?;
-            Ok::<_, String>((idmap, links, inbound))
+            let credentials = CredentialStore::open_watched(js, settings.replicas).await?;
+            Ok::<_, String>((idmap, links, inbound, credentials))
         };
         match attempt.await {
             Ok(opened) => return Some(opened),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use redis::aio::ConnectionManager;
 
 use super::plan::ProviderChange;
+use crate::credentials::CredentialStore;
 use crate::limiter::{AccountLimits, Limiter, LimiterError, Quotas, RateLimitSpec, SharedLimiter};
 use crate::provider::{Provider, RateLimit};
 use crate::sink::http::{ApiBuildError, ProviderApi};
@@ -36,6 +37,8 @@ pub struct ProviderRuntime {
 /// Every provider's runtime, by name.
 pub struct Providers {
     redis: ConnectionManager,
+    /// Credentials per account (`auth.per_account`).
+    credentials: Arc<CredentialStore>,
     /// `redis.key_prefix`.
     key_prefix: String,
     running: BTreeMap<String, ProviderRuntime>,
@@ -52,9 +55,14 @@ pub struct Staged {
 }
 
 impl Providers {
-    pub fn new(redis: ConnectionManager, key_prefix: &str) -> Self {
+    pub fn new(
+        redis: ConnectionManager,
+        key_prefix: &str,
+        credentials: Arc<CredentialStore>,
+    ) -> Self {
         Providers {
             redis,
+            credentials,
             key_prefix: key_prefix.to_string(),
             running: BTreeMap::new(),
         }
@@ -136,7 +144,8 @@ impl Providers {
                             })?,
                         )),
                     };
-                    let mut sink = ProviderApi::new(provider.clone(), sink_limiter)?;
+                    let mut sink = ProviderApi::new(provider.clone(), sink_limiter)?
+                        .with_account_credentials(self.credentials.clone())?;
                     if let Some(accounts) = &accounts {
                         sink = sink.with_account_limits(accounts.clone());
                     }

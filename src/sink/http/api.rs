@@ -11,8 +11,10 @@ use http_body_util::Full;
 use serde_json::Value;
 use tokio::time::Instant;
 
+use super::account::Accounts;
 use super::breaker::{Breaker, BreakerState, ProviderHealth};
 use super::conn::Origin;
+use super::credentials::{AccountCredentials, Token};
 use super::metrics::ProviderMetrics;
 use super::pause::Pause;
 use super::retry::{backoff_ceiling, full_jitter, parse_retry_after};
@@ -44,8 +46,11 @@ pub struct ProviderApi {
     get_endpoint: Endpoint,
     /// Retry-After pauses every request to the provider.
     pause: Pause,
-    /// A 429's Retry-After to an account's request pauses that account.
-    account_pauses: std::sync::Mutex<std::collections::HashMap<String, Arc<Pause>>>,
+    /// Each account's pause (a 429's Retry-After to one of its requests),
+    /// breaker and outage counts.
+    account_states: Accounts,
+    /// `auth.per_account`: each account's `Authorization`.
+    credentials: Option<AccountCredentials>,
     /// Requests that succeeded, and requests failing right now: an outage
     /// (nobody served, several failing) is told from a record that keeps
     /// failing on its own.
@@ -125,7 +130,8 @@ impl ProviderApi {
                 unmodified_since: None,
             },
             pause: Pause::new(&provider.name, None),
-            account_pauses: Default::default(),
+            account_states: Accounts::new(&provider.name, &provider.circuit_breaker),
+            credentials: None,
             served: AtomicU64::new(0),
             failing: AtomicUsize::new(0),
             sampled_warn: Sampled::every(Duration::from_secs(1)),
@@ -139,6 +145,24 @@ impl ProviderApi {
     pub fn with_account_limits(mut self, accounts: Arc<AccountLimits>) -> Self {
         self.accounts = Some(accounts);
         self
+    }
+
+    /// Sends each account's own credentials (`auth.per_account`), kept in
+    /// `store`.
+    pub fn with_account_credentials(
+        mut self,
+        store: Arc<crate::credentials::CredentialStore>,
+    ) -> Result<Self, ApiBuildError> {
+        if let Some(auth) = &self.provider.account_auth {
+            let credentials =
+                AccountCredentials::new(&self.provider.name, auth, store, self.provider.timeout)
+                    .map_err(|message| ApiBuildError::Client {
+                        provider: self.provider.name.clone(),
+                        message,
+                    })?;
+            self.credentials = Some(credentials);
+        }
+        Ok(self)
     }
 
     /// Spends the provider's `quota` (per account) on every attempt.
@@ -204,15 +228,6 @@ impl ProviderApi {
         &self.provider
     }
 
-    /// `account`'s pause, made on first use.
-    fn account_pause(&self, account: &str) -> Arc<Pause> {
-        let mut pauses = self.account_pauses.lock().expect("account pauses");
-        pauses
-            .entry(account.to_string())
-            .or_insert_with(|| Arc::new(Pause::new(&self.provider.name, Some(account))))
-            .clone()
-    }
-
     /// One warning per second at most for the provider, with a count of
     /// the ones left out.
     pub(super) fn sampled_warn(&self, warn: impl FnOnce(u64)) {
@@ -240,6 +255,11 @@ impl ProviderApi {
             .get(req.object)
             .and_then(|object| object.endpoint(req.endpoint))
             .ok_or_else(|| fail("the provider has no such endpoint".into()))?;
+        if self.credentials.is_some() && req.account.is_none() {
+            return Err(fail(
+                "the provider takes credentials per account and the record names none".into(),
+            ));
+        }
         if endpoint.path.needs_id() && req.id.is_none_or(str::is_empty) {
             return Err(fail(format!(
                 "the path needs the provider's id of key \"{}\" and none was given",
@@ -270,7 +290,11 @@ impl ProviderApi {
     /// first so a granted rate-limit cell is spent at once (slots.rs).
     /// `None`: the quota turned out spent when the request was about to go
     /// (its cell is lost; the request waits for the quota and goes again).
-    async fn attempt(&self, call: &Call<'_>) -> Result<Option<Attempt>, LimiterError> {
+    async fn attempt(
+        &self,
+        call: &Call<'_>,
+        token: Option<&Token>,
+    ) -> Result<Option<Attempt>, LimiterError> {
         let timeout = self.provider.timeout;
         let mut slot = self.slots.take().await;
         let started = Instant::now();
@@ -313,7 +337,7 @@ impl ProviderApi {
 
         let _in_flight = RequestInFlight::start(self);
         let started = Instant::now();
-        let request = self.request(call);
+        let request = self.request(call, token);
         let limit = self.provider.max_response_bytes;
         let sent = self.origin.send(slot.conn(), request, timeout, limit).await;
         let attempt = match sent {
@@ -348,7 +372,7 @@ impl ProviderApi {
 
     /// The HTTP request of one attempt: the endpoint's method and path, the
     /// provider's headers, the idempotency key and the JSON body.
-    fn request(&self, call: &Call<'_>) -> Request<Full<Bytes>> {
+    fn request(&self, call: &Call<'_>, token: Option<&Token>) -> Request<Full<Bytes>> {
         let body = call.body.clone().unwrap_or_default();
         let length = HeaderValue::from(body.len());
         let mut request = Request::new(Full::new(body));
@@ -358,6 +382,9 @@ impl ProviderApi {
         headers.reserve(self.headers.len() + 5);
         for (name, value) in &self.headers {
             headers.append(name, value.clone());
+        }
+        if let Some(token) = token {
+            headers.insert(http::header::AUTHORIZATION, token.header.clone());
         }
         if let Some(name) = &self.idempotency_header
             && !call.idempotency_key.is_empty()
@@ -461,60 +488,90 @@ impl ProviderApi {
         let req = call.req;
         let retry = &self.provider.retry;
         let max_attempts = retry.max_attempts.max(1);
-        let mut pass = self.breaker.pass();
+        // A record of an account answers to the account's own breaker,
+        // pause and outage counts; the others to the provider's.
+        let account = req.account.map(|account| self.account_states.get(account));
+        let (breaker, served, failing_now) = match &account {
+            Some(state) => (&state.breaker, &state.served, &state.failing),
+            None => (&self.breaker, &self.served, &self.failing),
+        };
+        let mut pass = breaker.pass();
         // Every attempt made, and those that count against max_attempts.
         let (mut attempts, mut counted) = (0, 0);
-        let mut served_before = self.served.load(Ordering::Relaxed);
-        // Counted among the provider's failing requests from its first
-        // transient failure until it ends.
+        let mut served_before = served.load(Ordering::Relaxed);
+        // Counted among the failing requests from its first transient
+        // failure until it ends.
         let mut failing: Option<Failing<'_>> = None;
-        let account_pause = req.account.map(|account| self.account_pause(account));
         let failure = loop {
             pass.ready().await;
             self.pause.wait().await;
-            if let Some(pause) = &account_pause {
-                pause.wait().await;
+            if let Some(state) = &account {
+                state.pause.wait().await;
             }
             if !pass.is_probe() {
                 counted += 1;
             }
             attempts += 1;
             self.wait_for_quota(req.account).await;
-            let attempt = self.attempt(&call).await.map_err(|e| ApiError {
-                attempts: attempts - 1,
-                ..internal(format!("{}: {e}", self.what(&req)))
-            })?;
+            let token = match (&self.credentials, req.account) {
+                (Some(credentials), Some(account)) => Some(credentials.token(account).await),
+                _ => None,
+            };
+            let attempt = self
+                .attempt(&call, token.as_ref())
+                .await
+                .map_err(|e| ApiError {
+                    attempts: attempts - 1,
+                    ..internal(format!("{}: {e}", self.what(&req)))
+                })?;
+            let not_an_attempt = |attempts: &mut u32, counted: &mut u32, probe: bool| {
+                *attempts -= 1;
+                if !probe {
+                    *counted -= 1;
+                }
+            };
             let Some(attempt) = attempt else {
                 // Not an attempt: the quota ran out as it was about to go.
-                attempts -= 1;
-                if !pass.is_probe() {
-                    counted -= 1;
-                }
+                not_an_attempt(&mut attempts, &mut counted, pass.is_probe());
                 continue;
             };
             let verdict = attempt.classify(req.endpoint, &retry.retry_on);
+            if let (Some(credentials), Some(account), Some(token), Some(401)) =
+                (&self.credentials, req.account, &token, verdict.status())
+            {
+                // The account's credentials, not the record nor the
+                // provider: refreshed (or held as invalid), then again.
+                credentials.rejected(account, token).await;
+                not_an_attempt(&mut attempts, &mut counted, pass.is_probe());
+                continue;
+            }
             // An account's 429 is its own limit, not the provider failing.
-            let account_limited = account_pause.is_some() && verdict.status() == Some(429);
+            let account_limited = account.is_some() && verdict.status() == Some(429);
             pass.attempted(match account_limited {
                 true => ProviderHealth::Up,
                 false => verdict.health(),
             });
             let failure = match verdict {
                 Verdict::Success { status, body } => {
-                    self.served.fetch_add(1, Ordering::Relaxed);
+                    served.fetch_add(1, Ordering::Relaxed);
                     pass.finished(ProviderHealth::Up);
+                    if let (Some(credentials), Some(account), Some(token)) =
+                        (&self.credentials, req.account, &token)
+                    {
+                        credentials.accepted(account, token).await;
+                    }
                     return Ok(self.success(&call, status, body, attempts));
                 }
                 Verdict::Final(failure) => break failure,
                 Verdict::Retryable(failure) => failure,
             };
-            failing.get_or_insert_with(|| Failing::start(&self.failing));
+            failing.get_or_insert_with(|| Failing::start(failing_now));
             let status = failure.status.map(|s| s.as_u16());
             let backoff = || full_jitter(backoff_ceiling(retry, counted), &mut rand::rng());
             let wait = match failure.retry_after {
                 Some(asked) if asked <= retry.max_retry_after.0 => {
-                    match (&account_pause, account_limited) {
-                        (Some(pause), true) => pause.pause_for(asked, 429),
+                    match (&account, account_limited) {
+                        (Some(state), true) => state.pause.pause_for(asked, 429),
                         _ => self.pause.pause_for(asked, status.unwrap_or_default()),
                     }
                     Duration::ZERO
@@ -528,26 +585,26 @@ impl ProviderApi {
                 None => backoff(),
             };
             if counted >= max_attempts {
-                let served_now = self.served.load(Ordering::Relaxed);
-                let others_failing = self.failing.load(Ordering::Relaxed) > 1;
+                let served_now = served.load(Ordering::Relaxed);
+                let others_failing = failing_now.load(Ordering::Relaxed) > 1;
                 if served_now != served_before || !others_failing {
                     break failure;
                 }
-                // Nobody was served meanwhile and others fail too: an
-                // outage, not this record's fault. It counts towards the
-                // breaker, and starts over.
+                // Nobody (of the account) was served meanwhile and others
+                // fail too: an outage, not this record's fault. It counts
+                // towards the breaker, and starts over.
                 pass.finished(ProviderHealth::Down);
                 (counted, served_before) = (0, served_now);
                 self.metrics.outage_waits.increment(1);
             }
             self.metrics.retries.increment(1);
             self.sampled_warn.warn(|suppressed| {
-                tracing::warn!(provider = %self.provider.name, object = req.object, endpoint = req.endpoint.as_str(), status, attempt = attempts, wait_ms = wait.as_millis() as u64, retry_after = failure.retry_after.is_some(), error = %failure.cause, suppressed, "retrying");
+                tracing::warn!(provider = %self.provider.name, object = req.object, endpoint = req.endpoint.as_str(), account = req.account, status, attempt = attempts, wait_ms = wait.as_millis() as u64, retry_after = failure.retry_after.is_some(), error = %failure.cause, suppressed, "retrying");
             });
             tokio::time::sleep(wait).await;
         };
         pass.finished(
-            match account_pause.is_some() && failure.status.is_some_and(|s| s.as_u16() == 429) {
+            match account.is_some() && failure.status.is_some_and(|s| s.as_u16() == 429) {
                 true => ProviderHealth::Up,
                 false => failure.health(),
             },

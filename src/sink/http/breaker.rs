@@ -46,10 +46,21 @@ pub(super) enum ProviderHealth {
 
 pub(super) struct Breaker {
     provider: String,
+    /// An account's own breaker (pipelines that name accounts).
+    account: Option<String>,
     threshold: u32,
     open_for: Duration,
     state: watch::Sender<State>,
-    gauge: Gauge,
+    gauge: BreakerGauge,
+}
+
+/// What the breaker's gauge shows.
+pub(super) enum BreakerGauge {
+    /// The provider's breaker: 0 closed, 1 open, 0.5 half-open.
+    State(Gauge),
+    /// An account's: counted among the provider's account breakers not
+    /// closed (one gauge per account would not scale to many accounts).
+    Count(Gauge),
 }
 
 /// One request's way through the breaker, across all its attempts.
@@ -68,7 +79,32 @@ enum Wait {
 impl Breaker {
     pub fn new(provider: &str, config: &CircuitBreakerConfig, gauge: Gauge) -> Self {
         gauge.set(0.0);
+        Self::with_gauge(provider, None, config, BreakerGauge::State(gauge))
+    }
+
+    /// `account`'s own breaker, counted in `open_count` while not closed.
+    pub fn for_account(
+        provider: &str,
+        account: &str,
+        config: &CircuitBreakerConfig,
+        open_count: Gauge,
+    ) -> Self {
+        Self::with_gauge(
+            provider,
+            Some(account),
+            config,
+            BreakerGauge::Count(open_count),
+        )
+    }
+
+    fn with_gauge(
+        provider: &str,
+        account: Option<&str>,
+        config: &CircuitBreakerConfig,
+        gauge: BreakerGauge,
+    ) -> Self {
         Breaker {
+            account: account.map(str::to_string),
             provider: provider.to_string(),
             threshold: config.failure_threshold.max(1),
             open_for: config.open_for.0,
@@ -95,19 +131,20 @@ impl Breaker {
     /// Sets `to`, with the log line and gauge value of the transition.
     fn enter(&self, state: &mut State, to: State) {
         let provider = &self.provider;
+        let account = self.account.as_deref();
         let open_for_ms = self.open_for.as_millis() as u64;
         match (*state, to) {
             (State::Closed { .. }, State::Open { .. }) => {
-                tracing::warn!(provider = %provider, failures = self.threshold, open_for_ms, "circuit breaker opened; requests wait");
+                tracing::warn!(provider = %provider, account, failures = self.threshold, open_for_ms, "circuit breaker opened; requests wait");
             }
             (State::HalfOpen, State::Open { .. }) => {
-                tracing::warn!(provider = %provider, open_for_ms, "circuit breaker probe failed; re-opened");
+                tracing::warn!(provider = %provider, account, open_for_ms, "circuit breaker probe failed; re-opened");
             }
             (_, State::HalfOpen) => {
-                tracing::info!(provider = %provider, "circuit breaker half-open; probing");
+                tracing::info!(provider = %provider, account, "circuit breaker half-open; probing");
             }
             (_, State::Closed { .. }) => {
-                tracing::info!(provider = %provider, "circuit breaker closed");
+                tracing::info!(provider = %provider, account, "circuit breaker closed");
             }
             _ => {}
         }
@@ -119,11 +156,21 @@ impl Breaker {
         if std::mem::discriminant(state) != std::mem::discriminant(&to) {
             metrics::counter!("syncflow_provider_breaker_transitions_total", "provider" => provider.clone(), "to" => to_name).increment(1);
         }
-        self.gauge.set(match to {
-            State::Closed { .. } => 0.0,
-            State::Open { .. } => 1.0,
-            State::HalfOpen => 0.5,
-        });
+        match &self.gauge {
+            BreakerGauge::State(gauge) => gauge.set(match to {
+                State::Closed { .. } => 0.0,
+                State::Open { .. } => 1.0,
+                State::HalfOpen => 0.5,
+            }),
+            BreakerGauge::Count(gauge) => {
+                let closed = |s: &State| matches!(s, State::Closed { .. });
+                match (closed(state), closed(&to)) {
+                    (true, false) => gauge.increment(1.0),
+                    (false, true) => gauge.decrement(1.0),
+                    _ => {}
+                }
+            }
+        }
         *state = to;
     }
 

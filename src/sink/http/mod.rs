@@ -59,12 +59,15 @@
 //!   `syncflow_provider_retries_total`, `syncflow_provider_breaker_open`
 //!   (0 closed, 1 open, 0.5 half-open), `syncflow_provider_limiter_wait_seconds`.
 
+mod account;
 mod api;
 pub mod batch;
 mod batcher;
 mod breaker;
 mod conn;
+mod credentials;
 mod metrics;
+mod oauth;
 mod pause;
 mod retry;
 mod slots;
