@@ -26,7 +26,7 @@ pub enum MockApi {
 
 /// Answers the requests it matches with `status` and `body`. Every filter
 /// that is set must match; a fault without filters matches every request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fault {
     /// Only requests with this method (`POST`, `PATCH`, ...).
