@@ -381,6 +381,57 @@ const TWO_WAY_CASES: &[Case] = &[
 
 const BATCH_HUBSPOT: &str = "providers/hubspot.yaml";
 
+/// Broken credentials per account (on a copy of `examples/accounts`).
+const ACCOUNTS_CASES: &[Case] = &[
+    Case {
+        name: "oauth2 without its client id",
+        file: "providers/hubspot.yaml",
+        from: "    client_id: \"${HUBSPOT_CLIENT_ID:-syncflow-app}\"\n",
+        to: "",
+        expect: &[
+            "providers/hubspot.yaml:13:5: error: kind: oauth2 needs client_id (the OAuth2 app's, the same for every account)",
+        ],
+    },
+    Case {
+        name: "bearer with the OAuth2 keys",
+        file: "providers/salesforce.yaml",
+        from: "    kind: oauth2",
+        to: "    kind: bearer",
+        expect: &[
+            "providers/salesforce.yaml:11:16: error: token_url is for kind: oauth2; a bearer account's stored token is sent as it is",
+            "providers/salesforce.yaml:12:16: error: client_id is for kind: oauth2; a bearer account's stored token is sent as it is",
+            "providers/salesforce.yaml:13:20: error: client_secret is for kind: oauth2; a bearer account's stored token is sent as it is",
+        ],
+    },
+    Case {
+        name: "pipeline without an account to a provider with credentials per account",
+        file: "pipelines/contacts-to-hubspot.yaml",
+        from: "account: $.after.tenant_id ",
+        to: "# account: $.after.tenant_id ",
+        expect: &[
+            r#"pipelines/contacts-to-hubspot.yaml:23:13: error: provider "hubspot" takes credentials per account (auth.per_account): the pipeline must say whose records it carries (account: $.tenant_id)"#,
+        ],
+    },
+    Case {
+        name: "a provider-wide token beside per_account",
+        file: "providers/hubspot.yaml",
+        from: "auth:\n",
+        to: "auth:\n  bearer: x\n",
+        expect: &[
+            "providers/hubspot.yaml:12:3: error: auth takes exactly one of bearer, header { name, value }, basic { username, password } or per_account { kind, ... }",
+        ],
+    },
+    Case {
+        name: "token_url neither a path nor a URL",
+        file: "providers/hubspot.yaml",
+        from: "token_url: /oauth/v1/token ",
+        to: "token_url: oauth/v1/token ",
+        expect: &[
+            r#"providers/hubspot.yaml:14:16: error: token_url "oauth/v1/token" must be a path under base_url (/oauth/v1/token) or an http(s) URL"#,
+        ],
+    },
+];
+
 /// Broken batch endpoints (on a copy of `examples/batch`).
 const BATCH_CASES: &[Case] = &[
     Case {
@@ -458,6 +509,14 @@ fn each_broken_config_is_reported_at_its_place() {
 fn each_broken_two_way_config_is_reported_at_its_place() {
     let failures = mismatches(TWO_WAY_CASES, || {
         syncflow_testkit::example_config("two-way").unwrap()
+    });
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn each_broken_accounts_config_is_reported_at_its_place() {
+    let failures = mismatches(ACCOUNTS_CASES, || {
+        syncflow_testkit::example_config("accounts").unwrap()
     });
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -564,6 +623,14 @@ fn assert_example_valid(name: &str, summary: &str) {
 #[test]
 fn the_batch_example_is_valid() {
     assert_example_valid("batch", "valid: 2 pipelines, 2 providers, 11 tests passed");
+}
+
+#[test]
+fn the_accounts_example_is_valid() {
+    assert_example_valid(
+        "accounts",
+        "valid: 2 pipelines, 2 providers, 11 tests passed",
+    );
 }
 
 #[test]

@@ -150,14 +150,17 @@ pub(super) fn per_account(
 
 /// A token URL as given (`https://…`) or as a path under `base_url`.
 fn resolve_token_url(base_url: &str, url: &str) -> Result<String, String> {
-    let whole = match url.starts_with('/') {
-        true => format!("{}{url}", base_url.trim_end_matches('/')),
-        false => url.to_string(),
+    let whole = match (url.starts_with('/'), url.contains("://")) {
+        (true, _) => format!("{}{url}", base_url.trim_end_matches('/')),
+        (false, true) => url.to_string(),
+        (false, false) => String::new(),
     };
-    let uri: http::Uri = whole
-        .parse()
-        .map_err(|e| format!("invalid token_url \"{url}\": {e}"))?;
-    match (uri.scheme_str(), uri.host()) {
+    let uri: Option<http::Uri> = whole.parse().ok();
+    match uri
+        .as_ref()
+        .map(|u| (u.scheme_str(), u.host()))
+        .unwrap_or_default()
+    {
         (Some("http" | "https"), Some(_)) => Ok(whole),
         _ => Err(format!(
             "token_url \"{url}\" must be a path under base_url (/oauth/v1/token) or an http(s) URL"
