@@ -49,15 +49,7 @@ async fn harness(per_second: u32) -> Harness {
         ..MockCrmConfig::default()
     })
     .await;
-    h.remove_pipeline("contacts-to-salesforce");
-    h.set_line(
-        "pipelines/contacts-to-hubspot.yaml",
-        "key: $.after.id",
-        "key: $.after.id\naccount: $.after.company",
-    );
-    let file = h.dir.path().join("pipelines/contacts-to-hubspot.yaml");
-    let text = std::fs::read_to_string(&file).unwrap();
-    std::fs::write(&file, &text[..text.find("\ntests:").unwrap()]).unwrap();
+    h.hubspot_accounts("$.after.company");
     h.set_rate_limit("hubspot", per_second, "1s", 1);
     h
 }

@@ -25,15 +25,7 @@ async fn harness(access_ttl: Duration, refresh_before: &str) -> Harness {
         ..MockCrmConfig::default()
     })
     .await;
-    h.remove_pipeline("contacts-to-salesforce");
-    h.set_line(
-        "pipelines/contacts-to-hubspot.yaml",
-        "key: $.after.id",
-        "key: $.after.id\naccount: $.after.company",
-    );
-    let file = h.dir.path().join("pipelines/contacts-to-hubspot.yaml");
-    let text = std::fs::read_to_string(&file).unwrap();
-    std::fs::write(&file, &text[..text.find("\ntests:").unwrap()]).unwrap();
+    h.hubspot_accounts("$.after.company");
     h.set_line(
         "providers/hubspot.yaml",
         "auth:",
@@ -163,7 +155,14 @@ async fn each_account_sends_its_own_refreshed_token_and_rotations_need_no_restar
     // (a request per lane that had it in hand).
     assert_eq!(stats.unauthorized.get("acme"), None, "{stats:#?}");
     assert!(stats.unauthorized.contains_key("globex"), "{stats:#?}");
-    assert!(stats.refused_refreshes.is_empty(), "{stats:#?}");
+    // The old refresh token stops working when the customer re-authorizes,
+    // before the operator stores the new one: a refresh in between is
+    // refused (and the credentials held as invalid until the new ones
+    // come, a moment later).
+    assert!(
+        stats.refused_refreshes.values().sum::<u64>() <= 1,
+        "{stats:#?}"
+    );
     // One refresh per token lifetime at most (due 2 s after issue: half of
     // 4 s), shared by both instances, plus globex's after the revocation
     // and acme's after the rotation; two instances refreshing each on its
@@ -274,15 +273,7 @@ async fn a_failing_account_opens_its_own_breaker_only() {
         ..MockCrmConfig::default()
     })
     .await;
-    h.remove_pipeline("contacts-to-salesforce");
-    h.set_line(
-        "pipelines/contacts-to-hubspot.yaml",
-        "key: $.after.id",
-        "key: $.after.id\naccount: $.after.company",
-    );
-    let file = h.dir.path().join("pipelines/contacts-to-hubspot.yaml");
-    let text = std::fs::read_to_string(&file).unwrap();
-    std::fs::write(&file, &text[..text.find("\ntests:").unwrap()]).unwrap();
+    h.hubspot_accounts("$.after.company");
     h.set_rate_limit("hubspot", 50, "1s", 5);
     h.set_fast_retries("hubspot", 3);
     h.set_line(

@@ -60,12 +60,7 @@ pub fn run(dir: &Path, command: &AccountsCommand, out: &mut dyn Write) -> Result
         }
         AccountsCommand::List { .. } => None,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(async {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+    super::block_on(async {
         let js = super::jetstream(&config).await?;
         let store = CredentialStore::open(&js, config.globals.jetstream.replicas).await?;
         let io = |e: std::io::Error| e.to_string();

@@ -113,12 +113,7 @@ pub fn run(dir: &Path, command: &DlqCommand, out: &mut dyn Write) -> Result<bool
     // not a precondition (the operator may be fixing them).
     let config = compile_dir(dir, &ProcessEnv, false)
         .map_err(|d| format!("{d}{} errors in the config", d.len()))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(async {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+    super::block_on(async {
         let store = connect(&config).await?;
         match command {
             DlqCommand::List { select, format } => {

@@ -136,3 +136,16 @@ async fn jetstream(
         .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))?;
     Ok(async_nats::jetstream::new(client))
 }
+
+/// Runs a command's async part on a runtime of its own (commands other than
+/// `run` are short and single-threaded).
+fn block_on<T>(work: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        work.await
+    })
+}

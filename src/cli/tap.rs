@@ -46,11 +46,7 @@ pub fn run(dir: &Path, args: &TapArgs<'_>, out: &mut dyn Write) -> Result<bool, 
         query.push(format!("action={}", encode(action)));
     }
     let path = format!("/api/tap/{}?{}", encode(args.pipeline), query.join("&"));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(stream(&addr, &path, args, out))
+    super::block_on(stream(&addr, &path, args, out))
 }
 
 async fn stream(

@@ -89,6 +89,20 @@ impl Harness {
         );
     }
 
+    /// Leaves the HubSpot pipeline alone, its records' account read at
+    /// `account` (its tests cut: they have records without one).
+    pub fn hubspot_accounts(&self, account: &str) {
+        self.remove_pipeline("contacts-to-salesforce");
+        self.set_line(
+            "pipelines/contacts-to-hubspot.yaml",
+            "key: $.after.id",
+            &format!("key: $.after.id\naccount: {account}"),
+        );
+        let file = self.dir.path().join("pipelines/contacts-to-hubspot.yaml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(&file, &text[..text.find("\ntests:").unwrap()]).unwrap();
+    }
+
     /// Removes a pipeline file, so only the pipelines a test is about run.
     pub fn remove_pipeline(&self, name: &str) {
         std::fs::remove_file(
