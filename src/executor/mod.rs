@@ -1,6 +1,12 @@
 //! The per-pipeline loop: pull from the source, evaluate, route by key to a
 //! lane, and (in the lane) send, record ids, dead-letter and ack.
 //!
+//! Evaluation runs on every core: pulled messages are evaluated in small
+//! chunks, each a task of its own, and routed to their lanes in stream
+//! order as the chunks finish (in the order they were pulled, whatever
+//! order they finish in). One task evaluating everything capped a pipeline
+//! at one core while the other sat idle (bench/README.md, `batch`).
+//!
 //! A running pipeline can take a new version of itself without stopping
 //! ([`PipelineRunner::swap`]): records pulled after the swap are evaluated
 //! and sent by the new version, records already evaluated finish with the
@@ -21,8 +27,10 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 pub use dead_letter::{DLQ_STREAM, REPLAY_OF_HEADER, ensure_streams as ensure_dead_letter_streams};
@@ -220,7 +228,7 @@ impl Dispatched {
 /// Pulls from the source into the lanes until the source stops, then lets
 /// the lanes finish and the source deliver its last acks.
 async fn run(
-    mut source: impl Source,
+    mut source: impl Source + 'static,
     mut version: watch::Receiver<Arc<Ctx>>,
     readiness: Readiness,
     abort: watch::Receiver<bool>,
@@ -260,13 +268,40 @@ async fn run(
         version,
         lanes,
         dispatched: dispatched.clone(),
+        evaluating: FuturesOrdered::new(),
     };
     if let Some(room) = &room {
         tracing::info!(pipeline = %name, records_per_account = room.cap(), "records name their account: each account sends at most this many at once, its next ones wait");
     }
-    while let Some(msg) = source.next().await {
-        dispatcher.dispatch(msg).await;
+    // The source is pulled in a task of its own, so that waiting for the
+    // next message and for evaluations to finish can be one `select!`
+    // (pulling is not cancel-safe; receiving from a channel is).
+    let (pulled_tx, mut pulled) = mpsc::channel(EVAL_CHUNK);
+    let puller = tokio::spawn(async move {
+        while let Some(msg) = source.next().await {
+            if pulled_tx.send(msg).await.is_err() {
+                break;
+            }
+        }
+        source
+    });
+    let mut chunk = Vec::with_capacity(EVAL_CHUNK);
+    loop {
+        tokio::select! {
+            biased;
+            Some(evaluated) = dispatcher.evaluating.next() => {
+                dispatcher.route_all(evaluated).await;
+            }
+            n = pulled.recv_many(&mut chunk, EVAL_CHUNK), if dispatcher.evaluating.len() < EVAL_CHUNKS_IN_FLIGHT => {
+                if n == 0 {
+                    break;
+                }
+                dispatcher.evaluate(std::mem::take(&mut chunk)).await;
+            }
+        }
     }
+    dispatcher.finish_evaluating().await;
+    let source = puller.await.expect("the puller does not panic");
     readiness.remove(&name);
     backlog.abort();
     drop(dispatcher);
@@ -294,35 +329,76 @@ struct Dispatcher {
     dispatched: Dispatched,
     /// For a pipeline whose records name accounts with limits of their own.
     room: Option<Arc<waiting::WaitingRoom>>,
+    /// Chunks of pulled messages being evaluated, in the order pulled.
+    evaluating: FuturesOrdered<JoinHandle<Evaluated>>,
 }
 
+/// A chunk's jobs, boxed by the task that evaluated them (not by the
+/// dispatcher): lanes take them boxed.
+#[allow(clippy::vec_box)]
+type Evaluated = Vec<Box<lane::Job>>;
+
+/// Messages evaluated by one task: enough to make a task's cost small
+/// beside theirs, few enough that a lone message is not held back.
+const EVAL_CHUNK: usize = 16;
+/// Chunks evaluated at once: a few per core.
+const EVAL_CHUNKS_IN_FLIGHT: usize = 8;
+
 impl Dispatcher {
-    async fn dispatch(&mut self, msg: SourceMessage) {
+    /// Starts evaluating `msgs` (in a task) with the current version,
+    /// leaving out redeliveries of messages still being handled.
+    async fn evaluate(&mut self, mut msgs: Vec<SourceMessage>) {
         let received = Instant::now();
-        if !self.dispatched.insert(msg.seq, received) {
-            // A redelivery of a message still being handled here: its first
-            // delivery will ack it.
+        // A redelivery of a message still being handled here: its first
+        // delivery will ack it.
+        msgs.retain(|msg| self.dispatched.insert(msg.seq, received));
+        if msgs.is_empty() {
             return;
         }
         if self.version.has_changed().unwrap_or(false) {
+            // What the old version evaluated goes to the lanes first.
+            self.finish_evaluating().await;
             self.take_new_version().await;
         }
-        let ctx = &self.ctx;
-        ctx.metrics.received.increment(1);
-        let eval = if ctx.pipeline.is_inbound() && ctx.two_way.is_some() {
-            let p = &ctx.pipeline;
-            match p
-                .decode(&msg.payload)
-                .and_then(|m| Ok((p.read_key(&m)?, m)))
-            {
-                Ok((key, message)) => lane::Eval::Inbound { message, key },
-                Err(e) => lane::Eval::Done(Err(e)),
-            }
-        } else {
-            lane::Eval::Done(ctx.pipeline.evaluate(&meta(&msg, None), &msg.payload))
-        };
+        let ctx = self.ctx.clone();
+        ctx.metrics.received.increment(msgs.len() as u64);
+        self.evaluating.push_back(tokio::spawn(async move {
+            msgs.into_iter()
+                .map(|msg| {
+                    let eval = evaluate(&ctx, &msg);
+                    Box::new(lane::Job {
+                        ctx: ctx.clone(),
+                        msg,
+                        eval,
+                        received,
+                    })
+                })
+                .collect()
+        }));
+    }
+
+    /// Routes every chunk being evaluated, in order.
+    async fn finish_evaluating(&mut self) {
+        while let Some(evaluated) = self.evaluating.next().await {
+            self.route_all(evaluated).await;
+        }
+    }
+
+    async fn route_all(&mut self, evaluated: Result<Evaluated, tokio::task::JoinError>) {
+        // An evaluation that panicked is a bug; its messages are never
+        // acked and come again after ack_wait.
+        let jobs = evaluated.expect("evaluation does not panic");
+        for job in jobs {
+            self.route(job).await;
+        }
+    }
+
+    /// Sends an evaluated message to its key's lane (through the waiting
+    /// room, for a pipeline whose records name accounts).
+    async fn route(&mut self, job: Box<lane::Job>) {
+        let (eval, msg, received) = (&job.eval, &job.msg, job.received);
         let lanes = self.lanes.len();
-        let lane = match &eval {
+        let lane = match eval {
             lane::Eval::Done(Ok(out)) => lane_of(&out.key, lanes),
             lane::Eval::Inbound { key, .. } => lane_of(key, lanes),
             lane::Eval::Done(Err(e)) => match &e.key {
@@ -330,12 +406,6 @@ impl Dispatcher {
                 None => (msg.seq as usize) % lanes,
             },
         };
-        let job = Box::new(lane::Job {
-            ctx: ctx.clone(),
-            msg,
-            eval,
-            received,
-        });
         let account = match &job.eval {
             lane::Eval::Done(Ok(out)) => out.account.clone(),
             _ => None,
@@ -376,6 +446,23 @@ impl Dispatcher {
         }
         tracing::info!(pipeline = %next.pipeline.name, "new version takes over");
         self.ctx = next;
+    }
+}
+
+/// Evaluates a pulled message with `ctx`'s pipeline; a two-way link's
+/// inbound change only decoded and keyed (its lane evaluates the rest).
+fn evaluate(ctx: &Ctx, msg: &SourceMessage) -> lane::Eval {
+    let p = &ctx.pipeline;
+    if p.is_inbound() && ctx.two_way.is_some() {
+        match p
+            .decode(&msg.payload)
+            .and_then(|m| Ok((p.read_key(&m)?, m)))
+        {
+            Ok((key, message)) => lane::Eval::Inbound { message, key },
+            Err(e) => lane::Eval::Done(Err(e)),
+        }
+    } else {
+        lane::Eval::Done(p.evaluate(&meta(msg, None), &msg.payload))
     }
 }
 

@@ -22,7 +22,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::batch::{self, ItemOutcome};
@@ -50,7 +49,8 @@ struct Open {
 }
 
 struct Queued {
-    item: Value,
+    /// The record's item, as JSON.
+    item: Vec<u8>,
     id: Option<String>,
     trace: String,
     answer: oneshot::Sender<Result<Answered, Refused>>,
@@ -216,7 +216,7 @@ impl Batcher {
     fn submit(
         self: &Arc<Self>,
         account: Option<&str>,
-        item: Value,
+        item: Vec<u8>,
         id: Option<&str>,
         trace: &str,
     ) -> oneshot::Receiver<Result<Answered, Refused>> {
@@ -273,7 +273,10 @@ impl Batcher {
     /// Sends a batch and tells each record its part of the answer.
     async fn flush(&self, account: Option<&str>, mut queued: Vec<Queued>) {
         let (batch, endpoint) = (&self.batch, self.endpoint());
-        let items = queued.iter_mut().map(|q| q.item.take()).collect();
+        let items = queued
+            .iter_mut()
+            .map(|q| std::mem::take(&mut q.item))
+            .collect();
         let body = batch::body(batch, endpoint, items);
         let path = batch::path(
             endpoint,
