@@ -222,3 +222,66 @@ async fn the_status_page_shows_the_instance_and_replays_a_dead_letter() {
     assert_eq!(left[0]["error"]["kind"], "decode");
     client.close().await.unwrap();
 }
+
+/// An account whose own circuit breaker is open shows in its provider's
+/// row, beside the provider's breaker (still closed: the others go).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_page_shows_accounts_whose_breaker_is_open() {
+    let h = Harness::start(MockCrmConfig::default()).await;
+    h.hubspot_accounts("$.after.company");
+    h.set_fast_retries("hubspot", 2);
+    h.set_line(
+        "providers/hubspot.yaml",
+        "timeout:",
+        "timeout: 10s\ncircuit_breaker: { failure_threshold: 2, open_for: 1m }",
+    );
+    h.crm
+        .add_fault(
+            syncflow_mock_crm::MockApi::Hubspot,
+            syncflow_mock_crm::Fault {
+                body_contains: Some("INITECH".into()),
+                status: 503,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let mut syncflow = h.spawn();
+    syncflow.wait_ready(Duration::from_secs(20)).await;
+    for key in 1..=4u32 {
+        let mut ev = common::contacts::created(key);
+        ev.record["company"] = json!("initech");
+        let payload = json!({"op": "c", "after": ev.record});
+        h.publish(
+            &format!("cdc.contacts.{key}"),
+            &format!("initech-{key}"),
+            payload.to_string().as_bytes(),
+        )
+        .await;
+    }
+    syncflow
+        .wait_metric(
+            "syncflow_provider_account_breakers_open{provider=\"hubspot\"}",
+            1.0,
+            Duration::from_secs(20),
+        )
+        .await;
+
+    let driver = ChromedriverServer::start().expect("chromedriver");
+    let client = browser(&driver).await;
+    client
+        .goto(&format!("http://{}/", syncflow.http))
+        .await
+        .unwrap();
+    let row = "#providers tr[data-provider='hubspot']";
+    let text = wait_text(&client, row, &["closed", "1 account open"]).await;
+    assert!(
+        client
+            .find(Locator::Css(&format!("{row} [data-account-breakers='1']")))
+            .await
+            .is_ok(),
+        "{text}"
+    );
+    client.close().await.unwrap();
+    h.crm.clear_faults();
+    assert!(syncflow.sigterm().success(), "{}", syncflow.log());
+}

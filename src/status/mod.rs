@@ -195,6 +195,12 @@ async fn status(State(board): State<StatusBoard>) -> axum::Json<Value> {
                 "responses_429": samples.sum("syncflow_provider_requests_total", &[("provider", name), ("status", "429")]),
                 "in_flight": samples.get("syncflow_provider_in_flight", &by).unwrap_or(0.0),
                 "breaker": breaker,
+                // Pipelines that name accounts: each account has its own
+                // breaker (sink/http/account.rs), and may wait for its
+                // credentials or quota.
+                "account_breakers_open": samples.get("syncflow_provider_account_breakers_open", &by).unwrap_or(0.0),
+                "credential_waits": samples.sum("syncflow_provider_credential_waits_total", &by),
+                "quota_waits": samples.sum("syncflow_provider_quota_waits_total", &by),
                 "limiter": if local { "local" } else { "redis" },
             })
         })
