@@ -36,7 +36,10 @@ pub(super) struct Accounts {
 impl Accounts {
     pub fn new(provider: &str, breaker: &CircuitBreakerConfig) -> Self {
         let open_breakers = metrics::gauge!("syncflow_provider_account_breakers_open", "provider" => provider.to_string());
-        open_breakers.set(0.0);
+        // Shown from the start, but not reset: a reload builds a new API
+        // while the old one's account breakers may still close (and count
+        // themselves out).
+        open_breakers.increment(0.0);
         Accounts {
             provider: provider.to_string(),
             breaker: breaker.clone(),
