@@ -535,3 +535,33 @@ async fn a_removed_pipeline_stops_and_an_added_one_starts() {
     assert_eq!(snap.salesforce.counters.creates, 8);
     assert!(syncflow.sigterm().success(), "{}", syncflow.log());
 }
+
+/// A new key path routes records differently: the running pipeline lets
+/// what it holds settle, then the new version takes the next records, and
+/// none is lost or stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_key_path_takes_over_once_the_lanes_are_empty() {
+    let h = Harness::start(MockCrmConfig::default()).await;
+    h.remove_pipeline("contacts-to-salesforce");
+    h.set_rate_limit("hubspot", 2000, "1s", 50);
+    let first: Vec<_> = (1..=10).map(common::contacts::created).collect();
+    common::contacts::publish_all(&h, &first).await;
+    let mut syncflow = h.spawn();
+    syncflow.wait_ready(Duration::from_secs(20)).await;
+    h.wait_settled(Duration::from_secs(20)).await;
+
+    // The same field, written another way: another key path.
+    h.edit(HUBSPOT_PIPELINE, "key: $.after.id", "key: $['after']['id']");
+    syncflow
+        .wait_metric("syncflow_config_generation", 2.0, Duration::from_secs(10))
+        .await;
+    let second: Vec<_> = (11..=30).map(common::contacts::created).collect();
+    common::contacts::publish_all(&h, &second).await;
+    h.wait_settled(Duration::from_secs(20)).await;
+    assert!(h.dead_letters().await.is_empty());
+    assert_eq!(h.crm.snapshot().hubspot.counters.creates, 30);
+    syncflow
+        .wait_log("new version takes over", Duration::from_secs(1))
+        .await;
+    assert!(syncflow.sigterm().success(), "{}", syncflow.log());
+}

@@ -348,17 +348,19 @@ impl Dispatcher {
     /// Starts evaluating `msgs` (in a task) with the current version,
     /// leaving out redeliveries of messages still being handled.
     async fn evaluate(&mut self, mut msgs: Vec<SourceMessage>) {
+        if self.version.has_changed().unwrap_or(false) {
+            // What the old version evaluated goes to the lanes first. Before
+            // `msgs` count as dispatched: a new key path waits for every
+            // dispatched record to settle, and these could not.
+            self.finish_evaluating().await;
+            self.take_new_version().await;
+        }
         let received = Instant::now();
         // A redelivery of a message still being handled here: its first
         // delivery will ack it.
         msgs.retain(|msg| self.dispatched.insert(msg.seq, received));
         if msgs.is_empty() {
             return;
-        }
-        if self.version.has_changed().unwrap_or(false) {
-            // What the old version evaluated goes to the lanes first.
-            self.finish_evaluating().await;
-            self.take_new_version().await;
         }
         let ctx = self.ctx.clone();
         ctx.metrics.received.increment(msgs.len() as u64);
