@@ -43,6 +43,17 @@ async fn browser(driver: &ChromedriverServer) -> Client {
         .expect("a Chromium session through chromedriver")
 }
 
+/// A browser on `syncflow`'s status page (the driver must outlive it).
+async fn open_page(syncflow: &common::harness::Syncflow) -> (ChromedriverServer, Client) {
+    let driver = ChromedriverServer::start().expect("chromedriver");
+    let client = browser(&driver).await;
+    client
+        .goto(&format!("http://{}/", syncflow.http))
+        .await
+        .unwrap();
+    (driver, client)
+}
+
 /// Waits until the element `css` has text containing every one of `want`;
 /// returns its text.
 async fn wait_text(client: &Client, css: &str, want: &[&str]) -> String {
@@ -140,12 +151,7 @@ async fn the_status_page_shows_the_instance_and_replays_a_dead_letter() {
         assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
     }
 
-    let driver = ChromedriverServer::start().expect("chromedriver");
-    let client = browser(&driver).await;
-    client
-        .goto(&format!("http://{}/", syncflow.http))
-        .await
-        .unwrap();
+    let (_driver, client) = open_page(&syncflow).await;
     let row = format!("#pipelines tr[data-pipeline='{PIPELINE}']");
     wait_text(
         &client,
@@ -266,12 +272,7 @@ async fn the_status_page_shows_accounts_whose_breaker_is_open() {
         )
         .await;
 
-    let driver = ChromedriverServer::start().expect("chromedriver");
-    let client = browser(&driver).await;
-    client
-        .goto(&format!("http://{}/", syncflow.http))
-        .await
-        .unwrap();
+    let (_driver, client) = open_page(&syncflow).await;
     let row = "#providers tr[data-provider='hubspot']";
     let text = wait_text(&client, row, &["closed", "1 account open"]).await;
     assert!(
