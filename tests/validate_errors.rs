@@ -422,6 +422,15 @@ const ACCOUNTS_CASES: &[Case] = &[
         ],
     },
     Case {
+        name: "credentials per account without a rate limit",
+        file: "providers/hubspot.yaml",
+        from: "rate_limit: { requests: 100, per: 10s, burst: 10 }\n",
+        to: "",
+        expect: &[
+            "providers/hubspot.yaml:13:5: error: credentials per account need a rate_limit (applied per account): it bounds the records an account with refused credentials holds back",
+        ],
+    },
+    Case {
         name: "token_url neither a path nor a URL",
         file: "providers/hubspot.yaml",
         from: "token_url: /oauth/v1/token ",

@@ -135,6 +135,17 @@ pub(super) fn per_account(
             })
         }
     };
+    if src.value.rate_limit.is_none() {
+        // The rate limit, applied per account, is also what bounds the
+        // records one account holds at once (executor/accounts.rs): without
+        // it an account whose credentials are refused could hold every
+        // record the pipeline may hold, and hold back the others.
+        file.error(
+            diags,
+            &path!["auth", "per_account"],
+            "credentials per account need a rate_limit (applied per account): it bounds the records an account with refused credentials holds back",
+        );
+    }
     if !src.value.inbound.as_ref().is_none_or(|i| i.poll.is_empty()) {
         file.error(
             diags,
