@@ -251,6 +251,12 @@ async fn invalid_credentials_hold_back_only_their_account_until_replaced() {
     let listed = list_accounts(&h, &["rt-acme", "rt-globex", "rt-initech"]);
     assert_eq!(listed.matches(" ok ").count(), 3, "{listed}");
 
+    // A secret a header cannot carry is refused, and not echoed.
+    let (code, out, err) = h.cli(&["accounts", "add", "hubspot", "acme"], "rt with spaces\n");
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("cannot hold"), "{err}");
+    assert!(!err.contains("rt with") && !out.contains("rt with"));
+
     // Removed credentials: the account's records wait again.
     let (code, out, _) = h.cli(&["accounts", "remove", "hubspot", "acme"], "");
     assert_eq!(code, 0);

@@ -124,6 +124,11 @@ fn read_secret(env: Option<&str>) -> Result<Secret, String> {
     if secret.is_empty() {
         return Err("the secret is empty: give it on stdin (one line) or with --secret-env".into());
     }
+    // Sent in a header (the token, or the token it is traded for): never
+    // echoed, it is a secret.
+    if secret.bytes().any(|b| !(0x21..=0x7e).contains(&b)) {
+        return Err("the secret has spaces or characters a header cannot hold".into());
+    }
     Ok(Secret::new(secret))
 }
 

@@ -172,6 +172,11 @@ impl AccountCredentials {
                 )),
             };
         }
+        if current.header.is_none() && stored.bearer().is_some() {
+            return Look::Wait {
+                held: Some("the stored token is not a valid header value".into()),
+            };
+        }
         let now = now_ms();
         // A token that got a 401 is due for a refresh, and not sent again.
         let stale = self.is_stale(account, current.revision);
