@@ -250,6 +250,31 @@ async fn invalid_credentials_hold_back_only_their_account_until_replaced() {
     assert!(h.dead_letters().await.is_empty());
     let listed = list_accounts(&h, &["rt-acme", "rt-globex", "rt-initech"]);
     assert_eq!(listed.matches(" ok ").count(), 3, "{listed}");
+    let (code, out, _) = h.cli(
+        &[
+            "accounts",
+            "list",
+            "--provider",
+            "hubspot",
+            "--format",
+            "json",
+        ],
+        "",
+    );
+    assert_eq!(code, 0);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    for line in &lines {
+        assert_eq!(
+            (&line["provider"], &line["kind"], &line["state"]),
+            (&json!("hubspot"), &json!("oauth2"), &json!("ok")),
+            "{line}"
+        );
+    }
+    assert!(!out.contains("rt-") && !out.contains("at-"), "{out}");
 
     // A secret a header cannot carry is refused, and not echoed.
     let (code, out, err) = h.cli(&["accounts", "add", "hubspot", "acme"], "rt with spaces\n");
