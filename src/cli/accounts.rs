@@ -158,7 +158,7 @@ fn list(
     }
     writeln!(
         out,
-        "{:<16} {:<24} {:<7} {:<28} {:<21} UPDATED",
+        "{:<16} {:<24} {:<7} {:<28} {:<24} UPDATED",
         "PROVIDER", "ACCOUNT", "KIND", "STATE", "TOKEN EXPIRES"
     )?;
     for (provider, account, current) in listed {
@@ -166,7 +166,7 @@ fn list(
         let expires = s.expires_at_ms.map_or("-".to_string(), format_time);
         writeln!(
             out,
-            "{provider:<16} {account:<24} {:<7} {:<28} {expires:<21} {}",
+            "{provider:<16} {account:<24} {:<7} {:<28} {expires:<24} {}",
             s.kind.as_str(),
             state(current, now),
             format_time(s.updated_at_ms)
