@@ -1,8 +1,8 @@
 //! What a provider's API keeps per account, for records that name theirs:
-//! the account's own pause (a 429's Retry-After), circuit breaker and
-//! outage counts. An account whose requests keep failing opens its own
-//! breaker and holds back its own records only; the other accounts of the
-//! provider keep going.
+//! the account's own pause (a 429's Retry-After), circuit breaker, outage
+//! counts, and this instance's side of its credentials' refresh. An account
+//! whose requests keep failing opens its own breaker and holds back its own
+//! records only; the other accounts of the provider keep going.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use metrics::Gauge;
 
 use super::breaker::Breaker;
+use super::credentials;
 use super::pause::Pause;
 use crate::config::model::CircuitBreakerConfig;
 
@@ -21,6 +22,9 @@ pub(super) struct AccountState {
     /// provider's are counted the same way, in `ProviderApi`).
     pub served: AtomicU64,
     pub failing: AtomicUsize,
+    /// This instance's side of the account's credentials
+    /// (`auth.per_account`).
+    pub credentials: credentials::Local,
 }
 
 /// Every account's state, made on first use.
@@ -63,6 +67,7 @@ impl Accounts {
             ),
             served: AtomicU64::new(0),
             failing: AtomicUsize::new(0),
+            credentials: credentials::Local::default(),
         });
         states.insert(account.to_string(), state.clone());
         state

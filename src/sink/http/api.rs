@@ -513,8 +513,10 @@ impl ProviderApi {
             }
             attempts += 1;
             self.wait_for_quota(req.account).await;
-            let token = match (&self.credentials, req.account) {
-                (Some(credentials), Some(account)) => Some(credentials.token(account).await),
+            let token = match (&self.credentials, req.account, &account) {
+                (Some(credentials), Some(name), Some(state)) => {
+                    Some(credentials.token(name, &state.credentials).await)
+                }
                 _ => None,
             };
             let attempt = self
@@ -536,12 +538,16 @@ impl ProviderApi {
                 continue;
             };
             let verdict = attempt.classify(req.endpoint, &retry.retry_on);
-            if let (Some(credentials), Some(account), Some(token), Some(401)) =
-                (&self.credentials, req.account, &token, verdict.status())
-            {
+            if let (Some(credentials), Some(name), Some(state), Some(token), Some(401)) = (
+                &self.credentials,
+                req.account,
+                &account,
+                &token,
+                verdict.status(),
+            ) {
                 // The account's credentials, not the record nor the
                 // provider: refreshed (or held as invalid), then again.
-                credentials.rejected(account, token).await;
+                credentials.rejected(name, &state.credentials, token).await;
                 not_an_attempt(&mut attempts, &mut counted, pass.is_probe());
                 continue;
             }

@@ -17,7 +17,6 @@
 //!   are not held back: an account's records in flight are few (the
 //!   account gate, executor/accounts.rs).
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,13 +55,6 @@ pub(super) struct AccountCredentials {
     store: Arc<CredentialStore>,
     endpoint: Option<TokenEndpoint>,
     refresh_before_ms: i64,
-    /// Accounts this instance is refreshing right now: one task each.
-    refreshing: Mutex<HashSet<String>>,
-    /// Accounts whose last refresh failed, and when to try again.
-    retry_at: Mutex<HashMap<String, Instant>>,
-    /// Accounts whose token got a 401 while someone else refreshed it: the
-    /// revision of that token, not to be sent again.
-    stale: Mutex<HashMap<String, u64>>,
     warn: Sampled,
     refreshes: Counter,
     held: Counter,
@@ -103,9 +95,6 @@ impl AccountCredentials {
             store,
             endpoint,
             refresh_before_ms: refresh_before.as_millis() as i64,
-            refreshing: Mutex::new(HashSet::new()),
-            retry_at: Mutex::new(HashMap::new()),
-            stale: Mutex::new(HashMap::new()),
             warn: Sampled::every(Duration::from_secs(1)),
             refreshes: metrics::counter!("syncflow_provider_token_refreshes_total", "provider" => provider.to_string()),
             held: metrics::counter!("syncflow_provider_credential_waits_total", "provider" => provider.to_string()),
@@ -114,7 +103,7 @@ impl AccountCredentials {
 
     /// The header for `account`'s next request; waits while it has no
     /// usable credentials.
-    pub async fn token(&self, account: &str) -> Token {
+    pub async fn token(&self, account: &str, local: &Local) -> Token {
         // The watch may not have brought the account in yet (just started,
         // just added): asked of the bucket once before holding its records.
         if self.store.get(&self.provider, account).is_none()
@@ -124,11 +113,11 @@ impl AccountCredentials {
         }
         loop {
             let changed = self.store.changed();
-            let look = self.look(account);
+            let look = self.look(account, local);
             let wait = match look {
                 Look::Go(token) => return token,
                 Look::Refresh(current, usable, after_401) => {
-                    if let Some(token) = self.refresh(account, &current, after_401).await {
+                    if let Some(token) = self.refresh(account, local, &current, after_401).await {
                         return token;
                     }
                     if let Some(token) = usable {
@@ -151,7 +140,7 @@ impl AccountCredentials {
         }
     }
 
-    fn look(&self, account: &str) -> Look {
+    fn look(&self, account: &str, local: &Local) -> Look {
         let Some(current) = self.store.get(&self.provider, account) else {
             return Look::Wait {
                 held: Some("no credentials stored for the account".into()),
@@ -179,7 +168,7 @@ impl AccountCredentials {
         }
         let now = now_ms();
         // A token that got a 401 is due for a refresh, and not sent again.
-        let stale = self.is_stale(account, current.revision);
+        let stale = local.lock().is_stale(current.revision);
         let usable = current
             .header
             .clone()
@@ -200,7 +189,7 @@ impl AccountCredentials {
 
     /// The provider answered 401 to `token`: refreshes (OAuth2) or marks
     /// the credentials invalid. The request then asks for a token again.
-    pub async fn rejected(&self, account: &str, token: &Token) {
+    pub async fn rejected(&self, account: &str, local: &Local, token: &Token) {
         let Some(current) = self.store.get(&self.provider, account) else {
             return;
         };
@@ -223,24 +212,9 @@ impl AccountCredentials {
                 self.invalidate(account, &current, why).await
             }
             CredentialKind::Oauth2 => {
-                if self.refresh(account, &current, true).await.is_none() {
-                    let mut stale = self.stale.lock().expect("stale");
-                    stale.insert(account.to_string(), current.revision);
+                if self.refresh(account, local, &current, true).await.is_none() {
+                    local.lock().stale = Some(current.revision);
                 }
-            }
-        }
-    }
-
-    /// Whether `account`'s token at `revision` got a 401 (and forgets the
-    /// 401 of an older one).
-    fn is_stale(&self, account: &str, revision: u64) -> bool {
-        let mut stale = self.stale.lock().expect("stale");
-        match stale.get(account) {
-            None => false,
-            Some(&at) if at == revision => true,
-            Some(_) => {
-                stale.remove(account);
-                false
             }
         }
     }
@@ -277,19 +251,15 @@ impl AccountCredentials {
     /// Refreshes `account`'s access token if this task gets to: not while
     /// another task here or another instance (its lease) does. `after_401`:
     /// the provider refused the current token.
-    async fn refresh(&self, account: &str, current: &Current, after_401: bool) -> Option<Token> {
+    async fn refresh(
+        &self,
+        account: &str,
+        local: &Local,
+        current: &Current,
+        after_401: bool,
+    ) -> Option<Token> {
         let endpoint = self.endpoint.as_ref()?;
-        let _local = LocalRefresh::take(&self.refreshing, account)?;
-        {
-            let mut retry_at = self.retry_at.lock().expect("retry_at");
-            match retry_at.get(account) {
-                Some(at) if Instant::now() < *at => return None,
-                Some(_) => {
-                    retry_at.remove(account);
-                }
-                None => {}
-            }
-        }
+        let _refreshing = LocalRefresh::take(local)?;
         let now = now_ms();
         if current
             .stored
@@ -341,11 +311,7 @@ impl AccountCredentials {
                 next.invalid = Some(why);
             }
             Refreshed::Failed(why) => {
-                let at = Instant::now() + RETRY_REFRESH;
-                self.retry_at
-                    .lock()
-                    .expect("retry_at")
-                    .insert(account.to_string(), at);
+                local.lock().retry_at = Some(Instant::now() + RETRY_REFRESH);
                 self.warn.warn(|suppressed| {
                     tracing::warn!(provider = %self.provider, account, error = %why, suppressed, "token refresh failed: tried again shortly");
                 });
@@ -374,25 +340,60 @@ impl AccountCredentials {
     }
 }
 
-/// This task refreshes `account` on this instance; `None` when another
-/// task already does.
-struct LocalRefresh<'a> {
-    set: &'a Mutex<HashSet<String>>,
-    account: String,
+/// What this instance keeps of one account's credentials besides the
+/// bucket, with the account's other state (account.rs): whether a task here
+/// is refreshing them, when a failed refresh may be tried again, and the
+/// revision whose token got a 401 while another refreshed it (not to be
+/// sent again).
+#[derive(Default)]
+pub(super) struct Local(Mutex<LocalState>);
+
+#[derive(Default)]
+struct LocalState {
+    refreshing: bool,
+    retry_at: Option<Instant>,
+    stale: Option<u64>,
 }
 
+impl Local {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LocalState> {
+        self.0.lock().expect("account credentials")
+    }
+}
+
+impl LocalState {
+    /// Whether the token at `revision` got a 401 (and forgets the 401 of
+    /// an older one).
+    fn is_stale(&mut self, revision: u64) -> bool {
+        match self.stale {
+            Some(at) if at == revision => true,
+            Some(_) => {
+                self.stale = None;
+                false
+            }
+            None => false,
+        }
+    }
+}
+
+/// This task refreshes the account on this instance; `None` when another
+/// task already does, or a failed refresh is not to be tried again yet.
+struct LocalRefresh<'a>(&'a Local);
+
 impl<'a> LocalRefresh<'a> {
-    fn take(set: &'a Mutex<HashSet<String>>, account: &str) -> Option<Self> {
-        let fresh = set.lock().expect("refreshing").insert(account.to_string());
-        fresh.then(|| LocalRefresh {
-            set,
-            account: account.to_string(),
-        })
+    fn take(local: &'a Local) -> Option<Self> {
+        let mut state = local.lock();
+        if state.refreshing || state.retry_at.is_some_and(|at| Instant::now() < at) {
+            return None;
+        }
+        state.refreshing = true;
+        state.retry_at = None;
+        Some(LocalRefresh(local))
     }
 }
 
 impl Drop for LocalRefresh<'_> {
     fn drop(&mut self) {
-        self.set.lock().expect("refreshing").remove(&self.account);
+        self.0.lock().refreshing = false;
     }
 }
