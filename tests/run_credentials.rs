@@ -307,11 +307,7 @@ async fn a_failing_account_opens_its_own_breaker_only() {
     h.hubspot_accounts("$.after.company");
     h.set_rate_limit("hubspot", 50, "1s", 5);
     h.set_fast_retries("hubspot", 3);
-    h.set_line(
-        "providers/hubspot.yaml",
-        "timeout:",
-        "timeout: 10s\ncircuit_breaker: { failure_threshold: 3, open_for: 1s }",
-    );
+    h.set_circuit_breaker("hubspot", 3, "1s");
     h.crm
         .add_fault(
             MockApi::Hubspot,

@@ -28,11 +28,7 @@ async fn an_outage_ends_with_every_record_delivered_once_and_no_dead_letter() {
     h.remove_pipeline("contacts-to-salesforce");
     h.set_rate_limit("hubspot", 2000, "1s", 50);
     h.set_fast_retries("hubspot", 3);
-    h.edit(
-        "providers/hubspot.yaml",
-        "idempotency_header: Idempotency-Key",
-        "idempotency_header: Idempotency-Key\ncircuit_breaker: { failure_threshold: 5, open_for: 1s }",
-    );
+    h.set_circuit_breaker("hubspot", 5, "1s");
 
     let down = Fault {
         method: None,

@@ -236,11 +236,7 @@ async fn the_status_page_shows_accounts_whose_breaker_is_open() {
     let h = Harness::start(MockCrmConfig::default()).await;
     h.hubspot_accounts("$.after.company");
     h.set_fast_retries("hubspot", 2);
-    h.set_line(
-        "providers/hubspot.yaml",
-        "timeout:",
-        "timeout: 10s\ncircuit_breaker: { failure_threshold: 2, open_for: 1m }",
-    );
+    h.set_circuit_breaker("hubspot", 2, "1m");
     h.crm
         .add_fault(
             syncflow_mock_crm::MockApi::Hubspot,

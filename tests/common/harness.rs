@@ -78,6 +78,17 @@ impl Harness {
         );
     }
 
+    /// Sets a provider's `circuit_breaker`.
+    pub fn set_circuit_breaker(&self, provider: &str, failure_threshold: u32, open_for: &str) {
+        self.set_line(
+            &format!("providers/{provider}.yaml"),
+            "timeout:",
+            &format!(
+                "timeout: 10s\ncircuit_breaker: {{ failure_threshold: {failure_threshold}, open_for: {open_for} }}"
+            ),
+        );
+    }
+
     /// Sets a pipeline's `source.nats.ack_wait`, so messages a killed
     /// instance held come back within the test's time.
     pub fn set_ack_wait(&self, pipeline: &str, ack_wait: &str) {
