@@ -17,6 +17,7 @@ pub mod dlq;
 pub mod error;
 pub mod executor;
 pub mod expr;
+pub mod fleet;
 pub mod idmap;
 pub mod inbound;
 pub mod kv;

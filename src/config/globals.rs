@@ -87,6 +87,25 @@ pub fn check(file: &SourceFile, dir: &Path, g: &Globals, diags: &mut Diagnostics
 
     let js = &g.jetstream;
     file.check_range(diags, &path!["jetstream", "replicas"], js.replicas, 1, 5);
+    if let Some(fleet) = &g.fleet {
+        file.check_range(diags, &path!["fleet", "partitions"], fleet.partitions, 1, 1024);
+        file.check_duration(
+            diags,
+            &path!["fleet", "failover"],
+            fleet.failover.0,
+            Duration::from_millis(500),
+            Duration::from_secs(300),
+        );
+        if let Some(name) = &fleet.instance
+            && (name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
+            file.error(
+                diags,
+                &path!["fleet", "instance"],
+                format!("fleet.instance must be letters, digits, '-' or '_', not \"{name}\""),
+            );
+        }
+    }
     file.check_duration(
         diags,
         &path!["jetstream", "dead_letters", "max_age"],

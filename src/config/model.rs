@@ -18,6 +18,36 @@ pub struct Globals {
     pub redis: RedisGlobals,
     pub http: HttpGlobals,
     pub jetstream: JetStreamGlobals,
+    /// Several instances as one (docs/fleet.md); none: each instance on
+    /// its own, sharing each pipeline's consumer.
+    pub fleet: Option<FleetGlobals>,
+}
+
+/// `fleet:` — instances that run the same config share the work by key
+/// partitions, one instance per partition, so a key's changes are applied
+/// in stream order whichever instances come and go.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetGlobals {
+    /// Partitions of every pipeline's keys: the unit an instance holds.
+    /// Changing it re-partitions (drain the fleet first).
+    pub partitions: u32,
+    /// How long an instance that stopped answering keeps its partitions
+    /// before others take them over.
+    pub failover: ConfigDuration,
+    /// This instance's name in leases and logs; default: host, pid and
+    /// start time.
+    pub instance: Option<String>,
+}
+
+impl Default for FleetGlobals {
+    fn default() -> Self {
+        FleetGlobals {
+            partitions: 12,
+            failover: ConfigDuration::from_secs(5),
+            instance: None,
+        }
+    }
 }
 
 /// The streams and buckets syncflow creates itself.

@@ -38,6 +38,7 @@ pub use deliver::Ctx;
 pub use metrics::PipelineMetrics;
 
 use crate::config::model::NatsSourceConfig;
+use crate::fleet::{Fleet, PartitionedSource, split};
 use crate::pipeline::MessageMeta;
 use crate::readiness::Readiness;
 use crate::source::{JetStreamSource, Source, SourceMessage, jetstream};
@@ -57,23 +58,45 @@ pub struct PipelineRunner {
 }
 
 impl PipelineRunner {
-    /// Starts pulling and processing.
-    pub fn spawn(ctx: Arc<Ctx>, readiness: Readiness) -> Self {
+    /// Starts pulling and processing: from the pipeline's consumer, or in
+    /// a fleet, from the partitions this instance holds (and splitting the
+    /// pipeline's consumer into them while it holds the splitter).
+    pub fn spawn(ctx: Arc<Ctx>, readiness: Readiness, fleet: Option<&Fleet>) -> Self {
         let (stop, stop_rx) = watch::channel(false);
         let (abort, abort_rx) = watch::channel(false);
         let name = ctx.pipeline.name.clone();
         let source = ctx.pipeline.source.clone();
-        let pulled = JetStreamSource::new(
-            ctx.js.clone(),
-            source.clone(),
-            &name,
-            readiness.clone(),
-            stop_rx,
-        );
         let progress_every = jetstream::progress_every(source.ack_wait.0);
         let accounts = account_gate(&ctx).is_some();
+        let js = ctx.js.clone();
         let (version, version_rx) = watch::channel(ctx);
-        let task = tokio::spawn(run(pulled, version_rx, readiness, abort_rx, progress_every));
+        let task = match fleet {
+            None => {
+                let pulled =
+                    JetStreamSource::new(js, source.clone(), &name, readiness.clone(), stop_rx);
+                tokio::spawn(run(pulled, version_rx, readiness, abort_rx, progress_every))
+            }
+            Some(fleet) => {
+                let pulled = PartitionedSource::new(
+                    fleet.clone(),
+                    js,
+                    source.clone(),
+                    &name,
+                    readiness.clone(),
+                    stop_rx.clone(),
+                );
+                let splitter = split::run(
+                    fleet.clone(),
+                    version_rx.clone(),
+                    readiness.clone(),
+                    stop_rx,
+                );
+                let runner = run(pulled, version_rx, readiness, abort_rx, progress_every);
+                tokio::spawn(async move {
+                    tokio::join!(runner, splitter);
+                })
+            }
+        };
         PipelineRunner {
             name,
             source,

@@ -28,7 +28,6 @@ use tokio::sync::watch;
 
 use super::envelope::{Envelope, EnvelopeMapping};
 use super::store;
-use crate::clock::now_ms;
 use crate::config::diagnostics::Diagnostics;
 use crate::config::load::SourceFile;
 use crate::config::model::PollConfig;
@@ -249,13 +248,6 @@ fn parse(path: &str) -> Result<Vec<Part>, String> {
     Ok(parts)
 }
 
-/// A lease's value: who holds it, until when (ms, the holder's clock).
-#[derive(Debug, Serialize, Deserialize)]
-struct Lease {
-    holder: String,
-    until: i64,
-}
-
 /// Runs one object's poll on this instance whenever it holds the lease.
 pub struct Poller {
     pub poll: Arc<Poll>,
@@ -276,46 +268,11 @@ impl Poller {
     /// Holds the lease (taking it if free or expired); false when another
     /// instance holds it.
     async fn hold(&self) -> Result<bool, String> {
-        let key = self.key();
-        let until = now_ms() + LEASE.as_millis() as i64;
-        let lease = serde_json::to_vec(&Lease {
-            holder: self.holder.clone(),
-            until,
-        })
-        .expect("a lease serializes");
-        match self.leases.entry(&key).await.map_err(|e| e.to_string())? {
-            None => Ok(self.leases.create(&key, lease.into()).await.is_ok()),
-            Some(entry) => {
-                let current: Option<Lease> = serde_json::from_slice(&entry.value).ok();
-                let mine = current.as_ref().is_some_and(|l| l.holder == self.holder);
-                let free = current.as_ref().is_none_or(|l| l.until < now_ms())
-                    || !matches!(entry.operation, kv::Operation::Put);
-                if !(mine || free) {
-                    return Ok(false);
-                }
-                // Compare-and-set: of two instances taking an expired lease,
-                // one wins.
-                Ok(self
-                    .leases
-                    .update(&key, lease.into(), entry.revision)
-                    .await
-                    .is_ok())
-            }
-        }
+        crate::kv::hold_lease(&self.leases, &self.key(), &self.holder, LEASE).await
     }
 
     async fn release(&self) {
-        let key = self.key();
-        if let Ok(Some(entry)) = self.leases.entry(&key).await
-            && serde_json::from_slice::<Lease>(&entry.value).is_ok_and(|l| l.holder == self.holder)
-        {
-            let free = serde_json::to_vec(&Lease {
-                holder: String::new(),
-                until: 0,
-            })
-            .expect("a lease serializes");
-            let _ = self.leases.update(&key, free.into(), entry.revision).await;
-        }
+        crate::kv::release_lease(&self.leases, &self.key(), &self.holder).await;
     }
 
     async fn cursor(&self) -> Result<Cursor, String> {

@@ -17,6 +17,7 @@ use crate::compile::Config;
 use crate::config::model::Direction;
 use crate::credentials::CredentialStore;
 use crate::executor::{Ctx, PipelineMetrics, PipelineRunner, ensure_dead_letter_streams};
+use crate::fleet::Fleet;
 use crate::idmap::IdMap;
 use crate::inbound::http::Hooks;
 use crate::limiter;
@@ -103,6 +104,8 @@ pub struct Engine {
     drain_deadline: Duration,
     taps: Taps,
     status: StatusBoard,
+    /// This instance's membership, with `fleet:` in syncflow.yaml.
+    fleet: Option<Fleet>,
     pub http_addr: SocketAddr,
 }
 
@@ -145,7 +148,7 @@ impl Engine {
             .map_err(|e| RunError::NatsUrl(e.to_string()))?;
         readiness.watch_nats(nats.clone());
         let js = jetstream::new(nats.clone());
-        let Some((idmap, links, inbound, credentials)) =
+        let Some((idmap, links, inbound, credentials, fleet)) =
             wait_for_nats(&js, &config, hooks, shutdown).await
         else {
             return Ok(None);
@@ -181,6 +184,7 @@ impl Engine {
             drain_deadline,
             taps,
             status,
+            fleet,
             http_addr,
         };
         engine
@@ -277,7 +281,7 @@ impl Engine {
             .flatten()
         {
             self.readiness.set_ready(&ctx.pipeline.name, false);
-            let runner = PipelineRunner::spawn(ctx, self.readiness.clone());
+            let runner = PipelineRunner::spawn(ctx, self.readiness.clone(), self.fleet.as_ref());
             self.runners.insert(runner.name.clone(), runner);
         }
         self.config = config;
@@ -333,7 +337,7 @@ impl Engine {
     fn spawn(&mut self, pipeline: &Arc<Pipeline>) {
         let ctx = self.ctx(pipeline);
         self.readiness.set_ready(&pipeline.name, false);
-        let runner = PipelineRunner::spawn(ctx, self.readiness.clone());
+        let runner = PipelineRunner::spawn(ctx, self.readiness.clone(), self.fleet.as_ref());
         self.runners.insert(pipeline.name.clone(), runner);
     }
 
@@ -347,11 +351,19 @@ impl Engine {
     /// at the drain deadline), acks are flushed to the server.
     pub async fn drain(self) {
         let deadline = self.drain_deadline;
+        // The others start taking this instance's partitions over as each
+        // one drains here, not once everything has.
+        if let Some(fleet) = &self.fleet {
+            fleet.start_leaving();
+        }
         let drains = self.runners.into_values().map(|r| async move {
             let name = r.name.clone();
             log_drain(&name, r.drain(deadline).await);
         });
         futures::future::join_all(drains).await;
+        if let Some(fleet) = &self.fleet {
+            fleet.leave(Duration::from_secs(5)).await;
+        }
         self.inbound.stop().await;
         // Bounded: with NATS gone a flush would wait for a reconnect forever.
         match tokio::time::timeout(Duration::from_secs(5), self.nats.flush()).await {
@@ -385,7 +397,13 @@ async fn wait_for_nats(
     config: &Config,
     hooks: Hooks,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Option<(IdMap, LinkStore, InboundRuntime, Arc<CredentialStore>)> {
+) -> Option<(
+    IdMap,
+    LinkStore,
+    InboundRuntime,
+    Arc<CredentialStore>,
+    Option<Fleet>,
+)> {
     let subjects: Vec<String> = config
         .pipelines
         .values()
@@ -406,7 +424,11 @@ async fn wait_for_nats(
                 .map_err(|e| e.to_string())?;
             let inbound = InboundRuntime::open(hooks.clone(), js, settings).await?;
             let credentials = CredentialStore::open_watched(js, settings.replicas).await?;
-            Ok::<_, String>((idmap, links, inbound, credentials))
+            let fleet = match &config.globals.fleet {
+                Some(fleet) => Some(Fleet::join(js, fleet, settings.replicas).await?),
+                None => None,
+            };
+            Ok::<_, String>((idmap, links, inbound, credentials, fleet))
         };
         match attempt.await {
             Ok(opened) => return Some(opened),

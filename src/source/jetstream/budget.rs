@@ -76,6 +76,14 @@ impl ByteBudget {
             .saturating_sub(self.0.held.load(Ordering::Acquire))
     }
 
+    /// Returns once nothing is held. Polled: called once per hand-over,
+    /// not per message.
+    pub async fn wait_empty(&self) {
+        while self.0.held.load(Ordering::Acquire) > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     /// Returns once some bytes are available.
     pub async fn wait_available(&self) {
         loop {

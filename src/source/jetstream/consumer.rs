@@ -120,12 +120,72 @@ pub async fn bind(
     };
     match stream.create_consumer(config.clone()).await {
         Ok(c) => Ok(c),
-        // An existing consumer with other settings: update what may change.
-        Err(_) => stream
-            .update_consumer(config)
-            .await
-            .map_err(|e| consumer_error(&e)),
+        // An existing consumer with other settings: update what may change
+        // (where it starts may not; a consumer taken over starts at its
+        // predecessor's ack floor).
+        Err(_) => {
+            let mut config = config;
+            if let Ok(existing) = stream.consumer_info(durable).await {
+                config.deliver_policy = existing.config.deliver_policy;
+            }
+            stream
+                .update_consumer(config)
+                .await
+                .map_err(|e| consumer_error(&e))
+        }
     }
+}
+
+/// Binds the consumer as its new holder when its previous holder may have
+/// died holding messages: a consumer with unacked messages is made again,
+/// starting after its ack floor, so they come at once and in stream order
+/// rather than after `ack_wait` and behind newer ones. Returns the consumer
+/// and the last stream sequence delivered before (messages up to it may
+/// have been handled already: they count as redelivered).
+///
+/// Messages acked above the floor come again too: for a work-queue stream
+/// (partitions) there are none, acked messages are gone; for a pipeline's
+/// source the splitter's republishing drops them as duplicates.
+pub async fn take_over(
+    js: &jetstream::Context,
+    cfg: &NatsSourceConfig,
+    durable: &str,
+) -> Result<(PullConsumer, u64), NatsSourceError> {
+    let stream = js
+        .get_stream(&cfg.stream)
+        .await
+        .map_err(|e| NatsSourceError::StreamMissing {
+            stream: cfg.stream.clone(),
+            message: e.to_string(),
+        })?;
+    let consumer_error = |e: &dyn std::fmt::Display| NatsSourceError::Consumer {
+        stream: cfg.stream.clone(),
+        durable: durable.to_string(),
+        message: e.to_string(),
+    };
+    let info = match stream.consumer_info(durable).await {
+        Ok(info) if info.num_ack_pending > 0 => info,
+        _ => return Ok((bind(js, cfg, durable).await?, 0)),
+    };
+    stream
+        .delete_consumer(durable)
+        .await
+        .map_err(|e| consumer_error(&e))?;
+    let mut config = consumer_config(cfg, durable);
+    config.deliver_policy = jetstream::consumer::DeliverPolicy::ByStartSequence {
+        start_sequence: info.ack_floor.stream_sequence + 1,
+    };
+    let consumer = stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| consumer_error(&e))?;
+    tracing::info!(
+        durable,
+        unacked = info.num_ack_pending,
+        from_seq = info.ack_floor.stream_sequence + 1,
+        "took the consumer over: its unacked messages come again now, in order"
+    );
+    Ok((consumer, info.delivered.stream_sequence))
 }
 
 /// One pull request: up to `batch` messages, delivered as they arrive; the

@@ -61,6 +61,12 @@ pub struct JetStreamSource {
     released: VecDeque<SourceMessage>,
     backoff: Duration,
     tick: tokio::time::Interval,
+    /// Bind as the consumer's new holder ([`consumer::take_over`]) at the
+    /// first bind.
+    take_over: bool,
+    /// Messages up to this stream sequence were delivered to a previous
+    /// holder: they count as redelivered.
+    delivered_before: u64,
 }
 
 impl JetStreamSource {
@@ -96,7 +102,25 @@ impl JetStreamSource {
             released: VecDeque::new(),
             backoff: Duration::from_millis(250),
             tick: tokio::time::interval(Duration::from_millis(100)),
+            take_over: false,
+            delivered_before: 0,
         }
+    }
+
+    /// Binds as the new holder of a consumer another instance may have
+    /// held and died with ([`consumer::take_over`]).
+    pub fn taking_over(mut self) -> Self {
+        self.take_over = true;
+        self
+    }
+
+    /// Returns once every message given out has been settled (acked,
+    /// handed back or dropped).
+    pub fn settled(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
+        // Owned: the source itself is not `Sync`, so a borrow of it could
+        // not be held across the wait in a spawned task.
+        let budget = self.budget.clone();
+        async move { budget.wait_empty().await }
     }
 
     fn stopped(&self) -> bool {
@@ -105,7 +129,17 @@ impl JetStreamSource {
 
     /// Creates or updates the consumer; on failure waits out a backoff.
     async fn bind(&mut self) {
-        match consumer::bind(&self.js, &self.config, &self.durable).await {
+        let bound = match self.take_over {
+            true => consumer::take_over(&self.js, &self.config, &self.durable)
+                .await
+                .map(|(consumer, delivered_before)| {
+                    self.take_over = false;
+                    self.delivered_before = delivered_before;
+                    consumer
+                }),
+            false => consumer::bind(&self.js, &self.config, &self.durable).await,
+        };
+        match bound {
             Ok(mut consumer) => {
                 self.readiness.set_ready(&self.pipeline, true);
                 self.backoff = Duration::from_millis(250);
@@ -220,8 +254,11 @@ impl Source for JetStreamSource {
                         self.batch = None;
                         self.release(true).await;
                     }
-                    Some(Ok(msg)) => {
+                    Some(Ok(mut msg)) => {
                         self.size.observe(msg.ack.held_bytes());
+                        if msg.seq <= self.delivered_before {
+                            msg.delivered = msg.delivered.max(2);
+                        }
                         let admitted = match &mut self.recovery {
                             Some(recovery) => recovery.admit(msg),
                             None => Some(msg),

@@ -1,0 +1,217 @@
+//! The splitter: one per pipeline in the fleet, on whichever instance
+//! holds its lease. It reads the pipeline's consumer in stream order and
+//! republishes each message to its key's partition, then acks it.
+//!
+//! - Order: publishes go out in stream order on one connection, so each
+//!   partition stores a key's changes in stream order.
+//! - Nothing lost: the source is acked only once the partition stream has
+//!   stored the message (its publish ack).
+//! - Nothing twice: each republished message carries `Nats-Msg-Id`
+//!   `<pipeline>.<seq>`; a splitter that takes over from a dead one
+//!   republishes from the ack floor and the partition stream drops what was
+//!   already stored (within its 2-minute window).
+//! - A message without a key (not JSON, no key) goes to a partition by its
+//!   sequence: the partition's run dead-letters it, as any instance would.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::message::PublishMessage as Publish;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use tokio::sync::{mpsc, watch};
+
+use super::source::{MSG_ID_HEADER, SEQ_HEADER, SUBJECT_HEADER, TIME_HEADER};
+use super::{Fleet, Resource, parts_subject, partition_of};
+use crate::executor::Ctx;
+use crate::readiness::Readiness;
+use crate::source::{JetStreamSource, Source, SourceMessage};
+
+/// Publishes awaiting their ack at once.
+const IN_FLIGHT: usize = 256;
+
+/// Splits `version`'s pipeline whenever this instance holds its splitter,
+/// until `stop`.
+pub async fn run(
+    fleet: Fleet,
+    version: watch::Receiver<Arc<Ctx>>,
+    readiness: Readiness,
+    mut stop: watch::Receiver<bool>,
+) {
+    let name = version.borrow().pipeline.name.clone();
+    let resource = Resource::Splitter(name.clone());
+    fleet.add_splitter(&name);
+    let mut granted = fleet.granted();
+    let mut backoff = Duration::from_millis(250);
+    while !*stop.borrow() {
+        let Some(run) = fleet.start_run(&resource) else {
+            tokio::select! {
+                _ = granted.changed() => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        };
+        tracing::info!(pipeline = %name, "splitting");
+        let clean = split_while_held(&fleet, &resource, version.clone(), &readiness, &stop).await;
+        drop(run);
+        tracing::info!(pipeline = %name, "splitter let go");
+        if !clean {
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.changed() => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        } else {
+            backoff = Duration::from_millis(250);
+        }
+    }
+    fleet.remove_splitter(&name);
+}
+
+/// Splits until the splitter is revoked or the pipeline stops; false when
+/// a publish failed (what was not stored is handed back).
+async fn split_while_held(
+    fleet: &Fleet,
+    resource: &Resource,
+    mut version: watch::Receiver<Arc<Ctx>>,
+    readiness: &Readiness,
+    stop: &watch::Receiver<bool>,
+) -> bool {
+    let mut ctx = version.borrow_and_update().clone();
+    let name = ctx.pipeline.name.clone();
+    let label = format!("{name}/splitter");
+    let (source_stop, source_stop_rx) = watch::channel(false);
+    let mut source = JetStreamSource::new(
+        ctx.js.clone(),
+        ctx.pipeline.source.clone(),
+        &label,
+        readiness.clone(),
+        source_stop_rx,
+    )
+    .taking_over();
+    // Stops pulling once the splitter is revoked or the pipeline stops.
+    let (mut granted, mut stop) = (fleet.granted(), stop.clone());
+    let revoked = {
+        let resource = resource.clone();
+        let source_stop = source_stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = granted.wait_for(|g| !g.contains(&resource)) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            source_stop.send_replace(true);
+        })
+    };
+    // Pulled in a task of its own: pulling is not cancel-safe.
+    let (pulled_tx, mut pulled) = mpsc::channel::<SourceMessage>(IN_FLIGHT);
+    let puller = tokio::spawn(async move {
+        while let Some(msg) = source.next().await {
+            if pulled_tx.send(msg).await.is_err() {
+                break;
+            }
+        }
+        source
+    });
+    let split = metrics::counter!("syncflow_fleet_split_total", "pipeline" => name.clone());
+    let partitions = fleet.partitions();
+    let mut stored = FuturesOrdered::new();
+    let mut failed = false;
+    loop {
+        tokio::select! {
+            biased;
+            Some((result, msg)) = stored.next() => {
+                if !settle(&name, result, msg).await {
+                    failed = true;
+                    source_stop.send_replace(true);
+                }
+            }
+            next = pulled.recv(), if stored.len() < IN_FLIGHT => {
+                let Some(msg) = next else { break };
+                if failed {
+                    hand_back(&name, &msg).await;
+                    continue;
+                }
+                if version.has_changed().unwrap_or(false) {
+                    ctx = version.borrow_and_update().clone();
+                }
+                let p = partition(&ctx, &msg, partitions);
+                match ctx.js.send_publish(parts_subject(&name, p), republished(&name, &msg)).await {
+                    Ok(ack) => {
+                        split.increment(1);
+                        stored.push_back(async move { (ack.await.map(|_| ()).map_err(|e| e.to_string()), msg) });
+                    }
+                    Err(e) => {
+                        if !settle(&name, Err(e.to_string()), msg).await {
+                            failed = true;
+                            source_stop.send_replace(true);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    while let Some((result, msg)) = stored.next().await {
+        failed |= !settle(&name, result, msg).await;
+    }
+    revoked.abort();
+    let source = puller.await.expect("the puller does not panic");
+    source.settled().await;
+    source.close().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), ctx.js.client().flush()).await;
+    readiness.remove(&label);
+    !failed
+}
+
+/// Acks a stored message; hands back one that was not. True when stored.
+async fn settle(pipeline: &str, result: Result<(), String>, msg: SourceMessage) -> bool {
+    match result {
+        Ok(()) => {
+            let seq = msg.seq;
+            msg.ack.ack(seq);
+            true
+        }
+        Err(e) => {
+            tracing::warn!(pipeline, seq = msg.seq, error = %e, "cannot store the message in its partition; splitting again from the ack floor");
+            hand_back(pipeline, &msg).await;
+            false
+        }
+    }
+}
+
+async fn hand_back(pipeline: &str, msg: &SourceMessage) {
+    if let Err(e) = msg.ack.nak(None).await {
+        tracing::warn!(pipeline, seq = msg.seq, error = %e, "could not hand message back; it will be redelivered after ack_wait");
+    }
+}
+
+/// The partition of `msg`'s key; a message without one goes by its sequence.
+fn partition(ctx: &Ctx, msg: &SourceMessage, partitions: u32) -> u32 {
+    let p = &ctx.pipeline;
+    match p.decode(&msg.payload).and_then(|m| p.read_key(&m)) {
+        Ok(key) => partition_of(&key, partitions),
+        Err(_) => (msg.seq % u64::from(partitions.max(1))) as u32,
+    }
+}
+
+/// The message for its partition: the same payload and headers, with where
+/// it stands in the pipeline's stream.
+fn republished(pipeline: &str, msg: &SourceMessage) -> Publish {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &msg.headers {
+        if name.eq_ignore_ascii_case("Nats-Msg-Id") {
+            headers.insert(MSG_ID_HEADER, value.as_str());
+        } else {
+            headers.append(name.as_str(), value.as_str());
+        }
+    }
+    headers.insert(SUBJECT_HEADER, msg.subject.as_str());
+    headers.insert(SEQ_HEADER, msg.seq.to_string().as_str());
+    if let Some(ms) = msg.timestamp_ms {
+        headers.insert(TIME_HEADER, ms.to_string().as_str());
+    }
+    Publish::build()
+        .payload(msg.payload.clone())
+        .headers(headers)
+        .message_id(format!("{pipeline}.{}", msg.seq))
+}
