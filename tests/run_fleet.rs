@@ -94,7 +94,8 @@ fn pause_after(log: &[LoggedRequest], partitions: &BTreeSet<u32>, from_us: u64) 
         .iter()
         .filter(|r| r.received_at_us >= from_us)
         .filter(|r| {
-            key_of(r).is_some_and(|key| partitions.contains(&partition_of(&key.to_string(), PARTITIONS)))
+            key_of(r)
+                .is_some_and(|key| partitions.contains(&partition_of(&key.to_string(), PARTITIONS)))
         })
         .map(|r| r.received_at_us)
         .collect();
@@ -159,7 +160,11 @@ async fn three_instances_keep_each_keys_order_through_kills_and_a_stop() {
         let held = held_partitions(&instances[victim].log());
         let at = now_us();
         if round == 3 {
-            assert!(instances[victim].sigterm().success(), "{}", instances[victim].log());
+            assert!(
+                instances[victim].sigterm().success(),
+                "{}",
+                instances[victim].log()
+            );
             stop = Some((at, held));
         } else {
             instances[victim].kill9();
@@ -175,7 +180,10 @@ async fn three_instances_keep_each_keys_order_through_kills_and_a_stop() {
 
     let log = &snap.hubspot.log;
     let mut applied: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for r in log.iter().filter(|r| (200..300).contains(&r.status) && !r.replayed) {
+    for r in log
+        .iter()
+        .filter(|r| (200..300).contains(&r.status) && !r.replayed)
+    {
         if let (Some(key), Some(v)) = (key_of(r), version_of(r)) {
             applied.entry(key).or_default().push(v);
         }
@@ -189,11 +197,21 @@ async fn three_instances_keep_each_keys_order_through_kills_and_a_stop() {
         .collect();
     let failovers: Vec<String> = kills
         .iter()
-        .map(|(at, held)| format!("{:?} ({} partitions)", pause_after(log, held, *at), held.len()))
+        .map(|(at, held)| {
+            format!(
+                "{:?} ({} partitions)",
+                pause_after(log, held, *at),
+                held.len()
+            )
+        })
         .collect();
-    let handover = stop
-        .as_ref()
-        .map(|(at, held)| format!("{:?} ({} partitions)", pause_after(log, held, *at), held.len()));
+    let handover = stop.as_ref().map(|(at, held)| {
+        format!(
+            "{:?} ({} partitions)",
+            pause_after(log, held, *at),
+            held.len()
+        )
+    });
     println!(
         "fleet: {} keys x {} changes, 3 instances, 5 kill -9 and 1 SIGTERM; creates {}, replays {}, writes {}; failover (kill -> next write of its partitions): {failovers:?}; SIGTERM hand-over pause: {handover:?}",
         KEYS,
@@ -202,7 +220,11 @@ async fn three_instances_keep_each_keys_order_through_kills_and_a_stop() {
         snap.hubspot.counters.idempotent_replays,
         log.len()
     );
-    assert_eq!(out_of_order, Vec::new(), "keys whose changes were not applied once each in order");
+    assert_eq!(
+        out_of_order,
+        Vec::new(),
+        "keys whose changes were not applied once each in order"
+    );
     assert_eq!(applied.len(), KEYS as usize, "keys reached");
     assert_eq!(snap.hubspot.counters.creates, u64::from(KEYS), "creates");
     assert_eq!(h.dead_letters().await, Vec::<serde_json::Value>::new());
@@ -222,7 +244,10 @@ async fn wait_all_delivered(h: &Harness, timeout: Duration) {
         if left == 0 {
             return;
         }
-        assert!(started.elapsed() < timeout, "{left} messages left in partitions");
+        assert!(
+            started.elapsed() < timeout,
+            "{left} messages left in partitions"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

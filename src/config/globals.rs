@@ -88,7 +88,13 @@ pub fn check(file: &SourceFile, dir: &Path, g: &Globals, diags: &mut Diagnostics
     let js = &g.jetstream;
     file.check_range(diags, &path!["jetstream", "replicas"], js.replicas, 1, 5);
     if let Some(fleet) = &g.fleet {
-        file.check_range(diags, &path!["fleet", "partitions"], fleet.partitions, 1, 1024);
+        file.check_range(
+            diags,
+            &path!["fleet", "partitions"],
+            fleet.partitions,
+            1,
+            1024,
+        );
         file.check_duration(
             diags,
             &path!["fleet", "failover"],
@@ -97,7 +103,10 @@ pub fn check(file: &SourceFile, dir: &Path, g: &Globals, diags: &mut Diagnostics
             Duration::from_secs(300),
         );
         if let Some(name) = &fleet.instance
-            && (name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+            && (name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
         {
             file.error(
                 diags,

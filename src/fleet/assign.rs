@@ -81,7 +81,10 @@ mod tests {
                 .filter(|p| owner(&Resource::Partition(*p), m) == Some(who))
                 .count()
         };
-        assert_eq!([held(&three, "a"), held(&three, "b"), held(&three, "c")], [4, 4, 4]);
+        assert_eq!(
+            [held(&three, "a"), held(&three, "b"), held(&three, "c")],
+            [4, 4, 4]
+        );
         let two = members(&["a", "c"]);
         assert_eq!([held(&two, "a"), held(&two, "c")], [6, 6]);
         assert_eq!(owner(&Resource::Partition(0), &[]), None);

@@ -281,12 +281,14 @@ async fn coordinate(fleet: Fleet) {
             members_gauge.set(live.len() as f64);
             state.live = live;
         }
-        let mut wanted: BTreeSet<Resource> = (0..inner.partitions).map(Resource::Partition).collect();
+        let mut wanted: BTreeSet<Resource> =
+            (0..inner.partitions).map(Resource::Partition).collect();
         if !is_leaving {
             let splitters = inner.splitters.lock().expect("splitters").clone();
             wanted.extend(splitters.into_iter().map(Resource::Splitter));
         }
-        let resources: BTreeSet<Resource> = wanted.iter().chain(state.held.keys()).cloned().collect();
+        let resources: BTreeSet<Resource> =
+            wanted.iter().chain(state.held.keys()).cloned().collect();
         for resource in resources {
             let mine = !is_leaving
                 && wanted.contains(&resource)
@@ -308,9 +310,7 @@ async fn coordinate(fleet: Fleet) {
 }
 
 /// The next change of a heartbeat; never, without a watch.
-async fn next_entry(
-    watch: &mut Option<kv::Watch>,
-) -> Option<Result<kv::Entry, kv::WatcherError>> {
+async fn next_entry(watch: &mut Option<kv::Watch>) -> Option<Result<kv::Entry, kv::WatcherError>> {
     match watch {
         Some(watch) => watch.next().await,
         None => std::future::pending().await,
@@ -354,7 +354,9 @@ async fn heartbeat(inner: &Inner, state: &mut State, leaving: bool) {
             state.members.insert(inner.me.clone(), until);
             state.next_heartbeat = Instant::now() + inner.failover / 4;
         }
-        Err(e) => tracing::warn!(instance = %inner.me, error = %e, "cannot write the fleet heartbeat"),
+        Err(e) => {
+            tracing::warn!(instance = %inner.me, error = %e, "cannot write the fleet heartbeat")
+        }
     }
 }
 
@@ -394,7 +396,9 @@ async fn settle_lease(fleet: &Fleet, state: &mut State, resource: Resource, mine
             let due = renew_due(at);
             // Given back to the runs if it was being handed over and is
             // this instance's again.
-            inner.granted.send_if_modified(|g| g.insert(resource.clone()));
+            inner
+                .granted
+                .send_if_modified(|g| g.insert(resource.clone()));
             if due {
                 renew(fleet, state, resource).await;
             }
@@ -417,7 +421,14 @@ async fn settle_lease(fleet: &Fleet, state: &mut State, resource: Resource, mine
 
 async fn renew(fleet: &Fleet, state: &mut State, resource: Resource) {
     let inner = &fleet.0;
-    match hold_lease(&inner.store, &resource.lease_key(), &inner.me, inner.failover).await {
+    match hold_lease(
+        &inner.store,
+        &resource.lease_key(),
+        &inner.me,
+        inner.failover,
+    )
+    .await
+    {
         Ok(true) => {
             state.held.insert(resource, Instant::now());
         }
@@ -432,7 +443,11 @@ async fn renew(fleet: &Fleet, state: &mut State, resource: Resource) {
         // take it only once it expired); the next tick tries again.
         Err(e) => {
             tracing::warn!(instance = %inner.me, resource = %resource, error = %e, "cannot renew lease");
-            if state.held.get(&resource).is_some_and(|at| at.elapsed() >= inner.failover) {
+            if state
+                .held
+                .get(&resource)
+                .is_some_and(|at| at.elapsed() >= inner.failover)
+            {
                 tracing::warn!(instance = %inner.me, resource = %resource, "lease expired unrenewed; stopping it");
                 inner.granted.send_if_modified(|g| g.remove(&resource));
                 state.held.remove(&resource);

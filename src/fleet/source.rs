@@ -169,7 +169,12 @@ fn run_partition(
 /// The consumer of `pipeline`'s partition `p`: the pipeline's settings,
 /// its limits on what is held shared evenly by the partitions (an
 /// instance holding all of them holds what one pipeline would).
-fn partition_config(source: &NatsSourceConfig, pipeline: &str, p: u32, partitions: u32) -> NatsSourceConfig {
+fn partition_config(
+    source: &NatsSourceConfig,
+    pipeline: &str,
+    p: u32,
+    partitions: u32,
+) -> NatsSourceConfig {
     let n = partitions.max(1);
     let durable = source.durable.as_deref().unwrap_or(pipeline);
     NatsSourceConfig {

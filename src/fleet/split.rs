@@ -23,7 +23,7 @@ use futures::stream::FuturesOrdered;
 use tokio::sync::{mpsc, watch};
 
 use super::source::{MSG_ID_HEADER, SEQ_HEADER, SUBJECT_HEADER, TIME_HEADER};
-use super::{Fleet, Resource, parts_subject, partition_of};
+use super::{Fleet, Resource, partition_of, parts_subject};
 use crate::executor::Ctx;
 use crate::readiness::Readiness;
 use crate::source::{JetStreamSource, Source, SourceMessage};
