@@ -39,6 +39,14 @@
 #               each for --duration s (default 30) after 3 s of warm-up:
 #               the others' publish → CRM latency, and the flooded account's
 #               requests/s meanwhile
+#   fleet       several instances as one (issue 15), nginx CRM unless
+#               --crm mock: rounds (--rounds, default 2) of --count events
+#               (default 100000) through 1 instance without `fleet:`, then
+#               1, 2 and 3 instances with it (12 partitions); instances start
+#               first, events are published once the fleet has settled, and
+#               the rate is publish start → all delivered (the partition
+#               stream empty). On 2 cores this shows what coordination
+#               costs, not how instances scale
 #   tap         examples/bench_tap.rs: rounds of --rate events/s (default
 #               10000) for --duration s (default 10), alternating no tap and
 #               a `syncflow tap` reading 64 KB/s: records/s of each, and the
@@ -65,8 +73,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 mode=${1:-throughput}
-case "$mode" in throughput|latency|limiter|two-way|tap|id-map|batch|accounts|all) shift || true ;; -*) mode=throughput ;; *)
-  echo "usage: bench/run.sh [throughput|latency|limiter|two-way|tap|id-map|batch|all] [--count N] [--rate R] [--duration S] [--warmup S] [--in-flight C] [--wrk-secs S] [--scrape S] [--perf] [--no-build] [--crm mock|nginx] [--record-bytes B] [--id-map] [--rounds N]" >&2
+case "$mode" in throughput|latency|limiter|two-way|tap|id-map|batch|accounts|fleet|all) shift || true ;; -*) mode=throughput ;; *)
+  echo "usage: bench/run.sh [throughput|latency|limiter|two-way|tap|id-map|batch|accounts|fleet|all] [--count N] [--rate R] [--duration S] [--warmup S] [--in-flight C] [--wrk-secs S] [--scrape S] [--perf] [--no-build] [--crm mock|nginx] [--record-bytes B] [--id-map] [--rounds N]" >&2
   exit 2 ;;
 esac
 ID_MAP=0 ROUNDS=2 RECORD_BYTES=0 COUNT=200000 RATE=5000 DURATION= WARMUP=3 INFLIGHT=64 WRK_SECS=10 PERF=0 BUILD=1 SCRAPE= CRM=mock
@@ -84,12 +92,14 @@ while [ $# -gt 0 ]; do
     --perf) PERF=1; shift ;;
     --scrape) SCRAPE=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
-    --crm) CRM=$2; shift 2 ;;
+    --crm) CRM=$2; CRM_SET=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
 
-case "$CRM" in mock) ;; nginx) [ "$mode" = throughput ] || [ "$mode" = id-map ] || [ "$mode" = batch ] || { echo "--crm nginx is for throughput, id-map and batch" >&2; exit 2; } ;;
+# The fleet's figure is what coordination costs in CPU: nginx by default.
+[ "$mode" = fleet ] && [ -z "${CRM_SET:-}" ] && CRM=nginx
+case "$CRM" in mock) ;; nginx) [ "$mode" = throughput ] || [ "$mode" = id-map ] || [ "$mode" = batch ] || [ "$mode" = fleet ] || { echo "--crm nginx is for throughput, id-map, batch and fleet" >&2; exit 2; } ;;
   *) echo "--crm is mock or nginx" >&2; exit 2 ;; esac
 ensure_services_installed
 ensure_commands wrk jq curl redis-cli:redis-tools /usr/bin/time:time
@@ -650,8 +660,61 @@ batch_nginx() {
   report "  target: batched ≥ 3× one request per record in each round"
 }
 
+# Instances of the fleet: N `syncflow run` on one config, each on its own
+# HTTP port; their pids in fleet_pids.
+start_fleet() {
+  local n=$1 dir=$2 i port
+  fleet_pids=()
+  for i in $(seq "$n"); do
+    port=$(free_port)
+    NATS_URL="$nats" REDIS_URL="$redis" SYNCFLOW_HTTP="127.0.0.1:$port" \
+      CRM_URL="$crm/hubspot" CRM_TOKEN="$TOKEN" BENCH_MAX_IN_FLIGHT="$INFLIGHT" \
+      "$bin/syncflow" run --dir "$dir" >"$out/syncflow-$n-$i.log" 2>&1 &
+    fleet_pids+=($!); pids+=($!)
+    HTTP_PORT=$port wait_ready
+  done
+}
+
+fleet() {
+  local count=${COUNT_SET:-100000}
+  cp -r bench/config "$work/fleet-config"
+  printf '\nfleet: { partitions: 12, failover: 5s }\n' >>"$work/fleet-config/syncflow.yaml"
+  start_services
+  : >"$out/report.txt"
+  local round n cfg wait_args pid cpu rate
+  for round in $(seq "$ROUNDS"); do
+    for n in 0 1 2 3; do
+      cfg=$work/fleet-config wait_args=(--empty-stream SYNCFLOW_PARTS)
+      [ "$n" = 0 ] && cfg=bench/config wait_args=()
+      "$bin/examples/bench_load" --nats "$nats" setup >/dev/null
+      echo "== round $round: $([ "$n" = 0 ] && echo "1 instance, no fleet" || echo "$n instances in a fleet"), $count events"
+      start_fleet "$([ "$n" = 0 ] && echo 1 || echo "$n")" "$cfg"
+      # Let the fleet settle its partitions before the clock starts.
+      sleep 3
+      local started; started=$(now_us)
+      "$bin/examples/bench_load" --nats "$nats" preload --count "$count" >/dev/null
+      "$bin/examples/bench_load" --nats "$nats" wait --durable bench-contacts "${wait_args[@]}" >"$out/wait.json"
+      cpu=0
+      for pid in "${fleet_pids[@]}"; do
+        cpu=$(awk -v a="$cpu" -v b="$(ticks_to_s "$(cpu_ticks "$pid")")" 'BEGIN {print a + b}')
+      done
+      for pid in "${fleet_pids[@]}"; do kill -TERM "$pid"; done
+      for pid in "${fleet_pids[@]}"; do wait "$pid" || echo "syncflow exited $?"; done
+      rate=$(jq -n --argjson w "$(cat "$out/wait.json")" "$count / (((\$w.settled_at_us) - $started) / 1e6)")
+      echo "$round $n $rate $cpu" >>"$out/rounds.txt"
+    done
+  done
+  report ""
+  report "== fleet benchmark: $CRM CRM, $count events per run, publish start → all delivered, max_in_flight $INFLIGHT ($(date -u +%FT%TZ), $(nproc) cores)"
+  while read -r round n rate cpu; do
+    report "  round $round, $([ "$n" = 0 ] && echo "1 instance, no fleet" || echo "$n instance(s), fleet of 12 partitions"): $(fmt "$rate") records/s, CPU of the instances $(fmt "$(awk -v c="$cpu" -v n="$count" 'BEGIN {print c * 1e6 / n}')" 1) µs/record"
+  done <"$out/rounds.txt"
+  awk '{rate[$1, $2] = $3} END {for (r = 1; rate[r, 0]; r++) printf "  round %d: fleet of 1 / no fleet = %.2f, of 2 = %.2f, of 3 = %.2f\n", r, rate[r, 1] / rate[r, 0], rate[r, 2] / rate[r, 0], rate[r, 3] / rate[r, 0]}' "$out/rounds.txt" | tee -a "$out/report.txt"
+}
+
 case "$mode" in
   throughput) throughput ;;
+  fleet) fleet ;;
   latency) latency ;;
   limiter) limiter ;;
   batch) if [ "$CRM" = nginx ]; then batch_nginx; else COUNT=${COUNT_SET:-20000} batch_quota; fi ;;

@@ -96,10 +96,14 @@ enum Command {
         #[arg(long, default_value_t = 4096)]
         max_pending: usize,
     },
-    /// Wait until DURABLE has acked every message in the stream.
+    /// Wait until DURABLE has acked every message in the stream (and,
+    /// with EMPTY_STREAM, until that stream holds no message: a fleet's
+    /// partitions, a work queue emptied as records are delivered).
     Wait {
         #[arg(long, default_value = "bench-contacts")]
         durable: String,
+        #[arg(long)]
+        empty_stream: Option<String>,
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
     },
@@ -186,12 +190,14 @@ async fn main() -> Result<(), Error> {
         }
         Command::Wait {
             durable,
+            empty_stream,
             timeout_secs,
         } => {
             wait(
                 &js,
                 &args.stream,
                 &durable,
+                empty_stream.as_deref(),
                 Duration::from_secs(timeout_secs),
             )
             .await?
@@ -327,6 +333,7 @@ async fn wait(
     js: &jetstream::Context,
     stream: &str,
     durable: &str,
+    empty_stream: Option<&str>,
     timeout: Duration,
 ) -> Result<serde_json::Value, Error> {
     let started = Instant::now();
@@ -334,9 +341,17 @@ async fn wait(
     loop {
         let last_seq = stream.get_info().await?.state.last_sequence;
         if let Ok(info) = stream.consumer_info(durable).await {
+            let emptied = match empty_stream {
+                None => true,
+                Some(name) => match js.get_stream(name).await {
+                    Ok(mut s) => s.info().await.is_ok_and(|i| i.state.messages == 0),
+                    Err(_) => false,
+                },
+            };
             if info.num_pending == 0
                 && info.num_ack_pending == 0
                 && info.ack_floor.stream_sequence >= last_seq
+                && emptied
             {
                 return Ok(json!({
                     "settled_at_us": unix_micros(),

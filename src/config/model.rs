@@ -35,7 +35,7 @@ pub struct FleetGlobals {
     /// How long an instance that stopped answering keeps its partitions
     /// before others take them over.
     pub failover: ConfigDuration,
-    /// This instance's name in leases and logs; default: host, pid and
+    /// This instance's name in leases and logs; default: pid and
     /// start time.
     pub instance: Option<String>,
 }

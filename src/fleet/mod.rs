@@ -440,13 +440,14 @@ async fn renew(fleet: &Fleet, state: &mut State, resource: Resource) {
             state.held.remove(&resource);
         }
         // NATS away: keep running while the lease is surely ours (others
-        // take it only once it expired); the next tick tries again.
+        // take it only once it has expired); the next look tries again.
         Err(e) => {
             tracing::warn!(instance = %inner.me, resource = %resource, error = %e, "cannot renew lease");
             if state
                 .held
                 .get(&resource)
-                .is_some_and(|at| at.elapsed() >= inner.failover)
+                // Stopped before another instance may take it (at `failover`).
+                .is_some_and(|at| at.elapsed() >= inner.failover * 3 / 4)
             {
                 tracing::warn!(instance = %inner.me, resource = %resource, "lease expired unrenewed; stopping it");
                 inner.granted.send_if_modified(|g| g.remove(&resource));
