@@ -694,6 +694,14 @@ fleet() {
       local started; started=$(now_us)
       "$bin/examples/bench_load" --nats "$nats" preload --count "$count" >/dev/null
       "$bin/examples/bench_load" --nats "$nats" wait --durable bench-contacts "${wait_args[@]}" >"$out/wait.json"
+      # What reached the CRM, not only what was acked (nginx counts every
+      # run's requests: runs so far times the events of each).
+      if [ "$CRM" = nginx ]; then
+        local received expected=$((count * ((round - 1) * 4 + n + 1)))
+        received=$(nginx_receipts | jq .count)
+        [ "$received" -ge "$expected" ] ||
+          echo "  WARNING: round $round, $n instance(s): the CRM has received $received requests in all, expected $expected" | tee -a "$out/warnings.txt"
+      fi
       cpu=0
       for pid in "${fleet_pids[@]}"; do
         cpu=$(awk -v a="$cpu" -v b="$(ticks_to_s "$(cpu_ticks "$pid")")" 'BEGIN {print a + b}')
@@ -709,6 +717,7 @@ fleet() {
   while read -r round n rate cpu; do
     report "  round $round, $([ "$n" = 0 ] && echo "1 instance, no fleet" || echo "$n instance(s), fleet of 12 partitions"): $(fmt "$rate") records/s, CPU of the instances $(fmt "$(awk -v c="$cpu" -v n="$count" 'BEGIN {print c * 1e6 / n}')" 1) µs/record"
   done <"$out/rounds.txt"
+  [ -f "$out/warnings.txt" ] && cat "$out/warnings.txt" >>"$out/report.txt"
   awk '{rate[$1, $2] = $3} END {for (r = 1; rate[r, 0]; r++) printf "  round %d: fleet of 1 / no fleet = %.2f, of 2 = %.2f, of 3 = %.2f\n", r, rate[r, 1] / rate[r, 0], rate[r, 2] / rate[r, 0], rate[r, 3] / rate[r, 0]}' "$out/rounds.txt" | tee -a "$out/report.txt"
 }
 

@@ -33,21 +33,52 @@ impl fmt::Display for Resource {
     }
 }
 
-/// The member that should hold `resource`; `members` sorted, none when empty.
+/// Who should hold each partition (`members` sorted; empty when none).
 ///
-/// Partitions go round-robin over the sorted members, so each holds its
-/// share within one; splitters by a hash of the pipeline's name, so
-/// pipelines' splitters spread too.
-pub fn owner<'a>(resource: &Resource, members: &'a [String]) -> Option<&'a str> {
+/// Rendezvous hashing with bounded loads: each partition goes to the
+/// member that ranks it highest (a hash of member and partition) among
+/// those not yet holding their share (`partitions / members`, rounded up).
+/// Every member holds its share within one, and when a member joins or
+/// leaves, mostly its own share moves: a restarted instance (a new name)
+/// takes partitions from everyone a little rather than shifting them all
+/// round, and each move is a hand-over that pauses that partition.
+pub fn partition_owners(partitions: u32, members: &[String]) -> Vec<&str> {
     if members.is_empty() {
-        return None;
+        return Vec::new();
     }
-    let n = members.len() as u64;
-    let at = match resource {
-        Resource::Partition(p) => u64::from(*p) % n,
-        Resource::Splitter(pipeline) => fnv1a(pipeline.as_bytes()) % n,
-    };
-    Some(members[at as usize].as_str())
+    let cap = (partitions as usize).div_ceil(members.len());
+    let mut load = vec![0usize; members.len()];
+    let mut ranked: Vec<usize> = (0..members.len()).collect();
+    (0..partitions)
+        .map(|p| {
+            ranked.sort_by_key(|&m| std::cmp::Reverse(score(&members[m], u64::from(p))));
+            let m = *ranked
+                .iter()
+                .find(|&&m| load[m] < cap)
+                .expect("caps add up to at least the partitions");
+            load[m] += 1;
+            members[m].as_str()
+        })
+        .collect()
+}
+
+/// Who should run `pipeline`'s splitter: the member that ranks it highest.
+pub fn splitter_owner<'a>(pipeline: &str, members: &'a [String]) -> Option<&'a str> {
+    let p = fnv1a(pipeline.as_bytes());
+    members
+        .iter()
+        .max_by_key(|m| score(m, p))
+        .map(String::as_str)
+}
+
+/// A member's rank for a partition (or a pipeline's hash).
+fn score(member: &str, of: u64) -> u64 {
+    let h = fnv1a(member.as_bytes()) ^ of.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    // One round of a 64-bit mixer (splitmix64's finaliser): FNV's low bits
+    // alone rank members too alike across neighbouring partitions.
+    let h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 /// The partition of a key, out of `partitions`.
@@ -74,20 +105,46 @@ mod tests {
     }
 
     #[test]
-    fn partitions_spread_evenly_and_move_only_as_members_change() {
-        let three = members(&["a", "b", "c"]);
-        let held = |m: &[String], who: &str| {
-            (0..12)
-                .filter(|p| owner(&Resource::Partition(*p), m) == Some(who))
-                .count()
-        };
-        assert_eq!(
-            [held(&three, "a"), held(&three, "b"), held(&three, "c")],
-            [4, 4, 4]
+    fn partitions_spread_evenly_and_mostly_stay_put_as_members_change() {
+        let held = |owners: &[&str], who: &str| owners.iter().filter(|o| **o == who).count();
+        let three = members(&["a-1", "b-2", "c-3"]);
+        let before = partition_owners(12, &three);
+        assert_eq!(before.len(), 12);
+        for m in &three {
+            assert_eq!(held(&before, m), 4, "{before:?}");
+        }
+        // c-3 dies: only what it held moves, and the rest stays put.
+        let two = members(&["a-1", "b-2"]);
+        let after = partition_owners(12, &two);
+        assert_eq!([held(&after, "a-1"), held(&after, "b-2")], [6, 6]);
+        let moved = (0..12).filter(|&p| before[p] != after[p]).count();
+        assert!(
+            moved <= 6,
+            "{moved} partitions moved: {before:?} -> {after:?}"
         );
-        let two = members(&["a", "c"]);
-        assert_eq!([held(&two, "a"), held(&two, "c")], [6, 6]);
-        assert_eq!(owner(&Resource::Partition(0), &[]), None);
+        // It comes back under a new name: it takes about its share.
+        let back = members(&["a-1", "b-2", "c-9"]);
+        let again = partition_owners(12, &back);
+        let moved = (0..12).filter(|&p| after[p] != again[p]).count();
+        assert!(
+            moved <= 6,
+            "{moved} partitions moved: {after:?} -> {again:?}"
+        );
+        assert_eq!(partition_owners(12, &[]), Vec::<&str>::new());
+        assert!(held(&partition_owners(5, &three), "a-1") <= 2);
+    }
+
+    #[test]
+    fn a_splitter_has_one_owner_among_the_members() {
+        let three = members(&["a", "b", "c"]);
+        let owner = splitter_owner("contacts", &three).unwrap();
+        assert!(three.iter().any(|m| m == owner));
+        assert_eq!(
+            splitter_owner("contacts", &three),
+            Some(owner),
+            "the same on every call"
+        );
+        assert_eq!(splitter_owner("contacts", &[]), None);
     }
 
     #[test]

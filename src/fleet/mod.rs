@@ -289,10 +289,15 @@ async fn coordinate(fleet: Fleet) {
         }
         let resources: BTreeSet<Resource> =
             wanted.iter().chain(state.held.keys()).cloned().collect();
+        let live = state.live.clone();
+        let owners = assign::partition_owners(inner.partitions, &live);
         for resource in resources {
-            let mine = !is_leaving
-                && wanted.contains(&resource)
-                && assign::owner(&resource, &state.live) == Some(inner.me.as_str());
+            let owner = match &resource {
+                Resource::Partition(p) => owners.get(*p as usize).copied(),
+                Resource::Splitter(pipeline) => assign::splitter_owner(pipeline, &live),
+            };
+            let mine =
+                !is_leaving && wanted.contains(&resource) && owner == Some(inner.me.as_str());
             settle_lease(&fleet, &mut state, resource, mine).await;
         }
         held_gauge.set(

@@ -190,20 +190,95 @@ fn partition_config(
 
 /// The message as it stands in the pipeline's own stream.
 fn restore(mut msg: SourceMessage) -> SourceMessage {
-    let mut headers = Vec::with_capacity(msg.headers.len());
-    for (name, value) in std::mem::take(&mut msg.headers) {
-        if name.eq_ignore_ascii_case(SUBJECT_HEADER) {
-            msg.subject = value;
-        } else if name.eq_ignore_ascii_case(SEQ_HEADER) {
-            msg.seq = value.parse().unwrap_or(msg.seq);
-        } else if name.eq_ignore_ascii_case(TIME_HEADER) {
-            msg.timestamp_ms = value.parse().ok();
-        } else if name.eq_ignore_ascii_case(MSG_ID_HEADER) {
-            headers.push(("Nats-Msg-Id".to_string(), value));
-        } else if !name.eq_ignore_ascii_case("Nats-Msg-Id") {
-            headers.push((name, value));
-        }
-    }
-    msg.headers = headers;
+    let origin = Origin::read(std::mem::take(&mut msg.headers));
+    msg.subject = origin.subject.unwrap_or(msg.subject);
+    msg.seq = origin.seq.unwrap_or(msg.seq);
+    msg.timestamp_ms = origin.timestamp_ms.or(msg.timestamp_ms);
+    msg.headers = origin.headers;
     msg
+}
+
+/// Where a partitioned message stood in the pipeline's stream, read from
+/// the splitter's headers, and the message's own headers.
+#[derive(Debug, Default, PartialEq)]
+struct Origin {
+    subject: Option<String>,
+    seq: Option<u64>,
+    timestamp_ms: Option<i64>,
+    headers: Vec<(String, String)>,
+}
+
+impl Origin {
+    fn read(headers: Vec<(String, String)>) -> Origin {
+        let mut origin = Origin {
+            headers: Vec::with_capacity(headers.len()),
+            ..Origin::default()
+        };
+        for (name, value) in headers {
+            if name.eq_ignore_ascii_case(SUBJECT_HEADER) {
+                origin.subject = Some(value);
+            } else if name.eq_ignore_ascii_case(SEQ_HEADER) {
+                origin.seq = value.parse().ok();
+            } else if name.eq_ignore_ascii_case(TIME_HEADER) {
+                origin.timestamp_ms = value.parse().ok();
+            } else if name.eq_ignore_ascii_case(MSG_ID_HEADER) {
+                origin.headers.push(("Nats-Msg-Id".to_string(), value));
+            } else if !name.eq_ignore_ascii_case("Nats-Msg-Id") {
+                origin.headers.push((name, value));
+            }
+        }
+        origin
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::duration::ConfigDuration;
+
+    #[test]
+    fn a_partitioned_message_stands_where_it_stood_in_the_pipelines_stream() {
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let origin = Origin::read(vec![
+            pair("Nats-Msg-Id", "p.1234"),
+            pair(SUBJECT_HEADER, "cdc.contacts.9"),
+            pair(SEQ_HEADER, "1234"),
+            pair(TIME_HEADER, "1700000000123"),
+            pair(MSG_ID_HEADER, "ev-9"),
+            pair("Traceparent", "00-abc"),
+        ]);
+        assert_eq!(
+            origin,
+            Origin {
+                subject: Some("cdc.contacts.9".into()),
+                seq: Some(1234),
+                timestamp_ms: Some(1_700_000_000_123),
+                headers: vec![pair("Nats-Msg-Id", "ev-9"), pair("Traceparent", "00-abc")],
+            }
+        );
+    }
+
+    #[test]
+    fn partitions_share_what_a_pipeline_may_hold() {
+        let source = NatsSourceConfig {
+            stream: "CDC".into(),
+            subject: "cdc.>".into(),
+            durable: None,
+            batch: 256,
+            max_ack_pending: 512,
+            max_ack_pending_bytes: 2 << 20,
+            ack_wait: ConfigDuration::from_secs(30),
+        };
+        let p = partition_config(&source, "contacts", 3, 12);
+        assert_eq!(p.stream, "SYNCFLOW_PARTS");
+        assert_eq!(p.subject, "syncflow.parts.contacts.3");
+        assert_eq!(p.durable.as_deref(), Some("contacts-p3"));
+        assert_eq!(p.max_ack_pending, 42);
+        assert_eq!(p.max_ack_pending_bytes, (2 << 20) / 12);
+        let one = partition_config(&source, "contacts", 0, 1);
+        assert_eq!(
+            (one.max_ack_pending, one.max_ack_pending_bytes),
+            (512, 2 << 20)
+        );
+    }
 }

@@ -7,7 +7,7 @@
 //! - Nothing lost: the source is acked only once the partition stream has
 //!   stored the message (its publish ack).
 //! - Nothing twice: each republished message carries `Nats-Msg-Id`
-//!   `<pipeline>.<seq>`; a splitter that takes over from a dead one
+//!   `<pipeline>.<stream created, ns, hex>.<seq>`; a splitter that takes over from a dead one
 //!   republishes from the ack floor and the partition stream drops what was
 //!   already stored (within its 2-minute window).
 //! - A message without a key (not JSON, no key) goes to a partition by its
@@ -81,6 +81,9 @@ async fn split_while_held(
     let mut ctx = version.borrow_and_update().clone();
     let name = ctx.pipeline.name.clone();
     let label = format!("{name}/splitter");
+    let Some(generation) = stream_generation(&ctx).await else {
+        return false;
+    };
     let (source_stop, source_stop_rx) = watch::channel(false);
     let mut source = JetStreamSource::new(
         ctx.js.clone(),
@@ -136,7 +139,8 @@ async fn split_while_held(
                     ctx = version.borrow_and_update().clone();
                 }
                 let p = partition(&ctx, &msg, partitions);
-                match ctx.js.send_publish(parts_subject(&name, p), republished(&name, &msg)).await {
+                let copy = republished(&name, generation, &msg);
+                match ctx.js.send_publish(parts_subject(&name, p), copy).await {
                     Ok(ack) => {
                         split.increment(1);
                         stored.push_back(async move { (ack.await.map(|_| ()).map_err(|e| e.to_string()), msg) });
@@ -194,9 +198,33 @@ fn partition(ctx: &Ctx, msg: &SourceMessage, partitions: u32) -> u32 {
     }
 }
 
+/// When the pipeline's stream was created (ns), which tells a stream from
+/// one made again under the same name: its sequences start again at 1, and
+/// its messages must not be taken for duplicates of the old one's.
+async fn stream_generation(ctx: &Ctx) -> Option<i128> {
+    let stream = &ctx.pipeline.source.stream;
+    let info = async {
+        ctx.js
+            .get_stream(stream)
+            .await
+            .ok()?
+            .info()
+            .await
+            .ok()
+            .map(|i| i.created)
+    };
+    match info.await {
+        Some(created) => Some(created.unix_timestamp_nanos()),
+        None => {
+            tracing::warn!(pipeline = %ctx.pipeline.name, stream = %stream, "cannot read the source stream; splitting again soon");
+            None
+        }
+    }
+}
+
 /// The message for its partition: the same payload and headers, with where
 /// it stands in the pipeline's stream.
-fn republished(pipeline: &str, msg: &SourceMessage) -> Publish {
+fn republished(pipeline: &str, generation: i128, msg: &SourceMessage) -> Publish {
     let mut headers = HeaderMap::new();
     for (name, value) in &msg.headers {
         if name.eq_ignore_ascii_case("Nats-Msg-Id") {
@@ -213,5 +241,5 @@ fn republished(pipeline: &str, msg: &SourceMessage) -> Publish {
     Publish::build()
         .payload(msg.payload.clone())
         .headers(headers)
-        .message_id(format!("{pipeline}.{}", msg.seq))
+        .message_id(format!("{pipeline}.{generation:x}.{}", msg.seq))
 }

@@ -218,7 +218,7 @@ impl Engine {
         let globals_ignored = plan.globals_changed;
         if globals_ignored {
             tracing::warn!(
-                "syncflow.yaml changed: nats, redis and http settings take effect at the next start"
+                "syncflow.yaml changed: nats, redis, http, jetstream and fleet settings take effect at the next start"
             );
         }
         let mut applied = self.apply_pipelines(&plan, config).await;
