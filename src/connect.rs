@@ -27,6 +27,12 @@ fn read(what: &'static str, path: &str) -> Result<Vec<u8>, ConnectError> {
     })
 }
 
+/// The servers of `nats.url`: one URL, or several separated by commas (the
+/// nodes of a cluster; the client learns the rest from the one it reaches).
+pub fn nats_servers(url: &str) -> Vec<&str> {
+    url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
+}
+
 /// NATS options: authentication and TLS, retrying the first connect (NATS
 /// being down at start is waited out, not an error).
 pub async fn nats_options(g: &NatsGlobals) -> Result<async_nats::ConnectOptions, ConnectError> {
@@ -90,4 +96,16 @@ pub fn redis_client(g: &RedisGlobals) -> Result<redis::Client, ConnectError> {
             root_cert,
         },
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cluster_is_its_urls_separated_by_commas() {
+        assert_eq!(
+            super::nats_servers("nats://a:4222, nats://b:4222,nats://c:4222"),
+            ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+        );
+        assert_eq!(super::nats_servers("nats://a:4222"), ["nats://a:4222"]);
+    }
 }

@@ -130,7 +130,7 @@ async fn jetstream(
     let options = crate::connect::nats_options(g)
         .await
         .map_err(|e| e.to_string())?;
-    let client = tokio::time::timeout(CONNECT_TIMEOUT, options.connect(&g.url))
+    let client = tokio::time::timeout(CONNECT_TIMEOUT, options.connect(crate::connect::nats_servers(&g.url)))
         .await
         .map_err(|_| format!("cannot reach NATS at {url} within {CONNECT_TIMEOUT:?}"))?
         .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))?;

@@ -143,7 +143,7 @@ impl Engine {
         let nats = crate::connect::nats_options(&config.globals.nats)
             .await
             .map_err(|e| RunError::NatsUrl(e.to_string()))?
-            .connect(&config.globals.nats.url)
+            .connect(crate::connect::nats_servers(&config.globals.nats.url))
             .await
             .map_err(|e| RunError::NatsUrl(e.to_string()))?;
         readiness.watch_nats(nats.clone());
