@@ -1,5 +1,6 @@
 //! Real `nats-server -js` and `redis-server` processes for tests: single
-//! servers, and a three-node JetStream cluster ([`NatsCluster`]).
+//! servers, a three-node JetStream cluster ([`NatsCluster`]), and a Redis
+//! primary with a replica and sentinels ([`RedisSentinel`]).
 //!
 //! NATS and Redis are never mocked (see DEVELOPERS.md): a test starts its own
 //! server on a free loopback port with its data in a temporary directory, and
@@ -15,7 +16,7 @@
 //! ```
 //!
 //! The calls block (at most ~10 s while a server starts, ~20 s while a
-//! cluster elects its leader): they are meant for
+//! cluster elects its leader or sentinels fail over): they are meant for
 //! test setup, where nothing else is waiting on the runtime (in an async
 //! test, inside `tokio::task::block_in_place`).
 
@@ -24,6 +25,7 @@ mod config;
 mod nats;
 mod nats_cluster;
 mod redis;
+mod redis_sentinel;
 mod server;
 mod tls;
 
@@ -36,6 +38,7 @@ pub use config::{copy_tree, example_config, shipped_config};
 pub use nats::Nats;
 pub use nats_cluster::NatsCluster;
 pub use redis::Redis;
+pub use redis_sentinel::{RedisSentinel, RedisSentinelKind, SentinelServer};
 pub use server::{Server, ServerKind, free_port, temp_dir};
 pub use tls::Certs;
 
