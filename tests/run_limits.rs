@@ -56,6 +56,20 @@ fn print_refusals(log: &[LoggedRequest]) {
     }
 }
 
+/// The HubSpot pipeline alone, its provider limited to RATE/s with BURST,
+/// and the mock CRM enforcing exactly that and logging every request.
+async fn hubspot_at_the_limit() -> Harness {
+    let h = Harness::start(MockCrmConfig {
+        hubspot_limit: Some(RateLimit::gcra(RATE, Duration::from_secs(1), BURST)),
+        record_log: true,
+        ..MockCrmConfig::default()
+    })
+    .await;
+    h.remove_pipeline("contacts-to-salesforce");
+    h.set_rate_limit("hubspot", RATE, "1s", BURST);
+    h
+}
+
 /// When the CRM accepted each create (µs), in order.
 fn accepted(log: &[LoggedRequest]) -> Vec<u64> {
     let mut times: Vec<u64> = log
@@ -70,14 +84,7 @@ fn accepted(log: &[LoggedRequest]) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_the_limit_without_a_429_at_over_90_percent_of_it() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let h = Harness::start(MockCrmConfig {
-        hubspot_limit: Some(RateLimit::gcra(RATE, Duration::from_secs(1), BURST)),
-        record_log: true,
-        ..MockCrmConfig::default()
-    })
-    .await;
-    h.remove_pipeline("contacts-to-salesforce");
-    h.set_rate_limit("hubspot", RATE, "1s", BURST);
+    let h = hubspot_at_the_limit().await;
 
     let events: Vec<_> = (1..=RATE * SECONDS).map(contacts::created).collect();
     contacts::publish_all(&h, &events).await;
@@ -174,14 +181,7 @@ async fn redis_down_means_the_local_limit_and_redis_back_means_shared_again() {
     /// The limiter's fallback delay (limiter/shared.rs) and some.
     const FALLBACK_DELAY: Duration = Duration::from_millis(3500);
     let _alone = ONE_AT_A_TIME.lock().await;
-    let mut h = Harness::start(MockCrmConfig {
-        hubspot_limit: Some(RateLimit::gcra(RATE, Duration::from_secs(1), BURST)),
-        record_log: true,
-        ..MockCrmConfig::default()
-    })
-    .await;
-    h.remove_pipeline("contacts-to-salesforce");
-    h.set_rate_limit("hubspot", RATE, "1s", BURST);
+    let mut h = hubspot_at_the_limit().await;
     h.set_fast_retries("hubspot", 10);
 
     let events: Vec<_> = (1..=RECORDS).map(contacts::created).collect();
@@ -254,14 +254,7 @@ async fn a_sentinel_failover_mid_run_keeps_every_request_within_the_limit() {
     const RECORDS: u32 = 1200;
     const LOCAL: &str = r#"syncflow_limiter_local{provider="hubspot"}"#;
     let _alone = ONE_AT_A_TIME.lock().await;
-    let h = Harness::start(MockCrmConfig {
-        hubspot_limit: Some(RateLimit::gcra(RATE, Duration::from_secs(1), BURST)),
-        record_log: true,
-        ..MockCrmConfig::default()
-    })
-    .await;
-    h.remove_pipeline("contacts-to-salesforce");
-    h.set_rate_limit("hubspot", RATE, "1s", BURST);
+    let h = hubspot_at_the_limit().await;
     h.set_fast_retries("hubspot", 10);
     let mut redis =
         tokio::task::block_in_place(syncflow_testkit::RedisSentinel::start).expect("sentinels");

@@ -27,6 +27,7 @@ use redis::{
     RedisError, RedisFuture, RedisResult, Value,
 };
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::LimiterError;
 use super::redis::CALL_TIMEOUT;
@@ -34,6 +35,10 @@ use super::redis::CALL_TIMEOUT;
 /// How long one sentinel, and then the primary it names, may take to answer
 /// (connecting included) before the next sentinel is asked.
 const SENTINEL_TIMEOUT: Duration = Duration::from_millis(500);
+/// After a lookup found no primary, calls fail with its reason for this
+/// long rather than ask the sentinels again at once (while a failover runs,
+/// every limiter's probes would otherwise keep them asking back to back).
+const LOOKUP_PAUSE: Duration = Duration::from_millis(100);
 
 /// Where the limiters find Redis.
 pub enum RedisTarget {
@@ -265,8 +270,8 @@ struct State {
     current: Option<Current>,
     /// A lookup is running (one at a time).
     looking: bool,
-    /// Why the last lookup found no primary.
-    failed: Option<String>,
+    /// Why the last lookup found no primary, and when it ended.
+    failed: Option<(String, Instant)>,
     /// Lookups that found a primary.
     generation: u64,
     /// The last primary's address, and its serial.
@@ -289,8 +294,13 @@ impl SentinelPrimary {
         if let Some(current) = &state.borrow_and_update().current {
             return Ok(current.clone());
         }
+        let now = Instant::now();
         let start = self.state.send_if_modified(|s| {
-            let start = s.current.is_none() && !s.looking;
+            let paused = s
+                .failed
+                .as_ref()
+                .is_some_and(|(_, at)| now < *at + LOOKUP_PAUSE);
+            let start = s.current.is_none() && !s.looking && !paused;
             s.looking |= start;
             start
         });
@@ -307,7 +317,7 @@ impl SentinelPrimary {
             (None, failed) => Err(lost(&format!(
                 "no Redis primary named {:?}: {}",
                 self.master,
-                failed.as_deref().unwrap_or("not looked up yet")
+                failed.as_ref().map_or("not looked up yet", |(why, _)| why)
             ))),
         }
     }
@@ -352,11 +362,11 @@ impl SentinelPrimary {
                         });
                         s.failed = None;
                     }
-                    Err(e) => s.failed = Some(e.to_string()),
+                    Err(e) => s.failed = Some((e.to_string(), Instant::now())),
                 },
                 Err(why) => {
                     tracing::debug!(master = %self.master, error = %why, "no Redis primary from the sentinels");
-                    s.failed = Some(why);
+                    s.failed = Some((why, Instant::now()));
                 }
             }
         });

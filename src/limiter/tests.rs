@@ -287,19 +287,7 @@ async fn an_outage_and_a_restart_keep_the_fleet_within_the_limit() {
     let recorder = PrometheusBuilder::new().build_recorder();
     let metrics = recorder.handle();
     let instances = metrics::with_local_recorder(&recorder, || fleet(&server, "flaky", spec, 3));
-    // Every instance registered, so each counts three when Redis goes.
-    for limiter in &instances {
-        limiter.acquire().await.unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-
-    let origin = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let running: Vec<_> = instances
-        .iter()
-        .map(|limiter| hammer_until_stopped(limiter, 8, origin, &stop))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (origin, stop, running) = hammer_fleet(&instances).await;
 
     tokio::task::block_in_place(|| server.kill());
     let down = origin.elapsed();
@@ -344,6 +332,26 @@ async fn an_outage_and_a_restart_keep_the_fleet_within_the_limit() {
     let rendered = metrics.render();
     assert_eq!(metric(&rendered, "syncflow_limiter_local"), Some(0.0));
     assert!(metric(&rendered, "syncflow_limiter_redis_calls_total") > Some(10.0));
+}
+
+/// Registers every instance (so each counts the others when Redis goes),
+/// then runs 8 callers on each until `stop` is set; returns after 500 ms of
+/// that: the origin of the starts' times, `stop`, and the callers.
+async fn hammer_fleet(
+    instances: &[SharedLimiter],
+) -> (Instant, Arc<AtomicBool>, Vec<JoinSet<Vec<Duration>>>) {
+    for limiter in instances {
+        limiter.acquire().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let origin = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = instances
+        .iter()
+        .map(|limiter| hammer_until_stopped(limiter, 8, origin, &stop))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    (origin, stop, running)
 }
 
 /// The value of `name{provider="flaky"}` in a Prometheus rendering.
@@ -635,18 +643,7 @@ async fn a_sentinel_failover_keeps_the_fleet_within_the_limit() {
     let instances: Vec<SharedLimiter> = (0..3)
         .map(|_| SharedLimiter::new(through_sentinels(&redis), "failover", spec).unwrap())
         .collect();
-    for limiter in &instances {
-        limiter.acquire().await.unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-
-    let origin = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let running: Vec<_> = instances
-        .iter()
-        .map(|limiter| hammer_until_stopped(limiter, 8, origin, &stop))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (origin, stop, running) = hammer_fleet(&instances).await;
     let killed_at = origin.elapsed();
     tokio::task::block_in_place(|| {
         redis.kill_primary();
