@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use crate::config::model::{NatsGlobals, RedisGlobals};
+use crate::limiter::RedisTarget;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -71,11 +72,24 @@ pub async fn nats_options(g: &NatsGlobals) -> Result<async_nats::ConnectOptions,
     Ok(options)
 }
 
-/// The Redis client of the limiters: `rediss://` with the configured CA
-/// and client certificate, or the system's roots.
-pub fn redis_client(g: &RedisGlobals) -> Result<redis::Client, ConnectError> {
+/// Where the limiters find Redis: the primary the sentinels name
+/// (`redis.sentinel`), or the server at `redis.url` (`rediss://` with the
+/// configured CA and client certificate, or the system's roots).
+pub fn redis_client(g: &RedisGlobals) -> Result<RedisTarget, ConnectError> {
+    if let Some(sentinel) = &g.sentinel {
+        let sentinels = sentinel
+            .urls
+            .iter()
+            .map(|url| redis::IntoConnectionInfo::into_connection_info(url.as_str()))
+            .collect::<Result<_, _>>()?;
+        return Ok(RedisTarget::Sentinel {
+            master: sentinel.master.clone(),
+            sentinels,
+            password: sentinel.password.as_ref().map(|p| p.expose().to_string()),
+        });
+    }
     let Some(tls) = &g.tls else {
-        return Ok(redis::Client::open(g.url.as_str())?);
+        return Ok(redis::Client::open(g.url.as_str())?.into());
     };
     let root_cert = tls
         .ca
@@ -95,7 +109,8 @@ pub fn redis_client(g: &RedisGlobals) -> Result<redis::Client, ConnectError> {
             client_tls,
             root_cert,
         },
-    )?)
+    )?
+    .into())
 }
 
 #[cfg(test)]

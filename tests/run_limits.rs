@@ -3,7 +3,8 @@
 //! request is sent over the limit). The mock CRM enforces exactly the
 //! configured limit (same rate, same burst, no headroom): it must refuse
 //! nothing, and the fleet must sustain at least 90% of the limit. The same
-//! holds across a Redis outage and restart.
+//! holds across a Redis outage and restart, and across a failover of Redis
+//! behind Sentinel.
 //!
 //! The limit is 100/s with a burst of 5: tight (a twentieth of a second's
 //! requests at once), with room for the scheduling delays of a 2-core CI
@@ -55,6 +56,20 @@ fn print_refusals(log: &[LoggedRequest]) {
     }
 }
 
+/// The HubSpot pipeline alone, its provider limited to RATE/s with BURST,
+/// and the mock CRM enforcing exactly that and logging every request.
+async fn hubspot_at_the_limit() -> Harness {
+    let h = Harness::start(MockCrmConfig {
+        hubspot_limit: Some(RateLimit::gcra(RATE, Duration::from_secs(1), BURST)),
+        record_log: true,
+        ..MockCrmConfig::default()
+    })
+    .await;
+    h.remove_pipeline("contacts-to-salesforce");
+    h.set_rate_limit("hubspot", RATE, "1s", BURST);
+    h
+}
+
 /// When the CRM accepted each create (µs), in order.
 fn accepted(log: &[LoggedRequest]) -> Vec<u64> {
     let mut times: Vec<u64> = log
@@ -69,14 +84,7 @@ fn accepted(log: &[LoggedRequest]) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_the_limit_without_a_429_at_over_90_percent_of_it() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let h = Harness::start(MockCrmConfig {
-        hubspot_limit: Some(RateLimit::gcra(RATE, Duration::from_secs(1), BURST)),
-        record_log: true,
-        ..MockCrmConfig::default()
-    })
-    .await;
-    h.remove_pipeline("contacts-to-salesforce");
-    h.set_rate_limit("hubspot", RATE, "1s", BURST);
+    let h = hubspot_at_the_limit().await;
 
     let events: Vec<_> = (1..=RATE * SECONDS).map(contacts::created).collect();
     contacts::publish_all(&h, &events).await;
@@ -173,14 +181,7 @@ async fn redis_down_means_the_local_limit_and_redis_back_means_shared_again() {
     /// The limiter's fallback delay (limiter/shared.rs) and some.
     const FALLBACK_DELAY: Duration = Duration::from_millis(3500);
     let _alone = ONE_AT_A_TIME.lock().await;
-    let mut h = Harness::start(MockCrmConfig {
-        hubspot_limit: Some(RateLimit::gcra(RATE, Duration::from_secs(1), BURST)),
-        record_log: true,
-        ..MockCrmConfig::default()
-    })
-    .await;
-    h.remove_pipeline("contacts-to-salesforce");
-    h.set_rate_limit("hubspot", RATE, "1s", BURST);
+    let mut h = hubspot_at_the_limit().await;
     h.set_fast_retries("hubspot", 10);
 
     let events: Vec<_> = (1..=RECORDS).map(contacts::created).collect();
@@ -234,6 +235,98 @@ async fn redis_down_means_the_local_limit_and_redis_back_means_shared_again() {
         snap.hubspot.counters.creates,
         fell_back.trim(),
         back.trim(),
+    );
+    assert_eq!(snap.hubspot.counters.rate_limited, 0, "429s from the CRM");
+    assert_eq!(snap.hubspot.counters.creates, u64::from(RECORDS));
+    assert_eq!(snap.hubspot.records.len(), RECORDS as usize);
+    assert_eq!(h.dead_letters().await, Vec::<serde_json::Value>::new());
+}
+
+/// Redis behind Sentinel (`redis.sentinel`): two instances share the limit
+/// on the primary the sentinels name; the primary is killed mid-run; the
+/// instances fall back to their local shares while the sentinels promote
+/// the replica, then find the new primary through the sentinels and hold
+/// once before leasing from it (its state may lack the last writes). Every
+/// record is delivered once and the CRM, enforcing the same limit, refuses
+/// none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_mid_run_keeps_every_request_within_the_limit() {
+    const RECORDS: u32 = 1200;
+    const LOCAL: &str = r#"syncflow_limiter_local{provider="hubspot"}"#;
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let h = hubspot_at_the_limit().await;
+    h.set_fast_retries("hubspot", 10);
+    let mut redis =
+        tokio::task::block_in_place(syncflow_testkit::RedisSentinel::start).expect("sentinels");
+    let urls = redis.sentinel_urls().join(", ");
+    h.set_line(
+        "syncflow.yaml",
+        "redis:",
+        &format!(
+            "redis: {{ sentinel: {{ master: {}, urls: [{urls}] }} }}",
+            redis.master_name()
+        ),
+    );
+
+    let events: Vec<_> = (1..=RECORDS).map(contacts::created).collect();
+    contacts::publish_all(&h, &events).await;
+    let mut fleet = [h.spawn(), h.spawn()];
+    for syncflow in &fleet {
+        syncflow.wait_ready(Duration::from_secs(20)).await;
+    }
+    let creates = |h: &Harness| h.crm.snapshot().hubspot.counters.creates;
+    while creates(&h) < u64::from(RATE) * 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for syncflow in &fleet {
+        assert_eq!(metrics::value(&syncflow.metrics().await, LOCAL), Some(0.0));
+    }
+
+    let killed = std::time::Instant::now();
+    let old = tokio::task::block_in_place(|| redis.kill_primary());
+    for syncflow in &fleet {
+        syncflow
+            .wait_metric(LOCAL, 1.0, Duration::from_secs(5))
+            .await;
+    }
+    let promoted = tokio::task::block_in_place(|| redis.wait_for_failover()).expect("failover");
+    let promoted_after = killed.elapsed();
+    let mut moved = Vec::new();
+    for syncflow in &fleet {
+        moved.push(
+            syncflow
+                .wait_log(
+                    "the sentinels name another Redis primary",
+                    Duration::from_secs(10),
+                )
+                .await,
+        );
+        syncflow
+            .wait_metric(LOCAL, 0.0, Duration::from_secs(10))
+            .await;
+    }
+    let shared_after = killed.elapsed();
+    h.wait_settled(Duration::from_secs(40)).await;
+    let exposed = [fleet[0].metrics().await, fleet[1].metrics().await];
+    for syncflow in &mut fleet {
+        assert!(syncflow.sigterm().success(), "{}", syncflow.log());
+    }
+    if std::env::var_os("SHOW_LOGS").is_some() {
+        println!("A:\n{}\nB:\n{}", fleet[0].log(), fleet[1].log());
+    }
+
+    let snap = h.crm.snapshot();
+    print_refusals(&snap.hubspot.log);
+    let sent = |m: &str| metrics::sum(m, "syncflow_pipeline_sent_total", &[]);
+    println!(
+        "sentinel failover: primary {old} killed, {promoted} promoted after {promoted_after:?}, \
+         both instances shared again after {shared_after:?}; 429s {}; creates {} of {RECORDS}; \
+         sent by A {}, by B {}\n  {}",
+        snap.hubspot.counters.rate_limited,
+        snap.hubspot.counters.creates,
+        sent(&exposed[0]),
+        sent(&exposed[1]),
+        moved[0].trim(),
     );
     assert_eq!(snap.hubspot.counters.rate_limited, 0, "429s from the CRM");
     assert_eq!(snap.hubspot.counters.creates, u64::from(RECORDS));

@@ -491,6 +491,64 @@ const BATCH_CASES: &[Case] = &[
     },
 ];
 
+const GLOBALS: &str = "syncflow.yaml";
+const REDIS_LINE: &str = r#"redis: { url: "${REDIS_URL:-redis://127.0.0.1:6379}" }"#;
+
+/// `redis.sentinel` instead of `redis.url` (README, "Redis Sentinel").
+const SENTINEL_CASES: &[Case] = &[
+    Case {
+        name: "sentinel beside a url",
+        file: GLOBALS,
+        from: REDIS_LINE,
+        to: r#"redis: { url: "redis://10.0.0.5:6379", sentinel: { master: mymaster, urls: [redis://127.0.0.1:26379] } }"#,
+        expect: &[
+            r#"syncflow.yaml:3:15: error: redis.url and redis.sentinel both say where Redis is: with sentinel, the sentinels name the primary; remove url"#,
+        ],
+    },
+    Case {
+        name: "sentinel without a master name or a sentinel",
+        file: GLOBALS,
+        from: REDIS_LINE,
+        to: r#"redis: { sentinel: { master: "", urls: [] } }"#,
+        expect: &[
+            r#"syncflow.yaml:3:30: error: redis.sentinel.master must be the name the sentinels monitor the primary by, such as mymaster"#,
+            r#"syncflow.yaml:3:40: error: redis.sentinel.urls needs at least one sentinel, such as redis://127.0.0.1:26379"#,
+        ],
+    },
+    Case {
+        name: "sentinel url that is not redis://",
+        file: GLOBALS,
+        from: REDIS_LINE,
+        to: "redis:\n  sentinel:\n    master: mymaster\n    urls:\n      - redis://127.0.0.1:26379\n      - \"http://:secret@127.0.0.1:26380\"",
+        expect: &[
+            r#"syncflow.yaml:8:9: error: a sentinel url must be redis://host:port, not "http://:***@127.0.0.1:26380""#,
+        ],
+    },
+    Case {
+        name: "sentinel with tls",
+        file: GLOBALS,
+        from: REDIS_LINE,
+        to: r#"redis: { sentinel: { master: mymaster, urls: [redis://127.0.0.1:26379] }, tls: {} }"#,
+        expect: &[
+            r#"syncflow.yaml:3:80: error: redis.tls is not supported with redis.sentinel: the sentinels and the primary are reached without TLS"#,
+        ],
+    },
+    Case {
+        name: "sentinel without master",
+        file: GLOBALS,
+        from: REDIS_LINE,
+        to: r#"redis: { sentinel: { urls: [redis://127.0.0.1:26379] } }"#,
+        expect: &[r#"syncflow.yaml:3:20: error: missing field `master`"#],
+    },
+    Case {
+        name: "typo'd sentinel key",
+        file: GLOBALS,
+        from: REDIS_LINE,
+        to: r#"redis: { sentinel: { master: mymaster, urls: [redis://127.0.0.1:26379], pasword: x } }"#,
+        expect: &[r#"syncflow.yaml:3:73: error: unknown key "pasword" (did you mean "password"?)"#],
+    },
+];
+
 /// Runs each case on a fresh copy of `config` and lists the mismatches.
 fn mismatches(cases: &[Case], config: impl Fn() -> tempfile::TempDir) -> Vec<String> {
     let mut failures = Vec::new();
@@ -512,6 +570,25 @@ fn mismatches(cases: &[Case], config: impl Fn() -> tempfile::TempDir) -> Vec<Str
 fn each_broken_config_is_reported_at_its_place() {
     let failures = mismatches(CASES, shipped_config);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn each_broken_sentinel_config_is_reported_at_its_place() {
+    let failures = mismatches(SENTINEL_CASES, shipped_config);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_sentinel_config_is_valid() {
+    let dir = shipped_config();
+    edit(
+        dir.path(),
+        GLOBALS,
+        REDIS_LINE,
+        r#"redis: { sentinel: { master: mymaster, urls: [redis://10.0.0.1:26379, "redis://:s3cret@10.0.0.2:26379"], password: "${REDIS_PASSWORD:-dev}" } }"#,
+    );
+    let (code, lines) = validate(dir.path());
+    assert_eq!((code, lines), (0, Vec::<String>::new()));
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::diagnostics::Diagnostics;
 use super::load::SourceFile;
-use super::model::{Globals, TlsGlobals};
+use super::model::{DEFAULT_REDIS_URL, Globals, RedisGlobals, SentinelGlobals, TlsGlobals};
 use crate::path;
 
 pub fn check(file: &SourceFile, dir: &Path, g: &Globals, diags: &mut Diagnostics) {
@@ -74,7 +74,9 @@ pub fn check(file: &SourceFile, dir: &Path, g: &Globals, diags: &mut Diagnostics
             "redis.key_prefix must be a non-empty name without '{', '}' or spaces",
         );
     }
-    if let Some(tls) = &redis.tls {
+    if let Some(sentinel) = &redis.sentinel {
+        check_sentinel(file, redis, sentinel, diags);
+    } else if let Some(tls) = &redis.tls {
         if !redis.url.starts_with("rediss://") {
             file.error(
                 diags,
@@ -122,6 +124,58 @@ pub fn check(file: &SourceFile, dir: &Path, g: &Globals, diags: &mut Diagnostics
         Duration::from_secs(60),
         Duration::from_secs(366 * 24 * 3600),
     );
+}
+
+/// `redis.sentinel`: the sentinels say where the primary is, so `url` has
+/// nothing to say; TLS to the sentinels and the primary is not supported.
+fn check_sentinel(
+    file: &SourceFile,
+    redis: &RedisGlobals,
+    sentinel: &SentinelGlobals,
+    diags: &mut Diagnostics,
+) {
+    if redis.url != DEFAULT_REDIS_URL {
+        file.error(
+            diags,
+            &path!["redis", "url"],
+            "redis.url and redis.sentinel both say where Redis is: with sentinel, the sentinels name the primary; remove url",
+        );
+    }
+    if redis.tls.is_some() {
+        file.error(
+            diags,
+            &path!["redis", "tls"],
+            "redis.tls is not supported with redis.sentinel: the sentinels and the primary are reached without TLS",
+        );
+    }
+    if sentinel.master.trim().is_empty() {
+        file.error(
+            diags,
+            &path!["redis", "sentinel", "master"],
+            "redis.sentinel.master must be the name the sentinels monitor the primary by, such as mymaster",
+        );
+    }
+    if sentinel.urls.is_empty() {
+        file.error(
+            diags,
+            &path!["redis", "sentinel", "urls"],
+            "redis.sentinel.urls needs at least one sentinel, such as redis://127.0.0.1:26379",
+        );
+    }
+    for (i, url) in sentinel.urls.iter().enumerate() {
+        let valid = url.starts_with("redis://")
+            && redis::IntoConnectionInfo::into_connection_info(url.as_str()).is_ok();
+        if !valid {
+            file.error(
+                diags,
+                &path!["redis", "sentinel", "urls", i],
+                format!(
+                    "a sentinel url must be redis://host:port, not \"{}\"",
+                    super::secret::redact_url(url)
+                ),
+            );
+        }
+    }
 }
 
 fn check_tls(file: &SourceFile, dir: &Path, at: &str, tls: &TlsGlobals, diags: &mut Diagnostics) {

@@ -145,7 +145,8 @@ pub struct TlsGlobals {
     pub key: Option<String>,
 }
 
-/// The Redis of the shared rate limits: `redis://` or `rediss://` (TLS).
+/// The Redis of the shared rate limits: `redis://` or `rediss://` (TLS), or
+/// the primary that Redis Sentinels name.
 #[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisGlobals {
@@ -154,14 +155,20 @@ pub struct RedisGlobals {
     /// Redis (staging and production) never share a limit.
     pub key_prefix: String,
     pub tls: Option<TlsGlobals>,
+    /// The primary is the one these sentinels name (`url` is then unused).
+    pub sentinel: Option<SentinelGlobals>,
 }
+
+/// The default `redis.url`.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 impl Default for RedisGlobals {
     fn default() -> Self {
         RedisGlobals {
-            url: "redis://127.0.0.1:6379".into(),
+            url: DEFAULT_REDIS_URL.into(),
             key_prefix: "syncflow".into(),
             tls: None,
+            sentinel: None,
         }
     }
 }
@@ -172,6 +179,38 @@ impl std::fmt::Debug for RedisGlobals {
             .field("url", &super::secret::redact_url(&self.url))
             .field("key_prefix", &self.key_prefix)
             .field("tls", &self.tls)
+            .field("sentinel", &self.sentinel)
+            .finish()
+    }
+}
+
+/// `redis.sentinel`: Redis Sentinel names the primary, and a new one after
+/// a failover.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelGlobals {
+    /// The name the sentinels monitor the primary by (`sentinel monitor
+    /// <master> ...`).
+    pub master: String,
+    /// `redis://host:port` of each sentinel, with the sentinels' own
+    /// credentials if they need any (`redis://:password@host:26379`).
+    pub urls: Vec<String>,
+    /// The password of the primary and its replicas (`requirepass`).
+    #[serde(default)]
+    pub password: Option<Secret>,
+}
+
+impl std::fmt::Debug for SentinelGlobals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self
+            .urls
+            .iter()
+            .map(|u| super::secret::redact_url(u))
+            .collect();
+        f.debug_struct("SentinelGlobals")
+            .field("master", &self.master)
+            .field("urls", &urls)
+            .field("password", &self.password)
             .finish()
     }
 }
@@ -973,4 +1012,26 @@ pub struct TestExpect {
     /// The error kind expected instead of an action (`input_schema`, ...).
     #[serde(default)]
     pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentinel_credentials_never_show_in_debug_output() {
+        let sentinel: SentinelGlobals = serde_yaml::from_str(
+            "{ master: mymaster, urls: [\"redis://:sentinel-secret@10.0.0.1:26379\"], password: primary-secret }",
+        )
+        .unwrap();
+        let redis = RedisGlobals {
+            sentinel: Some(sentinel),
+            ..RedisGlobals::default()
+        };
+        let shown = format!("{redis:?} {redis:#?}");
+        assert!(shown.contains("mymaster"), "{shown}");
+        for secret in ["sentinel-secret", "primary-secret"] {
+            assert!(!shown.contains(secret), "{secret} shows: {shown}");
+        }
+    }
 }

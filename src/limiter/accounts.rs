@@ -10,12 +10,11 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use redis::aio::ConnectionManager;
-
+use super::connection::RedisHandle;
 use super::{Limiter, LimiterError, RateLimitSpec, SharedLimiter};
 
 pub struct AccountLimits {
-    redis: ConnectionManager,
+    redis: RedisHandle,
     key_prefix: String,
     provider: String,
     state: Mutex<State>,
@@ -28,7 +27,7 @@ struct State {
 
 impl AccountLimits {
     pub fn new(
-        redis: ConnectionManager,
+        redis: RedisHandle,
         key_prefix: &str,
         provider: &str,
         spec: RateLimitSpec,

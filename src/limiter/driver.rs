@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use metrics::Counter;
-use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::connection::RedisHandle;
 use super::core::{Call, Core, Reply, Waiter, wasted_cells};
 use super::direct::Direct;
 use super::pool::Tail;
@@ -74,7 +74,7 @@ impl std::fmt::Debug for SharedLimiter {
 
 impl SharedLimiter {
     pub fn new(
-        redis: ConnectionManager,
+        redis: RedisHandle,
         provider: &str,
         spec: RateLimitSpec,
     ) -> Result<Self, LimiterError> {
@@ -84,7 +84,7 @@ impl SharedLimiter {
     /// A limiter whose Redis keys start with `key_prefix` (deployments
     /// sharing a Redis each have their own).
     pub fn with_key_prefix(
-        redis: ConnectionManager,
+        redis: RedisHandle,
         key_prefix: &str,
         provider: &str,
         spec: RateLimitSpec,

@@ -6,6 +6,8 @@
 //! of `per` otherwise (`gcra`). One file per part:
 //! - `redis`: the Lua scripts that lease slices of a provider's timeline
 //!   (cells with conformance times on Redis's clock) and take unused ones back;
+//!   `connection`: the Redis they run on, one server or the primary that
+//!   Redis Sentinels name;
 //! - `pool`: leased cells, handed out no earlier than their time and no
 //!   later than their deadline; `direct`: the pool shared with callers;
 //! - `demand`: how many cells to lease;
@@ -20,6 +22,7 @@
 //! late: it opens it before taking the cell (docs/sink-connections.md).
 
 mod accounts;
+mod connection;
 mod core;
 mod demand;
 mod direct;
@@ -39,6 +42,7 @@ mod timing;
 use std::time::Duration;
 
 pub use self::accounts::AccountLimits;
+pub use self::connection::{RedisHandle, RedisTarget};
 pub use self::driver::SharedLimiter;
 pub use self::quota::{Quotas, Taken};
 pub use self::redis::{connect, manage};

@@ -19,13 +19,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::ConnectionManager;
-
+use super::connection::RedisHandle;
 use crate::provider::Quota;
 use crate::sampled::Sampled;
 
 pub struct Quotas {
-    redis: ConnectionManager,
+    redis: RedisHandle,
     key_prefix: String,
     provider: String,
     quota: Quota,
@@ -66,7 +65,7 @@ return 0",
 });
 
 impl Quotas {
-    pub fn new(redis: ConnectionManager, key_prefix: &str, provider: &str, quota: Quota) -> Self {
+    pub fn new(redis: RedisHandle, key_prefix: &str, provider: &str, quota: Quota) -> Self {
         Quotas {
             redis,
             key_prefix: key_prefix.to_string(),

@@ -33,10 +33,13 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::LimiterError;
+use super::connection::{RedisHandle, RedisTarget};
 use super::gcra::Schedule;
 use super::pool::{Grant, Tail};
 
@@ -140,20 +143,14 @@ pub(crate) fn state_key(key_prefix: &str, provider: &str) -> String {
 
 /// A Redis handle for the limiters that connects lazily, so syncflow starts
 /// (on the local fallback) while Redis is down. Needs a tokio runtime.
-pub fn connect(url: &str) -> Result<ConnectionManager, LimiterError> {
+pub fn connect(url: &str) -> Result<RedisHandle, LimiterError> {
     manage(redis::Client::open(url)?)
 }
 
-/// [`connect`] for a client already set up (TLS, see connect.rs).
-pub fn manage(client: redis::Client) -> Result<ConnectionManager, LimiterError> {
-    // Fail fast and let the limiter's own probing set the pace of retries:
-    // one connection attempt per reconnect, so a probe after Redis is back
-    // is not held up by a backoff started while it was away (core.rs
-    // counts on hearing that Redis is back within two probes).
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(CALL_TIMEOUT))
-        .set_number_of_retries(0);
-    Ok(ConnectionManager::new_lazy_with_config(client, config)?)
+/// [`connect`] for a client already set up (TLS, see connect.rs), or for the
+/// primary Redis Sentinels name (connection.rs).
+pub fn manage(target: impl Into<RedisTarget>) -> Result<RedisHandle, LimiterError> {
+    RedisHandle::new(target.into())
 }
 
 /// What a lease call says about this instance besides how many cells it wants.
@@ -187,21 +184,25 @@ pub(crate) type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output 
 /// One provider's key and this instance's identity in it.
 #[derive(Clone)]
 pub(crate) struct LeaseClient {
-    redis: ConnectionManager,
+    redis: RedisHandle,
     script: Script,
     give_back: Script,
     key: String,
     instance_id: String,
+    /// The primary (connection.rs: its serial) of this instance's last
+    /// grant; 0 before the first, and always without Sentinel.
+    granted_by: Arc<AtomicU64>,
 }
 
 impl LeaseClient {
-    pub fn new(redis: ConnectionManager, key_prefix: &str, provider: &str) -> Self {
+    pub fn new(redis: RedisHandle, key_prefix: &str, provider: &str) -> Self {
         LeaseClient {
             redis,
             script: Script::new(LEASE),
             give_back: Script::new(GIVE_BACK),
             key: state_key(key_prefix, provider),
             instance_id: format!("{:016x}", rand::random::<u64>()),
+            granted_by: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -211,18 +212,29 @@ impl LeaseClient {
         wanted: u32,
         standing: Standing,
     ) -> Result<Grant, LimiterError> {
-        let mut redis = self.redis.clone();
-        let mut call = self.script.key(&self.key);
-        call.arg(schedule.interval_us)
-            .arg(schedule.tolerance_us)
-            .arg(wanted)
-            .arg(HORIZON.as_micros() as u64)
-            .arg(&self.instance_id)
-            .arg(INSTANCE_TTL.as_micros() as u64)
-            .arg(standing.epoch_us.unwrap_or(0))
-            .arg(u8::from(standing.returning))
-            .arg(standing.hold_for.as_micros() as u64);
-        let reply = within_call_timeout(call.invoke_async(&mut redis)).await?;
+        let (reply, primary) = within_call_timeout(async {
+            let mut redis = self.redis.pin().await?;
+            // A primary other than the last grant's (a Sentinel failover)
+            // may have lost the last writes to the provider's state: the
+            // call starts a hold, as coming back from the local fallback
+            // does (docs/limiter.md, "Failover").
+            let granted_by = self.granted_by.load(Ordering::Relaxed);
+            let moved = granted_by != 0 && granted_by != redis.serial;
+            let mut call = self.script.key(&self.key);
+            call.arg(schedule.interval_us)
+                .arg(schedule.tolerance_us)
+                .arg(wanted)
+                .arg(HORIZON.as_micros() as u64)
+                .arg(&self.instance_id)
+                .arg(INSTANCE_TTL.as_micros() as u64)
+                .arg(standing.epoch_us.unwrap_or(0))
+                .arg(u8::from(standing.returning || moved))
+                .arg(standing.hold_for.as_micros() as u64);
+            let reply = call.invoke_async(&mut redis).await?;
+            Ok::<_, redis::RedisError>((reply, redis.serial))
+        })
+        .await?;
+        self.granted_by.store(primary, Ordering::Relaxed);
         let (now_us, start_us, interval_us, granted, instances, epoch_us, hold_us, tat_us): (
             u64,
             u64,

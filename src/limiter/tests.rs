@@ -16,8 +16,8 @@ use super::gcra::Schedule;
 use super::pool::Tail;
 use super::redis::{LeaseBackend, LeaseClient, Standing, state_key};
 use super::sim::{gcra_refusals, max_in_window, per_second, window_bound};
-use super::{LimiterMode, RateLimitSpec, SharedLimiter, connect};
-use syncflow_testkit::RedisServer;
+use super::{LimiterMode, RateLimitSpec, RedisHandle, RedisTarget, SharedLimiter, connect, manage};
+use syncflow_testkit::{RedisSentinel, RedisServer};
 
 async fn admin(server: &RedisServer) -> redis::aio::MultiplexedConnection {
     redis::Client::open(server.url())
@@ -287,19 +287,7 @@ async fn an_outage_and_a_restart_keep_the_fleet_within_the_limit() {
     let recorder = PrometheusBuilder::new().build_recorder();
     let metrics = recorder.handle();
     let instances = metrics::with_local_recorder(&recorder, || fleet(&server, "flaky", spec, 3));
-    // Every instance registered, so each counts three when Redis goes.
-    for limiter in &instances {
-        limiter.acquire().await.unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-
-    let origin = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let running: Vec<_> = instances
-        .iter()
-        .map(|limiter| hammer_until_stopped(limiter, 8, origin, &stop))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (origin, stop, running) = hammer_fleet(&instances).await;
 
     tokio::task::block_in_place(|| server.kill());
     let down = origin.elapsed();
@@ -344,6 +332,26 @@ async fn an_outage_and_a_restart_keep_the_fleet_within_the_limit() {
     let rendered = metrics.render();
     assert_eq!(metric(&rendered, "syncflow_limiter_local"), Some(0.0));
     assert!(metric(&rendered, "syncflow_limiter_redis_calls_total") > Some(10.0));
+}
+
+/// Registers every instance (so each counts the others when Redis goes),
+/// then runs 8 callers on each until `stop` is set; returns after 500 ms of
+/// that: the origin of the starts' times, `stop`, and the callers.
+async fn hammer_fleet(
+    instances: &[SharedLimiter],
+) -> (Instant, Arc<AtomicBool>, Vec<JoinSet<Vec<Duration>>>) {
+    for limiter in instances {
+        limiter.acquire().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let origin = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = instances
+        .iter()
+        .map(|limiter| hammer_until_stopped(limiter, 8, origin, &stop))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    (origin, stop, running)
 }
 
 /// The value of `name{provider="flaky"}` in a Prometheus rendering.
@@ -509,4 +517,156 @@ async fn a_lease_is_four_redis_commands_and_a_give_back_three() {
     let values = [tat, epoch, hold, last].map(|f| f.parse::<u64>().unwrap());
     assert_eq!(values, [second.tat_us, first.epoch_us, 0, second.now_us]);
     assert_eq!(instance.len(), 16, "{fields:?}");
+}
+
+/// A handle that asks `redis`'s sentinels for the primary, as
+/// `redis.sentinel` configures it: one per instance.
+fn through_sentinels(redis: &RedisSentinel) -> RedisHandle {
+    let sentinels = redis
+        .sentinel_urls()
+        .iter()
+        .map(|url| redis::IntoConnectionInfo::into_connection_info(url.as_str()).unwrap())
+        .collect();
+    manage(RedisTarget::Sentinel {
+        master: redis.master_name().to_string(),
+        sentinels,
+        password: None,
+    })
+    .unwrap()
+}
+
+/// Leases until the call gets through (the sentinels name a primary that
+/// answers), for at most 10 s.
+async fn lease_when_reachable(
+    client: &LeaseClient,
+    schedule: Schedule,
+    wanted: u32,
+    standing: Standing,
+) -> super::pool::Grant {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.lease(schedule, wanted, standing).await {
+            Ok(grant) => return grant,
+            Err(e) => assert!(Instant::now() < deadline, "no lease: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The primary fails over to its replica. Where the provider's state came
+/// along with replication (the same epoch), the new primary may still have
+/// lost its last writes, and its clock is another: the first call there
+/// from an instance that leased from the old primary starts a hold, as a
+/// return from the local fallback does, and the others see it. Where the
+/// state was lost (a new epoch), the hold starts as after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_starts_a_hold_on_the_new_primary() {
+    let mut redis = tokio::task::block_in_place(RedisSentinel::start).expect("sentinel setup");
+    let schedule = Schedule::new(&per_second(100, 5));
+    let standing = Standing {
+        epoch_us: None,
+        returning: false,
+        hold_for: Duration::from_secs(1),
+    };
+    let kept = LeaseClient::new(through_sentinels(&redis), "syncflow", "kept");
+    let lost = LeaseClient::new(through_sentinels(&redis), "syncflow", "lost");
+    let kept_first = lease_when_reachable(&kept, schedule, 3, standing).await;
+    let lost_first = lease_when_reachable(&lost, schedule, 3, standing).await;
+    assert_eq!((kept_first.granted, kept_first.hold_us), (3, None));
+    assert_eq!((lost_first.granted, lost_first.hold_us), (3, None));
+    let mut primary = redis::Client::open(redis.primary_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let replicas: u32 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(2000)
+        .query_async(&mut primary)
+        .await
+        .unwrap();
+    assert_eq!(replicas, 1, "the replica has the state");
+
+    tokio::task::block_in_place(|| {
+        redis.kill_primary();
+        redis.wait_for_failover()
+    })
+    .expect("failover");
+    // The new primary has "kept"'s state, not "lost"'s.
+    let mut promoted = redis::Client::open(redis.primary_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(state_key("syncflow", "lost"))
+        .query_async(&mut promoted)
+        .await
+        .unwrap();
+
+    let kept_standing = Standing {
+        epoch_us: Some(kept_first.epoch_us),
+        ..standing
+    };
+    let kept_second = lease_when_reachable(&kept, schedule, 3, kept_standing).await;
+    assert_eq!(kept_second.epoch_us, kept_first.epoch_us, "same state");
+    let hold = kept_second.hold_us.expect("a hold on the new primary");
+    assert!(hold > kept_second.now_us + 900_000, "{kept_second:?}");
+    assert_eq!(kept_second.granted, 0, "no cell before the hold");
+    assert!(kept_second.start_us >= hold, "{kept_second:?}");
+    // The hold is started once: the next call, and another instance's
+    // first, hear of it.
+    let again = kept.lease(schedule, 1, kept_standing).await.unwrap();
+    assert_eq!(again.hold_us, Some(hold));
+    let newcomer = LeaseClient::new(through_sentinels(&redis), "syncflow", "kept");
+    let first_call = lease_when_reachable(&newcomer, schedule, 1, standing).await;
+    assert_eq!(first_call.hold_us, Some(hold));
+
+    let lost_standing = Standing {
+        epoch_us: Some(lost_first.epoch_us),
+        ..standing
+    };
+    let lost_second = lease_when_reachable(&lost, schedule, 3, lost_standing).await;
+    assert_ne!(lost_second.epoch_us, lost_first.epoch_us, "a new epoch");
+    assert!(lost_second.hold_us.is_some(), "{lost_second:?}");
+    assert_eq!(lost_second.granted, 0, "no cell before the hold");
+}
+
+/// Three instances hammer one limit through the sentinels; the primary is
+/// killed, the sentinels promote the replica, and the fleet comes back to
+/// the shared limit on it: the starts over the whole run, local shares
+/// included, keep the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_keeps_the_fleet_within_the_limit() {
+    let mut redis = tokio::task::block_in_place(RedisSentinel::start).expect("sentinel setup");
+    let spec = per_second(200, 30);
+    let instances: Vec<SharedLimiter> = (0..3)
+        .map(|_| SharedLimiter::new(through_sentinels(&redis), "failover", spec).unwrap())
+        .collect();
+    let (origin, stop, running) = hammer_fleet(&instances).await;
+    let killed_at = origin.elapsed();
+    tokio::task::block_in_place(|| {
+        redis.kill_primary();
+        redis.wait_for_failover()
+    })
+    .expect("failover");
+    let promoted_at = origin.elapsed();
+    wait_for_mode(&instances, LimiterMode::Shared, Duration::from_secs(10)).await;
+    let shared_at = origin.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut starts = Vec::new();
+    for tasks in running {
+        starts.extend(tasks.join_all().await.into_iter().flatten());
+    }
+    let after: Vec<_> = starts.iter().filter(|&&t| t > shared_at).collect();
+    println!(
+        "primary killed at {killed_at:?}, replica promoted at {promoted_at:?}, all shared at \
+         {shared_at:?}: {} starts, {} after",
+        starts.len(),
+        after.len()
+    );
+    assert!(!after.is_empty(), "the fleet goes on on the new primary");
+    assert_within_limit(&mut starts, &spec);
 }

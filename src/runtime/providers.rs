@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
-
 use super::plan::ProviderChange;
 use crate::credentials::CredentialStore;
-use crate::limiter::{AccountLimits, Limiter, LimiterError, Quotas, RateLimitSpec, SharedLimiter};
+use crate::limiter::{
+    AccountLimits, Limiter, LimiterError, Quotas, RateLimitSpec, RedisHandle, SharedLimiter,
+};
 use crate::provider::{Provider, RateLimit};
 use crate::sink::http::{ApiBuildError, ProviderApi};
 
@@ -36,7 +36,7 @@ pub struct ProviderRuntime {
 
 /// Every provider's runtime, by name.
 pub struct Providers {
-    redis: ConnectionManager,
+    redis: RedisHandle,
     /// Credentials per account (`auth.per_account`).
     credentials: Arc<CredentialStore>,
     /// `redis.key_prefix`.
@@ -55,11 +55,7 @@ pub struct Staged {
 }
 
 impl Providers {
-    pub fn new(
-        redis: ConnectionManager,
-        key_prefix: &str,
-        credentials: Arc<CredentialStore>,
-    ) -> Self {
+    pub fn new(redis: RedisHandle, key_prefix: &str, credentials: Arc<CredentialStore>) -> Self {
         Providers {
             redis,
             credentials,

@@ -1,4 +1,6 @@
-//! Real `nats-server -js` and `redis-server` processes for tests.
+//! Real `nats-server -js` and `redis-server` processes for tests: single
+//! servers, a three-node JetStream cluster ([`NatsCluster`]), and a Redis
+//! primary with a replica and sentinels ([`RedisSentinel`]).
 //!
 //! NATS and Redis are never mocked (see DEVELOPERS.md): a test starts its own
 //! server on a free loopback port with its data in a temporary directory, and
@@ -13,13 +15,17 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The calls block (at most ~10 s while a server starts): they are meant for
-//! test setup, where nothing else is waiting on the runtime.
+//! The calls block (at most ~10 s while a server starts, ~20 s while a
+//! cluster elects its leader or sentinels fail over): they are meant for
+//! test setup, where nothing else is waiting on the runtime (in an async
+//! test, inside `tokio::task::block_in_place`).
 
 mod chromedriver;
 mod config;
 mod nats;
+mod nats_cluster;
 mod redis;
+mod redis_sentinel;
 mod server;
 mod tls;
 
@@ -30,8 +36,10 @@ use std::time::Duration;
 pub use chromedriver::{CHROMIUM, CHROMIUM_ARGS, Chromedriver};
 pub use config::{copy_tree, example_config, shipped_config};
 pub use nats::Nats;
+pub use nats_cluster::NatsCluster;
 pub use redis::Redis;
-pub use server::{Server, ServerKind, free_port};
+pub use redis_sentinel::{RedisSentinel, RedisSentinelKind, SentinelServer};
+pub use server::{Server, ServerKind, free_port, temp_dir};
 pub use tls::Certs;
 
 /// A `nats-server -js` on a free loopback port.
@@ -71,5 +79,14 @@ pub enum TestkitError {
         waited: Duration,
         last_probe_error: String,
         log_tail: String,
+    },
+    #[error(
+        "{cluster} was not ready after {waited:?} (last probe: {last_probe_error}); log tails:\n{logs}"
+    )]
+    ClusterNotReady {
+        cluster: &'static str,
+        waited: Duration,
+        last_probe_error: String,
+        logs: String,
     },
 }

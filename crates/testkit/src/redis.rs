@@ -34,10 +34,11 @@ impl ServerKind for Redis {
         args
     }
 
-    /// Ready once `PING` gets `+PONG` (a loading server answers `-LOADING`).
+    /// Ready once `PING` gets `+PONG` (a loading server answers `-LOADING`),
+    /// or `-NOAUTH` from a server started with `--requirepass`.
     fn probe(port: u16) -> io::Result<()> {
         let reply = ping(port)?;
-        if reply.starts_with("+PONG") {
+        if reply.starts_with("+PONG") || reply.starts_with("-NOAUTH") {
             Ok(())
         } else {
             Err(io::Error::other(format!(

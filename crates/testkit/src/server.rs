@@ -19,9 +19,9 @@ use super::TestkitError;
 const READY_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a server may take to exit after SIGTERM before it is killed.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
-const POLL_INTERVAL: Duration = Duration::from_millis(20);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// Connect and read timeout of one readiness probe.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Fresh ports tried when the chosen one was taken before the server bound it.
 const START_ATTEMPTS: usize = 3;
 const LOG_TAIL_LINES: usize = 20;
@@ -64,11 +64,16 @@ impl<K: ServerKind> Server<K> {
     pub fn start_with(
         extra: impl IntoIterator<Item = impl Into<OsString>>,
     ) -> Result<Self, TestkitError> {
+        Self::start_in(temp_dir(K::BINARY)?, extra)
+    }
+
+    /// [`Server::start_with`] in a data directory the caller made, for a
+    /// server that reads files written there first (a configuration file).
+    pub fn start_in(
+        dir: TempDir,
+        extra: impl IntoIterator<Item = impl Into<OsString>>,
+    ) -> Result<Self, TestkitError> {
         let extra: Vec<OsString> = extra.into_iter().map(Into::into).collect();
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("syncflow-{}-", K::BINARY))
-            .tempdir()
-            .map_err(io_error("create a temporary directory"))?;
         let mut server = Server {
             port: 0,
             dir,
@@ -231,7 +236,8 @@ impl<K: ServerKind> Server<K> {
             .map_err(io_error("open the server log"))
     }
 
-    fn log_tail(&self) -> String {
+    /// The last lines of the server's log (all its runs), for error messages.
+    pub fn log_tail(&self) -> String {
         let log = match std::fs::read(self.log_path()) {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(e) => return format!("(log unreadable: {e})"),
@@ -245,6 +251,14 @@ impl<K: ServerKind> Drop for Server<K> {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A new temporary directory named after `binary`, removed when dropped.
+pub fn temp_dir(binary: &str) -> Result<TempDir, TestkitError> {
+    tempfile::Builder::new()
+        .prefix(&format!("syncflow-{binary}-"))
+        .tempdir()
+        .map_err(io_error("create a temporary directory"))
 }
 
 /// A port that was free a moment ago (the OS picks it for a bind to port 0).
@@ -267,11 +281,11 @@ pub(super) fn exchange_line(port: u16, request: &[u8]) -> io::Result<String> {
     Ok(line)
 }
 
-fn mentions_port_taken(log: &str) -> bool {
+pub(crate) fn mentions_port_taken(log: &str) -> bool {
     log.to_ascii_lowercase().contains("address already in use")
 }
 
-fn io_error(action: &str) -> impl FnOnce(io::Error) -> TestkitError + '_ {
+pub(crate) fn io_error(action: &str) -> impl FnOnce(io::Error) -> TestkitError + '_ {
     move |source| TestkitError::Io {
         action: action.to_owned(),
         source,
