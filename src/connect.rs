@@ -31,7 +31,10 @@ fn read(what: &'static str, path: &str) -> Result<Vec<u8>, ConnectError> {
 /// The servers of `nats.url`: one URL, or several separated by commas (the
 /// nodes of a cluster; the client learns the rest from the one it reaches).
 pub fn nats_servers(url: &str) -> Vec<&str> {
-    url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 /// NATS options: authentication and TLS, retrying the first connect (NATS

@@ -23,7 +23,12 @@ pub async fn open_bucket(
         storage: jetstream::stream::StorageType::File,
         allow_rollup: true,
         deny_delete: true,
-        allow_direct: true,
+        // Direct gets are answered by any replica, and a follower may not
+        // have the latest write yet: an update reading the id map there
+        // would not find the id its create just stored, and a lease's
+        // compare-and-set would fail on a stale revision. With one replica
+        // there is nothing to lag behind.
+        allow_direct: replicas <= 1,
         discard: jetstream::stream::DiscardPolicy::New,
         num_replicas: replicas,
         ..Default::default()
@@ -51,20 +56,40 @@ struct Lease {
 }
 
 /// Holds the lease `key` for `holder` until `ttl` from now, taking it if
-/// it is free or expired; false when another holder has it.
+/// it is free or expired. Returns the entry's revision while held, `None`
+/// when another holder has it, an error when the bucket could not say.
+///
+/// `held` is the revision this holder last wrote: a renewal then is one
+/// compare-and-set, decided by the stream's leader, with no read that a
+/// lagging replica could answer; it reads only when that fails.
 pub async fn hold_lease(
     store: &kv::Store,
     key: &str,
     holder: &str,
     ttl: std::time::Duration,
-) -> Result<bool, String> {
-    let lease = serde_json::to_vec(&Lease {
+    held: Option<u64>,
+) -> Result<Option<u64>, String> {
+    let lease: bytes::Bytes = serde_json::to_vec(&Lease {
         holder: holder.to_string(),
         until: crate::clock::now_ms() + ttl.as_millis() as i64,
     })
-    .expect("a lease serializes");
+    .expect("a lease serializes")
+    .into();
+    if let Some(revision) = held {
+        match store.update(key, lease.clone(), revision).await {
+            Ok(revision) => return Ok(Some(revision)),
+            // Written since: by another holder, or by this one in an
+            // update whose answer was lost. The entry tells.
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
     match store.entry(key).await.map_err(|e| e.to_string())? {
-        None => Ok(store.create(key, lease.into()).await.is_ok()),
+        None => match store.create(key, lease).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(e.to_string()),
+        },
         Some(entry) => {
             let current: Option<Lease> = serde_json::from_slice(&entry.value).ok();
             let mine = current.as_ref().is_some_and(|l| l.holder == holder);
@@ -73,12 +98,14 @@ pub async fn hold_lease(
                 .is_none_or(|l| l.until < crate::clock::now_ms())
                 || !matches!(entry.operation, kv::Operation::Put);
             if !(mine || free) {
-                return Ok(false);
+                return Ok(None);
             }
-            Ok(store
-                .update(key, lease.into(), entry.revision)
-                .await
-                .is_ok())
+            // Compare-and-set: of two instances taking a free lease, one wins.
+            match store.update(key, lease, entry.revision).await {
+                Ok(revision) => Ok(Some(revision)),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
         }
     }
 }

@@ -8,11 +8,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use async_nats::jetstream;
+use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use syncflow::fleet::partition_of;
 use syncflow_mock_crm::{LoggedRequest, MockCrmConfig};
+use syncflow_testkit::NatsCluster;
 
 use common::contacts::{self, Event};
 use common::harness::{Harness, Syncflow};
@@ -119,63 +122,159 @@ fn pause_after(log: &[LoggedRequest], partitions: &BTreeSet<u32>, from_us: u64) 
 /// every create once, nothing lost, nothing dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_keep_each_keys_order_through_kills_and_a_stop() {
-    const KEYS: u32 = 2000;
-    const CHANGES: u32 = 10;
-    let h = Arc::new(
-        Harness::start(MockCrmConfig {
-            record_log: true,
-            ..MockCrmConfig::default()
-        })
-        .await,
-    );
+    let h = Arc::new(fleet_harness("").await);
+    let js = h.js.clone();
+    let report = run_chaos(&h, &js, &[], 2000, Chaos::Instances).await;
+    report.check(2000);
+}
+
+/// The same on a three-node JetStream cluster with every stream and bucket
+/// at three replicas: one NATS node is killed mid-run and restarted, and
+/// one syncflow instance is killed too. Nothing is lost or reordered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_node_killed_mid_run_loses_and_reorders_nothing() {
+    let h = Arc::new(fleet_harness("jetstream: { replicas: 3 }\n").await);
+    let mut cluster = NatsCluster::start().expect("a three-node NATS cluster");
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(cluster.urls().split(',').collect::<Vec<_>>())
+        .await
+        .expect("connect to the cluster");
+    let js = jetstream::new(client);
+    js.create_stream(jetstream::stream::Config {
+        name: "CDC".into(),
+        subjects: vec!["cdc.>".into()],
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .expect("CDC stream, R3");
+    let env = [("NATS_URL", cluster.urls())];
+    let report = run_chaos(&h, &js, &env, 1000, Chaos::NatsNode(&mut cluster)).await;
+    report.check(1000);
+}
+
+/// A harness for three instances in a fleet (12 partitions, failover 2 s),
+/// HubSpot only, its limit out of the way; `globals` added to syncflow.yaml.
+async fn fleet_harness(globals: &str) -> Harness {
+    let h = Harness::start(MockCrmConfig {
+        record_log: true,
+        ..MockCrmConfig::default()
+    })
+    .await;
     h.remove_pipeline("contacts-to-salesforce");
     h.set_rate_limit("hubspot", 100_000, "1s", 1000);
     h.edit(
         "syncflow.yaml",
         "http:",
-        "fleet: { partitions: 12, failover: 2s }\nhttp:",
+        &format!("{globals}fleet: {{ partitions: {PARTITIONS}, failover: 2s }}\nhttp:"),
     );
-    let mut rng = StdRng::seed_from_u64(15);
-    let events = interleaved(&mut rng, KEYS, CHANGES);
+    h
+}
 
-    let mut instances: Vec<Syncflow> = (0..3).map(|_| h.spawn()).collect();
+enum Chaos<'a> {
+    /// Five `kill -9` and one SIGTERM of random instances, each restarted.
+    Instances,
+    /// One NATS node killed and restarted, one instance killed.
+    NatsNode(&'a mut NatsCluster),
+}
+
+/// What a run did, for its checks.
+struct Report {
+    applied: BTreeMap<u32, Vec<u32>>,
+    creates: u64,
+    dead_letters: u64,
+}
+
+impl Report {
+    fn check(&self, keys: u32) {
+        let want: Vec<u32> = (0..CHANGES).collect();
+        let out_of_order: Vec<(u32, Vec<u32>)> = self
+            .applied
+            .iter()
+            .filter(|(_, v)| **v != want)
+            .map(|(k, v)| (*k, v.clone()))
+            .take(5)
+            .collect();
+        assert_eq!(
+            out_of_order,
+            Vec::new(),
+            "keys whose changes were not applied once each in order"
+        );
+        assert_eq!(self.applied.len(), keys as usize, "keys reached");
+        assert_eq!(self.creates, u64::from(keys), "creates");
+        assert_eq!(self.dead_letters, 0, "dead letters");
+    }
+}
+
+const CHANGES: u32 = 10;
+
+/// Three instances; `keys` × 10 changes published over the run while
+/// `chaos` happens; waits until all is delivered and reports.
+async fn run_chaos(
+    h: &Arc<Harness>,
+    js: &jetstream::Context,
+    env: &[(&str, String)],
+    keys: u32,
+    mut chaos: Chaos<'_>,
+) -> Report {
+    let mut rng = StdRng::seed_from_u64(15);
+    let events = interleaved(&mut rng, keys, CHANGES);
+    let spawn = || Syncflow::spawn_with_env(h, h.dir.path(), "10s", env);
+    let mut instances: Vec<Syncflow> = (0..3).map(|_| spawn()).collect();
     for i in &instances {
         i.wait_ready(Duration::from_secs(30)).await;
     }
     // Published over the whole run, so every kill meets work in flight.
     let publisher = {
-        let h = h.clone();
+        let js = js.clone();
         tokio::spawn(async move {
-            for chunk in events.chunks(500) {
-                contacts::publish_all(&h, chunk).await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            for (n, ev) in events.iter().enumerate() {
+                publish(&js, ev, n).await;
+                if n % 500 == 499 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         })
     };
     let mut kills = Vec::new();
     let mut stop = None;
-    for round in 0..6 {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(1200..2000))).await;
-        let victim = rng.random_range(0..instances.len());
-        let held = held_partitions(&instances[victim].log());
-        let at = now_us();
-        if round == 3 {
-            assert!(
-                instances[victim].sigterm().success(),
-                "{}",
-                instances[victim].log()
-            );
-            stop = Some((at, held));
-        } else {
-            instances[victim].kill9();
-            kills.push((at, held));
+    match &mut chaos {
+        Chaos::Instances => {
+            for round in 0..6 {
+                tokio::time::sleep(Duration::from_millis(rng.random_range(1200..2000))).await;
+                let victim = rng.random_range(0..instances.len());
+                let held = held_partitions(&instances[victim].log());
+                let at = now_us();
+                if round == 3 {
+                    let status = instances[victim].sigterm();
+                    assert!(status.success(), "{}", instances[victim].log());
+                    stop = Some((at, held));
+                } else {
+                    instances[victim].kill9();
+                    kills.push((at, held));
+                }
+                // Back a moment later, as a supervisor would restart it.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                instances[victim] = spawn();
+            }
         }
-        // Back a moment later, as a supervisor would restart it.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        instances[victim] = h.spawn();
+        Chaos::NatsNode(cluster) => {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            cluster.kill(1);
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let held = held_partitions(&instances[0].log());
+            let at = now_us();
+            instances[0].kill9();
+            kills.push((at, held));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            instances[0] = spawn();
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            cluster.restart(1).expect("restart the NATS node");
+        }
     }
     publisher.await.unwrap();
-    wait_all_delivered(&h, Duration::from_secs(120)).await;
+    wait_all_delivered(js, Duration::from_secs(120)).await;
     let snap = h.crm.snapshot();
 
     let log = &snap.hubspot.log;
@@ -188,13 +287,6 @@ async fn three_instances_keep_each_keys_order_through_kills_and_a_stop() {
             applied.entry(key).or_default().push(v);
         }
     }
-    let want: Vec<u32> = (0..CHANGES).collect();
-    let out_of_order: Vec<(u32, Vec<u32>)> = applied
-        .iter()
-        .filter(|(_, v)| **v != want)
-        .map(|(k, v)| (*k, v.clone()))
-        .take(5)
-        .collect();
     let failovers: Vec<String> = kills
         .iter()
         .map(|(at, held)| {
@@ -212,41 +304,134 @@ async fn three_instances_keep_each_keys_order_through_kills_and_a_stop() {
             held.len()
         )
     });
+    let dead_letters = match js.get_stream("SYNCFLOW_DLQ").await {
+        Ok(mut s) => s.info().await.unwrap().state.messages,
+        Err(_) => 0,
+    };
     println!(
-        "fleet: {} keys x {} changes, 3 instances, 5 kill -9 and 1 SIGTERM; creates {}, replays {}, writes {}; failover (kill -> next write of its partitions): {failovers:?}; SIGTERM hand-over pause: {handover:?}",
-        KEYS,
+        "fleet ({}): {} keys x {} changes, 3 instances; creates {}, replays {}, writes {}; failover (kill -9 -> next write of its partitions): {failovers:?}; SIGTERM hand-over pause: {handover:?}",
+        match chaos {
+            Chaos::Instances => "5 kill -9 and 1 SIGTERM",
+            Chaos::NatsNode(_) => "1 of 3 NATS nodes killed and restarted, R3, 1 kill -9",
+        },
+        keys,
         CHANGES,
         snap.hubspot.counters.creates,
         snap.hubspot.counters.idempotent_replays,
         log.len()
     );
-    assert_eq!(
-        out_of_order,
-        Vec::new(),
-        "keys whose changes were not applied once each in order"
-    );
-    assert_eq!(applied.len(), KEYS as usize, "keys reached");
-    assert_eq!(snap.hubspot.counters.creates, u64::from(KEYS), "creates");
-    assert_eq!(h.dead_letters().await, Vec::<serde_json::Value>::new());
+    // What the CRM saw of keys whose changes did not arrive in order, to
+    // tell a loss from a repeat or a reordering.
+    let want: Vec<u32> = (0..CHANGES).collect();
+    for (key, _) in applied.iter().filter(|(_, v)| **v != want).take(3) {
+        for r in log.iter().filter(|r| key_of(r) == Some(*key)) {
+            println!(
+                "  key {key}: {} v{:?} {} replayed={} at {} key={:?}",
+                r.method,
+                version_of(r),
+                r.status,
+                r.replayed,
+                r.received_at_us,
+                r.idempotency_key
+            );
+        }
+    }
+    if applied.values().any(|v| *v != want) {
+        for (n, i) in instances.iter().enumerate() {
+            for line in i
+                .log()
+                .lines()
+                .filter(|l| {
+                    l.contains("WARN") || l.contains("ERROR") || l.contains("took the consumer")
+                })
+                .take(40)
+            {
+                println!("  instance {n}: {}", &line[..line.len().min(300)]);
+            }
+        }
+    }
     for mut i in instances {
         assert!(i.sigterm().success(), "{}", i.log());
+    }
+    Report {
+        applied,
+        creates: snap.hubspot.counters.creates,
+        dead_letters,
+    }
+}
+
+/// Publishes one event on `cdc.contacts.<key>` with `Nats-Msg-Id` `ev-<n>`,
+/// again until stored (a NATS node may be down: the id makes a repeat
+/// harmless).
+async fn publish(js: &jetstream::Context, ev: &Event, n: usize) {
+    let started = Instant::now();
+    loop {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("ev-{n}").as_str());
+        let sent = js
+            .publish_with_headers(
+                format!("cdc.contacts.{}", ev.key),
+                headers,
+                ev.payload().into(),
+            )
+            .await;
+        if let Ok(ack) = sent
+            && ack.await.is_ok()
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "cannot publish event {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// Waits until the pipeline's consumer and every partition have nothing
 /// left (the partition stream is a work queue: empty once all is acked).
-async fn wait_all_delivered(h: &Harness, timeout: Duration) {
+async fn wait_all_delivered(js: &jetstream::Context, timeout: Duration) {
     let started = Instant::now();
-    h.wait_settled(timeout).await;
+    let mut quiet = 0;
     loop {
-        let mut parts = h.js.get_stream("SYNCFLOW_PARTS").await.unwrap();
-        let left = parts.info().await.unwrap().state.messages;
-        if left == 0 {
+        let left = async {
+            let mut busy = Vec::new();
+            let cdc = js.get_stream("CDC").await.ok()?;
+            let mut consumers = cdc.consumers();
+            while let Some(info) = consumers.next().await {
+                let info = info.ok()?;
+                if info.num_pending > 0 || info.num_ack_pending > 0 {
+                    busy.push(format!(
+                        "{}: {} pending, {} unacked",
+                        info.name, info.num_pending, info.num_ack_pending
+                    ));
+                }
+            }
+            let parts = js
+                .get_stream("SYNCFLOW_PARTS")
+                .await
+                .ok()?
+                .info()
+                .await
+                .ok()?
+                .state
+                .messages;
+            if parts > 0 {
+                busy.push(format!("{parts} messages in partitions"));
+            }
+            Some(busy)
+        };
+        let left = left.await;
+        quiet = match &left {
+            Some(busy) if busy.is_empty() => quiet + 1,
+            _ => 0,
+        };
+        if quiet >= 2 {
             return;
         }
         assert!(
             started.elapsed() < timeout,
-            "{left} messages left in partitions"
+            "not delivered after {timeout:?}: {left:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

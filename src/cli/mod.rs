@@ -130,10 +130,13 @@ async fn jetstream(
     let options = crate::connect::nats_options(g)
         .await
         .map_err(|e| e.to_string())?;
-    let client = tokio::time::timeout(CONNECT_TIMEOUT, options.connect(crate::connect::nats_servers(&g.url)))
-        .await
-        .map_err(|_| format!("cannot reach NATS at {url} within {CONNECT_TIMEOUT:?}"))?
-        .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))?;
+    let client = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        options.connect(crate::connect::nats_servers(&g.url)),
+    )
+    .await
+    .map_err(|_| format!("cannot reach NATS at {url} within {CONNECT_TIMEOUT:?}"))?
+    .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))?;
     Ok(async_nats::jetstream::new(client))
 }
 

@@ -234,9 +234,15 @@ struct State {
     /// Members by name, with until when their heartbeat holds (ms).
     members: HashMap<String, i64>,
     live: Vec<String>,
-    /// Leases held, with when each was last renewed.
-    held: BTreeMap<Resource, Instant>,
+    /// Leases held: when each was last renewed, and its revision then.
+    held: BTreeMap<Resource, Held>,
     next_heartbeat: Instant,
+}
+
+#[derive(Clone, Copy)]
+struct Held {
+    at: Instant,
+    revision: u64,
 }
 
 /// Heartbeats, follows the members and holds this instance's share of
@@ -386,58 +392,72 @@ fn live_members(state: &State, me: &str, leaving: bool) -> Vec<String> {
 async fn settle_lease(fleet: &Fleet, state: &mut State, resource: Resource, mine: bool) {
     let inner = &fleet.0;
     let key = resource.lease_key();
-    let renew_due = |at: &Instant| at.elapsed() >= inner.failover / 4;
-    match (mine, state.held.get(&resource)) {
+    let renew_due = |held: &Held| held.at.elapsed() >= inner.failover / 4;
+    match (mine, state.held.get(&resource).copied()) {
         (true, None) => {
-            if let Ok(true) = hold_lease(&inner.store, &key, &inner.me, inner.failover).await {
-                state.held.insert(resource.clone(), Instant::now());
+            if let Ok(Some(revision)) =
+                hold_lease(&inner.store, &key, &inner.me, inner.failover, None).await
+            {
+                state.held.insert(
+                    resource.clone(),
+                    Held {
+                        at: Instant::now(),
+                        revision,
+                    },
+                );
                 log_move(&resource, &inner.me, "holding");
                 inner.granted.send_modify(|g| {
                     g.insert(resource);
                 });
             }
         }
-        (true, Some(at)) => {
-            let due = renew_due(at);
+        (true, Some(held)) => {
             // Given back to the runs if it was being handed over and is
             // this instance's again.
             inner
                 .granted
                 .send_if_modified(|g| g.insert(resource.clone()));
-            if due {
-                renew(fleet, state, resource).await;
+            if renew_due(&held) {
+                renew(fleet, state, resource, held).await;
             }
         }
-        (false, Some(at)) => {
-            let due = renew_due(at);
+        (false, Some(held)) => {
             inner.granted.send_if_modified(|g| g.remove(&resource));
             if fleet.runs(&resource) == 0 {
                 release_lease(&inner.store, &key, &inner.me).await;
                 state.held.remove(&resource);
                 log_move(&resource, &inner.me, "handed over");
-            } else if due {
+            } else if renew_due(&held) {
                 // Still draining: keep it until the runs end.
-                renew(fleet, state, resource).await;
+                renew(fleet, state, resource, held).await;
             }
         }
         (false, None) => {}
     }
 }
 
-async fn renew(fleet: &Fleet, state: &mut State, resource: Resource) {
+async fn renew(fleet: &Fleet, state: &mut State, resource: Resource, held: Held) {
     let inner = &fleet.0;
+    let key = resource.lease_key();
     match hold_lease(
         &inner.store,
-        &resource.lease_key(),
+        &key,
         &inner.me,
         inner.failover,
+        Some(held.revision),
     )
     .await
     {
-        Ok(true) => {
-            state.held.insert(resource, Instant::now());
+        Ok(Some(revision)) => {
+            state.held.insert(
+                resource,
+                Held {
+                    at: Instant::now(),
+                    revision,
+                },
+            );
         }
-        Ok(false) => {
+        Ok(None) => {
             // Another instance took it (this one was too slow to renew):
             // stop at once; what was in flight is redelivered to the other.
             tracing::warn!(instance = %inner.me, resource = %resource, "lease lost to another instance; stopping it");
@@ -448,12 +468,8 @@ async fn renew(fleet: &Fleet, state: &mut State, resource: Resource) {
         // take it only once it has expired); the next look tries again.
         Err(e) => {
             tracing::warn!(instance = %inner.me, resource = %resource, error = %e, "cannot renew lease");
-            if state
-                .held
-                .get(&resource)
-                // Stopped before another instance may take it (at `failover`).
-                .is_some_and(|at| at.elapsed() >= inner.failover * 3 / 4)
-            {
+            // Stopped before another instance may take it (at `failover`).
+            if held.at.elapsed() >= inner.failover * 3 / 4 {
                 tracing::warn!(instance = %inner.me, resource = %resource, "lease expired unrenewed; stopping it");
                 inner.granted.send_if_modified(|g| g.remove(&resource));
                 state.held.remove(&resource);

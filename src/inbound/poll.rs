@@ -268,7 +268,9 @@ impl Poller {
     /// Holds the lease (taking it if free or expired); false when another
     /// instance holds it.
     async fn hold(&self) -> Result<bool, String> {
-        crate::kv::hold_lease(&self.leases, &self.key(), &self.holder, LEASE).await
+        crate::kv::hold_lease(&self.leases, &self.key(), &self.holder, LEASE, None)
+            .await
+            .map(|held| held.is_some())
     }
 
     async fn release(&self) {

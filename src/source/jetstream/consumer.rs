@@ -172,9 +172,17 @@ pub async fn take_over(
         .await
         .map_err(|e| consumer_error(&e))?;
     let mut config = consumer_config(cfg, durable);
-    config.deliver_policy = jetstream::consumer::DeliverPolicy::ByStartSequence {
-        start_sequence: info.ack_floor.stream_sequence + 1,
-    };
+    // A work queue keeps only unacked messages: its consumers must start
+    // at the first, which is where the floor is anyway.
+    let work_queue = matches!(
+        stream.cached_info().config.retention,
+        jetstream::stream::RetentionPolicy::WorkQueue
+    );
+    if !work_queue {
+        config.deliver_policy = jetstream::consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: info.ack_floor.stream_sequence + 1,
+        };
+    }
     let consumer = stream
         .create_consumer(config)
         .await
