@@ -336,6 +336,34 @@ async fn run_chaos(
             );
         }
     }
+    if std::env::var("FLEET_DEBUG").is_ok() {
+        println!(
+            "kills at {:?}",
+            kills.iter().map(|(at, _)| *at).collect::<Vec<_>>()
+        );
+        for (n, i) in instances.iter().enumerate() {
+            for line in i
+                .log()
+                .lines()
+                .filter(|l| {
+                    [
+                        "took the consumer",
+                        "splitting",
+                        "fleet partition",
+                        "fleet splitter",
+                        "cannot",
+                        "members changed",
+                        "let go",
+                    ]
+                    .iter()
+                    .any(|w| l.contains(w))
+                })
+                .take(80)
+            {
+                println!("  instance {n}: {}", &line[..line.len().min(220)]);
+            }
+        }
+    }
     if applied.values().any(|v| *v != want) {
         for (n, i) in instances.iter().enumerate() {
             for line in i

@@ -204,14 +204,8 @@ fn partition(ctx: &Ctx, msg: &SourceMessage, partitions: u32) -> u32 {
 async fn stream_generation(ctx: &Ctx) -> Option<i128> {
     let stream = &ctx.pipeline.source.stream;
     let info = async {
-        ctx.js
-            .get_stream(stream)
-            .await
-            .ok()?
-            .info()
-            .await
-            .ok()
-            .map(|i| i.created)
+        let found = ctx.js.get_stream(stream).await.ok()?;
+        Some(found.cached_info().created)
     };
     match info.await {
         Some(created) => Some(created.unix_timestamp_nanos()),
