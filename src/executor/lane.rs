@@ -83,6 +83,7 @@ pub async fn run(
             },
             None => return,
         };
+        let mut fenced = false;
         {
             // Boxed: inline, the delivery's state (several KB) would be part
             // of every lane task, idle or not, and a pipeline that batches
@@ -92,6 +93,13 @@ pub async fn run(
                 tokio::select! {
                     biased;
                     _ = &mut work => break,
+                    // Its partition's lease is lost: the new holder has the
+                    // message; whatever this delivery still waits on (a
+                    // retry, the id map, the limiter) is dropped here.
+                    _ = job.msg.ack.wait_fenced() => {
+                        fenced = true;
+                        break;
+                    }
                     // The guard `wait_for` returns must not live across awaits.
                     _ = async { drop(abort.wait_for(|a| *a).await) } => {
                         // Drain deadline: hand back what is left, in order.
@@ -118,11 +126,24 @@ pub async fn run(
                 }
             }
         }
+        let seq = job.msg.seq;
+        if fenced || job.msg.ack.fenced() {
+            tracing::debug!(seq, "lease lost: left to the new holder");
+            done(seq);
+            // The queued messages of the same lease go the same way.
+            queue.retain(|j| {
+                let keep = !j.msg.ack.fenced();
+                if !keep {
+                    done(j.msg.seq);
+                }
+                keep
+            });
+            continue;
+        }
         job.ctx
             .metrics
             .ack_latency
             .record(job.received.elapsed().as_secs_f64());
-        let seq = job.msg.seq;
         job.msg.ack.ack(seq);
         done(seq);
     }

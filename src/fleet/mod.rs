@@ -72,6 +72,10 @@ struct Inner {
     in_use: Mutex<HashMap<Resource, usize>>,
     /// Pipelines whose splitter this instance would run.
     splitters: Mutex<BTreeSet<String>>,
+    /// A fence per lease held: turned true when the lease is lost (taken
+    /// by another instance, or expired unrenewed), so its runs stop acking
+    /// and sending at once rather than finish what they hold.
+    fences: Mutex<HashMap<Resource, watch::Sender<bool>>>,
     leaving: watch::Sender<bool>,
     /// True once every lease is given back after [`Fleet::leave`].
     left: watch::Sender<bool>,
@@ -105,6 +109,7 @@ impl Fleet {
             granted: watch::channel(BTreeSet::new()).0,
             in_use: Mutex::new(HashMap::new()),
             splitters: Mutex::new(BTreeSet::new()),
+            fences: Mutex::new(HashMap::new()),
             leaving: watch::channel(false).0,
             left: watch::channel(false).0,
             wake: Notify::new(),
@@ -136,11 +141,38 @@ impl Fleet {
         if !self.0.granted.borrow().contains(resource) {
             return None;
         }
+        let fence = self
+            .0
+            .fences
+            .lock()
+            .expect("fences")
+            .get(resource)?
+            .subscribe();
         *in_use.entry(resource.clone()).or_default() += 1;
         Some(Run {
             fleet: self.clone(),
             resource: resource.clone(),
+            fence,
         })
+    }
+
+    /// A new fence for a lease just taken.
+    fn raise_fence(&self, resource: &Resource) {
+        let fence = watch::channel(false).0;
+        self.0
+            .fences
+            .lock()
+            .expect("fences")
+            .insert(resource.clone(), fence);
+    }
+
+    /// The lease is gone: lost (its runs stop at once) or given back.
+    fn drop_fence(&self, resource: &Resource, lost: bool) {
+        if let Some(fence) = self.0.fences.lock().expect("fences").remove(resource)
+            && lost
+        {
+            fence.send_replace(true);
+        }
     }
 
     fn runs(&self, resource: &Resource) -> usize {
@@ -192,6 +224,14 @@ impl Fleet {
 pub struct Run {
     fleet: Fleet,
     resource: Resource,
+    fence: watch::Receiver<bool>,
+}
+
+impl Run {
+    /// True once the lease is lost: the run's messages are the new holder's.
+    pub fn fence(&self) -> watch::Receiver<bool> {
+        self.fence.clone()
+    }
 }
 
 impl Drop for Run {
@@ -405,6 +445,7 @@ async fn settle_lease(fleet: &Fleet, state: &mut State, resource: Resource, mine
                         revision,
                     },
                 );
+                fleet.raise_fence(&resource);
                 log_move(&resource, &inner.me, "holding");
                 inner.granted.send_modify(|g| {
                     g.insert(resource);
@@ -426,6 +467,7 @@ async fn settle_lease(fleet: &Fleet, state: &mut State, resource: Resource, mine
             if fleet.runs(&resource) == 0 {
                 release_lease(&inner.store, &key, &inner.me).await;
                 state.held.remove(&resource);
+                fleet.drop_fence(&resource, false);
                 log_move(&resource, &inner.me, "handed over");
             } else if renew_due(&held) {
                 // Still draining: keep it until the runs end.
@@ -463,6 +505,7 @@ async fn renew(fleet: &Fleet, state: &mut State, resource: Resource, held: Held)
             tracing::warn!(instance = %inner.me, resource = %resource, "lease lost to another instance; stopping it");
             inner.granted.send_if_modified(|g| g.remove(&resource));
             state.held.remove(&resource);
+            fleet.drop_fence(&resource, true);
         }
         // NATS away: keep running while the lease is surely ours (others
         // take it only once it has expired); the next look tries again.
@@ -473,6 +516,7 @@ async fn renew(fleet: &Fleet, state: &mut State, resource: Resource, held: Held)
                 tracing::warn!(instance = %inner.me, resource = %resource, "lease expired unrenewed; stopping it");
                 inner.granted.send_if_modified(|g| g.remove(&resource));
                 state.held.remove(&resource);
+                fleet.drop_fence(&resource, true);
             }
         }
     }

@@ -148,8 +148,9 @@ fn run_partition(
     let readiness = setup.readiness.clone();
     let pipeline = setup.pipeline.clone();
     async move {
-        let mut source =
-            JetStreamSource::new(js.clone(), config, &label, readiness.clone(), stop).taking_over();
+        let mut source = JetStreamSource::new(js.clone(), config, &label, readiness.clone(), stop)
+            .taking_over()
+            .with_fence(run.fence());
         tracing::info!(pipeline = %pipeline, partition = p, "running partition");
         while let Some(msg) = source.next().await {
             if tx.send(restore(msg)).await.is_err() {

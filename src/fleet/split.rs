@@ -53,7 +53,15 @@ pub async fn run(
             continue;
         };
         tracing::info!(pipeline = %name, "splitting");
-        let clean = split_while_held(&fleet, &resource, version.clone(), &readiness, &stop).await;
+        let clean = split_while_held(
+            &fleet,
+            &resource,
+            run.fence(),
+            version.clone(),
+            &readiness,
+            &stop,
+        )
+        .await;
         drop(run);
         tracing::info!(pipeline = %name, "splitter let go");
         if !clean {
@@ -74,6 +82,7 @@ pub async fn run(
 async fn split_while_held(
     fleet: &Fleet,
     resource: &Resource,
+    fence: watch::Receiver<bool>,
     mut version: watch::Receiver<Arc<Ctx>>,
     readiness: &Readiness,
     stop: &watch::Receiver<bool>,
@@ -92,7 +101,8 @@ async fn split_while_held(
         readiness.clone(),
         source_stop_rx,
     )
-    .taking_over();
+    .taking_over()
+    .with_fence(fence.clone());
     // Stops pulling once the splitter is revoked or the pipeline stops.
     let (mut granted, mut stop) = (fleet.granted(), stop.clone());
     let revoked = {
@@ -131,6 +141,11 @@ async fn split_while_held(
             }
             next = pulled.recv(), if stored.len() < IN_FLIGHT => {
                 let Some(msg) = next else { break };
+                if *fence.borrow() {
+                    // The lease is lost: the new splitter has this one.
+                    source_stop.send_replace(true);
+                    continue;
+                }
                 if failed {
                     hand_back(&name, &msg).await;
                     continue;

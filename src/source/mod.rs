@@ -88,6 +88,23 @@ impl AckHandle {
         }
     }
 
+    /// Whether the lease the message was pulled under is lost (a fleet's
+    /// partition taken over): it is the new holder's now, not to be sent,
+    /// acked or handed back from here.
+    pub fn fenced(&self) -> bool {
+        match &self.0 {
+            Settle::JetStream(ack) => ack.fenced(),
+        }
+    }
+
+    /// Resolves once [`fenced`](Self::fenced); never for a message pulled
+    /// without a lease.
+    pub async fn wait_fenced(&self) {
+        match &self.0 {
+            Settle::JetStream(ack) => ack.wait_fenced().await,
+        }
+    }
+
     /// Still working on it (waiting on the limiter, a backoff or an open
     /// breaker): do not redeliver yet.
     pub async fn in_progress(&self) -> Result<(), AckError> {

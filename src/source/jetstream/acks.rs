@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use async_nats::jetstream::message::Acker;
@@ -19,6 +19,11 @@ const GATHER: Duration = Duration::from_millis(1);
 #[derive(Clone)]
 pub struct Acks {
     tx: mpsc::UnboundedSender<(u64, Acker)>,
+    /// For a consumer held by lease (a fleet's partition or splitter):
+    /// true once the lease is lost. From then on its messages are the new
+    /// holder's, and an ack from here would reach the new holder's consumer
+    /// (same name) for a message it may not have handled yet.
+    fence: Option<watch::Receiver<bool>>,
 }
 
 impl Acks {
@@ -26,11 +31,42 @@ impl Acks {
     /// and every ack handed to it is sent.
     pub fn start(pipeline: String) -> (Acks, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Acks { tx }, tokio::spawn(send_all(pipeline, rx)))
+        (
+            Acks { tx, fence: None },
+            tokio::spawn(send_all(pipeline, rx)),
+        )
     }
 
-    /// Acks the message with stream sequence `seq`.
+    /// Fenced by `fence` (see [`Acks::fenced`]).
+    pub fn with_fence(mut self, fence: watch::Receiver<bool>) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// Whether the lease this source pulled under is lost.
+    pub fn fenced(&self) -> bool {
+        self.fence.as_ref().is_some_and(|f| *f.borrow())
+    }
+
+    /// Resolves once the lease is lost; never for a source without one.
+    pub async fn wait_fenced(&self) {
+        match &self.fence {
+            Some(fence) => {
+                let mut fence = fence.clone();
+                if fence.wait_for(|f| *f).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Acks the message with stream sequence `seq`; nothing once fenced.
     pub fn ack(&self, seq: u64, handle: Acker) {
+        if self.fenced() {
+            tracing::debug!(seq, "lease lost: not acked, the new holder has it");
+            return;
+        }
         if let Err(mpsc::error::SendError((seq, handle))) = self.tx.send((seq, handle)) {
             // Unreachable while lanes run (the task outlives them); if it
             // happens, ack in place rather than lose the ack.

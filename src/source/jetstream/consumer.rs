@@ -28,6 +28,9 @@ const PULL_GRACE: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Delivery {
     stream_sequence: u64,
+    /// The consumer's count of deliveries, redeliveries included: one more
+    /// for each message it hands out.
+    consumer_sequence: u64,
     delivered: i64,
     timestamp_ms: i64,
 }
@@ -55,6 +58,7 @@ impl Delivery {
         Some(Delivery {
             delivered: i64::try_from(number(tokens[first + 2])?).ok()?,
             stream_sequence: number(tokens[first + 3])?,
+            consumer_sequence: number(tokens[first + 4])?,
             timestamp_ms: i64::try_from(nanos / 1_000_000).ok()?,
         })
     }
@@ -244,9 +248,14 @@ pub async fn fetch(
 
 fn to_source_message(m: jetstream::Message, acks: &Acks, budget: &ByteBudget) -> SourceMessage {
     let delivery = m.reply.as_deref().and_then(Delivery::parse);
-    let (seq, delivered, timestamp_ms) = match delivery {
-        Some(d) => (d.stream_sequence, d.delivered, Some(d.timestamp_ms)),
-        None => (0, 1, None),
+    let (seq, delivered, timestamp_ms, delivery) = match delivery {
+        Some(d) => (
+            d.stream_sequence,
+            d.delivered,
+            Some(d.timestamp_ms),
+            d.consumer_sequence,
+        ),
+        None => (0, 1, None, 0),
     };
     let (msg, acker) = m.split();
     let headers: Vec<(String, String)> = msg
@@ -275,6 +284,7 @@ fn to_source_message(m: jetstream::Message, acks: &Acks, budget: &ByteBudget) ->
             acker,
             acks: acks.clone(),
             held: budget.hold(bytes),
+            delivery,
         })),
     }
 }
@@ -287,6 +297,7 @@ mod tests {
     fn reads_both_reply_subject_formats() {
         let want = Some(Delivery {
             stream_sequence: 42,
+            consumer_sequence: 40,
             delivered: 3,
             timestamp_ms: 1_700_000_000_123,
         });

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 pub use consumer::{NatsSourceError, PULL_EXPIRES, consumer_config};
 
-use super::{AckError, Source, SourceMessage};
+use super::{AckError, Settle, Source, SourceMessage};
 use crate::config::model::NatsSourceConfig;
 use crate::readiness::Readiness;
 use acks::Acks;
@@ -67,6 +67,13 @@ pub struct JetStreamSource {
     /// Messages up to this stream sequence were delivered to a previous
     /// holder: they count as redelivered.
     delivered_before: u64,
+    /// For a consumer this source alone pulls from (a fleet's partition or
+    /// splitter): the last delivery seen. Deliveries are numbered one by
+    /// one, so a gap means one was lost on its way (a NATS node died with
+    /// it in flight); JetStream would send it again only after `ack_wait`,
+    /// behind the newer ones.
+    last_delivery: Option<u64>,
+    exclusive: bool,
 }
 
 impl JetStreamSource {
@@ -104,6 +111,8 @@ impl JetStreamSource {
             tick: tokio::time::interval(Duration::from_millis(100)),
             take_over: false,
             delivered_before: 0,
+            last_delivery: None,
+            exclusive: false,
         }
     }
 
@@ -111,6 +120,15 @@ impl JetStreamSource {
     /// held and died with ([`consumer::take_over`]).
     pub fn taking_over(mut self) -> Self {
         self.take_over = true;
+        self.exclusive = true;
+        self
+    }
+
+    /// Fences the source with its lease: once `fence` turns true, its
+    /// messages are neither acked nor worked on any more (see
+    /// [`AckHandle::wait_fenced`](crate::source::AckHandle::wait_fenced)).
+    pub fn with_fence(mut self, fence: watch::Receiver<bool>) -> Self {
+        self.acks = self.acks.with_fence(fence);
         self
     }
 
@@ -141,6 +159,9 @@ impl JetStreamSource {
         };
         match bound {
             Ok(mut consumer) => {
+                if self.exclusive {
+                    self.last_delivery = Some(consumer.cached_info().delivered.consumer_sequence);
+                }
                 self.readiness.set_ready(&self.pipeline, true);
                 self.backoff = Duration::from_millis(250);
                 tracing::info!(pipeline = %self.pipeline, durable = %self.durable, "consuming");
@@ -189,6 +210,46 @@ impl JetStreamSource {
             .release(consumer, &self.pipeline, between_pulls)
             .await;
         self.released.extend(released);
+    }
+
+    /// Whether a delivery before `msg` never arrived (exclusive consumers
+    /// only); notes `msg` as the last one seen otherwise.
+    fn lost_before(&mut self, msg: &SourceMessage) -> bool {
+        if !self.exclusive {
+            return false;
+        }
+        let Settle::JetStream(ack) = &msg.ack.0;
+        let lost = self
+            .last_delivery
+            .is_some_and(|last| ack.delivery > last + 1);
+        if lost {
+            tracing::warn!(
+                pipeline = %self.pipeline,
+                seq = msg.seq,
+                expected_delivery = self.last_delivery.map(|l| l + 1),
+                delivery = ack.delivery,
+                "a delivery was lost on its way: taking the consumer over again so it comes first"
+            );
+        } else {
+            self.last_delivery = Some(ack.delivery);
+        }
+        lost
+    }
+
+    /// After a lost delivery: hands back what this pull still holds, lets
+    /// what was given out settle, and binds the consumer again as its new
+    /// holder (at its ack floor), so the lost message comes before any
+    /// newer one of its key. The pause is what is in flight now.
+    async fn resync(&mut self) {
+        self.wind_down().await;
+        self.settled().await;
+        self.readiness.set_ready(&self.pipeline, false);
+        // The acks given so far reach the server before it is read.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.js.client().flush()).await;
+        self.consumer = None;
+        self.recovery = None;
+        self.last_delivery = None;
+        self.take_over = true;
     }
 
     /// Stopping: the current pull's messages are ours until it ends, so
@@ -255,6 +316,12 @@ impl Source for JetStreamSource {
                         self.release(true).await;
                     }
                     Some(Ok(mut msg)) => {
+                        if self.lost_before(&msg) {
+                            hand_back(&self.pipeline, &msg).await;
+                            drop(msg);
+                            self.resync().await;
+                            continue;
+                        }
                         self.size.observe(msg.ack.held_bytes());
                         if msg.seq <= self.delivered_before {
                             msg.delivered = msg.delivered.max(2);
@@ -301,6 +368,8 @@ pub(crate) struct Ack {
     acks: Acks,
     /// The message's share of `max_ack_pending_bytes`, released with it.
     held: budget::Held,
+    /// Its consumer sequence: which delivery of the consumer it was.
+    delivery: u64,
 }
 
 impl std::fmt::Debug for Ack {
@@ -316,6 +385,14 @@ impl Ack {
 
     pub(super) fn ack(self, seq: u64) {
         self.acks.ack(seq, self.acker);
+    }
+
+    pub(super) fn fenced(&self) -> bool {
+        self.acks.fenced()
+    }
+
+    pub(super) async fn wait_fenced(&self) {
+        self.acks.wait_fenced().await;
     }
 
     pub(super) async fn in_progress(&self) -> Result<(), AckError> {
