@@ -102,6 +102,19 @@ pub fn consumer_config(cfg: &NatsSourceConfig, durable: &str) -> jetstream::cons
     }
 }
 
+/// The stream the consumer reads.
+async fn source_stream(
+    js: &jetstream::Context,
+    cfg: &NatsSourceConfig,
+) -> Result<jetstream::stream::Stream, NatsSourceError> {
+    js.get_stream(&cfg.stream)
+        .await
+        .map_err(|e| NatsSourceError::StreamMissing {
+            stream: cfg.stream.clone(),
+            message: e.to_string(),
+        })
+}
+
 /// Creates the durable consumer, or updates it to the pipeline's settings
 /// (keeping its position) when it exists.
 pub async fn bind(
@@ -109,13 +122,7 @@ pub async fn bind(
     cfg: &NatsSourceConfig,
     durable: &str,
 ) -> Result<PullConsumer, NatsSourceError> {
-    let stream = js
-        .get_stream(&cfg.stream)
-        .await
-        .map_err(|e| NatsSourceError::StreamMissing {
-            stream: cfg.stream.clone(),
-            message: e.to_string(),
-        })?;
+    let stream = source_stream(js, cfg).await?;
     let config = consumer_config(cfg, durable);
     let consumer_error = |e: &dyn std::fmt::Display| NatsSourceError::Consumer {
         stream: cfg.stream.clone(),
@@ -155,13 +162,7 @@ pub async fn take_over(
     cfg: &NatsSourceConfig,
     durable: &str,
 ) -> Result<(PullConsumer, u64), NatsSourceError> {
-    let stream = js
-        .get_stream(&cfg.stream)
-        .await
-        .map_err(|e| NatsSourceError::StreamMissing {
-            stream: cfg.stream.clone(),
-            message: e.to_string(),
-        })?;
+    let stream = source_stream(js, cfg).await?;
     let consumer_error = |e: &dyn std::fmt::Display| NatsSourceError::Consumer {
         stream: cfg.stream.clone(),
         durable: durable.to_string(),
