@@ -469,8 +469,14 @@ async fn a_fleet_reloads_without_losing_or_reordering() {
     }
 }
 
-/// How the fleet moved, from each instance's log.
+/// How the fleet moved, from each instance's log (FLEET_DUMP=DIR: each
+/// whole log copied there).
 fn print_moves(instances: &[Syncflow]) {
+    if let Ok(dir) = std::env::var("FLEET_DUMP") {
+        for (n, i) in instances.iter().enumerate() {
+            let _ = std::fs::write(format!("{dir}/instance-{n}.log"), i.log());
+        }
+    }
     const MOVES: [&str; 8] = [
         "took the consumer",
         "splitting",

@@ -170,7 +170,13 @@ pub async fn take_over(
     };
     let info = match stream.consumer_info(durable).await {
         Ok(info) if info.num_ack_pending > 0 => info,
-        _ => return Ok((bind(js, cfg, durable).await?, 0)),
+        Ok(_) => return Ok((bind(js, cfg, durable).await?, 0)),
+        Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {
+            return Ok((bind(js, cfg, durable).await?, 0));
+        }
+        // Not knowing whether a predecessor left messages unacked, binding
+        // could let newer ones overtake them: try again later.
+        Err(e) => return Err(consumer_error(&e)),
     };
     stream
         .delete_consumer(durable)

@@ -188,6 +188,11 @@ impl JetStreamSource {
         self.consumer = None;
         self.hand_back_parked().await;
         self.readiness.set_ready(&self.pipeline, false);
+        if self.exclusive {
+            // What this pull lost is not known: bind again as the new
+            // holder, once what was given out is settled.
+            self.resync().await;
+        }
     }
 
     async fn hand_back_parked(&mut self) {
