@@ -226,6 +226,17 @@ const CASES: &[Case] = &[
             r#"providers/hubspot.yaml:2:11: error: base_url must not hold credentials (user:password@): put them in auth, where they are never logged"#,
         ],
     },
+    Case {
+        name: "fleet settings out of range and an instance name leases cannot carry",
+        file: "syncflow.yaml",
+        from: "http:",
+        to: "fleet: { partitions: 0, failover: 100ms, instance: \"a.b\" }\nhttp:",
+        expect: &[
+            r#"syncflow.yaml:4:22: error: fleet.partitions must be between 1 and 1024, not 0"#,
+            r#"syncflow.yaml:4:35: error: fleet.failover must be between 500ms and 5m, not 100ms"#,
+            r#"syncflow.yaml:4:52: error: fleet.instance must be letters, digits, '-' or '_', not "a.b""#,
+        ],
+    },
 ];
 
 /// Broken two-way configs: links, inbound pipelines, webhooks and polls
