@@ -103,13 +103,13 @@ pub async fn run(
                     // The guard `wait_for` returns must not live across awaits.
                     _ = async { drop(abort.wait_for(|a| *a).await) } => {
                         // Drain deadline: hand back what is left, in order.
-                        hand_back(&job).await;
+                        job.msg.hand_back(&job.ctx.pipeline.name).await;
                         for j in queue.iter() {
-                            hand_back(j).await;
+                            j.msg.hand_back(&j.ctx.pipeline.name).await;
                         }
                         rx.close();
                         while let Some(j) = rx.recv().await {
-                            hand_back(&j).await;
+                            j.msg.hand_back(&j.ctx.pipeline.name).await;
                         }
                         return;
                     }
@@ -146,11 +146,5 @@ pub async fn run(
             .record(job.received.elapsed().as_secs_f64());
         job.msg.ack.ack(seq);
         done(seq);
-    }
-}
-
-async fn hand_back(job: &Job) {
-    if let Err(e) = job.msg.ack.nak(None).await {
-        tracing::warn!(seq = job.msg.seq, error = %e, "could not hand message back; it will be redelivered after ack_wait");
     }
 }

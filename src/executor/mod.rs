@@ -331,7 +331,7 @@ async fn run(
     if let Some(room) = &room {
         // What waited for its account's turn goes back to JetStream now.
         for job in room.close() {
-            hand_back(&name, &job.msg).await;
+            job.msg.hand_back(&name).await;
             dispatched.remove(job.msg.seq);
         }
     }
@@ -452,7 +452,7 @@ impl Dispatcher {
         };
         // A lane ends early only when aborted at the drain deadline.
         if let Err(mpsc::error::SendError(job)) = self.lanes[lane].send(job) {
-            hand_back(&job.ctx.pipeline.name, &job.msg).await;
+            job.msg.hand_back(&job.ctx.pipeline.name).await;
             self.dispatched.remove(job.msg.seq);
         }
     }
@@ -577,13 +577,6 @@ async fn park(
     });
     if let Err(e) = msg.ack.nak(Some(delay)).await {
         tracing::warn!(pipeline, seq = msg.seq, error = %e, "could not park message; it will be redelivered after ack_wait");
-    }
-}
-
-/// Naks a message so it is redelivered now rather than after ack_wait.
-async fn hand_back(pipeline: &str, msg: &SourceMessage) {
-    if let Err(e) = msg.ack.nak(None).await {
-        tracing::warn!(pipeline, seq = msg.seq, error = %e, "could not hand message back; it will be redelivered after ack_wait");
     }
 }
 

@@ -185,9 +185,7 @@ impl WaitingRoom {
             if let Err(e) = lanes[lane].send(waiting.job) {
                 // The lane ended (drain deadline): hand it back.
                 let job = e.0;
-                tokio::spawn(
-                    async move { super::hand_back(&job.ctx.pipeline.name, &job.msg).await },
-                );
+                tokio::spawn(async move { job.msg.hand_back(&job.ctx.pipeline.name).await });
             }
         }
         if queue.is_empty() {

@@ -147,7 +147,7 @@ async fn split_while_held(
                     continue;
                 }
                 if failed {
-                    hand_back(&name, &msg).await;
+                    msg.hand_back(&name).await;
                     continue;
                 }
                 if version.has_changed().unwrap_or(false) {
@@ -192,15 +192,9 @@ async fn settle(pipeline: &str, result: Result<(), String>, msg: SourceMessage) 
         }
         Err(e) => {
             tracing::warn!(pipeline, seq = msg.seq, error = %e, "cannot store the message in its partition; splitting again from the ack floor");
-            hand_back(pipeline, &msg).await;
+            msg.hand_back(pipeline).await;
             false
         }
-    }
-}
-
-async fn hand_back(pipeline: &str, msg: &SourceMessage) {
-    if let Err(e) = msg.ack.nak(None).await {
-        tracing::warn!(pipeline, seq = msg.seq, error = %e, "could not hand message back; it will be redelivered after ack_wait");
     }
 }
 

@@ -47,6 +47,14 @@ pub struct SourceMessage {
 }
 
 impl SourceMessage {
+    /// Hands it back to its source for redelivery now, rather than after
+    /// `ack_wait`; a failure is logged (it then comes after `ack_wait`).
+    pub async fn hand_back(&self, pipeline: &str) {
+        if let Err(e) = self.ack.nak(None).await {
+            tracing::warn!(pipeline, seq = self.seq, error = %e, "could not hand message back; it will be redelivered after ack_wait");
+        }
+    }
+
     /// A header's value, for example `Nats-Msg-Id`.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers

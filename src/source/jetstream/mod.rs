@@ -198,11 +198,11 @@ impl JetStreamSource {
     async fn hand_back_parked(&mut self) {
         if let Some(recovery) = &mut self.recovery {
             for msg in recovery.take_parked() {
-                hand_back(&self.pipeline, &msg).await;
+                msg.hand_back(&self.pipeline).await;
             }
         }
         for msg in std::mem::take(&mut self.released) {
-            hand_back(&self.pipeline, &msg).await;
+            msg.hand_back(&self.pipeline).await;
         }
     }
 
@@ -263,7 +263,7 @@ impl JetStreamSource {
     async fn wind_down(&mut self) {
         if let Some(mut batch) = self.batch.take() {
             while let Some(Ok(msg)) = batch.next().await {
-                hand_back(&self.pipeline, &msg).await;
+                msg.hand_back(&self.pipeline).await;
             }
         }
         self.hand_back_parked().await;
@@ -322,7 +322,7 @@ impl Source for JetStreamSource {
                     }
                     Some(Ok(mut msg)) => {
                         if self.lost_before(&msg) {
-                            hand_back(&self.pipeline, &msg).await;
+                            msg.hand_back(&self.pipeline).await;
                             drop(msg);
                             self.resync().await;
                             continue;
@@ -356,13 +356,6 @@ impl Source for JetStreamSource {
     async fn close(self) {
         drop(self.acks);
         let _ = self.acks_task.await;
-    }
-}
-
-/// Naks a message so it is redelivered now rather than after ack_wait.
-async fn hand_back(pipeline: &str, msg: &SourceMessage) {
-    if let Err(e) = msg.ack.nak(None).await {
-        tracing::warn!(pipeline, seq = msg.seq, error = %e, "could not hand message back; it will be redelivered after ack_wait");
     }
 }
 
