@@ -157,10 +157,8 @@ fn run_partition(
                 break;
             }
         }
-        source.settled().await;
-        source.close().await;
         // The acks are on the server before the lease goes back.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), js.client().flush()).await;
+        source.finish().await;
         readiness.remove(&label);
         tracing::info!(pipeline = %pipeline, partition = p, "partition let go");
         drop(run);

@@ -175,9 +175,7 @@ async fn split_while_held(
     }
     revoked.abort();
     let source = puller.await.expect("the puller does not panic");
-    source.settled().await;
-    source.close().await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), ctx.js.client().flush()).await;
+    source.finish().await;
     readiness.remove(&label);
     !failed
 }

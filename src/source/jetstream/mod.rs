@@ -132,6 +132,16 @@ impl JetStreamSource {
         self
     }
 
+    /// Ends a source whose consumer another instance may take next: every
+    /// message given out settled, the acks sent and on the server, so the
+    /// next holder starts exactly where this one ended.
+    pub async fn finish(self) {
+        let (settled, js) = (self.settled(), self.js.clone());
+        settled.await;
+        self.close().await;
+        flush_acks(&js).await;
+    }
+
     /// Returns once every message given out has been settled (acked,
     /// handed back or dropped).
     pub fn settled(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
@@ -250,7 +260,7 @@ impl JetStreamSource {
         self.settled().await;
         self.readiness.set_ready(&self.pipeline, false);
         // The acks given so far reach the server before it is read.
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.js.client().flush()).await;
+        flush_acks(&self.js).await;
         self.consumer = None;
         self.recovery = None;
         self.last_delivery = None;
@@ -357,6 +367,12 @@ impl Source for JetStreamSource {
         drop(self.acks);
         let _ = self.acks_task.await;
     }
+}
+
+/// Waits until the acks sent so far are on the server; bounded, as NATS
+/// may be away (those messages are then redelivered).
+async fn flush_acks(js: &jetstream::Context) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), js.client().flush()).await;
 }
 
 /// How a JetStream message is settled: acks go through the pipeline's ack
