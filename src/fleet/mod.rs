@@ -123,10 +123,6 @@ impl Fleet {
         self.0.partitions
     }
 
-    pub fn instance(&self) -> &str {
-        &self.0.me
-    }
-
     /// What this instance may run, as it changes.
     pub fn granted(&self) -> watch::Receiver<BTreeSet<Resource>> {
         self.0.granted.subscribe()
@@ -201,8 +197,7 @@ impl Fleet {
     /// returns once every lease is given back or `deadline` has passed
     /// (what is left then expires after `failover`).
     pub async fn leave(&self, deadline: Duration) {
-        self.0.leaving.send_replace(true);
-        self.0.wake.notify_one();
+        self.start_leaving();
         let mut left = self.0.left.subscribe();
         if tokio::time::timeout(deadline, left.wait_for(|l| *l))
             .await
@@ -503,9 +498,7 @@ async fn renew(fleet: &Fleet, state: &mut State, resource: Resource, held: Held)
             // Another instance took it (this one was too slow to renew):
             // stop at once; what was in flight is redelivered to the other.
             tracing::warn!(instance = %inner.me, resource = %resource, "lease lost to another instance; stopping it");
-            inner.granted.send_if_modified(|g| g.remove(&resource));
-            state.held.remove(&resource);
-            fleet.drop_fence(&resource, true);
+            lose(fleet, state, &resource);
         }
         // NATS away: keep running while the lease is surely ours (others
         // take it only once it has expired); the next look tries again.
@@ -514,33 +507,32 @@ async fn renew(fleet: &Fleet, state: &mut State, resource: Resource, held: Held)
             // Stopped before another instance may take it (at `failover`).
             if held.at.elapsed() >= inner.failover * 3 / 4 {
                 tracing::warn!(instance = %inner.me, resource = %resource, "lease expired unrenewed; stopping it");
-                inner.granted.send_if_modified(|g| g.remove(&resource));
-                state.held.remove(&resource);
-                fleet.drop_fence(&resource, true);
+                lose(fleet, state, &resource);
             }
         }
     }
 }
 
+/// The lease is no longer this instance's: its runs stop at once (the
+/// fence), without draining.
+fn lose(fleet: &Fleet, state: &mut State, resource: &Resource) {
+    fleet.0.granted.send_if_modified(|g| g.remove(resource));
+    state.held.remove(resource);
+    fleet.drop_fence(resource, true);
+}
+
 fn log_move(resource: &Resource, me: &str, what: &'static str) {
+    let held = if what == "holding" { 1.0 } else { 0.0 };
     match resource {
         Resource::Partition(p) => {
             tracing::info!(instance = me, partition = p, what, "fleet partition");
-            metrics::gauge!("syncflow_fleet_partition_held", "partition" => p.to_string()).set(
-                match what {
-                    "holding" => 1.0,
-                    _ => 0.0,
-                },
-            );
+            metrics::gauge!("syncflow_fleet_partition_held", "partition" => p.to_string())
+                .set(held);
         }
         Resource::Splitter(pipeline) => {
             tracing::info!(instance = me, pipeline = %pipeline, what, "fleet splitter");
-            metrics::gauge!("syncflow_fleet_splitter_held", "pipeline" => pipeline.clone()).set(
-                match what {
-                    "holding" => 1.0,
-                    _ => 0.0,
-                },
-            );
+            metrics::gauge!("syncflow_fleet_splitter_held", "pipeline" => pipeline.clone())
+                .set(held);
         }
     }
 }

@@ -144,13 +144,13 @@ fn run_partition(
     let partitions = setup.fleet.partitions();
     let config = partition_config(&setup.source, &setup.pipeline, p, partitions);
     let label = format!("{}/p{p}", setup.pipeline);
-    let js = setup.js.clone();
     let readiness = setup.readiness.clone();
     let pipeline = setup.pipeline.clone();
-    async move {
-        let mut source = JetStreamSource::new(js.clone(), config, &label, readiness.clone(), stop)
+    let mut source =
+        JetStreamSource::new(setup.js.clone(), config, &label, readiness.clone(), stop)
             .taking_over()
             .with_fence(run.fence());
+    async move {
         tracing::info!(pipeline = %pipeline, partition = p, "running partition");
         while let Some(msg) = source.next().await {
             if tx.send(restore(msg)).await.is_err() {
