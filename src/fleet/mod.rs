@@ -519,6 +519,7 @@ fn lose(fleet: &Fleet, state: &mut State, resource: &Resource) {
     fleet.0.granted.send_if_modified(|g| g.remove(resource));
     state.held.remove(resource);
     fleet.drop_fence(resource, true);
+    log_move(resource, &fleet.0.me, "lost");
 }
 
 fn log_move(resource: &Resource, me: &str, what: &'static str) {
