@@ -102,6 +102,19 @@ pub fn consumer_config(cfg: &NatsSourceConfig, durable: &str) -> jetstream::cons
     }
 }
 
+/// The consumer `durable` could not be made or read.
+fn consumer_error(
+    cfg: &NatsSourceConfig,
+    durable: &str,
+    e: &dyn std::fmt::Display,
+) -> NatsSourceError {
+    NatsSourceError::Consumer {
+        stream: cfg.stream.clone(),
+        durable: durable.to_string(),
+        message: e.to_string(),
+    }
+}
+
 /// The stream the consumer reads.
 async fn source_stream(
     js: &jetstream::Context,
@@ -124,11 +137,7 @@ pub async fn bind(
 ) -> Result<PullConsumer, NatsSourceError> {
     let stream = source_stream(js, cfg).await?;
     let config = consumer_config(cfg, durable);
-    let consumer_error = |e: &dyn std::fmt::Display| NatsSourceError::Consumer {
-        stream: cfg.stream.clone(),
-        durable: durable.to_string(),
-        message: e.to_string(),
-    };
+    let consumer_error = |e: &dyn std::fmt::Display| consumer_error(cfg, durable, e);
     match stream.create_consumer(config.clone()).await {
         Ok(c) => Ok(c),
         // An existing consumer with other settings: update what may change
@@ -163,11 +172,7 @@ pub async fn take_over(
     durable: &str,
 ) -> Result<(PullConsumer, u64), NatsSourceError> {
     let stream = source_stream(js, cfg).await?;
-    let consumer_error = |e: &dyn std::fmt::Display| NatsSourceError::Consumer {
-        stream: cfg.stream.clone(),
-        durable: durable.to_string(),
-        message: e.to_string(),
-    };
+    let consumer_error = |e: &dyn std::fmt::Display| consumer_error(cfg, durable, e);
     let info = match stream.consumer_info(durable).await {
         Ok(info) if info.num_ack_pending > 0 => info,
         Ok(_) => return Ok((bind(js, cfg, durable).await?, 0)),
