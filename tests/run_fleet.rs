@@ -469,6 +469,27 @@ async fn a_fleet_reloads_without_losing_or_reordering() {
     }
 }
 
+/// The consumers of `stream`, each with something pending or unacked
+/// noted in `busy`; `None` when NATS could not say.
+async fn unsettled(
+    stream: &jetstream::stream::Stream,
+    busy: &mut Vec<String>,
+) -> Option<Vec<jetstream::consumer::Info>> {
+    let mut consumers = Vec::new();
+    let mut listed = stream.consumers();
+    while let Some(info) = listed.next().await {
+        let info = info.ok()?;
+        if info.num_pending > 0 || info.num_ack_pending > 0 {
+            busy.push(format!(
+                "{}: {} pending, {} unacked",
+                info.name, info.num_pending, info.num_ack_pending
+            ));
+        }
+        consumers.push(info);
+    }
+    Some(consumers)
+}
+
 /// How the fleet moved, from each instance's log (FLEET_DUMP=DIR: each
 /// whole log copied there).
 fn print_moves(instances: &[Syncflow]) {
@@ -544,40 +565,20 @@ async fn delivered(js: &jetstream::Context, timeout: Duration) -> Result<u64, Op
         let left = async {
             let mut busy = Vec::new();
             let cdc = js.get_stream("CDC").await.ok()?;
-            let mut consumers = cdc.consumers();
-            while let Some(info) = consumers.next().await {
-                let info = info.ok()?;
-                if info.num_pending > 0 || info.num_ack_pending > 0 {
-                    busy.push(format!(
-                        "{}: {} pending, {} unacked",
-                        info.name, info.num_pending, info.num_ack_pending
-                    ));
-                }
-            }
+            unsettled(&cdc, &mut busy).await?;
             // A partition is done when its consumer has nothing pending or
             // unacked. A message it counts as acked may still sit in the
             // stream (nats-server 2.9 can leave one behind when a consumer
             // is made again while acks are on their way): it was handled,
             // and the order checks below say whether it was handled right.
             let parts = js.get_stream("SYNCFLOW_PARTS").await.ok()?;
-            let mut consumers = BTreeMap::new();
-            let mut listed = parts.consumers();
-            while let Some(info) = listed.next().await {
-                let info = info.ok()?;
-                if info.num_pending > 0 || info.num_ack_pending > 0 {
-                    busy.push(format!(
-                        "{}: {} pending, {} unacked",
-                        info.name, info.num_pending, info.num_ack_pending
-                    ));
-                }
-                consumers.insert(info.name.clone(), info);
-            }
+            let consumers = unsettled(&parts, &mut busy).await?;
             let mut by_subject = parts.info_with_subjects("syncflow.parts.>").await.ok()?;
             while let Some(pair) = by_subject.next().await {
                 let (subject, count) = pair.ok()?;
                 let p = subject.rsplit('.').next().unwrap_or_default();
                 let name = format!("contacts-to-hubspot-p{p}");
-                match consumers.get(&name) {
+                match consumers.iter().find(|c| c.name == name) {
                     None => busy.push(format!("{subject}: {count} messages, no consumer")),
                     Some(_) => stranded += count as u64,
                 }
