@@ -280,13 +280,13 @@ async fn run_chaos(
         }
     }
     publisher.await.unwrap();
-    let stranded = match delivered(js, Duration::from_secs(120)).await {
-        Ok(stranded) => stranded,
-        Err(left) => {
-            print_moves(&instances);
-            panic!("not delivered after 120 s: {left:?}");
+    if let Err(left) = delivered(js, Duration::from_secs(120)).await {
+        print_moves(&instances);
+        if std::env::var("FLEET_DEBUG").is_ok() {
+            print_stranded(js).await;
         }
-    };
+        panic!("not delivered after 120 s: {left:?}");
+    }
     let snap = h.crm.snapshot();
 
     let log = &snap.hubspot.log;
@@ -310,7 +310,7 @@ async fn run_chaos(
     });
     let dead_letters = dead_letter_count(js).await;
     println!(
-        "fleet ({}): {} keys x {} changes, 3 instances; creates {}, replays {}, writes {}, acked but left in partitions {stranded}; failover (kill -9 -> next write of its partitions): {failovers:?}; SIGTERM hand-over pause: {handover:?}",
+        "fleet ({}): {} keys x {} changes, 3 instances; creates {}, replays {}, writes {}; failover (kill -9 -> next write of its partitions): {failovers:?}; SIGTERM hand-over pause: {handover:?}",
         match chaos {
             Chaos::Instances => "5 kill -9 and 1 SIGTERM",
             Chaos::NatsNode(_) => "1 of 3 NATS nodes killed and restarted, R3, 1 kill -9",
@@ -490,6 +490,44 @@ async fn unsettled(
     Some(consumers)
 }
 
+/// FLEET_DEBUG: the partition consumers' positions and the messages left
+/// in the partitions, to tell messages skipped from messages stored late.
+async fn print_stranded(js: &jetstream::Context) {
+    let Ok(mut parts) = js.get_stream("SYNCFLOW_PARTS").await else {
+        return;
+    };
+    let mut listed = parts.consumers();
+    while let Some(Ok(c)) = listed.next().await {
+        println!(
+            "  consumer {}: delivered {} ack floor {} pending {} created {}",
+            c.name,
+            c.delivered.stream_sequence,
+            c.ack_floor.stream_sequence,
+            c.num_pending,
+            c.created
+        );
+    }
+    let state = parts.info().await.map(|i| i.state.clone());
+    let Ok(state) = state else { return };
+    println!(
+        "  parts stream: first {} last {} messages {}",
+        state.first_sequence, state.last_sequence, state.messages
+    );
+    let mut shown = 0;
+    for seq in state.first_sequence..=state.last_sequence {
+        if let Ok(m) = parts.get_raw_message(seq).await {
+            let origin = m.headers.get("Syncflow-Seq").map(|v| v.to_string());
+            if shown < 40 {
+                println!(
+                    "  left: seq {seq} {} origin {origin:?} at {}",
+                    m.subject, m.time
+                );
+            }
+            shown += 1;
+        }
+    }
+}
+
 /// How the fleet moved, from each instance's log (FLEET_DUMP=DIR: each
 /// whole log copied there).
 fn print_moves(instances: &[Syncflow]) {
@@ -557,20 +595,20 @@ async fn wait_all_delivered(js: &jetstream::Context, timeout: Duration) {
 }
 
 /// What is left undelivered after `timeout`, if anything is.
-async fn delivered(js: &jetstream::Context, timeout: Duration) -> Result<u64, Option<Vec<String>>> {
+async fn delivered(js: &jetstream::Context, timeout: Duration) -> Result<(), Option<Vec<String>>> {
     let started = Instant::now();
     let mut quiet = 0;
     loop {
-        let mut stranded = 0;
         let left = async {
             let mut busy = Vec::new();
             let cdc = js.get_stream("CDC").await.ok()?;
             unsettled(&cdc, &mut busy).await?;
             // A partition is done when its consumer has nothing pending or
-            // unacked. A message it counts as acked may still sit in the
-            // stream (nats-server 2.9 can leave one behind when a consumer
-            // is made again while acks are on their way): it was handled,
-            // and the order checks below say whether it was handled right.
+            // unacked and its stream holds nothing. A message its consumer
+            // went past (nats-server 2.9 leaves some when a node dies: one
+            // whose ack was lost, or one a consumer made on a lagging
+            // replica skipped) counts as left until the partition's run
+            // takes its consumer again and settles it.
             let parts = js.get_stream("SYNCFLOW_PARTS").await.ok()?;
             let consumers = unsettled(&parts, &mut busy).await?;
             let mut by_subject = parts.info_with_subjects("syncflow.parts.>").await.ok()?;
@@ -580,7 +618,7 @@ async fn delivered(js: &jetstream::Context, timeout: Duration) -> Result<u64, Op
                 let name = format!("contacts-to-hubspot-p{p}");
                 match consumers.iter().find(|c| c.name == name) {
                     None => busy.push(format!("{subject}: {count} messages, no consumer")),
-                    Some(_) => stranded += count as u64,
+                    Some(_) => busy.push(format!("{subject}: {count} messages left")),
                 }
             }
             Some(busy)
@@ -591,7 +629,7 @@ async fn delivered(js: &jetstream::Context, timeout: Duration) -> Result<u64, Op
             _ => 0,
         };
         if quiet >= 2 {
-            return Ok(stranded);
+            return Ok(());
         }
         if started.elapsed() >= timeout {
             return Err(left);

@@ -29,6 +29,9 @@ pub const TIME_HEADER: &str = "Syncflow-Time-Ms";
 /// The message's own `Nats-Msg-Id`, kept aside: the partition stream's
 /// `Nats-Msg-Id` is the splitter's, for its duplicates.
 pub const MSG_ID_HEADER: &str = "Syncflow-Msg-Id";
+/// How often the pipeline's stream had delivered the message when it was
+/// split (only when more than once).
+pub const DELIVERED_HEADER: &str = "Syncflow-Delivered";
 
 pub struct PartitionedSource {
     rx: mpsc::Receiver<SourceMessage>,
@@ -193,6 +196,7 @@ fn restore(mut msg: SourceMessage) -> SourceMessage {
     msg.subject = origin.subject.unwrap_or(msg.subject);
     msg.seq = origin.seq.unwrap_or(msg.seq);
     msg.timestamp_ms = origin.timestamp_ms.or(msg.timestamp_ms);
+    msg.delivered = msg.delivered.max(origin.delivered);
     msg.headers = origin.headers;
     msg
 }
@@ -204,6 +208,7 @@ struct Origin {
     subject: Option<String>,
     seq: Option<u64>,
     timestamp_ms: Option<i64>,
+    delivered: i64,
     headers: Vec<(String, String)>,
 }
 
@@ -220,6 +225,8 @@ impl Origin {
                 origin.seq = value.parse().ok();
             } else if name.eq_ignore_ascii_case(TIME_HEADER) {
                 origin.timestamp_ms = value.parse().ok();
+            } else if name.eq_ignore_ascii_case(DELIVERED_HEADER) {
+                origin.delivered = value.parse().unwrap_or(0);
             } else if name.eq_ignore_ascii_case(MSG_ID_HEADER) {
                 origin.headers.push(("Nats-Msg-Id".to_string(), value));
             } else if !name.eq_ignore_ascii_case("Nats-Msg-Id") {
@@ -244,6 +251,7 @@ mod tests {
             pair(SEQ_HEADER, "1234"),
             pair(TIME_HEADER, "1700000000123"),
             pair(MSG_ID_HEADER, "ev-9"),
+            pair(DELIVERED_HEADER, "3"),
             pair("Traceparent", "00-abc"),
         ]);
         assert_eq!(
@@ -252,6 +260,7 @@ mod tests {
                 subject: Some("cdc.contacts.9".into()),
                 seq: Some(1234),
                 timestamp_ms: Some(1_700_000_000_123),
+                delivered: 3,
                 headers: vec![pair("Nats-Msg-Id", "ev-9"), pair("Traceparent", "00-abc")],
             }
         );

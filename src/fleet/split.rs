@@ -13,6 +13,7 @@
 //! - A message without a key (not JSON, no key) goes to a partition by its
 //!   sequence: the partition's run dead-letters it, as any instance would.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use tokio::sync::{mpsc, watch};
 
-use super::source::{MSG_ID_HEADER, SEQ_HEADER, SUBJECT_HEADER, TIME_HEADER};
+use super::source::{DELIVERED_HEADER, MSG_ID_HEADER, SEQ_HEADER, SUBJECT_HEADER, TIME_HEADER};
 use super::{Fleet, Resource, partition_of, parts_subject};
 use crate::executor::Ctx;
 use crate::readiness::Readiness;
@@ -44,6 +45,7 @@ pub async fn run(
     fleet.add_splitter(&name);
     let mut granted = fleet.granted();
     let mut backoff = Duration::from_millis(250);
+    let mut unstored = Unstored::default();
     while !*stop.borrow() {
         let Some(run) = fleet.start_run(&resource) else {
             tokio::select! {
@@ -60,6 +62,7 @@ pub async fn run(
             version.clone(),
             &readiness,
             &stop,
+            &mut unstored,
         )
         .await;
         drop(run);
@@ -86,6 +89,7 @@ async fn split_while_held(
     mut version: watch::Receiver<Arc<Ctx>>,
     readiness: &Readiness,
     stop: &watch::Receiver<bool>,
+    unstored: &mut Unstored,
 ) -> bool {
     let mut ctx = version.borrow_and_update().clone();
     let name = ctx.pipeline.name.clone();
@@ -134,7 +138,7 @@ async fn split_while_held(
         tokio::select! {
             biased;
             Some((result, msg)) = stored.next() => {
-                if !settle(&name, result, msg).await {
+                if !settle(&name, result, msg, unstored).await {
                     failed = true;
                     source_stop.send_replace(true);
                 }
@@ -154,14 +158,14 @@ async fn split_while_held(
                     ctx = version.borrow_and_update().clone();
                 }
                 let p = partition(&ctx, &msg, partitions);
-                let copy = republished(&name, generation, &msg);
+                let copy = republished(&name, generation, &msg, unstored.attempt(msg.seq));
                 match ctx.js.send_publish(parts_subject(&name, p), copy).await {
                     Ok(ack) => {
                         split.increment(1);
-                        stored.push_back(async move { (ack.await.map(|_| ()).map_err(|e| e.to_string()), msg) });
+                        stored.push_back(async move { (Stored::from(ack.await), msg) });
                     }
                     Err(e) => {
-                        if !settle(&name, Err(e.to_string()), msg).await {
+                        if !settle(&name, Stored::Failed(e.to_string()), msg, unstored).await {
                             failed = true;
                             source_stop.send_replace(true);
                         }
@@ -171,7 +175,7 @@ async fn split_while_held(
         }
     }
     while let Some((result, msg)) = stored.next().await {
-        failed |= !settle(&name, result, msg).await;
+        failed |= !settle(&name, result, msg, unstored).await;
     }
     revoked.abort();
     let source = puller.await.expect("the puller does not panic");
@@ -180,20 +184,76 @@ async fn split_while_held(
     !failed
 }
 
-/// Acks a stored message; hands back one that was not. True when stored.
-async fn settle(pipeline: &str, result: Result<(), String>, msg: SourceMessage) -> bool {
-    match result {
-        Ok(()) => {
-            let seq = msg.seq;
-            msg.ack.ack(seq);
-            true
-        }
-        Err(e) => {
-            tracing::warn!(pipeline, seq = msg.seq, error = %e, "cannot store the message in its partition; splitting again from the ack floor");
-            msg.hand_back(pipeline).await;
-            false
+/// What the partition stream answered to a copy.
+enum Stored {
+    Yes,
+    Failed(String),
+    /// "Duplicate" with no sequence: the stream's leader took the message
+    /// id but the message was lost in a leader change before it was
+    /// stored. nats-server before 2.10.25 (nats-server#6415) answers so to
+    /// every copy with that id until its duplicate window ends, and
+    /// counting that as stored lost the message (the R3 fleet test).
+    IdWithoutMessage,
+}
+
+impl
+    From<
+        Result<
+            async_nats::jetstream::publish::PublishAck,
+            async_nats::jetstream::context::PublishError,
+        >,
+    > for Stored
+{
+    fn from(
+        ack: Result<
+            async_nats::jetstream::publish::PublishAck,
+            async_nats::jetstream::context::PublishError,
+        >,
+    ) -> Self {
+        match ack {
+            Ok(ack) if ack.duplicate && ack.sequence == 0 => Stored::IdWithoutMessage,
+            Ok(_) => Stored::Yes,
+            Err(e) => Stored::Failed(e.to_string()),
         }
     }
+}
+
+/// Messages whose id a partition stream holds without the message: each
+/// goes again under a new id (`.<attempt>` added), which the stream has
+/// not seen. Kept across splitter runs of this instance; another instance
+/// taking over finds the same answer and learns the same.
+#[derive(Default)]
+struct Unstored(HashMap<u64, u32>);
+
+impl Unstored {
+    fn attempt(&self, seq: u64) -> Option<u32> {
+        self.0.get(&seq).copied()
+    }
+}
+
+/// Acks a stored message; hands back one that was not. True when stored.
+async fn settle(
+    pipeline: &str,
+    result: Stored,
+    msg: SourceMessage,
+    unstored: &mut Unstored,
+) -> bool {
+    let error = match result {
+        Stored::Yes => {
+            unstored.0.remove(&msg.seq);
+            let seq = msg.seq;
+            msg.ack.ack(seq);
+            return true;
+        }
+        Stored::Failed(e) => e,
+        Stored::IdWithoutMessage => {
+            *unstored.0.entry(msg.seq).or_default() += 1;
+            "the partition stream holds its id but not the message (a leader change lost it); it goes again under a new id".to_string()
+        }
+    };
+    tracing::warn!(pipeline, seq = msg.seq, error = %error, "cannot store the message in its partition; splitting again from the ack floor");
+    msg.hand_back(pipeline).await;
+    false
 }
 
 /// The partition of `msg`'s key; a message without one goes by its sequence.
@@ -224,8 +284,16 @@ async fn stream_generation(ctx: &Ctx) -> Option<i128> {
 }
 
 /// The message for its partition: the same payload and headers, with where
-/// it stands in the pipeline's stream.
-fn republished(pipeline: &str, generation: i128, msg: &SourceMessage) -> Publish {
+/// it stands in the pipeline's stream and, when it was delivered before,
+/// how often (the partition's run then checks it against the id map, as
+/// any redelivery: a copy split again after a failure may come after a
+/// newer change of its key). `attempt`: see [`Unstored`].
+fn republished(
+    pipeline: &str,
+    generation: i128,
+    msg: &SourceMessage,
+    attempt: Option<u32>,
+) -> Publish {
     let mut headers = HeaderMap::new();
     for (name, value) in &msg.headers {
         if name.eq_ignore_ascii_case("Nats-Msg-Id") {
@@ -239,8 +307,15 @@ fn republished(pipeline: &str, generation: i128, msg: &SourceMessage) -> Publish
     if let Some(ms) = msg.timestamp_ms {
         headers.insert(TIME_HEADER, ms.to_string().as_str());
     }
+    if msg.delivered > 1 {
+        headers.insert(DELIVERED_HEADER, msg.delivered.to_string().as_str());
+    }
+    let id = match attempt {
+        None => format!("{pipeline}.{generation:x}.{}", msg.seq),
+        Some(n) => format!("{pipeline}.{generation:x}.{}.{n}", msg.seq),
+    };
     Publish::build()
         .payload(msg.payload.clone())
         .headers(headers)
-        .message_id(format!("{pipeline}.{generation:x}.{}", msg.seq))
+        .message_id(id)
 }

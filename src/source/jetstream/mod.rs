@@ -35,6 +35,10 @@ use recovery::Recovery;
 
 /// How often a message held but not settled is reported in progress, for
 /// a consumer whose `ack_wait` is `ack_wait`.
+/// How often an exclusive consumer is checked for skipped messages: two
+/// requests to the stream's and the consumer's leaders.
+const AUDIT_EVERY: Duration = Duration::from_secs(3);
+
 pub fn progress_every(ack_wait: Duration) -> Duration {
     (ack_wait / 3).max(Duration::from_millis(100))
 }
@@ -74,6 +78,12 @@ pub struct JetStreamSource {
     /// behind the newer ones.
     last_delivery: Option<u64>,
     exclusive: bool,
+    /// How often an exclusive consumer is checked for messages it skipped
+    /// ([`consumer::skipped`]), and the one seen at the last check.
+    audit: tokio::time::Interval,
+    skipped: Option<u64>,
+    /// The next take-over makes the consumer again even with nothing unacked.
+    make_again: bool,
 }
 
 impl JetStreamSource {
@@ -113,6 +123,17 @@ impl JetStreamSource {
             delivered_before: 0,
             last_delivery: None,
             exclusive: false,
+            audit: {
+                // Two checks in a row are always AUDIT_EVERY apart.
+                let mut audit = tokio::time::interval_at(
+                    tokio::time::Instant::now() + AUDIT_EVERY,
+                    AUDIT_EVERY,
+                );
+                audit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                audit
+            },
+            skipped: None,
+            make_again: false,
         }
     }
 
@@ -158,10 +179,11 @@ impl JetStreamSource {
     /// Creates or updates the consumer; on failure waits out a backoff.
     async fn bind(&mut self) {
         let bound = match self.take_over {
-            true => consumer::take_over(&self.js, &self.config, &self.durable)
+            true => consumer::take_over(&self.js, &self.config, &self.durable, self.make_again)
                 .await
                 .map(|(consumer, delivered_before)| {
                     self.take_over = false;
+                    self.make_again = false;
                     self.delivered_before = delivered_before;
                     consumer
                 }),
@@ -267,6 +289,31 @@ impl JetStreamSource {
         self.take_over = true;
     }
 
+    /// Checks the consumer for a message it went past; the same one seen at
+    /// two checks in a row makes the consumer again, so it comes now and
+    /// before any newer one of its key.
+    async fn audit(&mut self) {
+        let found = consumer::skipped(&self.js, &self.config, &self.durable).await;
+        let first = match found {
+            Ok(first) => first,
+            // Cannot say now (NATS busy or away): the next check will.
+            Err(_) => None,
+        };
+        if first.is_some() && first == self.skipped {
+            tracing::warn!(
+                pipeline = %self.pipeline,
+                durable = %self.durable,
+                seq = first,
+                "the consumer went past a message its stream still holds: taking it over again"
+            );
+            self.skipped = None;
+            self.make_again = true;
+            self.resync().await;
+            return;
+        }
+        self.skipped = first;
+    }
+
     /// Stopping: the current pull's messages are ours until it ends, so
     /// they are handed back now rather than left to `ack_wait`; so are the
     /// parked ones.
@@ -358,6 +405,7 @@ impl Source for JetStreamSource {
                     }
                     self.release(false).await;
                 }
+                _ = self.audit.tick(), if self.exclusive => self.audit().await,
                 _ = self.stop.changed() => {}
             }
         }
