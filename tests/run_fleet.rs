@@ -131,13 +131,9 @@ async fn three_instances_keep_each_keys_order_through_kills_and_a_stop() {
 /// The same on a three-node JetStream cluster with every stream and bucket
 /// at three replicas: one NATS node is killed mid-run and restarted, and
 /// one syncflow instance is killed too. Nothing is lost or reordered.
-///
-/// Ignored in the suite: about one run in eight, id map reads come back
-/// empty while the cluster recovers from the node's death, and updates go
-/// to the dead letters as `unknown_id` (docs/fleet.md, failure modes). Run
-/// it with `cargo test --test run_fleet -- --ignored`.
+/// (docs/fleet.md, failure modes: what nats-server 2.9 does meanwhile and
+/// what the fleet does about it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "about one run in eight, id map reads come back empty after a NATS node dies (issue 15)"]
 async fn a_nats_node_killed_mid_run_loses_and_reorders_nothing() {
     let h = Arc::new(fleet_harness("jetstream: { replicas: 3 }\n").await);
     let mut cluster = NatsCluster::start().expect("a three-node NATS cluster");

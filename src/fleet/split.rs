@@ -310,12 +310,48 @@ fn republished(
     if msg.delivered > 1 {
         headers.insert(DELIVERED_HEADER, msg.delivered.to_string().as_str());
     }
-    let id = match attempt {
-        None => format!("{pipeline}.{generation:x}.{}", msg.seq),
-        Some(n) => format!("{pipeline}.{generation:x}.{}.{n}", msg.seq),
-    };
     Publish::build()
         .payload(msg.payload.clone())
         .headers(headers)
-        .message_id(id)
+        .message_id(copy_id(pipeline, generation, msg.seq, attempt))
+}
+
+/// The copy's `Nats-Msg-Id`: the same for every copy of one message of one
+/// stream (a splitter taking over republishes what is already stored, and
+/// the partition stream drops it), unless the stream holds that id without
+/// the message ([`Unstored`]).
+fn copy_id(pipeline: &str, generation: i128, seq: u64, attempt: Option<u32>) -> String {
+    match attempt {
+        None => format!("{pipeline}.{generation:x}.{seq}"),
+        Some(n) => format!("{pipeline}.{generation:x}.{seq}.{n}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(json: &str) -> Stored {
+        Stored::from(Ok(serde_json::from_str(json).unwrap()))
+    }
+
+    #[test]
+    fn a_duplicate_without_a_sequence_is_not_stored() {
+        assert!(matches!(answer(r#"{"stream":"P","seq":7}"#), Stored::Yes));
+        // Stored by an earlier copy: as good as stored now.
+        assert!(matches!(
+            answer(r#"{"stream":"P","seq":7,"duplicate":true}"#),
+            Stored::Yes
+        ));
+        assert!(matches!(
+            answer(r#"{"stream":"P","seq":0,"duplicate":true}"#),
+            Stored::IdWithoutMessage
+        ));
+    }
+
+    #[test]
+    fn a_copy_goes_again_under_a_new_id_only_when_its_id_is_spent() {
+        assert_eq!(copy_id("contacts", 0x1f, 42, None), "contacts.1f.42");
+        assert_eq!(copy_id("contacts", 0x1f, 42, Some(2)), "contacts.1f.42.2");
+    }
 }

@@ -471,3 +471,6 @@ impl Ack {
             .map_err(|e| AckError(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests;
