@@ -293,12 +293,11 @@ impl JetStreamSource {
     /// two checks in a row makes the consumer again, so it comes now and
     /// before any newer one of its key.
     async fn audit(&mut self) {
-        let found = consumer::skipped(&self.js, &self.config, &self.durable).await;
-        let first = match found {
-            Ok(first) => first,
-            // Cannot say now (NATS busy or away): the next check will.
-            Err(_) => None,
-        };
+        // An error (NATS busy or away) says nothing: the next check will.
+        let first = consumer::skipped(&self.js, &self.config, &self.durable)
+            .await
+            .ok()
+            .flatten();
         if first.is_some() && first == self.skipped {
             tracing::warn!(
                 pipeline = %self.pipeline,
