@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishError;
 use async_nats::jetstream::message::PublishMessage as Publish;
+use async_nats::jetstream::publish::PublishAck;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use tokio::sync::{mpsc, watch};
@@ -196,21 +198,12 @@ enum Stored {
     IdWithoutMessage,
 }
 
-impl
-    From<
-        Result<
-            async_nats::jetstream::publish::PublishAck,
-            async_nats::jetstream::context::PublishError,
-        >,
-    > for Stored
-{
-    fn from(
-        ack: Result<
-            async_nats::jetstream::publish::PublishAck,
-            async_nats::jetstream::context::PublishError,
-        >,
-    ) -> Self {
-        match ack {
+/// The partition stream's answer to a publish.
+type Answer = Result<PublishAck, PublishError>;
+
+impl From<Answer> for Stored {
+    fn from(answer: Answer) -> Self {
+        match answer {
             Ok(ack) if ack.duplicate && ack.sequence == 0 => Stored::IdWithoutMessage,
             Ok(_) => Stored::Yes,
             Err(e) => Stored::Failed(e.to_string()),

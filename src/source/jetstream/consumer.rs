@@ -228,7 +228,7 @@ fn is_work_queue(stream: &jetstream::stream::Stream) -> bool {
 /// partitions' consumers report nothing pending above 7,155 while their
 /// stream held messages from 1,581 on. (An ack lost on its way to the
 /// stream leaves such a message too; taking it again is harmless, as the
-/// id map knows it was applied.) `None` for other streams.
+/// id map knows it was applied.)
 ///
 /// The stream's answer comes from its leader; a message stored just now
 /// and not yet counted by the consumer looks the same, so the caller acts
@@ -237,10 +237,10 @@ pub async fn skipped(
     js: &jetstream::Context,
     cfg: &NatsSourceConfig,
     durable: &str,
-) -> Result<Option<u64>, NatsSourceError> {
+) -> Result<Skipped, NatsSourceError> {
     let stream = source_stream(js, cfg).await?;
     if !is_work_queue(&stream) {
-        return Ok(None);
+        return Ok(Skipped::NotAWorkQueue);
     }
     let consumer_error = |e: &dyn std::fmt::Display| consumer_error(cfg, durable, e);
     let info = stream
@@ -253,12 +253,25 @@ pub async fn skipped(
     {
         Ok(msg) => msg.sequence,
         Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
-            return Ok(None);
+            return Ok(Skipped::Nothing);
         }
         Err(e) => return Err(consumer_error(&e)),
     };
     let idle = info.num_pending == 0 && info.num_ack_pending == 0;
-    Ok((idle || first <= info.ack_floor.stream_sequence).then_some(first))
+    Ok(match idle || first <= info.ack_floor.stream_sequence {
+        true => Skipped::From(first),
+        false => Skipped::Nothing,
+    })
+}
+
+/// What [`skipped`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Skipped {
+    /// Only a work queue's consumer can be checked so.
+    NotAWorkQueue,
+    Nothing,
+    /// The first message the consumer went past.
+    From(u64),
 }
 
 /// One pull request: up to `batch` messages, delivered as they arrive; the

@@ -24,6 +24,7 @@ use async_nats::jetstream::{self, AckKind};
 use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 
+use consumer::Skipped;
 pub use consumer::{NatsSourceError, PULL_EXPIRES, consumer_config};
 
 use super::{AckError, Settle, Source, SourceMessage};
@@ -33,12 +34,12 @@ use acks::Acks;
 use budget::{ByteBudget, SizeEstimate};
 use recovery::Recovery;
 
-/// How often a message held but not settled is reported in progress, for
-/// a consumer whose `ack_wait` is `ack_wait`.
-/// How often an exclusive consumer is checked for skipped messages: two
-/// requests to the stream's and the consumer's leaders.
+/// How often an exclusive consumer of a work queue is checked for skipped
+/// messages: two requests, to the stream's and the consumer's leaders.
 const AUDIT_EVERY: Duration = Duration::from_secs(3);
 
+/// How often a message held but not settled is reported in progress, for
+/// a consumer whose `ack_wait` is `ack_wait`.
 pub fn progress_every(ack_wait: Duration) -> Duration {
     (ack_wait / 3).max(Duration::from_millis(100))
 }
@@ -79,8 +80,10 @@ pub struct JetStreamSource {
     last_delivery: Option<u64>,
     exclusive: bool,
     /// How often an exclusive consumer is checked for messages it skipped
-    /// ([`consumer::skipped`]), and the one seen at the last check.
+    /// ([`consumer::skipped`]), and the one seen at the last check; no
+    /// checks once the stream is known not to be a work queue.
     audit: tokio::time::Interval,
+    audited: bool,
     skipped: Option<u64>,
     /// The next take-over makes the consumer again even with nothing unacked.
     make_again: bool,
@@ -132,6 +135,7 @@ impl JetStreamSource {
                 audit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 audit
             },
+            audited: true,
             skipped: None,
             make_again: false,
         }
@@ -293,11 +297,16 @@ impl JetStreamSource {
     /// two checks in a row makes the consumer again, so it comes now and
     /// before any newer one of its key.
     async fn audit(&mut self) {
-        // An error (NATS busy or away) says nothing: the next check will.
-        let first = consumer::skipped(&self.js, &self.config, &self.durable)
-            .await
-            .ok()
-            .flatten();
+        let first = match consumer::skipped(&self.js, &self.config, &self.durable).await {
+            Ok(Skipped::NotAWorkQueue) => {
+                self.audited = false;
+                return;
+            }
+            Ok(Skipped::Nothing) => None,
+            Ok(Skipped::From(seq)) => Some(seq),
+            // NATS busy or away: the next check will say.
+            Err(_) => None,
+        };
         if first.is_some() && first == self.skipped {
             tracing::warn!(
                 pipeline = %self.pipeline,
@@ -404,7 +413,7 @@ impl Source for JetStreamSource {
                     }
                     self.release(false).await;
                 }
-                _ = self.audit.tick(), if self.exclusive => self.audit().await,
+                _ = self.audit.tick(), if self.exclusive && self.audited => self.audit().await,
                 _ = self.stop.changed() => {}
             }
         }
