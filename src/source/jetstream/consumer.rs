@@ -264,6 +264,34 @@ pub async fn skipped(
     })
 }
 
+/// For a work queue's consumer just bound, whose first delivery is `seq`:
+/// the first message of its subject, if older. A consumer made on a replica
+/// still catching up can start past messages the stream holds and deliver
+/// newer ones at once ([`skipped`]); checked at its first delivery, not one
+/// of them is applied before the older one comes.
+pub async fn older_than(
+    js: &jetstream::Context,
+    cfg: &NatsSourceConfig,
+    durable: &str,
+    seq: u64,
+) -> Result<Skipped, NatsSourceError> {
+    let stream = source_stream(js, cfg).await?;
+    if !is_work_queue(&stream) {
+        return Ok(Skipped::NotAWorkQueue);
+    }
+    match stream
+        .get_first_raw_message_by_subject(&cfg.subject, 1)
+        .await
+    {
+        Ok(msg) if msg.sequence < seq => Ok(Skipped::From(msg.sequence)),
+        Ok(_) => Ok(Skipped::Nothing),
+        Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+            Ok(Skipped::Nothing)
+        }
+        Err(e) => Err(consumer_error(cfg, durable, &e)),
+    }
+}
+
 /// What [`skipped`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Skipped {

@@ -85,6 +85,9 @@ pub struct JetStreamSource {
     audit: tokio::time::Interval,
     audited: bool,
     skipped: Option<u64>,
+    /// The first delivery since binding is still to be checked against the
+    /// stream ([`consumer::older_than`]).
+    check_first: bool,
     /// The next take-over makes the consumer again even with nothing unacked.
     make_again: bool,
 }
@@ -137,6 +140,7 @@ impl JetStreamSource {
             },
             audited: true,
             skipped: None,
+            check_first: false,
             make_again: false,
         }
     }
@@ -197,6 +201,7 @@ impl JetStreamSource {
             Ok(mut consumer) => {
                 if self.exclusive {
                     self.last_delivery = Some(consumer.cached_info().delivered.consumer_sequence);
+                    self.check_first = self.audited;
                 }
                 self.readiness.set_ready(&self.pipeline, true);
                 self.backoff = Duration::from_millis(250);
@@ -293,6 +298,42 @@ impl JetStreamSource {
         self.take_over = true;
     }
 
+    /// For the first delivery since binding (exclusive consumers of a work
+    /// queue): false when the stream holds an older message of the
+    /// consumer's subject, which the consumer went past; the caller takes
+    /// it again. False too when the stream cannot say (after a pause).
+    async fn first_is_first(&mut self, msg: &SourceMessage) -> bool {
+        if !std::mem::take(&mut self.check_first) {
+            return true;
+        }
+        match consumer::older_than(&self.js, &self.config, &self.durable, msg.seq).await {
+            Ok(Skipped::NotAWorkQueue) => {
+                self.audited = false;
+                true
+            }
+            Ok(Skipped::Nothing) => true,
+            Ok(Skipped::From(older)) => {
+                tracing::warn!(
+                    pipeline = %self.pipeline,
+                    durable = %self.durable,
+                    seq = older,
+                    first_delivered = msg.seq,
+                    "the consumer started past a message its stream still holds: taking it over again"
+                );
+                self.make_again = true;
+                false
+            }
+            Err(e) => {
+                tracing::warn!(pipeline = %self.pipeline, error = %e, "cannot check the first delivery against the stream; binding again");
+                tokio::select! {
+                    _ = tokio::time::sleep(self.backoff) => {}
+                    _ = self.stop.changed() => {}
+                }
+                false
+            }
+        }
+    }
+
     /// Checks the consumer for a message it went past; the same one seen at
     /// two checks in a row makes the consumer again, so it comes now and
     /// before any newer one of its key.
@@ -386,7 +427,7 @@ impl Source for JetStreamSource {
                         self.release(true).await;
                     }
                     Some(Ok(mut msg)) => {
-                        if self.lost_before(&msg) {
+                        if self.lost_before(&msg) || !self.first_is_first(&msg).await {
                             msg.hand_back(&self.pipeline).await;
                             drop(msg);
                             self.resync().await;
