@@ -219,19 +219,16 @@ fn is_work_queue(stream: &jetstream::stream::Stream) -> bool {
     )
 }
 
-/// For a consumer only one source pulls from (a fleet's partition or
-/// splitter): the first message of its subject it will never deliver, if
-/// any. nats-server 2.9 can make a consumer past messages its stream holds
-/// when it is made on a replica still catching up after a node died: the
-/// R3 fleet test saw five partitions' consumers report nothing pending above
-/// 7,155 while their stream held messages from 1,581 on, and a splitter's
-/// consumer report nothing pending while 9,300 messages waited past it.
-///
-/// Skipped is a message of the subject above the consumer's ack floor
-/// while the consumer has nothing pending or unacked; for a work queue
-/// (which keeps only unacked messages) also any at or below the floor. (An
-/// ack lost on its way leaves such a message in a work queue too; taking
-/// it again is harmless, as the id map knows it was applied.)
+/// For a consumer of a work-queue stream (a fleet's partition): the first
+/// message of its subject, if the consumer will never deliver it. A work
+/// queue keeps only unacked messages, so one at or below the consumer's
+/// ack floor, or any at all while the consumer has nothing pending or
+/// unacked, was skipped. nats-server 2.9 leaves a consumer so when it is
+/// made while a node that died is catching up: the R3 fleet test saw five
+/// partitions' consumers report nothing pending above 7,155 while their
+/// stream held messages from 1,581 on. (An ack lost on its way to the
+/// stream leaves such a message too; taking it again is harmless, as the
+/// id map knows it was applied.)
 ///
 /// The stream's answer comes from its leader; a message stored just now
 /// and not yet counted by the consumer looks the same, so the caller acts
@@ -242,30 +239,36 @@ pub async fn skipped(
     durable: &str,
 ) -> Result<Skipped, NatsSourceError> {
     let stream = source_stream(js, cfg).await?;
+    if !is_work_queue(&stream) {
+        return Ok(Skipped::NotAWorkQueue);
+    }
+    let consumer_error = |e: &dyn std::fmt::Display| consumer_error(cfg, durable, e);
     let info = stream
         .consumer_info(durable)
         .await
-        .map_err(|e| consumer_error(cfg, durable, &e))?;
-    let floor = info.ack_floor.stream_sequence;
-    let from = match is_work_queue(&stream) {
-        true => 1,
-        false => floor + 1,
-    };
-    let Some(first) = first_of_subject(&stream, cfg, durable, from).await? else {
-        return Ok(Skipped::Nothing);
+        .map_err(|e| consumer_error(&e))?;
+    let first = match stream
+        .get_first_raw_message_by_subject(&cfg.subject, 1)
+        .await
+    {
+        Ok(msg) => msg.sequence,
+        Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+            return Ok(Skipped::Nothing);
+        }
+        Err(e) => return Err(consumer_error(&e)),
     };
     let idle = info.num_pending == 0 && info.num_ack_pending == 0;
-    Ok(match idle || first <= floor {
+    Ok(match idle || first <= info.ack_floor.stream_sequence {
         true => Skipped::From(first),
         false => Skipped::Nothing,
     })
 }
 
-/// For a consumer just bound, whose first delivery is `seq`: the first
-/// message of its subject it should have delivered before, if any (from
-/// the ack floor on; for a work queue, from the start). A consumer made
-/// past messages ([`skipped`]) delivers newer ones at once; checked at its
-/// first delivery, not one of them is applied before the older one comes.
+/// For a work queue's consumer just bound, whose first delivery is `seq`:
+/// the first message of its subject, if older. A consumer made on a replica
+/// still catching up can start past messages the stream holds and deliver
+/// newer ones at once ([`skipped`]); checked at its first delivery, not one
+/// of them is applied before the older one comes.
 pub async fn older_than(
     js: &jetstream::Context,
     cfg: &NatsSourceConfig,
@@ -273,43 +276,27 @@ pub async fn older_than(
     seq: u64,
 ) -> Result<Skipped, NatsSourceError> {
     let stream = source_stream(js, cfg).await?;
-    let from = match is_work_queue(&stream) {
-        true => 1,
-        false => {
-            let info = stream
-                .consumer_info(durable)
-                .await
-                .map_err(|e| consumer_error(cfg, durable, &e))?;
-            info.ack_floor.stream_sequence + 1
-        }
-    };
-    Ok(match first_of_subject(&stream, cfg, durable, from).await? {
-        Some(first) if first < seq => Skipped::From(first),
-        _ => Skipped::Nothing,
-    })
-}
-
-/// The sequence of the stream's first message of the consumer's subject
-/// at or after `from`, asked of the stream's leader.
-async fn first_of_subject(
-    stream: &jetstream::stream::Stream,
-    cfg: &NatsSourceConfig,
-    durable: &str,
-    from: u64,
-) -> Result<Option<u64>, NatsSourceError> {
+    if !is_work_queue(&stream) {
+        return Ok(Skipped::NotAWorkQueue);
+    }
     match stream
-        .get_first_raw_message_by_subject(&cfg.subject, from)
+        .get_first_raw_message_by_subject(&cfg.subject, 1)
         .await
     {
-        Ok(msg) => Ok(Some(msg.sequence)),
-        Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+        Ok(msg) if msg.sequence < seq => Ok(Skipped::From(msg.sequence)),
+        Ok(_) => Ok(Skipped::Nothing),
+        Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+            Ok(Skipped::Nothing)
+        }
         Err(e) => Err(consumer_error(cfg, durable, &e)),
     }
 }
 
-/// What [`skipped`] and [`older_than`] found.
+/// What [`skipped`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Skipped {
+    /// Only a work queue's consumer can be checked so.
+    NotAWorkQueue,
     Nothing,
     /// The first message the consumer went past.
     From(u64),

@@ -34,8 +34,8 @@ use acks::Acks;
 use budget::{ByteBudget, SizeEstimate};
 use recovery::Recovery;
 
-/// How often an exclusive consumer is checked for skipped messages: three
-/// requests, to the stream's and the consumer's leaders.
+/// How often an exclusive consumer of a work queue is checked for skipped
+/// messages: two requests, to the stream's and the consumer's leaders.
 const AUDIT_EVERY: Duration = Duration::from_secs(3);
 
 /// How often a message held but not settled is reported in progress, for
@@ -80,8 +80,10 @@ pub struct JetStreamSource {
     last_delivery: Option<u64>,
     exclusive: bool,
     /// How often an exclusive consumer is checked for messages it skipped
-    /// ([`consumer::skipped`]), and the one seen at the last check.
+    /// ([`consumer::skipped`]), and the one seen at the last check; no
+    /// checks once the stream is known not to be a work queue.
     audit: tokio::time::Interval,
+    audited: bool,
     skipped: Option<u64>,
     /// The first delivery since binding is still to be checked against the
     /// stream ([`consumer::older_than`]).
@@ -136,6 +138,7 @@ impl JetStreamSource {
                 audit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 audit
             },
+            audited: true,
             skipped: None,
             check_first: false,
             make_again: false,
@@ -198,7 +201,7 @@ impl JetStreamSource {
             Ok(mut consumer) => {
                 if self.exclusive {
                     self.last_delivery = Some(consumer.cached_info().delivered.consumer_sequence);
-                    self.check_first = true;
+                    self.check_first = self.audited;
                 }
                 self.readiness.set_ready(&self.pipeline, true);
                 self.backoff = Duration::from_millis(250);
@@ -295,15 +298,19 @@ impl JetStreamSource {
         self.take_over = true;
     }
 
-    /// For the first delivery since binding (exclusive consumers): false
-    /// when the stream holds an older message of the consumer's subject
-    /// that the consumer went past; the caller takes it again. False too
-    /// when the stream cannot say (after a pause).
+    /// For the first delivery since binding (exclusive consumers of a work
+    /// queue): false when the stream holds an older message of the
+    /// consumer's subject, which the consumer went past; the caller takes
+    /// it again. False too when the stream cannot say (after a pause).
     async fn first_is_first(&mut self, msg: &SourceMessage) -> bool {
         if !std::mem::take(&mut self.check_first) {
             return true;
         }
         match consumer::older_than(&self.js, &self.config, &self.durable, msg.seq).await {
+            Ok(Skipped::NotAWorkQueue) => {
+                self.audited = false;
+                true
+            }
             Ok(Skipped::Nothing) => true,
             Ok(Skipped::From(older)) => {
                 tracing::warn!(
@@ -332,6 +339,10 @@ impl JetStreamSource {
     /// before any newer one of its key.
     async fn audit(&mut self) {
         let first = match consumer::skipped(&self.js, &self.config, &self.durable).await {
+            Ok(Skipped::NotAWorkQueue) => {
+                self.audited = false;
+                return;
+            }
             Ok(Skipped::Nothing) => None,
             Ok(Skipped::From(seq)) => Some(seq),
             // NATS busy or away: the next check will say.
@@ -443,7 +454,7 @@ impl Source for JetStreamSource {
                     }
                     self.release(false).await;
                 }
-                _ = self.audit.tick(), if self.exclusive => self.audit().await,
+                _ = self.audit.tick(), if self.exclusive && self.audited => self.audit().await,
                 _ = self.stop.changed() => {}
             }
         }
