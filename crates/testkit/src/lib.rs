@@ -57,6 +57,12 @@ pub enum TestkitError {
         binary: &'static str,
         install: &'static str,
     },
+    #[error("{need}: {found}; {install}")]
+    TooOld {
+        need: &'static str,
+        found: String,
+        install: &'static str,
+    },
     #[error("could not {action}: {source}")]
     Io {
         action: String,

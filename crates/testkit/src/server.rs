@@ -49,6 +49,8 @@ pub struct Server<K: ServerKind> {
     dir: TempDir,
     /// Arguments after the kind's own (authentication, TLS...).
     extra: Vec<OsString>,
+    /// The executable, when not the kind's own on `PATH`.
+    program: Option<OsString>,
     child: Option<Child>,
     kind: PhantomData<K>,
 }
@@ -73,11 +75,22 @@ impl<K: ServerKind> Server<K> {
         dir: TempDir,
         extra: impl IntoIterator<Item = impl Into<OsString>>,
     ) -> Result<Self, TestkitError> {
+        Self::start_program(None, dir, extra)
+    }
+
+    /// [`Server::start_in`] running `program` (a path) rather than the
+    /// kind's binary on `PATH`: another version of the server.
+    pub fn start_program(
+        program: Option<OsString>,
+        dir: TempDir,
+        extra: impl IntoIterator<Item = impl Into<OsString>>,
+    ) -> Result<Self, TestkitError> {
         let extra: Vec<OsString> = extra.into_iter().map(Into::into).collect();
         let mut server = Server {
             port: 0,
             dir,
             extra,
+            program,
             child: None,
             kind: PhantomData,
         };
@@ -161,7 +174,11 @@ impl<K: ServerKind> Server<K> {
         let log_for_stderr = log
             .try_clone()
             .map_err(io_error("duplicate the log file"))?;
-        let child = Command::new(K::BINARY)
+        let program = self
+            .program
+            .clone()
+            .unwrap_or_else(|| OsString::from(K::BINARY));
+        let child = Command::new(program)
             .args(K::args(self.port, self.dir.path()))
             .args(&self.extra)
             .stdin(Stdio::null())
