@@ -419,3 +419,59 @@ async fn low_limit_run(rate: u32, instances: usize) -> String {
     assert!(share >= 0.9, "{row}");
     row
 }
+
+/// The provider's own count of its window (`rate_limit.remaining_header`).
+/// The mock's HubSpot takes 10 requests in any second and says how many
+/// are left (`X-HubSpot-RateLimit-Remaining`), while syncflow's limit says
+/// 40/s: someone else spends the same account, or the limit was set too
+/// high. Following the header, syncflow waits a window when none is left
+/// instead of meeting the 429 that would say so; without it, each window
+/// ends with a 429. Prints both runs' 429s and times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_providers_count_of_its_window_keeps_requests_off_its_429s() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let without = window_run(false).await;
+    let with = window_run(true).await;
+    println!(
+        "50 creates, provider window 10/s, syncflow's limit 40/s: without remaining_header {} x 429 in {:?}; with it {} x 429 in {:?}",
+        without.0, without.1, with.0, with.1
+    );
+    assert!(
+        without.0 >= 2,
+        "the run without the header met the window's end: {without:?}"
+    );
+    assert!(
+        with.0 <= 1 && with.0 < without.0,
+        "following the header, the window's end is waited out: {with:?} against {without:?}"
+    );
+}
+
+/// 50 creates through syncflow at 40/s into a provider window of 10 per
+/// second; the 429s the provider answered and how long it took.
+async fn window_run(follow: bool) -> (u64, Duration) {
+    let h = Harness::start(MockCrmConfig {
+        hubspot_limit: Some(RateLimit::window(10, Duration::from_secs(1))),
+        ..MockCrmConfig::default()
+    })
+    .await;
+    h.remove_pipeline("contacts-to-salesforce");
+    let header = match follow {
+        true => ", remaining_header: X-HubSpot-RateLimit-Remaining",
+        false => "",
+    };
+    h.set_line(
+        "providers/hubspot.yaml",
+        "rate_limit:",
+        &format!("rate_limit: {{ requests: 40, per: 1s, burst: 10{header} }}"),
+    );
+    let events: Vec<_> = (1..=50).map(contacts::created).collect();
+    contacts::publish_all(&h, &events).await;
+    let started = std::time::Instant::now();
+    let mut syncflow = h.spawn();
+    h.wait_settled(Duration::from_secs(60)).await;
+    let took = started.elapsed();
+    assert!(syncflow.sigterm().success(), "{}", syncflow.log());
+    let snap = h.crm.snapshot();
+    assert_eq!(snap.hubspot.counters.creates, 50, "{}", syncflow.log());
+    (snap.hubspot.counters.rate_limited, took)
+}

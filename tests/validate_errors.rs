@@ -47,6 +47,15 @@ const CASES: &[Case] = &[
         ],
     },
     Case {
+        name: "a window header that is no header name",
+        file: HUBSPOT_PROVIDER,
+        from: "remaining_header: X-HubSpot-RateLimit-Remaining",
+        to: "remaining_header: \"X HubSpot Remaining\"",
+        expect: &[
+            r#"providers/hubspot.yaml:5:69: error: "X HubSpot Remaining" is not a valid header name"#,
+        ],
+    },
+    Case {
         name: "typo'd object",
         file: HUBSPOT_PIPELINE,
         from: "object: contact",
@@ -435,7 +444,7 @@ const ACCOUNTS_CASES: &[Case] = &[
     Case {
         name: "credentials per account without a rate limit",
         file: "providers/hubspot.yaml",
-        from: "rate_limit: { requests: 100, per: 10s, burst: 10 }\n",
+        from: "rate_limit: { requests: 100, per: 10s, burst: 10, remaining_header: X-HubSpot-RateLimit-Remaining }\n",
         to: "",
         expect: &[
             "providers/hubspot.yaml:13:5: error: credentials per account need a rate_limit (applied per account): it bounds the records an account with refused credentials holds back",

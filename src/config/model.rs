@@ -598,6 +598,10 @@ pub struct RateLimitConfig {
     pub per: ConfigDuration,
     #[serde(default)]
     pub burst: Option<u32>,
+    /// A response header telling how many requests are left in the
+    /// provider's own window (`X-HubSpot-RateLimit-Remaining`).
+    #[serde(default)]
+    pub remaining_header: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

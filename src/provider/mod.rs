@@ -36,6 +36,9 @@ pub struct Provider {
     /// `auth.per_account`: each account's own credentials.
     pub account_auth: Option<AccountAuth>,
     pub rate_limit: Option<RateLimit>,
+    /// `rate_limit.remaining_header`: the provider's count of the requests
+    /// left in its window; at 0 the account (or provider) waits a window.
+    pub window_remaining_header: Option<http::HeaderName>,
     /// Requests allowed per window, per account (limiter/quota.rs).
     pub quota: Option<Quota>,
     pub max_in_flight: usize,
@@ -170,6 +173,7 @@ impl Provider {
             ..p.config.clone()
         };
         without_limit(self) == without_limit(other)
+            && self.window_remaining_header == other.window_remaining_header
     }
 }
 
@@ -284,6 +288,11 @@ pub fn compile(
             burst: rl.burst.unwrap_or(1),
         }
     });
+    let window_remaining_header = cfg
+        .rate_limit
+        .as_ref()
+        .and_then(|rl| rl.remaining_header.as_ref())
+        .and_then(|name| header_name(file, diags, &path!["rate_limit", "remaining_header"], name));
     let quota = cfg.quota.as_ref().map(|q| {
         file.check_range(
             diags,
@@ -299,17 +308,10 @@ pub fn compile(
             Duration::from_secs(1),
             DAY * 31,
         );
-        let remaining_header = q.remaining_header.as_ref().and_then(|name| {
-            http::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| {
-                    file.error(
-                        diags,
-                        &path!["quota", "remaining_header"],
-                        format!("\"{name}\" is not a valid header name"),
-                    )
-                })
-                .ok()
-        });
+        let remaining_header = q
+            .remaining_header
+            .as_ref()
+            .and_then(|name| header_name(file, diags, &path!["quota", "remaining_header"], name));
         Quota {
             requests: q.requests,
             per: q.per.0,
@@ -421,6 +423,7 @@ pub fn compile(
         headers,
         account_auth,
         rate_limit,
+        window_remaining_header,
         quota,
         max_in_flight: cfg.max_in_flight,
         timeout: cfg.timeout.0,
@@ -467,6 +470,18 @@ fn check_batch_beside_single(
             Some(_) => {}
         }
     }
+}
+
+/// A header name from the config; an error at `at` when it is none.
+fn header_name(
+    file: &crate::config::load::SourceFile,
+    diags: &mut Diagnostics,
+    at: &[Seg],
+    name: &str,
+) -> Option<http::HeaderName> {
+    http::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| file.error(diags, at, format!("\"{name}\" is not a valid header name")))
+        .ok()
 }
 
 fn check_retry(src: &Sourced<ProviderConfig>, diags: &mut Diagnostics) {

@@ -139,6 +139,9 @@ pub(super) trait Provider: Send + 'static {
     }
     /// The 429 body and headers; the gateway adds `Retry-After`.
     fn rate_limited(limit: &RateLimit) -> Reply;
+    /// Whether answers tell the sliding window's state, as HubSpot's do
+    /// (`X-HubSpot-RateLimit-Max`, `-Remaining`, `-Interval-Milliseconds`).
+    const TELLS_WINDOW: bool = false;
     /// The 429 once the daily limit is used up.
     fn daily_limit_reached() -> Reply {
         Reply::json(
@@ -350,6 +353,19 @@ impl<P: Provider> Api<P> {
                 state.replies_by_key.insert(key.clone(), reply.clone());
             }
             reply
+        };
+        let reply = match state.limiter.as_mut().and_then(|l| l.window_left(now)) {
+            Some((max, left)) if P::TELLS_WINDOW => reply
+                .with_header("x-hubspot-ratelimit-max", max)
+                .with_header("x-hubspot-ratelimit-remaining", left)
+                .with_header(
+                    "x-hubspot-ratelimit-interval-milliseconds",
+                    state
+                        .limiter
+                        .as_ref()
+                        .map_or(0, |l| l.limit().per.as_millis()),
+                ),
+            _ => reply,
         };
         let reply = match &mut state.daily {
             Some((max, used)) => {

@@ -82,6 +82,21 @@ impl Limiter {
         }
     }
 
+    /// For a sliding window: its size and the requests left in it at `now`.
+    pub(super) fn window_left(&mut self, now: Instant) -> Option<(u32, u32)> {
+        let per = self.limit.per;
+        match &mut self.kind {
+            Kind::Window { admitted } => {
+                while admitted.front().is_some_and(|&at| at + per <= now) {
+                    admitted.pop_front();
+                }
+                let max = self.limit.requests;
+                Some((max, max.saturating_sub(admitted.len() as u32)))
+            }
+            Kind::Gcra { .. } => None,
+        }
+    }
+
     /// Forgets past requests: the next ones see an idle limit.
     pub(super) fn reset(&mut self) {
         match &mut self.kind {

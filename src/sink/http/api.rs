@@ -223,6 +223,35 @@ impl ProviderApi {
         }
     }
 
+    /// Follows the provider's count of the requests left in its own rate
+    /// window (`rate_limit.remaining_header`): at 0 the next request would
+    /// be refused (someone else spends the same account's limit, or our
+    /// limit is set above the provider's), so the account, or the provider
+    /// for records without one, waits one `rate_limit.per` first.
+    fn follow_window(&self, account: Option<&str>, headers: &HeaderMap) {
+        let (Some(name), Some(limit)) = (
+            &self.provider.window_remaining_header,
+            &self.provider.rate_limit,
+        ) else {
+            return;
+        };
+        let left = headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if left != Some(0) {
+            return;
+        }
+        match account {
+            Some(account) => self
+                .account_states
+                .get(account)
+                .pause
+                .pause_for_window(limit.per, name),
+            None => self.pause.pause_for_window(limit.per, name),
+        }
+    }
+
     /// The provider this API talks to.
     pub fn provider(&self) -> &Arc<Provider> {
         &self.provider
@@ -288,8 +317,8 @@ impl ProviderApi {
     /// One try: a slot (the concurrency bound, and the slot's connection,
     /// made ready first), then the rate limiter, then HTTP. The slot comes
     /// first so a granted rate-limit cell is spent at once (slots.rs).
-    /// `None`: the quota turned out spent when the request was about to go
-    /// (its cell is lost; the request waits for the quota and goes again).
+    /// `None`: the quota turned out spent, or a pause began, when the request
+    /// was about to go (its cell is lost; the request waits and goes again).
     async fn attempt(
         &self,
         call: &Call<'_>,
@@ -334,6 +363,17 @@ impl ProviderApi {
         if !self.take_quota(call.req.account).await {
             return Ok(None);
         }
+        // A pause that began while the request waited for its cell (a 429's
+        // Retry-After, or the provider's window spent): the provider would
+        // refuse it. Its cell is lost; it waits out the pause and goes again.
+        let account_paused = || {
+            call.req
+                .account
+                .is_some_and(|account| self.account_states.get(account).pause.is_on())
+        };
+        if self.pause.is_on() || account_paused() {
+            return Ok(None);
+        }
 
         let _in_flight = RequestInFlight::start(self);
         let started = Instant::now();
@@ -351,6 +391,7 @@ impl ProviderApi {
             }
             Ok(response) => {
                 self.follow_quota(call.req.account, &response.headers).await;
+                self.follow_window(call.req.account, &response.headers);
                 Attempt::Response {
                     status: response.status,
                     retry_after: response
@@ -533,7 +574,7 @@ impl ProviderApi {
                 }
             };
             let Some(attempt) = attempt else {
-                // Not an attempt: the quota ran out as it was about to go.
+                // Not an attempt: the quota ran out, or a pause began, as it was about to go.
                 not_an_attempt(&mut attempts, &mut counted, pass.is_probe());
                 continue;
             };

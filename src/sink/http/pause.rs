@@ -3,7 +3,8 @@
 //! provider waits it out before its next attempt (rather than each lane
 //! spending an attempt on the same wall), and no rate-limit cell is taken
 //! meanwhile. A 429 to a request of an account (pipelines that name one)
-//! pauses that account only: its quota, not the provider, ran out.
+//! pauses that account only: its quota, not the provider, ran out. So does
+//! an answer saying no request is left in the provider's window.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -28,24 +29,44 @@ impl Pause {
         }
     }
 
-    /// No attempt of this provider starts within `wait` from now.
+    /// No attempt of this provider starts within `wait` from now: a 429 or
+    /// 503 with `Retry-After` (`status`).
     pub fn pause_for(&self, wait: Duration, status: u16) {
+        self.pause(wait, |pause| match &pause.account {
+            None => {
+                tracing::info!(provider = %pause.provider, status, wait_ms = wait.as_millis() as u64, "provider asked to wait (Retry-After): pausing every request to it")
+            }
+            Some(account) => {
+                tracing::info!(provider = %pause.provider, account, status, wait_ms = wait.as_millis() as u64, "provider asked to wait (Retry-After): pausing the account's requests")
+            }
+        });
+    }
+
+    /// No attempt starts within `wait` (the provider's window) from now:
+    /// the provider said no request is left in its window
+    /// (`rate_limit.remaining_header`), so the next would be refused.
+    pub fn pause_for_window(&self, wait: Duration, header: &http::HeaderName) {
+        self.pause(wait, |pause| {
+            tracing::info!(provider = %pause.provider, account = pause.account.as_deref(), header = %header, wait_ms = wait.as_millis() as u64, "provider says no request is left in its window: waiting it out")
+        });
+    }
+
+    fn pause(&self, wait: Duration, announce: impl FnOnce(&Self)) {
         let until = Instant::now() + wait;
         let mut current = self.until.lock().unwrap_or_else(|e| e.into_inner());
         if current.is_none_or(|t| t < until) {
             if current.is_none_or(|t| t <= Instant::now()) {
                 self.pauses.increment(1);
-                match &self.account {
-                    None => {
-                        tracing::info!(provider = %self.provider, status, wait_ms = wait.as_millis() as u64, "provider asked to wait (Retry-After): pausing every request to it")
-                    }
-                    Some(account) => {
-                        tracing::info!(provider = %self.provider, account, status, wait_ms = wait.as_millis() as u64, "provider asked to wait (Retry-After): pausing the account's requests")
-                    }
-                }
+                announce(self);
             }
             *current = Some(until);
         }
+    }
+
+    /// Whether a pause is on now.
+    pub fn is_on(&self) -> bool {
+        let until = *self.until.lock().unwrap_or_else(|e| e.into_inner());
+        until.is_some_and(|until| until > Instant::now())
     }
 
     /// Waits until the provider takes requests again.

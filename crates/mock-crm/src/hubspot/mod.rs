@@ -76,6 +76,8 @@ impl Contact {
 }
 
 impl Provider for HubSpot {
+    const TELLS_WINDOW: bool = true;
+
     fn unauthorized() -> Reply {
         error(
             StatusCode::UNAUTHORIZED,
