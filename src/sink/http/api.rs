@@ -360,18 +360,19 @@ impl ProviderApi {
             }
         }
         self.metrics.limiter_wait.record(waited);
-        if !self.take_quota(call.req.account).await {
-            return Ok(None);
-        }
         // A pause that began while the request waited for its cell (a 429's
         // Retry-After, or the provider's window spent): the provider would
-        // refuse it. Its cell is lost; it waits out the pause and goes again.
+        // refuse it. Its cell is lost; it waits out the pause and goes again
+        // (checked before the quota, which would count a request not sent).
         let account_paused = || {
             call.req
                 .account
                 .is_some_and(|account| self.account_states.get(account).pause.is_on())
         };
         if self.pause.is_on() || account_paused() {
+            return Ok(None);
+        }
+        if !self.take_quota(call.req.account).await {
             return Ok(None);
         }
 
