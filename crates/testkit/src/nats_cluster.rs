@@ -397,7 +397,7 @@ mod tests {
             assert_eq!(msg.payload, seq.to_string().as_bytes(), "message {seq}");
         }
         // The stream's info may come from the restarted node while it is
-        // still catching up (nats-server 2.9): it says 200 within moments.
+        // still catching up (seen on nats-server 2.9): it says 200 within moments.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let stored = ha.info().await.map(|i| i.state.messages).unwrap_or(0);

@@ -11,7 +11,7 @@ use http_body_util::Full;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::account::Accounts;
+use super::account::{AccountState, Accounts};
 use super::breaker::{Breaker, BreakerState, ProviderHealth};
 use super::conn::Origin;
 use super::credentials::{AccountCredentials, Token};
@@ -322,6 +322,7 @@ impl ProviderApi {
     async fn attempt(
         &self,
         call: &Call<'_>,
+        account: Option<&AccountState>,
         token: Option<&Token>,
     ) -> Result<Option<Attempt>, LimiterError> {
         let timeout = self.provider.timeout;
@@ -364,12 +365,7 @@ impl ProviderApi {
         // Retry-After, or the provider's window spent): the provider would
         // refuse it. Its cell is lost; it waits out the pause and goes again
         // (checked before the quota, which would count a request not sent).
-        let account_paused = || {
-            call.req
-                .account
-                .is_some_and(|account| self.account_states.get(account).pause.is_on())
-        };
-        if self.pause.is_on() || account_paused() {
+        if self.pause.is_on() || account.is_some_and(|state| state.pause.is_on()) {
             return Ok(None);
         }
         if !self.take_quota(call.req.account).await {
@@ -562,7 +558,7 @@ impl ProviderApi {
                 _ => None,
             };
             let attempt = self
-                .attempt(&call, token.as_ref())
+                .attempt(&call, account.as_deref(), token.as_ref())
                 .await
                 .map_err(|e| ApiError {
                     attempts: attempts - 1,

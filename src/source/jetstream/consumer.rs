@@ -242,20 +242,12 @@ pub async fn skipped(
     if !is_work_queue(&stream) {
         return Ok(Skipped::NotAWorkQueue);
     }
-    let consumer_error = |e: &dyn std::fmt::Display| consumer_error(cfg, durable, e);
     let info = stream
         .consumer_info(durable)
         .await
-        .map_err(|e| consumer_error(&e))?;
-    let first = match stream
-        .get_first_raw_message_by_subject(&cfg.subject, 1)
-        .await
-    {
-        Ok(msg) => msg.sequence,
-        Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
-            return Ok(Skipped::Nothing);
-        }
-        Err(e) => return Err(consumer_error(&e)),
+        .map_err(|e| consumer_error(cfg, durable, &e))?;
+    let Some(first) = first_of_subject(&stream, cfg, durable).await? else {
+        return Ok(Skipped::Nothing);
     };
     let idle = info.num_pending == 0 && info.num_ack_pending == 0;
     Ok(match idle || first <= info.ack_floor.stream_sequence {
@@ -279,20 +271,30 @@ pub async fn older_than(
     if !is_work_queue(&stream) {
         return Ok(Skipped::NotAWorkQueue);
     }
+    Ok(match first_of_subject(&stream, cfg, durable).await? {
+        Some(first) if first < seq => Skipped::From(first),
+        _ => Skipped::Nothing,
+    })
+}
+
+/// The sequence of the stream's first message of the consumer's subject,
+/// asked of the stream's leader; `None` when it holds none.
+async fn first_of_subject(
+    stream: &jetstream::stream::Stream,
+    cfg: &NatsSourceConfig,
+    durable: &str,
+) -> Result<Option<u64>, NatsSourceError> {
     match stream
         .get_first_raw_message_by_subject(&cfg.subject, 1)
         .await
     {
-        Ok(msg) if msg.sequence < seq => Ok(Skipped::From(msg.sequence)),
-        Ok(_) => Ok(Skipped::Nothing),
-        Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
-            Ok(Skipped::Nothing)
-        }
+        Ok(msg) => Ok(Some(msg.sequence)),
+        Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(None),
         Err(e) => Err(consumer_error(cfg, durable, &e)),
     }
 }
 
-/// What [`skipped`] found.
+/// What [`skipped`] and [`older_than`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Skipped {
     /// Only a work queue's consumer can be checked so.

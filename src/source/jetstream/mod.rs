@@ -35,7 +35,8 @@ use budget::{ByteBudget, SizeEstimate};
 use recovery::Recovery;
 
 /// How often an exclusive consumer of a work queue is checked for skipped
-/// messages: two requests, to the stream's and the consumer's leaders.
+/// messages: three requests (the stream's info, the consumer's, and the
+/// subject's first message from the stream's leader).
 const AUDIT_EVERY: Duration = Duration::from_secs(3);
 
 /// How often a message held but not settled is reported in progress, for
