@@ -237,3 +237,59 @@ async fn edits_flow_both_ways_once_and_policies_decide() {
     );
     assert!(echoes > 0.0, "echoes are counted:\n{metrics}");
 }
+
+/// A write that finds its record deleted on the other side (404) marks the
+/// pair deleted; that side's delete event, coming after, must still delete
+/// System A's record rather than pass for the echo of a delete syncflow made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_heard_after_a_write_found_the_record_gone_still_goes_through() {
+    // HubSpot's webhooks wait 3 s: System A's edit reaches HubSpot (and
+    // finds the contact gone) before the delete's webhook reaches syncflow.
+    let env = TwoWay::start(
+        MockCrmConfig {
+            record_log: true,
+            ..MockCrmConfig::default()
+        },
+        |hook| hook.max_wait = Duration::from_secs(3),
+    )
+    .await;
+    let run = env.spawn();
+    run.wait_ready(WAIT).await;
+
+    let dee = env
+        .system_a
+        .user_create(json!({"crm": "hubspot", "email": "dee@example.com", "first_name": "Dee", "last_name": "Dash"}))
+        .await
+        .unwrap();
+    let dee_a = dee["id"].as_str().unwrap().to_string();
+    let dee_h = env
+        .wait_for("Dee in HubSpot", WAIT, |e| {
+            e.hubspot_id_of("dee@example.com").ok_or("none".into())
+        })
+        .await;
+    env.wait_quiet(Duration::from_secs(4), WAIT).await;
+
+    env.crm.hubspot_user_delete(&dee_h).unwrap();
+    env.system_a
+        .user_update(&dee_a, json!({"first_name": "Deb"}))
+        .await
+        .unwrap();
+    env.wait_for("the edit's write refused with 404", WAIT, |e| {
+        let snap = e.crm.snapshot();
+        match snap
+            .hubspot
+            .log
+            .iter()
+            .any(|r| r.method == "PATCH" && r.path.ends_with(&dee_h) && r.status == 404)
+        {
+            true => Ok(()),
+            false => Err(e.crm_log()),
+        }
+    })
+    .await;
+    env.wait_for("Dee deleted in System A", WAIT, |e| match e.a(&dee_a) {
+        None => Ok(()),
+        Some(r) => Err(format!("{r}\n{}", e.logs())),
+    })
+    .await;
+}

@@ -565,8 +565,10 @@ async fn settle(
 ) {
     tracing::debug!(key, to = ?side, body = %body, ok, gone, "settling a write");
     update(rt, link, key, record, |state| {
-        if gone {
-            state.deleted = true;
+        // Deleted on `side` by its user: that side's delete event must
+        // still delete the other side, so it is not taken for an echo.
+        if gone && !state.deleted {
+            (state.deleted, state.deleted_from) = (true, Some(side));
         }
         for (name, value) in written(link, body, side) {
             let field = state.fields.entry(name.to_string()).or_default();
@@ -705,7 +707,7 @@ async fn delete(
             reason: SkipReason::AlreadyDeleted,
         };
     };
-    let (_, from) = sides(tw.direction);
+    let (from, _) = sides(tw.direction);
     // Deleted from the other side already: this is its echo.
     let echo = update(rt, &tw.link, &key, record, |state| {
         let echo = state.deleted && state.deleted_from != Some(from);
