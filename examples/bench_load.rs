@@ -338,9 +338,12 @@ async fn wait(
 ) -> Result<serde_json::Value, Error> {
     let started = Instant::now();
     let stream = js.get_stream(stream).await?;
+    // The ack floor over time (µs, floor), for the sustained rate.
+    let mut floors: Vec<(u64, u64)> = Vec::new();
     loop {
         let last_seq = stream.get_info().await?.state.last_sequence;
         if let Ok(info) = stream.consumer_info(durable).await {
+            floors.push((unix_micros(), info.ack_floor.stream_sequence));
             let emptied = match empty_stream {
                 None => true,
                 Some(name) => match js.get_stream(name).await {
@@ -359,6 +362,7 @@ async fn wait(
                     "ack_floor_stream_seq": info.ack_floor.stream_sequence,
                     "last_stream_seq": last_seq,
                     "redelivered": info.num_redelivered,
+                    "sustained_per_s": sustained_rate(&floors, last_seq),
                 }));
             }
         }
@@ -366,6 +370,19 @@ async fn wait(
             return Err(format!("consumer {durable} not settled after {timeout:?}").into());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Records acked per second while the ack floor went from 10% to 90% of
+/// `last` (past the start-up, before the last requests and a batch's
+/// `max_wait` at the end); 0 when the samples are too few to tell.
+fn sustained_rate(floors: &[(u64, u64)], last: u64) -> f64 {
+    let first_at = |share: u64| floors.iter().find(|(_, floor)| *floor * 10 >= last * share);
+    match (first_at(1), first_at(9)) {
+        (Some(&(t0, f0)), Some(&(t1, f1))) if t1 > t0 => {
+            (f1 - f0) as f64 / ((t1 - t0) as f64 / 1e6)
+        }
+        _ => 0.0,
     }
 }
 

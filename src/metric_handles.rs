@@ -12,7 +12,7 @@ use std::hash::Hash;
 use std::sync::RwLock;
 
 pub struct Handles<K, H> {
-    known: RwLock<HashMap<K, H>>,
+    known: RwLock<HashMap<K, H, foldhash::fast::RandomState>>,
     register: Box<dyn Fn(&K) -> H + Send + Sync>,
 }
 
@@ -20,7 +20,7 @@ impl<K: Hash + Eq + Clone, H: Clone> Handles<K, H> {
     /// `register` makes the handle of a key seen for the first time.
     pub fn new(register: impl Fn(&K) -> H + Send + Sync + 'static) -> Self {
         Handles {
-            known: RwLock::new(HashMap::new()),
+            known: RwLock::new(HashMap::default()),
             register: Box::new(register),
         }
     }

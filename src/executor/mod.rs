@@ -182,8 +182,8 @@ struct Dispatched(Arc<Mutex<DispatchedState>>);
 
 #[derive(Default)]
 struct DispatchedState {
-    by_seq: HashMap<u64, (Instant, Option<Arc<str>>)>,
-    held: HashMap<Arc<str>, usize>,
+    by_seq: HashMap<u64, (Instant, Option<Arc<str>>), foldhash::fast::RandomState>,
+    held: HashMap<Arc<str>, usize, foldhash::fast::RandomState>,
 }
 
 impl Dispatched {

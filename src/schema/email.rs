@@ -31,15 +31,19 @@ pub fn is_email(s: &str) -> bool {
 /// `local@label.label…`: a dot-atom local part of 1–64 ASCII `atext`
 /// characters and a host name of two or more letter/digit/hyphen labels,
 /// the last starting with a letter. True only for addresses of that shape.
+///
+/// Byte scans over slices: `str::split_once` and `str::split` with a
+/// `char` searched with memchr, whose set-up cost more than the scan of a
+/// 20-byte address (750 instructions a record for two checks, callgrind).
 fn plain_address(s: &str) -> bool {
-    let Some((local, domain)) = s.split_once('@') else {
+    let b = s.as_bytes();
+    let Some(at) = b.iter().position(|&c| c == b'@') else {
         return false;
     };
-    s.len() <= 254 && dot_atom(local) && host_name(domain)
+    b.len() <= 254 && dot_atom(&b[..at]) && host_name(&b[at + 1..])
 }
 
-fn dot_atom(local: &str) -> bool {
-    let b = local.as_bytes();
+fn dot_atom(b: &[u8]) -> bool {
     let mut prev = b'.'; // a leading dot is refused like a doubled one
     for &c in b {
         if c == b'.' {
@@ -62,14 +66,13 @@ fn atext(c: u8) -> bool {
         | b'=' | b'?' | b'^' | b'_' | b'`' | b'{' | b'|' | b'}' | b'~')
 }
 
-fn host_name(domain: &str) -> bool {
+fn host_name(domain: &[u8]) -> bool {
     if domain.len() > 253 {
         return false;
     }
     let mut labels = 0;
-    let mut last = "";
-    for label in domain.split('.') {
-        let b = label.as_bytes();
+    let mut last: &[u8] = &[];
+    for b in domain.split(|&c| c == b'.') {
         let ok = !b.is_empty()
             && b.len() <= 63
             && b[0] != b'-'
@@ -79,9 +82,9 @@ fn host_name(domain: &str) -> bool {
             return false;
         }
         labels += 1;
-        last = label;
+        last = b;
     }
-    labels >= 2 && last.as_bytes()[0].is_ascii_alphabetic()
+    labels >= 2 && last[0].is_ascii_alphabetic()
 }
 
 #[cfg(test)]
