@@ -504,12 +504,13 @@ limiter() {
 
 # A copy of bench/config whose creates go in batches of $1 records (none:
 # one request per record), with the provider's limit $2 (as in YAML) and
-# room for $3 unacked messages.
+# room for $3 unacked messages (and, with BATCH_PULL set, that many
+# messages per pull, both kinds alike).
 batch_config() {
   local records=$1 limit=$2 pending=$3 dir=$work/config-$1
   rm -rf "$dir"; cp -r bench/config "$dir"
   sed -i "s|^rate_limit:.*|rate_limit: $limit|" "$dir/providers/crm.yaml"
-  sed -i "s|^    durable: bench-contacts|    durable: bench-contacts\n    max_ack_pending: $pending|" \
+  sed -i "s|^    durable: bench-contacts|    durable: bench-contacts\n    max_ack_pending: $pending${BATCH_PULL:+\\n    batch: $BATCH_PULL}|" \
     "$dir/pipelines/bench-contacts.yaml"
   if [ "$records" != none ]; then
     cat >>"$dir/providers/crm.yaml" <<YAML
