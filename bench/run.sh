@@ -174,11 +174,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A port nothing listens on, away from the standard ones.
+# A port nothing listens on, away from the standard ones and below the
+# kernel's ephemeral range: a port picked inside it could be taken, by the
+# time syncflow binds it, as the local end of one of the run's own
+# connections (syncflow once failed so: "Address already in use").
+ephemeral_low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 free_port() {
   local port
   while :; do
-    port=$((20000 + RANDOM % 30000))
+    port=$((20000 + RANDOM % (ephemeral_low - 20000)))
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
   done
 }
@@ -283,6 +287,12 @@ start_syncflow() {
     CRM_URL="$crm/hubspot" CRM_TOKEN="$TOKEN" BENCH_MAX_IN_FLIGHT="$INFLIGHT" \
     ${SYNCFLOW_WRAP:-} "$bin/syncflow" run --dir "$config" >"$out/syncflow.log" 2>&1 &
   syncflow_pid=$!; pids+=("$syncflow_pid")
+  # A syncflow that exits on its own (a bad config, a port taken) ends the
+  # run's wait instead of leaving it to its 10-minute timeout.
+  (while kill -0 "$syncflow_pid" 2>/dev/null; do sleep 0.5; done
+   echo "syncflow exited during the run:" >&2; tail -3 "$out/syncflow.log" >&2
+   pkill -f -- "--nats $nats wait" || true) &
+  watchdog_pid=$!; pids+=("$watchdog_pid")
   if [ -n "$SCRAPE" ]; then
     (while kill -0 "$syncflow_pid" 2>/dev/null; do
       curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics" >/dev/null 2>&1 || true
@@ -299,6 +309,7 @@ start_syncflow() {
 
 # Stops syncflow (a clean drain) after reading its peak RSS and CPU.
 stop_syncflow() {
+  kill "$watchdog_pid" 2>/dev/null || true
   others_after=$(others_ticks)
   syncflow_rss_mb=$(peak_rss_mb "$syncflow_pid")
   syncflow_cpu_s=$(ticks_to_s "$(cpu_ticks "$syncflow_pid")")
