@@ -272,7 +272,7 @@ mod tests {
             stream: "CDC".into(),
             subject: "cdc.>".into(),
             durable: None,
-            batch: 256,
+            batch: Some(256),
             max_ack_pending: 512,
             max_ack_pending_bytes: 2 << 20,
             ack_wait: ConfigDuration::from_secs(30),

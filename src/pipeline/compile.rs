@@ -63,7 +63,9 @@ pub fn compile(
         );
     }
     let at = |field: &str| path!["source", "nats", field];
-    file.check_range(diags, &at("batch"), source.batch, 1, 10_000);
+    if let Some(batch) = source.batch {
+        file.check_range(diags, &at("batch"), batch, 1, 10_000);
+    }
     file.check_range(
         diags,
         &at("max_ack_pending"),
