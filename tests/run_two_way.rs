@@ -9,12 +9,47 @@ mod common;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use syncflow_mock_crm::MockCrmConfig;
+use syncflow_mock_crm::{MockCrmConfig, WebhookConfig};
 
+use common::harness::Syncflow;
 use common::twoway::TwoWay;
 
 const WAIT: Duration = Duration::from_secs(20);
 const QUIET: Duration = Duration::from_millis(1500);
+
+/// The environment with the CRMs' request logs kept and its webhooks as
+/// `webhook` sets them, and syncflow running on it.
+async fn started(webhook: impl FnOnce(&mut WebhookConfig)) -> (TwoWay, Syncflow) {
+    let env = TwoWay::start(
+        MockCrmConfig {
+            record_log: true,
+            ..MockCrmConfig::default()
+        },
+        webhook,
+    )
+    .await;
+    let run = env.spawn();
+    run.wait_ready(WAIT).await;
+    (env, run)
+}
+
+/// A HubSpot contact a System A user creates, once syncflow created it in
+/// HubSpot: (System A's id, HubSpot's).
+async fn born_in_system_a(env: &TwoWay, email: &str, first: &str, last: &str) -> (String, String) {
+    let record = env
+        .system_a
+        .user_create(
+            json!({"crm": "hubspot", "email": email, "first_name": first, "last_name": last}),
+        )
+        .await
+        .unwrap();
+    let in_hubspot = env
+        .wait_for(&format!("{first} in HubSpot"), WAIT, |e| {
+            e.hubspot_id_of(email).ok_or("none".into())
+        })
+        .await;
+    (record["id"].as_str().unwrap().to_string(), in_hubspot)
+}
 
 fn text<'a>(fields: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a str> {
     fields.get(name).and_then(Value::as_str)
@@ -22,29 +57,10 @@ fn text<'a>(fields: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_flow_both_ways_once_and_policies_decide() {
-    let env = TwoWay::start(
-        MockCrmConfig {
-            record_log: true,
-            ..MockCrmConfig::default()
-        },
-        |_| {},
-    )
-    .await;
-    let run = env.spawn();
-    run.wait_ready(WAIT).await;
+    let (env, run) = started(|_| {}).await;
 
     // 1. Born in System A → created in HubSpot, once.
-    let ada = env
-        .system_a
-        .user_create(json!({"crm": "hubspot", "email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace"}))
-        .await
-        .unwrap();
-    let ada_a = ada["id"].as_str().unwrap().to_string();
-    let ada_h = env
-        .wait_for("Ada in HubSpot", WAIT, |e| {
-            e.hubspot_id_of("ada@example.com").ok_or("none".into())
-        })
-        .await;
+    let (ada_a, ada_h) = born_in_system_a(&env, "ada@example.com", "Ada", "Lovelace").await;
     let base = env.wait_quiet(QUIET, WAIT).await;
     assert_eq!(
         base,
@@ -245,28 +261,9 @@ async fn edits_flow_both_ways_once_and_policies_decide() {
 async fn a_delete_heard_after_a_write_found_the_record_gone_still_goes_through() {
     // HubSpot's webhooks wait 3 s: System A's edit reaches HubSpot (and
     // finds the contact gone) before the delete's webhook reaches syncflow.
-    let env = TwoWay::start(
-        MockCrmConfig {
-            record_log: true,
-            ..MockCrmConfig::default()
-        },
-        |hook| hook.max_wait = Duration::from_secs(3),
-    )
-    .await;
-    let run = env.spawn();
-    run.wait_ready(WAIT).await;
+    let (env, _run) = started(|hook| hook.max_wait = Duration::from_secs(3)).await;
 
-    let dee = env
-        .system_a
-        .user_create(json!({"crm": "hubspot", "email": "dee@example.com", "first_name": "Dee", "last_name": "Dash"}))
-        .await
-        .unwrap();
-    let dee_a = dee["id"].as_str().unwrap().to_string();
-    let dee_h = env
-        .wait_for("Dee in HubSpot", WAIT, |e| {
-            e.hubspot_id_of("dee@example.com").ok_or("none".into())
-        })
-        .await;
+    let (dee_a, dee_h) = born_in_system_a(&env, "dee@example.com", "Dee", "Dash").await;
     env.wait_quiet(Duration::from_secs(4), WAIT).await;
 
     env.crm.hubspot_user_delete(&dee_h).unwrap();

@@ -354,17 +354,15 @@ impl<P: Provider> Api<P> {
             }
             reply
         };
-        let reply = match state.limiter.as_mut().and_then(|l| l.window_left(now)) {
-            Some((max, left)) if P::TELLS_WINDOW => reply
+        let window = match P::TELLS_WINDOW {
+            true => state.limiter.as_mut().and_then(|l| l.window_left(now)),
+            false => None,
+        };
+        let reply = match window {
+            Some((max, left, per)) => reply
                 .with_header("x-hubspot-ratelimit-max", max)
                 .with_header("x-hubspot-ratelimit-remaining", left)
-                .with_header(
-                    "x-hubspot-ratelimit-interval-milliseconds",
-                    state
-                        .limiter
-                        .as_ref()
-                        .map_or(0, |l| l.limit().per.as_millis()),
-                ),
+                .with_header("x-hubspot-ratelimit-interval-milliseconds", per.as_millis()),
             _ => reply,
         };
         let reply = match &mut state.daily {

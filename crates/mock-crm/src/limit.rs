@@ -82,8 +82,9 @@ impl Limiter {
         }
     }
 
-    /// For a sliding window: its size and the requests left in it at `now`.
-    pub(super) fn window_left(&mut self, now: Instant) -> Option<(u32, u32)> {
+    /// For a sliding window: its size, the requests left in it at `now`,
+    /// and its length.
+    pub(super) fn window_left(&mut self, now: Instant) -> Option<(u32, u32, Duration)> {
         let per = self.limit.per;
         match &mut self.kind {
             Kind::Window { admitted } => {
@@ -91,7 +92,7 @@ impl Limiter {
                     admitted.pop_front();
                 }
                 let max = self.limit.requests;
-                Some((max, max.saturating_sub(admitted.len() as u32)))
+                Some((max, max.saturating_sub(admitted.len() as u32), per))
             }
             Kind::Gcra { .. } => None,
         }

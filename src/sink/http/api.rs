@@ -228,7 +228,7 @@ impl ProviderApi {
     /// be refused (someone else spends the same account's limit, or our
     /// limit is set above the provider's), so the account, or the provider
     /// for records without one, waits one `rate_limit.per` first.
-    fn follow_window(&self, account: Option<&str>, headers: &HeaderMap) {
+    fn follow_window(&self, account: Option<&AccountState>, headers: &HeaderMap) {
         let (Some(name), Some(limit)) = (
             &self.provider.window_remaining_header,
             &self.provider.rate_limit,
@@ -243,11 +243,7 @@ impl ProviderApi {
             return;
         }
         match account {
-            Some(account) => self
-                .account_states
-                .get(account)
-                .pause
-                .pause_for_window(limit.per, name),
+            Some(state) => state.pause.pause_for_window(limit.per, name),
             None => self.pause.pause_for_window(limit.per, name),
         }
     }
@@ -388,7 +384,7 @@ impl ProviderApi {
             }
             Ok(response) => {
                 self.follow_quota(call.req.account, &response.headers).await;
-                self.follow_window(call.req.account, &response.headers);
+                self.follow_window(account, &response.headers);
                 Attempt::Response {
                     status: response.status,
                     retry_after: response

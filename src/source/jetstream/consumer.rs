@@ -238,10 +238,9 @@ pub async fn skipped(
     cfg: &NatsSourceConfig,
     durable: &str,
 ) -> Result<Skipped, NatsSourceError> {
-    let stream = source_stream(js, cfg).await?;
-    if !is_work_queue(&stream) {
+    let Some(stream) = work_queue(js, cfg).await? else {
         return Ok(Skipped::NotAWorkQueue);
-    }
+    };
     let info = stream
         .consumer_info(durable)
         .await
@@ -267,14 +266,23 @@ pub async fn older_than(
     durable: &str,
     seq: u64,
 ) -> Result<Skipped, NatsSourceError> {
-    let stream = source_stream(js, cfg).await?;
-    if !is_work_queue(&stream) {
+    let Some(stream) = work_queue(js, cfg).await? else {
         return Ok(Skipped::NotAWorkQueue);
-    }
+    };
     Ok(match first_of_subject(&stream, cfg, durable).await? {
         Some(first) if first < seq => Skipped::From(first),
         _ => Skipped::Nothing,
     })
+}
+
+/// The source's stream, if it is a work queue: only a work queue's
+/// consumers can be checked against it ([`Skipped::NotAWorkQueue`]).
+async fn work_queue(
+    js: &jetstream::Context,
+    cfg: &NatsSourceConfig,
+) -> Result<Option<jetstream::stream::Stream>, NatsSourceError> {
+    let stream = source_stream(js, cfg).await?;
+    Ok(is_work_queue(&stream).then_some(stream))
 }
 
 /// The sequence of the stream's first message of the consumer's subject,
