@@ -911,10 +911,9 @@ pub struct NatsSourceConfig {
     /// Durable consumer name; defaults to the pipeline name.
     #[serde(default)]
     pub durable: Option<String>,
-    /// Messages asked for per pull; by default from `max_ack_pending`
-    /// ([`NatsSourceConfig::pull_batch`]).
-    #[serde(default)]
-    pub batch: Option<usize>,
+    /// Messages asked for per pull.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
     /// Unacked messages the server lets this consumer hold.
     #[serde(default = "default_max_ack_pending")]
     pub max_ack_pending: i64,
@@ -926,20 +925,8 @@ pub struct NatsSourceConfig {
     pub ack_wait: ConfigDuration,
 }
 
-impl NatsSourceConfig {
-    /// Messages asked for per pull: `batch`, or a quarter of
-    /// `max_ack_pending` between 256 and 1,024. A pull asks again only once
-    /// the last one is done; with a window of 4,096 at 100,000 records/s,
-    /// pulls of 256 (2.5 ms each) spent 5–20% of the rate on those round
-    /// trips against pulls of 1,024 (bench/README.md, `batch`). The
-    /// default window (512) keeps pulls of 256.
-    pub fn pull_batch(&self) -> usize {
-        self.batch.unwrap_or_else(|| {
-            usize::try_from(self.max_ack_pending / 4)
-                .unwrap_or(0)
-                .clamp(256, 1024)
-        })
-    }
+fn default_batch() -> usize {
+    256
 }
 /// Enough to keep a provider's `max_in_flight` (64 by default) busy eight
 /// times over; more only holds memory (bench/README.md, Memory).
@@ -1049,33 +1036,6 @@ mod tests {
         assert!(shown.contains("mymaster"), "{shown}");
         for secret in ["sentinel-secret", "primary-secret"] {
             assert!(!shown.contains(secret), "{secret} shows: {shown}");
-        }
-    }
-
-    #[test]
-    fn pulls_are_a_quarter_of_the_window_between_256_and_1024() {
-        let source = |max_ack_pending, batch| NatsSourceConfig {
-            stream: "S".into(),
-            subject: "s.>".into(),
-            durable: None,
-            batch,
-            max_ack_pending,
-            max_ack_pending_bytes: default_max_ack_pending_bytes(),
-            ack_wait: default_ack_wait(),
-        };
-        for (pending, batch, pull) in [
-            (512, None, 256),
-            (2048, None, 512),
-            (4096, None, 1024),
-            (100_000, None, 1024),
-            (-1, None, 256),
-            (4096, Some(64), 64),
-        ] {
-            assert_eq!(
-                source(pending, batch).pull_batch(),
-                pull,
-                "{pending} {batch:?}"
-            );
         }
     }
 }

@@ -272,7 +272,7 @@ mod tests {
             stream: "CDC".into(),
             subject: "cdc.>".into(),
             durable: None,
-            batch: Some(256),
+            batch: 256,
             max_ack_pending: 512,
             max_ack_pending_bytes: 2 << 20,
             ack_wait: ConfigDuration::from_secs(30),

@@ -63,9 +63,7 @@ pub fn compile(
         );
     }
     let at = |field: &str| path!["source", "nats", field];
-    if let Some(batch) = source.batch {
-        file.check_range(diags, &at("batch"), batch, 1, 10_000);
-    }
+    file.check_range(diags, &at("batch"), source.batch, 1, 10_000);
     file.check_range(
         diags,
         &at("max_ack_pending"),

@@ -405,7 +405,7 @@ impl Source for JetStreamSource {
                         continue;
                     }
                     let count = budget::pull_size(
-                        self.config.pull_batch(),
+                        self.config.batch,
                         self.budget.available(),
                         self.size.get(),
                     );

@@ -57,7 +57,7 @@ async fn an_exclusive_source_takes_again_a_consumer_that_skipped_messages() {
         stream: "PARTS".into(),
         subject: "parts.>".into(),
         durable: Some("p0".into()),
-        batch: Some(16),
+        batch: 16,
         max_ack_pending: 64,
         max_ack_pending_bytes: 1 << 20,
         ack_wait: ConfigDuration::from_secs(30),
