@@ -16,7 +16,7 @@ use std::sync::Arc;
 use super::http::{ApiError, ApiErrorKind, ApiRequest, Batcher, EndpointKind, ProviderApi};
 use super::{Delivery, Failure, FailureKind, Record, Sink, SkipReason};
 use crate::action::Action;
-use crate::idmap::{Entry, IdMap, body_hash};
+use crate::idmap::{Entry, IdMap, body_hash, json_hash};
 use crate::provider::Object;
 
 /// A pipeline's provider object. The [`ProviderApi`] (limit, concurrency,
@@ -94,8 +94,10 @@ impl ProviderSink {
             .await
     }
 
-    /// Records what was applied: the id, the change's position, the body;
-    /// and the reverse entry of an id newly learned (`known`: the id before).
+    /// Records what was applied: the id, the change's position, the body
+    /// (hashed from `sent`, the request's JSON, when the record went on its
+    /// own); and the reverse entry of an id newly learned (`known`: the id
+    /// before).
     ///
     /// The two writes go out together and both are stored before this
     /// returns (and the message is acked): the lane waits one JetStream
@@ -108,13 +110,19 @@ impl ProviderSink {
         id: Option<String>,
         deleted: bool,
         known: Option<&str>,
+        sent: Option<&[u8]>,
     ) {
+        let body = match (deleted, sent) {
+            (true, _) => None,
+            (false, Some(json)) if record.body.is_some() => Some(json_hash(json)),
+            (false, _) => record.body.map(body_hash),
+        };
         let entry = Entry {
             id,
             deleted,
             stream: Some(record.stream.to_string()),
             seq: record.seq,
-            body: record.body.filter(|_| !deleted).map(body_hash),
+            body,
         };
         let reverse = async {
             if let Some(new) = entry.id.as_deref().filter(|new| Some(*new) != known) {
@@ -340,7 +348,9 @@ impl Sink for ProviderSink {
                 let delete = endpoint == EndpointKind::Delete;
                 if tracked {
                     let before = known.as_ref().and_then(|e| e.id.as_deref());
-                    self.applied(record, learned.clone(), delete, before).await;
+                    let sent = response.sent.as_deref();
+                    self.applied(record, learned.clone(), delete, before, sent)
+                        .await;
                 }
                 Delivery::Sent {
                     status: Some(response.status),
@@ -357,7 +367,7 @@ impl Sink for ProviderSink {
             }) if endpoint == EndpointKind::Delete => {
                 if tracked {
                     let before = known.as_ref().and_then(|e| e.id.as_deref());
-                    self.applied(record, id.clone(), true, before).await;
+                    self.applied(record, id.clone(), true, before, None).await;
                 }
                 Delivery::Sent {
                     status: Some(status.unwrap_or(404)),

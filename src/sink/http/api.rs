@@ -464,6 +464,7 @@ impl ProviderApi {
             body,
             provider_id,
             attempts,
+            sent: call.body.clone(),
         }
     }
 

@@ -160,6 +160,7 @@ impl Batcher {
                         body: bytes::Bytes::new(),
                         provider_id: id,
                         attempts,
+                        sent: None,
                     });
                 }
                 ItemOutcome::Failed {

@@ -117,6 +117,10 @@ pub struct ApiResponse {
     pub provider_id: Option<String>,
     /// Tries it took, the successful one included.
     pub attempts: u32,
+    /// The request's JSON body as sent, for a record sent on its own (not
+    /// in a batch): the id map hashes these bytes rather than serialize
+    /// the body a second time.
+    pub sent: Option<bytes::Bytes>,
 }
 
 impl ApiResponse {
