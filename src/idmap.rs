@@ -70,13 +70,13 @@ struct Reverse {
     key: String,
 }
 
-/// A body's hash as stored in [`Entry::body`]: FNV-1a 64 of its JSON. Stable
-/// across versions and machines (std's hashers are not promised to be).
+/// A body's hash as stored in [`Entry::body`]: FNV-1a 64 of its JSON
+/// ([`crate::fnv`]).
 pub fn body_hash(body: &serde_json::Value) -> String {
     // Hashed as it is serialized: no copy of the JSON is made.
-    let mut hash = Fnv1a(FNV_OFFSET);
+    let mut hash = crate::fnv::Writer::new();
     serde_json::to_writer(&mut hash, body).expect("a JSON value always serializes");
-    hex(hash.0)
+    hex(hash.finish())
 }
 
 /// [`body_hash`] of a body already serialized (`serde_json::to_writer`'s
@@ -84,12 +84,8 @@ pub fn body_hash(body: &serde_json::Value) -> String {
 /// the body again, which cost about 3,500 instructions a record applied
 /// (callgrind, `bench/run.sh throughput --id-map`).
 pub fn json_hash(json: &[u8]) -> String {
-    let mut hash = Fnv1a(FNV_OFFSET);
-    std::io::Write::write_all(&mut hash, json).expect("hashing cannot fail");
-    hex(hash.0)
+    hex(crate::fnv::hash(json))
 }
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// Sixteen hex digits, as `format!("{:016x}")` writes them, without the
 /// formatting machinery (about 500 instructions a hash).
@@ -99,22 +95,6 @@ fn hex(n: u64) -> String {
         .rev()
         .map(|nibble| char::from(HEX[((n >> (nibble * 4)) & 0xf) as usize]))
         .collect()
-}
-
-/// FNV-1a 64 over the bytes written to it.
-struct Fnv1a(u64);
-
-impl std::io::Write for Fnv1a {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0 = bytes.iter().fold(self.0, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[derive(Clone)]
@@ -253,7 +233,7 @@ fn reverse_key(provider: &str, object: &str, id: &str) -> String {
 /// map keeps makes two or three keys (callgrind, `bench/run.sh throughput
 /// --id-map`).
 fn joined(tokens: &[&str], last: &str) -> String {
-    let len = tokens.iter().map(|t| t.len() + 1).sum::<usize>() + 1 + last.len() * 4 / 3 + 3;
+    let len = tokens.iter().map(|t| t.len() + 1).sum::<usize>() + token_capacity(last);
     let mut out = String::with_capacity(len);
     for token in tokens {
         out.push_str(token);
@@ -268,9 +248,14 @@ fn joined(tokens: &[&str], last: &str) -> String {
 /// get`); anything else is base64url with a leading `=`, which no plain key
 /// can start with.
 pub fn kv_token(key: &str) -> String {
-    let mut out = String::with_capacity(key.len() * 4 / 3 + 4);
+    let mut out = String::with_capacity(token_capacity(key));
     push_kv_token(&mut out, key);
     out
+}
+
+/// Room for [`kv_token`]`(key)` at its longest: `=` and base64 of `key`.
+fn token_capacity(key: &str) -> usize {
+    key.len() * 4 / 3 + 4
 }
 
 /// Appends [`kv_token`]`(key)` to `out`.

@@ -18,6 +18,7 @@ pub mod error;
 pub mod executor;
 pub mod expr;
 pub mod fleet;
+pub mod fnv;
 pub mod idmap;
 pub mod inbound;
 pub mod kv;

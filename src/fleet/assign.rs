@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use crate::fnv::hash as fnv1a;
+
 /// What an instance holds: one partition of every pipeline's keys, or the
 /// splitter of one pipeline (the reader of its source that routes each
 /// message to its key's partition).
@@ -88,12 +90,6 @@ fn score(member: &str, of: u64) -> u64 {
 /// algorithm across releases.
 pub fn partition_of(key: &str, partitions: u32) -> u32 {
     (fnv1a(key.as_bytes()) % u64::from(partitions.max(1))) as u32
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]
