@@ -114,8 +114,15 @@ async fn settle(ctx: &Ctx, msg: &SourceMessage, eval: &Result<Outcome, EvalError
         unmodified_since: None,
     };
     let delivery = match (&ctx.two_way, &p.two_way, &out.facts) {
+        // Boxed: a two-way delivery's state (the link's id map and echo
+        // checks around the send) is thousands of bytes, and inline it would
+        // make every pipeline's record future that large, copied whole
+        // when its lane boxes it (bench/README.md, "Futures copied").
         (Some(rt), Some(tw), Some(facts)) => {
-            crate::twoway::engine::deliver(tw, rt, &ctx.sink, &record, facts).await
+            Box::pin(crate::twoway::engine::deliver(
+                tw, rt, &ctx.sink, &record, facts,
+            ))
+            .await
         }
         _ => ctx.sink.deliver(&record).await,
     };

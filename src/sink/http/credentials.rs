@@ -103,7 +103,19 @@ impl AccountCredentials {
 
     /// The header for `account`'s next request; waits while it has no
     /// usable credentials.
+    ///
+    /// The usual case, a token that may go now, is answered here; the
+    /// rest (fetching, refreshing, waiting) is boxed, so that its state is
+    /// not part of every request's future (bench/README.md, "Futures
+    /// copied"). The same for [`Self::rejected`] and [`Self::accepted`].
     pub async fn token(&self, account: &str, local: &Local) -> Token {
+        if let Look::Go(token) = self.look(account, local) {
+            return token;
+        }
+        Box::pin(self.wait_for_token(account, local)).await
+    }
+
+    async fn wait_for_token(&self, account: &str, local: &Local) -> Token {
         // The watch may not have brought the account in yet (just started,
         // just added): asked of the bucket once before holding its records.
         if self.store.get(&self.provider, account).is_none()
@@ -190,6 +202,10 @@ impl AccountCredentials {
     /// The provider answered 401 to `token`: refreshes (OAuth2) or marks
     /// the credentials invalid. The request then asks for a token again.
     pub async fn rejected(&self, account: &str, local: &Local, token: &Token) {
+        Box::pin(self.refresh_or_invalidate(account, local, token)).await
+    }
+
+    async fn refresh_or_invalidate(&self, account: &str, local: &Local, token: &Token) {
         let Some(current) = self.store.get(&self.provider, account) else {
             return;
         };
@@ -221,9 +237,12 @@ impl AccountCredentials {
 
     /// The provider accepted `token`: a run of 401s is over.
     pub async fn accepted(&self, account: &str, token: &Token) {
-        if token.rejections == 0 {
-            return;
+        if token.rejections > 0 {
+            Box::pin(self.clear_rejections(account, token)).await
         }
+    }
+
+    async fn clear_rejections(&self, account: &str, token: &Token) {
         if let Some(current) = self.store.get(&self.provider, account)
             && current.revision == token.revision
         {

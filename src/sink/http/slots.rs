@@ -74,7 +74,10 @@ impl Slot<'_> {
             return Ok(false);
         }
         self.conn = None;
-        self.conn = Some(origin.connect(timeout).await?);
+        // Boxed: opening a connection is rare, and its state (the TCP and
+        // HTTP/1.1 handshakes, 2.6 KB) would otherwise be part of every
+        // record's delivery future, copied whole when the lane boxes it.
+        self.conn = Some(Box::pin(origin.connect(timeout)).await?);
         Ok(true)
     }
 
