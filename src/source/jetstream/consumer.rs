@@ -1,23 +1,13 @@
 //! The durable pull consumer: binding it with the pipeline's settings, and
-//! one pull request at a time.
-
-use std::time::Duration;
+//! what its deliveries say.
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
-use futures::StreamExt;
 
 use super::Ack;
 use super::acks::Acks;
 use super::budget::ByteBudget;
 use crate::config::model::NatsSourceConfig;
 use crate::source::{AckHandle, Settle, SourceMessage};
-
-/// How long one pull request waits on the server for messages. It bounds
-/// how long a stop waits for the current request to end, and costs one idle
-/// request per second per pipeline.
-pub const PULL_EXPIRES: Duration = Duration::from_secs(1);
-/// How long after PULL_EXPIRES a pull with no answer counts as lost.
-const PULL_GRACE: Duration = Duration::from_millis(500);
 
 /// What a JetStream delivery's `$JS.ACK` reply subject says about it.
 ///
@@ -312,53 +302,13 @@ pub enum Skipped {
     From(u64),
 }
 
-/// One pull request: up to `batch` messages, delivered as they arrive; the
-/// stream ends when `batch` have come or after [`PULL_EXPIRES`].
-///
-/// One request at a time (rather than a continuous, self-renewing pull) so
-/// that stopping is exact: once the current batch ends, the server holds no
-/// request of ours and delivers nothing to a subscription nobody reads, where
-/// a message would wait out `ack_wait` and could then be overtaken by a later
-/// change of its key.
-pub async fn fetch(
-    consumer: &PullConsumer,
-    batch: usize,
-    durable: &str,
+/// A delivery as the pipeline's message; it holds its share of the byte
+/// budget until settled.
+pub fn to_source_message(
+    m: async_nats::Message,
     acks: &Acks,
     budget: &ByteBudget,
-) -> Result<
-    impl futures::Stream<Item = Result<SourceMessage, NatsSourceError>> + use<>,
-    NatsSourceError,
-> {
-    let pull_error = |e: &dyn std::fmt::Display| NatsSourceError::Pull {
-        durable: durable.to_string(),
-        message: e.to_string(),
-    };
-    let stream = consumer
-        .batch()
-        .max_messages(batch)
-        .expires(PULL_EXPIRES)
-        .messages()
-        .await
-        .map_err(|e| pull_error(&e))?;
-    let durable = durable.to_string();
-    let acks = acks.clone();
-    let budget = budget.clone();
-    // The server ends the request after PULL_EXPIRES. If its answer never
-    // comes (the server restarted, the connection dropped and came back),
-    // async-nats would wait 5 s more; end it soon after instead, so the
-    // next pull goes to the server that is there now.
-    let lost = tokio::time::sleep(PULL_EXPIRES + PULL_GRACE);
-    Ok(stream.take_until(lost).map(move |m| {
-        m.map(|m| to_source_message(m, &acks, &budget))
-            .map_err(|e| NatsSourceError::Pull {
-                durable: durable.clone(),
-                message: e.to_string(),
-            })
-    }))
-}
-
-fn to_source_message(m: jetstream::Message, acks: &Acks, budget: &ByteBudget) -> SourceMessage {
+) -> SourceMessage {
     let delivery = m.reply.as_deref().and_then(Delivery::parse);
     let (seq, delivered, timestamp_ms, delivery) = match delivery {
         Some(d) => (
@@ -369,8 +319,7 @@ fn to_source_message(m: jetstream::Message, acks: &Acks, budget: &ByteBudget) ->
         ),
         None => (0, 1, None, 0),
     };
-    let (msg, acker) = m.split();
-    let headers: Vec<(String, String)> = msg
+    let headers: Vec<(String, String)> = m
         .headers
         .as_ref()
         .map(|h| {
@@ -379,21 +328,21 @@ fn to_source_message(m: jetstream::Message, acks: &Acks, budget: &ByteBudget) ->
                 .collect()
         })
         .unwrap_or_default();
-    let bytes = msg.payload.len()
-        + msg.subject.len()
+    let bytes = m.payload.len()
+        + m.subject.len()
         + headers
             .iter()
             .map(|(k, v)| k.len() + v.len())
             .sum::<usize>();
     SourceMessage {
-        subject: msg.subject.as_str().to_owned(),
+        subject: m.subject.as_str().to_owned(),
         seq,
         timestamp_ms,
         headers,
-        payload: msg.payload,
+        payload: m.payload,
         delivered,
         ack: AckHandle(Settle::JetStream(Ack {
-            acker,
+            reply: m.reply,
             acks: acks.clone(),
             held: budget.hold(bytes),
             delivery,

@@ -1,7 +1,8 @@
 //! The JetStream source: one durable pull consumer per pipeline, explicit
 //! acks, batched pulls, bounded unacked messages.
 //!
-//! - `consumer`: binding the consumer and one pull request at a time;
+//! - `consumer`: binding the consumer, and what its deliveries say;
+//! - `puller`: its pull requests, one at a time, answered on one inbox;
 //! - `recovery`: at bind, messages newer than the ones a previous holder
 //!   left unacked wait until those are settled (per-key order across a
 //!   restart, docs/acks-and-order.md);
@@ -13,25 +14,27 @@
 mod acks;
 mod budget;
 mod consumer;
+mod puller;
 mod recovery;
 
 use std::collections::VecDeque;
-use std::pin::Pin;
 use std::time::Duration;
 
+use async_nats::Subject;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind};
-use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 
 use consumer::Skipped;
-pub use consumer::{NatsSourceError, PULL_EXPIRES, consumer_config};
+pub use consumer::{NatsSourceError, consumer_config};
+pub use puller::PULL_EXPIRES;
 
 use super::{AckError, Settle, Source, SourceMessage};
 use crate::config::model::NatsSourceConfig;
 use crate::readiness::Readiness;
 use acks::Acks;
 use budget::{ByteBudget, SizeEstimate};
+use puller::Puller;
 use recovery::Recovery;
 
 /// How often an exclusive consumer of a work queue is checked for skipped
@@ -44,8 +47,6 @@ const AUDIT_EVERY: Duration = Duration::from_secs(3);
 pub fn progress_every(ack_wait: Duration) -> Duration {
     (ack_wait / 3).max(Duration::from_millis(100))
 }
-
-type Batch = Pin<Box<dyn Stream<Item = Result<SourceMessage, NatsSourceError>> + Send>>;
 
 /// A pipeline's durable pull consumer as a [`Source`].
 pub struct JetStreamSource {
@@ -61,7 +62,8 @@ pub struct JetStreamSource {
     budget: ByteBudget,
     size: SizeEstimate,
     consumer: Option<PullConsumer>,
-    batch: Option<Batch>,
+    /// The bound consumer's pulls; none open while not bound.
+    puller: Option<Puller>,
     recovery: Option<Recovery>,
     /// Parked messages released in stream order, given out before any new one.
     released: VecDeque<SourceMessage>,
@@ -107,7 +109,7 @@ impl JetStreamSource {
             .durable
             .clone()
             .unwrap_or_else(|| pipeline.to_string());
-        let (acks, acks_task) = Acks::start(pipeline.to_string());
+        let (acks, acks_task) = Acks::start(pipeline.to_string(), js.client());
         let budget = ByteBudget::new(config.max_ack_pending_bytes);
         JetStreamSource {
             js,
@@ -121,7 +123,7 @@ impl JetStreamSource {
             budget,
             size: SizeEstimate::default(),
             consumer: None,
-            batch: None,
+            puller: None,
             recovery: None,
             released: VecDeque::new(),
             backoff: Duration::from_millis(250),
@@ -226,7 +228,7 @@ impl JetStreamSource {
     /// consumer is bound again.
     async fn cut_off(&mut self, error: &NatsSourceError) {
         tracing::warn!(pipeline = %self.pipeline, error = %error, "pull failed; reconnecting");
-        self.batch = None;
+        self.puller = None;
         self.consumer = None;
         self.hand_back_parked().await;
         self.readiness.set_ready(&self.pipeline, false);
@@ -368,8 +370,9 @@ impl JetStreamSource {
     /// they are handed back now rather than left to `ack_wait`; so are the
     /// parked ones.
     async fn wind_down(&mut self) {
-        if let Some(mut batch) = self.batch.take() {
-            while let Some(Ok(msg)) = batch.next().await {
+        if let Some(mut puller) = self.puller.take() {
+            while let Some(Ok(m)) = puller.next().await {
+                let msg = consumer::to_source_message(m, &self.acks, &self.budget);
                 msg.hand_back(&self.pipeline).await;
             }
         }
@@ -392,42 +395,39 @@ impl Source for JetStreamSource {
                 continue;
             };
             let waiting = self.recovery.as_ref().is_some_and(Recovery::is_waiting);
-            let batch = match &mut self.batch {
-                Some(batch) => batch,
-                None => {
-                    // While recovering, the older messages awaited must come
-                    // whatever the parked ones hold: max_ack_pending bounds it.
-                    if !waiting && self.budget.available() == 0 {
-                        tokio::select! {
-                            _ = self.budget.wait_available() => {}
-                            _ = self.stop.changed() => {}
-                        }
+            let puller = match &mut self.puller {
+                Some(puller) => puller,
+                None => match Puller::new(&self.js, consumer, &self.durable).await {
+                    Ok(puller) => self.puller.insert(puller),
+                    Err(e) => {
+                        self.cut_off(&e).await;
                         continue;
                     }
-                    let count = budget::pull_size(
-                        self.config.batch,
-                        self.budget.available(),
-                        self.size.get(),
-                    );
-                    let fetched =
-                        consumer::fetch(consumer, count, &self.durable, &self.acks, &self.budget)
-                            .await;
-                    match fetched {
-                        Ok(batch) => self.batch.insert(Box::pin(batch)),
-                        Err(e) => {
-                            self.cut_off(&e).await;
-                            continue;
-                        }
-                    }
-                }
+                },
             };
-            tokio::select! {
-                next = batch.next() => match next {
-                    None => {
-                        self.batch = None;
-                        self.release(true).await;
+            if puller.pending() == 0 {
+                // While recovering, the older messages awaited must come
+                // whatever the parked ones hold: max_ack_pending bounds it.
+                if !waiting && self.budget.available() == 0 {
+                    tokio::select! {
+                        _ = self.budget.wait_available() => {}
+                        _ = self.stop.changed() => {}
                     }
-                    Some(Ok(mut msg)) => {
+                    continue;
+                }
+                let count =
+                    budget::pull_size(self.config.batch, self.budget.available(), self.size.get());
+                if let Err(e) = puller.request(count).await {
+                    self.cut_off(&e).await;
+                    continue;
+                }
+            }
+            tokio::select! {
+                next = puller.next() => match next {
+                    // The request ended: no pull of ours is open.
+                    None => self.release(true).await,
+                    Some(Ok(m)) => {
+                        let mut msg = consumer::to_source_message(m, &self.acks, &self.budget);
                         if self.lost_before(&msg) || !self.first_is_first(&msg).await {
                             msg.hand_back(&self.pipeline).await;
                             drop(msg);
@@ -476,7 +476,9 @@ async fn flush_acks(js: &jetstream::Context) {
 /// How a JetStream message is settled: acks go through the pipeline's ack
 /// task (`acks`), the rest straight to the server.
 pub(crate) struct Ack {
-    acker: jetstream::message::Acker,
+    /// The delivery's `$JS.ACK` subject, what every kind of ack answers;
+    /// none for a message that is not a JetStream delivery.
+    reply: Option<Subject>,
     acks: Acks,
     /// The message's share of `max_ack_pending_bytes`, released with it.
     held: budget::Held,
@@ -496,7 +498,10 @@ impl Ack {
     }
 
     pub(super) fn ack(self, seq: u64) {
-        self.acks.ack(seq, self.acker);
+        match self.reply {
+            Some(reply) => self.acks.ack(seq, reply),
+            None => tracing::warn!(seq, "not a JetStream delivery: nothing to ack"),
+        }
     }
 
     pub(super) fn fenced(&self) -> bool {
@@ -508,15 +513,19 @@ impl Ack {
     }
 
     pub(super) async fn in_progress(&self) -> Result<(), AckError> {
-        self.acker
-            .ack_with(AckKind::Progress)
-            .await
-            .map_err(|e| AckError(e.to_string()))
+        self.send_now(AckKind::Progress).await
     }
 
     pub(super) async fn nak(&self, delay: Option<Duration>) -> Result<(), AckError> {
-        self.acker
-            .ack_with(AckKind::Nak(delay))
+        self.send_now(AckKind::Nak(delay)).await
+    }
+
+    async fn send_now(&self, kind: AckKind) -> Result<(), AckError> {
+        let Some(reply) = &self.reply else {
+            return Err(AckError("not a JetStream delivery".into()));
+        };
+        self.acks
+            .send_now(reply.clone(), kind)
             .await
             .map_err(|e| AckError(e.to_string()))
     }
