@@ -193,7 +193,9 @@ fn partition_config(
 /// The message as it stands in the pipeline's own stream.
 fn restore(mut msg: SourceMessage) -> SourceMessage {
     let origin = Origin::read(std::mem::take(&mut msg.headers));
-    msg.subject = origin.subject.unwrap_or(msg.subject);
+    if let Some(subject) = origin.subject {
+        msg.subject = subject.into();
+    }
     msg.seq = origin.seq.unwrap_or(msg.seq);
     msg.timestamp_ms = origin.timestamp_ms.or(msg.timestamp_ms);
     msg.delivered = msg.delivered.max(origin.delivered);

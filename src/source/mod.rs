@@ -34,7 +34,8 @@ pub trait Source: Send {
 /// One message from a source, owned, with the handle that settles it.
 #[derive(Debug)]
 pub struct SourceMessage {
-    pub subject: String,
+    /// As the client received it: no copy of its own (it derefs to `str`).
+    pub subject: async_nats::Subject,
     /// Position in the source (the JetStream stream sequence): ordering,
     /// idempotency keys and dead letters refer to it.
     pub seq: u64,

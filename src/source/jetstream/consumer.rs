@@ -335,7 +335,7 @@ pub fn to_source_message(
             .map(|(k, v)| k.len() + v.len())
             .sum::<usize>();
     SourceMessage {
-        subject: m.subject.as_str().to_owned(),
+        subject: m.subject,
         seq,
         timestamp_ms,
         headers,
