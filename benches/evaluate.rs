@@ -12,7 +12,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 // The allocator of the syncflow binary, so the figure is the binary's.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: syncflow::allocator::Allocator = syncflow::allocator::Allocator;
 use syncflow::compile::compile_dir;
 use syncflow::pipeline::MessageMeta;
 

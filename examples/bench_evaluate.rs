@@ -27,7 +27,7 @@ use bench_event::event;
 
 // The allocator of the syncflow binary, so the figure is the binary's.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: syncflow::allocator::Allocator = syncflow::allocator::Allocator;
 
 fn main() {
     let count: u64 = std::env::args()

@@ -6,6 +6,7 @@
 //! evaluation) → `source` → `executor` → `sink` → [`limiter`] → `reload`.
 
 pub mod action;
+pub mod allocator;
 pub mod app;
 pub mod cli;
 pub mod clock;

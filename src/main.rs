@@ -1,5 +1,5 @@
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: syncflow::allocator::Allocator = syncflow::allocator::Allocator;
 
 fn main() -> std::process::ExitCode {
     syncflow::app::main()
