@@ -15,6 +15,7 @@
 //! A new kind of sink is a new file and one arm in [`TargetSink`].
 
 pub mod http;
+mod json;
 mod nats;
 mod provider;
 

@@ -29,7 +29,11 @@ impl SubjectSink {
         headers.insert("Syncflow-Key", record.key);
         headers.insert("Syncflow-Action", record.action.as_str());
         let payload = match record.body {
-            Some(body) => serde_json::to_vec(body).map_err(|e| e.to_string())?,
+            Some(body) => {
+                let mut json = Vec::with_capacity(256);
+                super::json::write_value(&mut json, body);
+                json
+            }
             None => Vec::new(),
         };
         self.js

@@ -720,7 +720,7 @@ impl Drop for RequestInFlight<'_> {
 /// goes through a formatter adapter that cost twice as much).
 fn json_bytes(body: &Value) -> Bytes {
     let mut buf = Vec::with_capacity(256);
-    serde_json::to_writer(&mut buf, body).expect("a JSON value always serializes");
+    crate::sink::json::write_value(&mut buf, body);
     Bytes::from(buf)
 }
 

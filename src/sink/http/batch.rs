@@ -14,6 +14,7 @@ use super::api::{Call, internal};
 use super::{ApiError, ApiErrorKind, ApiRequest, ApiResponse, EndpointKind, ProviderApi};
 use crate::config::placeholders::Piece;
 use crate::provider::{Batch, BatchEndpoint, Ids, ItemValue, encode_segment};
+use crate::sink::json;
 
 /// One record's item, as JSON: its mapped body (an object, or nothing for
 /// a delete) with the endpoint's item fields and the trace id set.
@@ -44,7 +45,9 @@ pub fn item(
         if let Some(field) = &batch.trace {
             item.insert(field.clone(), Value::String(trace.to_string()));
         }
-        return serde_json::to_vec(&Value::Object(item)).expect("JSON");
+        let mut out = Vec::with_capacity(256);
+        json::write_value(&mut out, &Value::Object(item));
+        return out;
     }
     // Written straight from the body, not cloned into a new object and
     // dropped again: that was a tenth of a batched record's instructions
@@ -54,44 +57,29 @@ pub fn item(
     };
     let mut out = Vec::with_capacity(256);
     out.push(b'{');
-    let field = |out: &mut Vec<u8>, name: &str, value: &dyn erased::Json| {
+    let name_of = |out: &mut Vec<u8>, name: &str| {
         if out.len() > 1 {
             out.push(b',');
         }
-        serde_json::to_writer(&mut *out, name).expect("JSON");
+        json::write_str(out, name);
         out.push(b':');
-        value.write(out);
     };
     for (name, v) in fields.into_iter().flatten() {
         if !added(name) {
-            field(&mut out, name, v);
+            name_of(&mut out, name);
+            json::write_value(&mut out, v);
         }
     }
     for (at, v) in &endpoint.item {
-        field(&mut out, &at[0], &value(v));
+        name_of(&mut out, &at[0]);
+        json::write_value(&mut out, &value(v));
     }
     if let Some(name) = &batch.trace {
-        field(&mut out, name, &trace);
+        name_of(&mut out, name);
+        json::write_str(&mut out, trace);
     }
     out.push(b'}');
     out
-}
-
-/// What an item's field may hold: a value, or a string as it is.
-mod erased {
-    pub trait Json {
-        fn write(&self, out: &mut Vec<u8>);
-    }
-    impl Json for serde_json::Value {
-        fn write(&self, out: &mut Vec<u8>) {
-            serde_json::to_writer(out, self).expect("JSON");
-        }
-    }
-    impl Json for &str {
-        fn write(&self, out: &mut Vec<u8>) {
-            serde_json::to_writer(out, self).expect("JSON");
-        }
-    }
 }
 
 /// The request body for `items` (each one's JSON); `None` when the records
