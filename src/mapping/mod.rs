@@ -142,52 +142,13 @@ pub struct FieldError {
 #[derive(Debug, Clone, Default)]
 pub struct Mapping {
     fields: Vec<Field>,
-    /// The output's top-level object.
-    shape: Vec<Member>,
-}
-
-/// One member of an output object, known at load. An object's members are
-/// kept in key order, so building it is one bulk load of sorted pairs
-/// (`Map::from_iter`: a check that they are sorted, no search) instead of a
-/// `BTreeMap` search per field and one for its parent: string comparisons
-/// were most of the mapping's cost (callgrind, bench/README.md).
-#[derive(Debug, Clone)]
-struct Member {
-    name: String,
-    value: Shape,
-}
-
-#[derive(Debug, Clone)]
-enum Shape {
-    /// The value of `fields[i]`.
-    Field(usize),
-    /// An object, present when any field under it has a value.
-    Object(Vec<Member>),
 }
 
 impl Mapping {
     /// Conflicting output paths must have been rejected by the caller
     /// (see [`Field::conflicts_with`]), which knows where they are written.
     pub fn new(fields: Vec<Field>) -> Self {
-        let mut shape = Vec::new();
-        for (i, field) in fields.iter().enumerate() {
-            let (last, parents) = field.segments.split_last().expect("validated non-empty");
-            let mut members = &mut shape;
-            for seg in parents {
-                members = members_of(members, seg);
-            }
-            match members.binary_search_by(|m: &Member| m.name.as_str().cmp(last)) {
-                Ok(at) => members[at].value = Shape::Field(i),
-                Err(at) => members.insert(
-                    at,
-                    Member {
-                        name: last.clone(),
-                        value: Shape::Field(i),
-                    },
-                ),
-            }
-        }
-        Mapping { fields, shape }
+        Mapping { fields }
     }
 
     pub fn has_scripts(&self) -> bool {
@@ -196,18 +157,16 @@ impl Mapping {
             .any(|f| matches!(f.source, FieldSource::Expr(_)))
     }
 
-    /// Builds the output body of one record. Fields are evaluated in the
-    /// order they are written (the first that fails is the one reported),
-    /// then placed.
+    /// Builds the output body of one record.
     pub fn apply<'a>(
         &'a self,
         record: &Value,
         engine: &ScriptEngine,
         vars: &mut Vars<'a>,
     ) -> Result<Value, FieldError> {
-        let mut values = Vec::with_capacity(self.fields.len());
+        let mut out = Map::new();
         for field in &self.fields {
-            values.push(match &field.source {
+            let value = match &field.source {
                 FieldSource::Path(path) => path.get(record).map(|v| v.into_owned()),
                 FieldSource::Expr(script) => {
                     let result = engine.eval(script, vars).map_err(|e| FieldError {
@@ -221,57 +180,13 @@ impl Mapping {
                         message,
                     })?
                 }
-            });
-        }
-        Ok(Value::Object(build(&self.shape, &mut values)))
-    }
-}
-
-/// The members of the object `name` in `members`, made empty when missing
-/// (or, unreachable with conflict-free fields, when `name` is a field: the
-/// later one wins).
-fn members_of<'m>(members: &'m mut Vec<Member>, name: &str) -> &'m mut Vec<Member> {
-    let at = match members.binary_search_by(|m| m.name.as_str().cmp(name)) {
-        Ok(at) => {
-            if matches!(members[at].value, Shape::Field(_)) {
-                members[at].value = Shape::Object(Vec::new());
+            };
+            if let Some(value) = value {
+                insert(&mut out, &field.segments, value);
             }
-            at
         }
-        Err(at) => {
-            members.insert(
-                at,
-                Member {
-                    name: name.to_string(),
-                    value: Shape::Object(Vec::new()),
-                },
-            );
-            at
-        }
-    };
-    match &mut members[at].value {
-        Shape::Object(inner) => inner,
-        Shape::Field(_) => unreachable!("made an object above"),
+        Ok(Value::Object(out))
     }
-}
-
-/// The object `members` describe, from the fields' `values` (taken).
-fn build(members: &[Member], values: &mut [Option<Value>]) -> Map<String, Value> {
-    let mut pairs = Vec::with_capacity(members.len());
-    for member in members {
-        let value = match &member.value {
-            Shape::Field(i) => values[*i].take(),
-            Shape::Object(inner) => {
-                let object = build(inner, values);
-                (!object.is_empty()).then_some(Value::Object(object))
-            }
-        };
-        if let Some(value) = value {
-            pairs.push((member.name.clone(), value));
-        }
-    }
-    // Sorted already: `from_iter` checks that in one pass and loads them.
-    pairs.into_iter().collect()
 }
 
 /// Sets `value` at the dotted path `segments` of `out`, making the objects
