@@ -2,10 +2,11 @@
 //!
 //! The `mimalloc` crate hands every allocation to `mi_malloc_aligned`, with
 //! the layout's alignment, even the usual 1, 2, 4 or 8. That path checks
-//! the alignment and the free block's address before it takes the block,
-//! and cost about a third more than `mi_malloc` (callgrind of a bench run:
-//! `mi_malloc_aligned` and `mi_theap_malloc_aligned` were 1,100 of a
-//! record's instructions, bench/README.md). Every block mimalloc gives out
+//! the alignment and the free block's address before it takes the block:
+//! callgrind of a batched bench run (bench/README.md) counted 2,000
+//! instructions a record in allocation that way, 1,100 of them in
+//! `mi_malloc_aligned` and `mi_theap_malloc_aligned`, and 1,300 through
+//! `mi_malloc`. Every block mimalloc gives out
 //! is aligned to a machine word at least (its smallest size class is one
 //! word, and every class is a multiple of it), so an alignment up to a
 //! word goes the plain way; a larger one keeps the aligned call.
