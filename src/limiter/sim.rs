@@ -10,8 +10,9 @@
 //! [`FakeRedis`] runs the lease and give-back scripts of redis.rs, line for
 //! line, on a clock in microseconds. It can be slow (a latency before and
 //! after each call, with jitter), down (calls fail after the latency),
-//! paused (calls hang until the client's timeout, like `CLIENT PAUSE`) or
-//! restarted (its state lost).
+//! paused (calls hang until the client's timeout, like `CLIENT PAUSE`),
+//! restarted (its state lost), or failing the next few calls (a
+//! connection's cached error).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -46,6 +47,10 @@ struct Controls {
     jitter: Duration,
     down: bool,
     paused: bool,
+    /// The next this many calls fail (a connection's cached error).
+    fail_next: u32,
+    /// The next successful call's reply takes this much longer.
+    slow_next: Duration,
 }
 
 /// A Redis for limiters on tokio's clock.
@@ -84,6 +89,18 @@ impl FakeRedis {
 
     pub fn set_down(&self, down: bool) {
         self.controls.lock().unwrap().down = down;
+    }
+
+    /// The next `calls` calls fail, and the reply of the one after them
+    /// comes `then_slow` later (a reconnect, the scripts loaded again).
+    pub fn fail_next(&self, calls: u32, then_slow: Duration) {
+        let mut c = self.controls.lock().unwrap();
+        c.fail_next = calls;
+        c.slow_next = then_slow;
+    }
+
+    fn take_slow(&self) -> Duration {
+        std::mem::take(&mut self.controls.lock().unwrap().slow_next)
     }
 
     pub fn set_paused(&self, paused: bool) {
@@ -148,6 +165,13 @@ impl FakeRedis {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         *self.calls.lock().unwrap() += 1;
+        {
+            let mut c = self.controls.lock().unwrap();
+            if c.fail_next > 0 {
+                c.fail_next -= 1;
+                return Err(LimiterError::Stopped("fake redis: cached error".into()));
+            }
+        }
         if self.controls.lock().unwrap().down {
             return Err(LimiterError::Stopped("fake redis is down".into()));
         }
@@ -252,7 +276,7 @@ impl LeaseBackend for FakeClient {
         Box::pin(within_call_timeout(async move {
             redis.arrive().await?;
             let grant = redis.lease_script(&id, schedule, wanted, standing);
-            tokio::time::sleep(redis.one_way()).await;
+            tokio::time::sleep(redis.one_way() + redis.take_slow()).await;
             Ok::<_, LimiterError>(grant)
         }))
     }

@@ -438,3 +438,81 @@ async fn a_backlog_is_served_with_large_leases() {
     assert_gcra_exact(&starts, &spec);
     assert!(per_call > 240.0, "1 call per {per_call:.0} requests");
 }
+
+/// The integration test's case (tests/run_limits.rs: one instance, 100/s
+/// burst 5, Redis stopped and restarted empty), at many phases of the
+/// restart against the probes, with the first call after it failing (the
+/// connection's cached error) and the first reply slow (the scripts
+/// reloaded), up to past the call timeout: the switch back through the
+/// hold never lets a provider enforcing the limit refuse a request, even
+/// with every request reaching it up to the path's share of the lateness
+/// budget after its start.
+#[tokio::test(start_paused = true)]
+async fn a_lone_instance_switches_back_after_an_empty_restart_within_the_limit() {
+    use rand::{Rng, SeedableRng};
+    let spec = per_second(100, 5);
+    let schedule = Schedule::new(&spec);
+    let path = schedule.lateness / super::gcra::PATH_SHARE;
+    let mut over = Vec::new();
+    for case in 0..48u64 {
+        let redis = lan_redis(100 + case);
+        let (latency, jitter) = [
+            (Duration::from_micros(300), Duration::from_micros(700)),
+            (2 * MS, 4 * MS),
+            (MS, 12 * MS),
+        ][(case % 3) as usize];
+        redis.set_latency(latency, jitter);
+        let [limiter] = <[SharedLimiter; 1]>::try_from(fleet(&redis, spec, 1)).unwrap();
+        limiter.acquire().await.unwrap();
+        let phase = Duration::from_micros(case * 5_227 % 250_000);
+        let outage = {
+            let redis = std::sync::Arc::clone(&redis);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                redis.set_down(true);
+                tokio::time::sleep(Duration::from_millis(5500) + phase).await;
+                redis.restart();
+                let slow = [Duration::ZERO, 25 * MS, 150 * MS, 250 * MS][(case / 3 % 4) as usize];
+                redis.fail_next((case / 12 % 2) as u32, slow);
+                redis.set_down(false);
+            })
+        };
+        let callers = Callers {
+            per_instance: 32,
+            start_jitter: schedule.spend(),
+            request_time: 30 * MS,
+        };
+        let starts = run_callers(
+            std::slice::from_ref(&limiter),
+            callers,
+            Duration::from_secs(10),
+            case,
+        )
+        .await;
+        outage.await.unwrap();
+        assert_eq!(limiter.mode(), LimiterMode::Shared);
+        // Local starts while Redis was away.
+        let local = starts
+            .iter()
+            .filter(|&&t| Duration::from_secs(5) < t && t < Duration::from_secs(6))
+            .count();
+        assert!(local >= 90, "case {case}: {local} local starts in a second");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(case);
+        let mut arrivals: Vec<Duration> = starts
+            .iter()
+            .map(|&s| s + Duration::from_nanos(rng.random_range(0..=path.as_nanos() as u64)))
+            .collect();
+        arrivals.sort();
+        let refused = (
+            gcra_refusals(&starts, &spec),
+            gcra_refusals(&arrivals, &spec),
+        );
+        if refused != (0, 0) {
+            over.push((case, refused));
+        }
+    }
+    assert!(
+        over.is_empty(),
+        "(case, (refused starts, refused arrivals)): {over:?}"
+    );
+}
