@@ -11,8 +11,9 @@
 //! line, on a clock in microseconds. It can be slow (a latency before and
 //! after each call, with jitter), down (calls fail after the latency),
 //! paused (calls hang until the client's timeout, like `CLIENT PAUSE`),
-//! restarted (its state lost), or failing the next few calls (a
-//! connection's cached error).
+//! restarted (its state lost), failing the next few calls (a connection's
+//! cached error) or flapping (down for a moment right after a call got
+//! through).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -51,6 +52,8 @@ struct Controls {
     fail_next: u32,
     /// The next successful call's reply takes this much longer.
     slow_next: Duration,
+    /// After the next successful call, Redis goes down for this long.
+    flap_after_next: Option<Duration>,
 }
 
 /// A Redis for limiters on tokio's clock.
@@ -97,6 +100,24 @@ impl FakeRedis {
         let mut c = self.controls.lock().unwrap();
         c.fail_next = calls;
         c.slow_next = then_slow;
+    }
+
+    /// Right after the next lease call that gets through, Redis goes down
+    /// for `down_for`: the calls after it fail.
+    pub fn flap_after_next(&self, down_for: Duration) {
+        self.controls.lock().unwrap().flap_after_next = Some(down_for);
+    }
+
+    fn after_success(self: &Arc<Self>) {
+        let flap = self.controls.lock().unwrap().flap_after_next.take();
+        if let Some(down_for) = flap {
+            self.set_down(true);
+            let redis = Arc::clone(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(down_for).await;
+                redis.set_down(false);
+            });
+        }
     }
 
     fn take_slow(&self) -> Duration {
@@ -276,6 +297,7 @@ impl LeaseBackend for FakeClient {
         Box::pin(within_call_timeout(async move {
             redis.arrive().await?;
             let grant = redis.lease_script(&id, schedule, wanted, standing);
+            redis.after_success();
             tokio::time::sleep(redis.one_way() + redis.take_slow()).await;
             Ok::<_, LimiterError>(grant)
         }))

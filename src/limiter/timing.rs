@@ -516,3 +516,51 @@ async fn a_lone_instance_switches_back_after_an_empty_restart_within_the_limit()
         "(case, (refused starts, refused arrivals)): {over:?}"
     );
 }
+
+/// Redis comes back with its state (an outage shorter than INSTANCE_TTL,
+/// longer than the fallback delay: both instances took local cells), and
+/// at once goes away again for a moment, so the first instance's call
+/// announcing the return fails. Falling back from announcing continues the
+/// same outage: when Redis answers again the instance still announces (and
+/// so starts a hold). It used to count the failed announce as the start of
+/// a new outage, found Redis "within a blip" of it and went straight back
+/// to the shared limit without a hold, leasing at the full rate while the
+/// other instance still took its local share: 5 refusals at these phases.
+#[tokio::test(start_paused = true)]
+async fn a_failed_announce_still_switches_back_through_a_hold() {
+    let spec = per_second(100, 5);
+    let mut over = Vec::new();
+    for case in 0..12u64 {
+        let redis = lan_redis(300 + case);
+        let instances = fleet(&redis, spec, 2);
+        for limiter in &instances {
+            limiter.acquire().await.unwrap();
+        }
+        let phase = Duration::from_micros(case * 20_833);
+        let outage = {
+            let redis = std::sync::Arc::clone(&redis);
+            tokio::spawn(async move {
+                tokio::time::sleep(500 * MS).await;
+                redis.set_down(true);
+                tokio::time::sleep(Duration::from_millis(4000) + phase).await;
+                // The first call to get through is a probe; the announce
+                // right after it fails.
+                redis.flap_after_next(30 * MS);
+                redis.set_down(false);
+            })
+        };
+        let callers = Callers {
+            per_instance: 16,
+            start_jitter: MS,
+            request_time: 20 * MS,
+        };
+        let starts = run_callers(&instances, callers, Duration::from_secs(8), case).await;
+        outage.await.unwrap();
+        assert!(instances.iter().all(|l| l.mode() == LimiterMode::Shared));
+        let refused = gcra_refusals(&starts, &spec);
+        if refused > 0 {
+            over.push((case, refused));
+        }
+    }
+    assert!(over.is_empty(), "(case, refused): {over:?}");
+}

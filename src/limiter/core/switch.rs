@@ -46,7 +46,8 @@ pub(super) struct Fallback {
     /// When the last local cell was taken: one taken after the switch point
     /// means this instance heard of the hold too late.
     pub(super) last_taken: Option<Instant>,
-    /// When this instance last found Redis unusable.
+    /// When this instance found Redis unusable: the start of this outage
+    /// (a failure while announcing the return does not move it).
     pub(super) fell_back: Instant,
     /// When its last call before that went out that got through: Redis
     /// became unusable after it.
@@ -187,9 +188,22 @@ impl<W: Waiter> Core<W> {
         match &mut self.local {
             Some(fallback) => {
                 fallback.gcra.hold_until(now + delay);
+                // A failure while announcing the return continues the same
+                // outage: the blip rule (`switch_on_grant`) must still count
+                // from its start, as local cells may have been taken since
+                // (here or elsewhere) and no hold has been started. Counted
+                // from the failed announce, the next probe found Redis
+                // "within a blip" and went back to the shared limit without a
+                // hold while the other instances still took their local
+                // shares (timing.rs, a_failed_announce_still_switches_back_
+                // through_a_hold). Once a hold was heard of, counting afresh
+                // is safe: a reply naming it switches back through it again,
+                // and once it has passed, every local cell came before it.
+                if fallback.phase != Phase::Announcing {
+                    fallback.fell_back = now;
+                    fallback.usable_at = self.last_ok;
+                }
                 fallback.phase = Phase::Unreachable;
-                fallback.fell_back = now;
-                fallback.usable_at = self.last_ok;
             }
             None => {
                 self.local = Some(Fallback {
