@@ -280,14 +280,13 @@ impl<P: Provider> Api<P> {
         apply: impl FnOnce(&mut P, &mut ItemFaults<'_>) -> Reply,
     ) -> Reply {
         let received_at_us = unix_micros();
-        let now = Instant::now();
         if let Some(probe) = &self.settings.latency_probe {
             probe.observe(&request.body, received_at_us);
         }
         let injected = self.settings.roll_injected_failure();
         let auth = self
             .settings
-            .authenticate(request.authorization.as_ref(), now);
+            .authenticate(request.authorization.as_ref(), Instant::now());
         let authorized = auth.accepted();
         let logged_body = self
             .settings
@@ -296,6 +295,12 @@ impl<P: Provider> Api<P> {
 
         let mut guard = self.lock();
         let state = &mut *guard;
+        // The limit judges requests in the order they take the lock, at
+        // the time they take it: with `now` read before the body was parsed
+        // and the lock waited for, two requests racing here could be judged
+        // out of their times' order, which makes the limit stricter by the
+        // gap and refuses a request the provider would have let through.
+        let now = Instant::now();
         let mut replayed = false;
         let reply = if injected {
             state.counters.injected_failures += 1;
