@@ -1,7 +1,7 @@
 //! [`ProviderSink`]: records to one object of a provider's HTTP API, with
 //! the CRM's ways: which endpoint an action means, which provider id a key
 //! has, what a 404 on delete or a 409 on create means, and which changes
-//! were applied already (the id map, idmap.rs).
+//! were applied already (the id map, idmap/).
 //!
 //! - A redelivered change no newer than the last one applied to its key
 //!   (a lost ack, a redelivery after a newer change went through) is not
@@ -166,7 +166,7 @@ impl ProviderSink {
 
     /// Whether the id map keeps this object's records: it learns their
     /// ids, or needs them in a path. Only then is the last change applied
-    /// to each key known (idmap.rs).
+    /// to each key known (idmap/).
     pub fn tracked(&self) -> bool {
         let object = self.object();
         object.learns_ids()

@@ -9,8 +9,11 @@
 //! A delete leaves an entry marked deleted. Entries written before these
 //! fields existed (the bare id, or a KV delete marker) still read.
 
+mod requests;
+
 use async_nats::jetstream::{self, kv};
 use base64::Engine as _;
+use requests::{Requests, Value};
 use serde::{Deserialize, Serialize};
 
 /// The bucket every pipeline shares; keys are `provider.object.key`.
@@ -100,6 +103,11 @@ fn hex(n: u64) -> String {
 #[derive(Clone)]
 pub struct IdMap {
     store: kv::Store,
+    /// Puts, and gets where the bucket allows direct gets, go this way
+    /// (requests.rs says why); gets of a replicated bucket read its
+    /// leader through `store`.
+    requests: Requests,
+    direct_gets: bool,
 }
 
 impl IdMap {
@@ -114,7 +122,28 @@ impl IdMap {
             crate::kv::open_bucket(js, BUCKET, "syncflow: record key to provider id", replicas)
                 .await
                 .map_err(IdMapError)?;
-        Ok(IdMap { store })
+        let direct_gets = store.stream.cached_info().config.allow_direct;
+        Ok(IdMap {
+            requests: Requests::new(js.client(), BUCKET),
+            store,
+            direct_gets,
+        })
+    }
+
+    /// The last value of a bucket key, `None` when it has none.
+    async fn get(&self, key: &str) -> Result<Option<Value>, IdMapError> {
+        if self.direct_gets {
+            return self.requests.get(key).await.map_err(IdMapError);
+        }
+        let entry = self
+            .store
+            .entry(key)
+            .await
+            .map_err(|e| IdMapError(e.to_string()))?;
+        Ok(entry.map(|e| match e.operation {
+            kv::Operation::Put => Value::Put(e.value),
+            kv::Operation::Delete | kv::Operation::Purge => Value::Deleted,
+        }))
     }
 
     /// What the map knows of `key`; `None` when nothing.
@@ -124,19 +153,17 @@ impl IdMap {
         object: &str,
         key: &str,
     ) -> Result<Option<Entry>, IdMapError> {
-        let entry = self
-            .store
-            .entry(kv_key(provider, object, key))
-            .await
-            .map_err(|e| IdMapError(e.to_string()))?;
-        Ok(entry.map(|e| match e.operation {
-            kv::Operation::Put => Entry::decode(&e.value),
-            // A delete marker of an earlier version.
-            kv::Operation::Delete | kv::Operation::Purge => Entry {
-                deleted: true,
-                ..Entry::default()
-            },
-        }))
+        Ok(self
+            .get(&kv_key(provider, object, key))
+            .await?
+            .map(|value| match value {
+                Value::Put(bytes) => Entry::decode(&bytes),
+                // A delete marker of an earlier version.
+                Value::Deleted => Entry {
+                    deleted: true,
+                    ..Entry::default()
+                },
+            }))
     }
 
     /// The record key whose provider id is `id`, if syncflow linked them.
@@ -146,16 +173,12 @@ impl IdMap {
         object: &str,
         id: &str,
     ) -> Result<Option<String>, IdMapError> {
-        let entry = self
-            .store
-            .get(reverse_key(provider, object, id))
-            .await
-            .map_err(|e| IdMapError(e.to_string()))?;
-        Ok(entry.and_then(|value| {
-            serde_json::from_slice::<Reverse>(&value)
+        Ok(match self.get(&reverse_key(provider, object, id)).await? {
+            Some(Value::Put(bytes)) => serde_json::from_slice::<Reverse>(&bytes)
                 .ok()
-                .map(|r| r.key)
-        }))
+                .map(|r| r.key),
+            Some(Value::Deleted) | None => None,
+        })
     }
 
     /// Records that `key`'s record is `id` at the provider: the id map
@@ -187,11 +210,10 @@ impl IdMap {
         entry: &Entry,
     ) -> Result<(), IdMapError> {
         let value = serde_json::to_vec(entry).map_err(|e| IdMapError(e.to_string()))?;
-        self.store
-            .put(kv_key(provider, object, key), value.into())
+        self.requests
+            .put(&kv_key(provider, object, key), value.into())
             .await
-            .map(|_| ())
-            .map_err(|e| IdMapError(e.to_string()))
+            .map_err(IdMapError)
     }
 
     /// Writes the reverse entry of `id` (id → `key`), for
@@ -207,11 +229,10 @@ impl IdMap {
             key: key.to_string(),
         })
         .map_err(|e| IdMapError(e.to_string()))?;
-        self.store
-            .put(reverse_key(provider, object, id), reverse.into())
+        self.requests
+            .put(&reverse_key(provider, object, id), reverse.into())
             .await
-            .map(|_| ())
-            .map_err(|e| IdMapError(e.to_string()))
+            .map_err(IdMapError)
     }
 }
 

@@ -1,0 +1,183 @@
+//! The id map's reads and writes as plain NATS requests: a JetStream
+//! publish to the key's subject, and a direct get of the key's last value.
+//!
+//! async-nats's `kv::Store` does the same with more around it, which every
+//! record whose object the id map keeps pays for: its put parses the
+//! server's ack as an untagged enum (serde buffers it, tries the error shape
+//! first and formats the error it throws away), and takes an ack permit and
+//! a second timeout; its get formats two subjects and parses every header
+//! of the answer, the stored time included. Measured with
+//! `bench/run.sh kv-cost` (its client figures) and callgrind (the id-map
+//! benchmark, bench/README.md).
+//!
+//! Only what the id map needs is here. The two-way link states, whose
+//! writes are compare-and-set, keep the `Store` (twoway/store.rs).
+
+use std::time::Duration;
+
+use async_nats::{Client, HeaderMap, Request, StatusCode};
+use bytes::Bytes;
+
+/// How long a request waits for the server: JetStream's own default.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A key's last value as a direct get answered it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Value {
+    Put(Bytes),
+    /// A delete or purge marker.
+    Deleted,
+}
+
+#[derive(Clone)]
+pub struct Requests {
+    client: Client,
+    /// `$KV.<bucket>.`: a key's subject is this and the key.
+    put_prefix: String,
+    /// `$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.`: a key's last value
+    /// is asked for on this and the key.
+    get_prefix: String,
+}
+
+/// What a JetStream publish answers. Only the error is read: a stored
+/// message's sequence is not needed.
+#[derive(serde::Deserialize)]
+struct PubAck {
+    #[serde(default)]
+    error: Option<ApiError>,
+}
+
+#[derive(serde::Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    code: u16,
+    #[serde(default)]
+    description: String,
+}
+
+impl Requests {
+    /// Requests to `bucket` over `client`. syncflow's JetStream context has
+    /// no domain, so the API is under `$JS.API`.
+    pub fn new(client: Client, bucket: &str) -> Requests {
+        Requests {
+            client,
+            put_prefix: format!("$KV.{bucket}."),
+            get_prefix: format!("$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}."),
+        }
+    }
+
+    /// Stores `value` under `key`; returns once the server says it is
+    /// stored.
+    pub async fn put(&self, key: &str, value: Bytes) -> Result<(), String> {
+        let answer = self
+            .client
+            .send_request(
+                subject(&self.put_prefix, key),
+                Request::new().payload(value).timeout(Some(TIMEOUT)),
+            )
+            .await
+            .map_err(|e| format!("put {key}: {e}"))?;
+        put_answer(&answer.payload).map_err(|e| format!("put {key}: {e}"))
+    }
+
+    /// The last value of `key`; `None` when the bucket has none.
+    ///
+    /// A direct get can be answered by any replica, so this is for a
+    /// bucket of one replica (kv.rs: direct gets are allowed only then).
+    pub async fn get(&self, key: &str) -> Result<Option<Value>, String> {
+        let answer = self
+            .client
+            .send_request(
+                subject(&self.get_prefix, key),
+                Request::new().timeout(Some(TIMEOUT)),
+            )
+            .await
+            .map_err(|e| format!("get {key}: {e}"))?;
+        get_answer(answer.status, answer.headers.as_ref(), answer.payload)
+            .map_err(|e| format!("get {key}: {e}"))
+    }
+}
+
+/// `prefix` and `key` in one allocation.
+fn subject(prefix: &str, key: &str) -> String {
+    let mut subject = String::with_capacity(prefix.len() + key.len());
+    subject.push_str(prefix);
+    subject.push_str(key);
+    subject
+}
+
+fn put_answer(payload: &[u8]) -> Result<(), String> {
+    let ack: PubAck = serde_json::from_slice(payload)
+        .map_err(|e| format!("unreadable answer from the server: {e}"))?;
+    match ack.error {
+        None => Ok(()),
+        Some(error) => Err(format!(
+            "the server refused it ({}): {}",
+            error.code, error.description
+        )),
+    }
+}
+
+fn get_answer(
+    status: Option<StatusCode>,
+    headers: Option<&HeaderMap>,
+    payload: Bytes,
+) -> Result<Option<Value>, String> {
+    match status {
+        // The key has no value.
+        Some(StatusCode::NOT_FOUND) => Ok(None),
+        Some(status) => Err(format!("the server answered {status}")),
+        None => {
+            let marker = headers
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+            Ok(Some(match marker {
+                true => Value::Deleted,
+                false => Value::Put(payload),
+            }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_answers_are_stored_or_refused() {
+        assert_eq!(put_answer(br#"{"stream":"KV_m","seq":7}"#), Ok(()));
+        let refused = put_answer(
+            br#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},"stream":"KV_m","seq":0}"#,
+        );
+        assert_eq!(
+            refused,
+            Err("the server refused it (503): maximum messages exceeded".to_string())
+        );
+        assert!(put_answer(b"").unwrap_err().contains("unreadable"));
+    }
+
+    #[test]
+    fn get_answers_tell_values_markers_and_absence() {
+        let value = Bytes::from_static(b"{\"id\":\"1\"}");
+        assert_eq!(
+            get_answer(None, None, value.clone()),
+            Ok(Some(Value::Put(value.clone())))
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("KV-Operation", "DEL");
+        assert_eq!(
+            get_answer(None, Some(&headers), Bytes::new()),
+            Ok(Some(Value::Deleted))
+        );
+        headers.insert("KV-Operation", "PURGE");
+        assert_eq!(
+            get_answer(None, Some(&headers), Bytes::new()),
+            Ok(Some(Value::Deleted))
+        );
+        assert_eq!(
+            get_answer(Some(StatusCode::NOT_FOUND), None, Bytes::new()),
+            Ok(None)
+        );
+        assert!(get_answer(Some(StatusCode::TIMEOUT), None, Bytes::new()).is_err());
+    }
+}
