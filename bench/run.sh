@@ -47,6 +47,13 @@
 #               the rate is publish start → all delivered (the partition
 #               stream empty). On 2 cores this shows what coordination
 #               costs, not how instances scale
+#   kv-cost     examples/bench_kv.rs: the id map's operations alone (puts of
+#               new keys, gets of keys there and not there; --count of each,
+#               default 100000, 256 in flight) through syncflow's IdMap and
+#               through async-nats's kv::Store, alternating (--rounds,
+#               default 2): ops/s and the CPU µs per operation of
+#               nats-server and of the client; --nats-server PATH runs
+#               another nats-server build (e.g. the cluster tests' 2.12)
 #   tap         examples/bench_tap.rs: rounds of --rate events/s (default
 #               10000) for --duration s (default 10), alternating no tap and
 #               a `syncflow tap` reading 64 KB/s: records/s of each, and the
@@ -58,6 +65,7 @@
 #          --id-map (throughput): creates learn the id the CRM answers
 #          (`id_from: $.id`) and write it to the id map
 #          --rounds N (id-map): pairs of runs, default 2
+#          --nats-server PATH (kv-cost): the nats-server to measure
 #          --crm nginx (throughput): the CRM is one nginx worker answering 201,
 #          as in the reference workload, instead of the mock (no latencies)
 #          --scrape S: GET syncflow's /metrics every S seconds, as Prometheus
@@ -73,11 +81,11 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 mode=${1:-throughput}
-case "$mode" in throughput|latency|limiter|two-way|tap|id-map|batch|accounts|fleet|all) shift || true ;; -*) mode=throughput ;; *)
-  echo "usage: bench/run.sh [throughput|latency|limiter|two-way|tap|id-map|batch|accounts|fleet|all] [--count N] [--rate R] [--duration S] [--warmup S] [--in-flight C] [--wrk-secs S] [--scrape S] [--perf] [--no-build] [--crm mock|nginx] [--record-bytes B] [--id-map] [--rounds N]" >&2
+case "$mode" in throughput|latency|limiter|two-way|tap|id-map|kv-cost|batch|accounts|fleet|all) shift || true ;; -*) mode=throughput ;; *)
+  echo "usage: bench/run.sh [throughput|latency|limiter|two-way|tap|id-map|kv-cost|batch|accounts|fleet|all] [--count N] [--rate R] [--duration S] [--warmup S] [--in-flight C] [--wrk-secs S] [--scrape S] [--perf] [--no-build] [--crm mock|nginx] [--record-bytes B] [--id-map] [--rounds N] [--nats-server PATH]" >&2
   exit 2 ;;
 esac
-ID_MAP=0 ROUNDS=2 RECORD_BYTES=0 COUNT=200000 RATE=5000 DURATION= WARMUP=3 INFLIGHT=64 WRK_SECS=10 PERF=0 BUILD=1 SCRAPE= CRM=mock
+ID_MAP=0 ROUNDS=2 RECORD_BYTES=0 COUNT=200000 RATE=5000 DURATION= WARMUP=3 INFLIGHT=64 WRK_SECS=10 PERF=0 BUILD=1 SCRAPE= CRM=mock NATS_SERVER=
 while [ $# -gt 0 ]; do
   case "$1" in
     --count) COUNT=$2; COUNT_SET=$2; shift 2 ;;
@@ -93,6 +101,7 @@ while [ $# -gt 0 ]; do
     --scrape) SCRAPE=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --crm) CRM=$2; CRM_SET=$2; shift 2 ;;
+    --nats-server) NATS_SERVER=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -126,6 +135,13 @@ if [ "$mode" = tap ]; then
   out=target/bench/tap-$(date +%Y%m%d-%H%M%S); mkdir -p "$out"
   target/release/examples/bench_tap --syncflow target/release/syncflow \
     --rate "${RATE_SET:-10000}" --duration "${DURATION:-10}" | tee "$out/report.txt"
+  exit 0
+fi
+if [ "$mode" = kv-cost ]; then
+  [ "$BUILD" = 1 ] && cargo build --release --quiet --example bench_kv
+  out=target/bench/kv-cost-$(date +%Y%m%d-%H%M%S); mkdir -p "$out"
+  "${BENCH_BIN_DIR:-target/release}/examples/bench_kv" --count "${COUNT_SET:-100000}" \
+    --rounds "$ROUNDS" ${NATS_SERVER:+--nats-server "$NATS_SERVER"} | tee "$out/report.txt"
   exit 0
 fi
 if [ "$mode" = id-map ]; then

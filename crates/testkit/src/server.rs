@@ -111,6 +111,12 @@ impl<K: ServerKind> Server<K> {
         }
     }
 
+    /// The server process's id while it runs: for a benchmark that reads
+    /// its CPU time.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `SCHEME://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("{}://127.0.0.1:{}", K::SCHEME, self.port)
