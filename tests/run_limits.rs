@@ -173,12 +173,12 @@ async fn two_instances_share_the_limit_without_a_429_at_over_90_percent_of_it() 
 /// 0, an info line). Every record is delivered once through both switches,
 /// and the provider refuses none: the local limiter starts only once the
 /// leased cells are spent, and the shared one after the local schedule
-/// (limiter/shared.rs).
+/// (limiter/core/switch.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_means_the_local_limit_and_redis_back_means_shared_again() {
     const RECORDS: u32 = 1000;
     const LOCAL: &str = r#"syncflow_limiter_local{provider="hubspot"}"#;
-    /// The limiter's fallback delay (limiter/shared.rs) and some.
+    /// The limiter's fallback delay (limiter/core/switch.rs) and some.
     const FALLBACK_DELAY: Duration = Duration::from_millis(3500);
     let _alone = ONE_AT_A_TIME.lock().await;
     let mut h = hubspot_at_the_limit().await;
