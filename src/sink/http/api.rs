@@ -367,6 +367,17 @@ impl ProviderApi {
         if !self.take_quota(call.req.account).await {
             return Ok(None);
         }
+        // Taking the quota goes to Redis once a chunk. A reply slower than
+        // the cell's budget leaves the cell stale, and the request would
+        // bunch with the next cell's, whose take found the chunk filled and
+        // went at once (tests.rs, a_slow_quota_take_does_not_send_a_request_
+        // on_a_stale_cell): it waits for a fresh cell at the queue's front.
+        // The quota stays taken: the request still goes.
+        while deadline.is_some_and(|d| Instant::now() > d) {
+            let (more, fresh) = limiter.acquire_cell(true).await?;
+            self.metrics.limiter_wait.record(more);
+            deadline = fresh;
+        }
 
         let _in_flight = RequestInFlight::start(self);
         let started = Instant::now();

@@ -401,6 +401,79 @@ async fn a_new_connection_opens_before_the_cell_and_costs_none() {
     );
 }
 
+/// A TCP proxy to `upstream` whose answers arrive `delay` late: a slow
+/// Redis. Returns its URL.
+async fn slow_proxy(upstream: String, delay: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("redis://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+            let (mut from_client, mut to_client) = client.into_split();
+            let (mut from_server, mut to_server) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0; 64 * 1024];
+                while let Ok(n @ 1..) = from_server.read(&mut buf).await {
+                    tokio::time::sleep(delay).await;
+                    if to_client.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// The quota is taken after the cell, and every other take here goes to a
+/// slow Redis (chunks of 2). A request whose take outlasted its cell's
+/// budget must not go on that cell: it would bunch with the request of the
+/// next cell, whose take found the chunk filled and went at once.
+#[tokio::test]
+async fn a_slow_quota_take_does_not_send_a_request_on_a_stale_cell() {
+    let redis = syncflow_testkit::RedisServer::start().unwrap();
+    let (limiter, spec) = five_per_second(&redis);
+    let slow = slow_proxy(
+        format!("127.0.0.1:{}", redis.port()),
+        Duration::from_millis(100),
+    )
+    .await;
+    let quota = crate::provider::Quota {
+        requests: 200,
+        per: Duration::from_secs(86_400),
+        remaining_header: None,
+    };
+    let quotas = Arc::new(crate::limiter::Quotas::new(
+        crate::limiter::connect(&slow).unwrap(),
+        "test",
+        "crm",
+        quota,
+    ));
+    // The connection to the slow Redis made before the requests.
+    quotas.take(None, SystemTime::now()).await;
+    let server = TestServer::start([], Reply::status(201)).await;
+    let sink = ProviderApi::new(Arc::new(provider(server.url())), limiter)
+        .unwrap()
+        .with_quotas(quotas);
+    let body = json!({});
+    let sent = futures::future::join_all((0..4).map(|_| sink.send(create(&body)))).await;
+    assert!(sent.iter().all(Result::is_ok), "{sent:?}");
+    let mut at: Vec<Instant> = server.seen().iter().map(|s| s.at).collect();
+    at.sort();
+    let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    // Each request leaves within its cell's budget (a few ms at 5/s), so
+    // requests of consecutive cells are about an interval apart.
+    assert!(
+        gaps.iter()
+            .all(|gap| *gap >= spec.interval() - Duration::from_millis(30)),
+        "gaps between requests: {gaps:?}"
+    );
+}
+
 /// A provider asking to wait a day (`Retry-After: 86400`) would park the
 /// record for a day while progress acks keep it from redelivery; beyond
 /// `retry.max_retry_after` the attempt counts as failed instead.
