@@ -186,14 +186,12 @@ impl FakeRedis {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         *self.calls.lock().unwrap() += 1;
-        {
-            let mut c = self.controls.lock().unwrap();
-            if c.fail_next > 0 {
-                c.fail_next -= 1;
-                return Err(LimiterError::Stopped("fake redis: cached error".into()));
-            }
+        let mut c = self.controls.lock().unwrap();
+        if c.fail_next > 0 {
+            c.fail_next -= 1;
+            return Err(LimiterError::Stopped("fake redis: cached error".into()));
         }
-        if self.controls.lock().unwrap().down {
+        if c.down {
             return Err(LimiterError::Stopped("fake redis is down".into()));
         }
         Ok(())
