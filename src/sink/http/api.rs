@@ -5,9 +5,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Request, StatusCode, Uri};
-use http_body_util::Full;
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -417,10 +416,9 @@ impl ProviderApi {
 
     /// The HTTP request of one attempt: the endpoint's method and path, the
     /// provider's headers, the idempotency key and the JSON body.
-    fn request(&self, call: &Call<'_>, token: Option<&Token>) -> Request<Full<Bytes>> {
+    fn request(&self, call: &Call<'_>, token: Option<&Token>) -> Request<Bytes> {
         let body = call.body.clone().unwrap_or_default();
-        let length = HeaderValue::from(body.len());
-        let mut request = Request::new(Full::new(body));
+        let mut request = Request::new(body);
         *request.method_mut() = call.endpoint.method.clone();
         *request.uri_mut() = call.target.clone();
         let headers = request.headers_mut();
@@ -442,8 +440,8 @@ impl ProviderApi {
             headers.insert(precondition.header.clone(), precondition.value(at));
         }
         if call.body.is_some() {
+            // The length is the connection's to write (conn.rs).
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            headers.insert(CONTENT_LENGTH, length);
         }
         request
     }

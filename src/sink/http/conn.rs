@@ -1,94 +1,238 @@
-//! The provider's origin and one HTTP/1.1 connection per slot, over hyper.
+//! The provider's origin and one HTTP/1.1 connection per slot.
 //!
 //! The sink must know which connection a request goes over, and that it is
 //! open, before it takes a rate-limit cell (docs/sink-connections.md), so
-//! there is no pool. A connection has no task of its own: whoever uses it
-//! drives its I/O while waiting for its response ([`Conn`]), which saves the
-//! cross-task wake-ups a connection task costs per request.
+//! there is no pool. A connection has no task of its own: the request using
+//! it writes its head and body and reads the answer (`wire.rs`) in its own
+//! task, with no wake-up crossing tasks.
 //!
 //! Redirects are never followed (a 3xx is a wrong `base_url`), no proxy is
 //! used, and HTTPS verifies the server with the platform's verifier (the
 //! system's roots).
 
-use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, HOST, HeaderMap, HeaderValue, USER_AGENT};
-use http::{Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::header::{HeaderMap, HeaderValue};
+use http::{Method, Request, StatusCode, Uri};
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
-/// One HTTP/1.1 connection: the handle requests go in through, and the
-/// future doing its reads and writes, polled only by the request using the
-/// connection (an idle connection is not polled: a close by the provider is
-/// seen at [`Conn::ready`]).
+use super::wire::{self, Chunks, Framing, Parsed};
+
+/// One HTTP/1.1 connection, used by one request at a time. An idle
+/// connection is not read: a close by the provider is seen at
+/// [`Conn::ready`].
 pub(super) struct Conn {
-    sender: SendRequest<Full<Bytes>>,
-    io: Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>,
-    /// The I/O future has finished: the connection is closed.
-    ended: bool,
+    stream: Stream,
+    /// Bytes read and not yet taken: the answer being read.
+    buf: BytesMut,
+    /// The request's bytes, reused from one request to the next.
+    out: Vec<u8>,
+    /// Another request may follow on this connection.
+    reusable: bool,
+}
+
+/// A body up to this size goes out in the head's write; a larger one is
+/// written apart, so `Conn::out` stays small.
+const INLINE_BODY_BYTES: usize = 16 * 1024;
+/// How much a read asks for at least.
+const READ_BYTES: usize = 8 * 1024;
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 impl Conn {
-    /// Drives the connection until it can take a request; false when it is
-    /// closed (the provider closed it while idle, or it broke).
-    pub async fn ready(&mut self) -> bool {
-        if self.ended {
-            return false;
+    fn new(stream: Stream) -> Self {
+        Conn {
+            stream,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+            reusable: true,
         }
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(result) = self.io.as_mut().poll(cx) {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "provider connection closed");
-                }
-                self.ended = true;
-                return Poll::Ready(false);
-            }
-            self.sender.poll_ready(cx).map(|r| r.is_ok())
-        })
-        .await
     }
 
-    /// Runs `exchange` (a request on this connection) while driving the
-    /// connection's I/O; a connection that ends before the exchange does
-    /// is a network error.
-    async fn drive<T>(
+    /// Whether the connection can take a request: false when the last
+    /// answer ended it, or the provider closed it (or sent something
+    /// unasked) while it was idle.
+    pub async fn ready(&mut self) -> bool {
+        if !self.reusable {
+            return false;
+        }
+        // An idle connection has nothing to read: an end of stream, an
+        // error or bytes nobody asked for all mean it cannot be used. A
+        // pending read means it is open (and wakes this task later for
+        // nothing, which costs one poll).
+        let mut byte = [0u8; 1];
+        let stream = &mut self.stream;
+        let open = std::future::poll_fn(|cx| {
+            let mut probe = ReadBuf::new(&mut byte);
+            Poll::Ready(
+                Pin::new(&mut *stream)
+                    .poll_read(cx, &mut probe)
+                    .is_pending(),
+            )
+        })
+        .await;
+        self.reusable = open;
+        open
+    }
+
+    /// Writes the request in `out` (and `body` when it was not inlined),
+    /// then reads the answer to a `method` request.
+    async fn exchange(
         &mut self,
-        exchange: impl Future<Output = hyper::Result<T>>,
-    ) -> Result<T, TransportError> {
-        let network = |e: hyper::Error| TransportError::new(TransportKind::Network, &e);
-        let mut exchange = std::pin::pin!(exchange);
-        std::future::poll_fn(|cx| {
-            // The I/O first: it may complete the exchange in this same poll.
-            if !self.ended
-                && let Poll::Ready(result) = self.io.as_mut().poll(cx)
-            {
-                self.ended = true;
-                if let Err(e) = result {
-                    return match exchange.as_mut().poll(cx) {
-                        Poll::Ready(Ok(done)) => Poll::Ready(Ok(done)),
-                        _ => Poll::Ready(Err(network(e))),
-                    };
+        method: &Method,
+        body: &Bytes,
+        max_body: u64,
+    ) -> Result<Response, TransportError> {
+        // Until the answer is read in full, the connection is unusable.
+        self.reusable = false;
+        self.stream.write_all(&self.out).await.map_err(network)?;
+        if body.len() > INLINE_BODY_BYTES {
+            self.stream.write_all(body).await.map_err(network)?;
+        }
+        self.stream.flush().await.map_err(network)?;
+
+        let head = loop {
+            match wire::parse_head(&self.buf, method).map_err(protocol)? {
+                Parsed::Partial => self.read_more("before the response").await?,
+                Parsed::Interim(len) => {
+                    let _ = self.buf.split_to(len);
+                }
+                Parsed::Final(head, len) => {
+                    let _ = self.buf.split_to(len);
+                    break head;
                 }
             }
-            match exchange.as_mut().poll(cx) {
-                Poll::Ready(result) => Poll::Ready(result.map_err(network)),
-                Poll::Pending if self.ended => Poll::Ready(Err(TransportError {
-                    kind: TransportKind::Network,
-                    message: "the provider closed the connection before the response".into(),
-                })),
-                Poll::Pending => Poll::Pending,
+        };
+        let oversized = |head: wire::Head| Response {
+            status: head.status,
+            headers: head.headers,
+            body: Bytes::new(),
+            oversized: true,
+        };
+        let body = match head.framing {
+            Framing::Empty => Bytes::new(),
+            Framing::Length(len) if len > max_body => return Ok(oversized(head)),
+            Framing::Length(len) => {
+                let len = len as usize;
+                while self.buf.len() < len {
+                    self.read_more("in the middle of the response body").await?;
+                }
+                self.buf.split_to(len).freeze()
             }
+            Framing::Chunked => {
+                let mut chunks = Chunks::default();
+                let mut body = BytesMut::new();
+                while !chunks.decode(&mut self.buf, &mut body).map_err(protocol)? {
+                    if body.len() as u64 > max_body {
+                        return Ok(oversized(head));
+                    }
+                    self.read_more("in the middle of the response body").await?;
+                }
+                if body.len() as u64 > max_body {
+                    return Ok(oversized(head));
+                }
+                body.freeze()
+            }
+            Framing::UntilClose => loop {
+                if self.buf.len() as u64 > max_body {
+                    return Ok(oversized(head));
+                }
+                if self.read().await.map_err(network)? == 0 {
+                    break self.buf.split().freeze();
+                }
+            },
+        };
+        // Bytes after the answer were not asked for: the connection's state
+        // is unknown.
+        self.reusable = head.keep_alive && self.buf.is_empty();
+        Ok(Response {
+            status: head.status,
+            headers: head.headers,
+            body,
+            oversized: false,
         })
-        .await
+    }
+
+    /// Reads at least one more byte; the end of the stream is an error
+    /// that says `when`.
+    async fn read_more(&mut self, when: &str) -> Result<(), TransportError> {
+        match self.read().await {
+            Ok(0) => Err(TransportError {
+                kind: TransportKind::Network,
+                message: format!("the provider closed the connection {when}"),
+            }),
+            Ok(_) => Ok(()),
+            Err(e) => Err(network(e)),
+        }
+    }
+
+    async fn read(&mut self) -> io::Result<usize> {
+        self.buf.reserve(READ_BYTES);
+        self.stream.read_buf(&mut self.buf).await
+    }
+}
+
+fn network(e: io::Error) -> TransportError {
+    TransportError::new(TransportKind::Network, &e)
+}
+
+/// An answer that is not HTTP/1.1 as it should be.
+fn protocol(message: String) -> TransportError {
+    TransportError {
+        kind: TransportKind::Network,
+        message,
     }
 }
 
@@ -180,17 +324,6 @@ pub(super) struct Response {
     pub oversized: bool,
 }
 
-impl Response {
-    fn oversized(parts: http::response::Parts) -> Self {
-        Response {
-            status: parts.status,
-            headers: parts.headers,
-            body: Bytes::new(),
-            oversized: true,
-        }
-    }
-}
-
 const AGENT: &str = concat!("syncflow/", env!("CARGO_PKG_VERSION"));
 
 impl Origin {
@@ -240,7 +373,7 @@ impl Origin {
         Uri::try_from(target).map_err(|e| format!("bad request path {path:?}: {e}"))
     }
 
-    /// Opens a connection (TCP, TLS for https, HTTP/1.1 handshake) within
+    /// Opens a connection (TCP, and TLS for https) within
     /// `timeout`.
     pub async fn connect(&self, timeout: Duration) -> Result<Conn, TransportError> {
         tokio::time::timeout(timeout, self.open())
@@ -257,79 +390,48 @@ impl Origin {
         // Requests are single small writes: don't hold them back.
         tcp.set_nodelay(true).map_err(|e| connect_error(&e))?;
         match &self.tls {
-            None => handshake(tcp).await,
+            None => Ok(Conn::new(Stream::Plain(tcp))),
             Some((connector, name)) => {
                 let tls = connector
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(|e| connect_error(&e))?;
-                handshake(tls).await
+                Ok(Conn::new(Stream::Tls(Box::new(tls))))
             }
         }
     }
 
     /// Sends `request` over `conn` (made ready), with this origin's `Host`
-    /// and syncflow's `User-Agent`, and reads the response, within
-    /// `timeout`. A body longer than `max_body` is not read: the response
-    /// comes back `oversized` and the connection must be dropped.
+    /// and syncflow's `User-Agent` and the body's length, and reads the
+    /// response, within `timeout`. A body longer than `max_body` is not
+    /// read: the response comes back `oversized` and the connection must be
+    /// dropped.
     pub async fn send(
         &self,
         conn: &mut Conn,
-        mut request: Request<Full<Bytes>>,
+        request: Request<Bytes>,
         timeout: Duration,
         max_body: u64,
     ) -> Result<Response, TransportError> {
-        let headers = request.headers_mut();
-        headers.insert(HOST, self.authority.clone());
-        headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
-        let exchange = async {
-            let response = conn.sender.send_request(request);
-            let response = conn.drive(response).await?;
-            let (parts, mut body) = response.into_parts();
-            let announced = parts
-                .headers
-                .get(CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            if announced.is_some_and(|len| len > max_body) {
-                return Ok(Response::oversized(parts));
-            }
-            // Read frame by frame, so a body longer than announced (or
-            // chunked, announced not at all) stops at the limit too.
-            let mut read = BytesMut::new();
-            while let Some(frame) = conn.drive(async { body.frame().await.transpose() }).await? {
-                if let Ok(data) = frame.into_data() {
-                    if (read.len() + data.len()) as u64 > max_body {
-                        return Ok(Response::oversized(parts));
-                    }
-                    read.extend_from_slice(&data);
-                }
-            }
-            Ok(Response {
-                status: parts.status,
-                headers: parts.headers,
-                body: read.freeze(),
-                oversized: false,
-            })
-        };
-        tokio::time::timeout(timeout, exchange)
+        let (parts, body) = request.into_parts();
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        conn.out.clear();
+        wire::write_head(
+            &mut conn.out,
+            &parts.method,
+            target,
+            &self.authority,
+            AGENT,
+            &parts.headers,
+            body.len(),
+        );
+        if body.len() <= INLINE_BODY_BYTES {
+            conn.out.extend_from_slice(&body);
+        }
+        tokio::time::timeout(timeout, conn.exchange(&parts.method, &body, max_body))
             .await
             .map_err(|_| TransportError::timeout(timeout))?
     }
-}
-
-async fn handshake<S>(stream: S) -> Result<Conn, TransportError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let (sender, connection) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| TransportError::new(TransportKind::Connect, &e))?;
-    Ok(Conn {
-        sender,
-        io: Box::pin(connection),
-        ended: false,
-    })
 }
 
 /// TLS with the platform's verifier and ring (installed as the process's
@@ -384,5 +486,243 @@ mod tests {
         let e = origin.connect(Duration::from_secs(5)).await.err().unwrap();
         assert_eq!(e.kind, TransportKind::Connect);
         assert!(e.to_string().starts_with("connect error: "), "{e}");
+    }
+
+    /// A server of one connection: for each answer, reads one request
+    /// (head and Content-Length body) and writes the answer `step` bytes
+    /// at a time; closes after the last. Gives back the requests read.
+    async fn server(
+        answers: Vec<&'static str>,
+        step: usize,
+    ) -> (Origin, tokio::task::JoinHandle<Vec<String>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin =
+            Origin::new(&format!("http://{}/api", listener.local_addr().unwrap())).unwrap();
+        let served = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut requests = Vec::new();
+            let mut buf = Vec::new();
+            for answer in answers {
+                let request = loop {
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8(buf[..end + 4].to_vec()).unwrap();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .map_or(0, |l| l.parse::<usize>().unwrap());
+                        if buf.len() >= end + 4 + length {
+                            let request: Vec<u8> = buf.drain(..end + 4 + length).collect();
+                            break String::from_utf8(request).unwrap();
+                        }
+                    }
+                    let mut more = [0u8; 1024];
+                    let n = socket.read(&mut more).await.unwrap();
+                    assert!(n > 0, "the client closed before its request");
+                    buf.extend_from_slice(&more[..n]);
+                };
+                requests.push(request);
+                for piece in answer.as_bytes().chunks(step) {
+                    socket.write_all(piece).await.unwrap();
+                    socket.flush().await.unwrap();
+                    if step < answer.len() {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+            requests
+        });
+        (origin, served)
+    }
+
+    fn post(origin: &Origin, body: &'static str) -> Request<Bytes> {
+        let mut request = Request::new(Bytes::from_static(body.as_bytes()));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = origin.target("/contacts?x=1").unwrap();
+        request
+            .headers_mut()
+            .insert("idempotency-key", HeaderValue::from_static("k1"));
+        request
+    }
+
+    const SECOND: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn requests_and_answers_of_every_framing_share_one_connection() {
+        let answers = vec![
+            "HTTP/1.1 201 Created\r\nContent-Length: 8\r\nX-Quota: 7\r\n\r\n{\"id\":1}",
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nT: 1\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\n\r\n",
+            "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 2\r\nContent-Length: 0\r\n\r\n",
+        ];
+        // Whole answers, and answers arriving a byte at a time.
+        for step in [usize::MAX, 1] {
+            let (origin, served) = server(answers.clone(), step.min(4096)).await;
+            let mut conn = origin.connect(SECOND).await.unwrap();
+            let mut got = Vec::new();
+            for body in ["{\"a\":1}", "", "x", "{}"] {
+                assert!(conn.ready().await);
+                let r = origin
+                    .send(&mut conn, post(&origin, body), SECOND, 1024)
+                    .await
+                    .unwrap();
+                assert!(!r.oversized);
+                got.push((r.status.as_u16(), r.body, r.headers));
+            }
+            assert_eq!(got[0].0, 201);
+            assert_eq!(&got[0].1[..], b"{\"id\":1}");
+            assert_eq!(got[0].2["x-quota"], "7");
+            assert_eq!((got[1].0, &got[1].1[..]), (200, &b"abcde"[..]));
+            assert_eq!((got[2].0, got[2].1.len()), (204, 0));
+            assert_eq!(got[3].0, 429);
+            assert_eq!(got[3].2["retry-after"], "2");
+
+            // The server closed after the last answer: the idle connection
+            // is seen closed.
+            let requests = served.await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(!conn.ready().await);
+            let host = origin.authority.to_str().unwrap().to_owned();
+            assert_eq!(
+                requests[0],
+                format!(
+                    "POST /api/contacts?x=1 HTTP/1.1\r\nhost: {host}\r\nuser-agent: {AGENT}\r\n\
+                     idempotency-key: k1\r\ncontent-length: 7\r\n\r\n{{\"a\":1}}"
+                )
+            );
+            assert!(
+                requests[1].ends_with("content-length: 0\r\n\r\n"),
+                "{}",
+                requests[1]
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_ends_the_connection_leaves_it_unusable() {
+        for answer in [
+            // Read until the provider closes.
+            "HTTP/1.1 200 OK\r\n\r\nall of it",
+            // Says it will close.
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 9\r\n\r\nall of it",
+            // HTTP/1.0 without keep-alive.
+            "HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\nall of it",
+        ] {
+            let (origin, served) = server(vec![answer], usize::MAX).await;
+            let mut conn = origin.connect(SECOND).await.unwrap();
+            let r = origin
+                .send(&mut conn, post(&origin, "{}"), SECOND, 1024)
+                .await
+                .unwrap();
+            assert_eq!(&r.body[..], b"all of it", "{answer}");
+            assert!(!conn.ready().await, "{answer}");
+            served.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_not_read() {
+        for answer in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n0123456789a",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n012345\r\n5\r\n6789a\r\n0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\n\r\n0123456789a",
+        ] {
+            let (origin, served) = server(vec![answer], usize::MAX).await;
+            let mut conn = origin.connect(SECOND).await.unwrap();
+            let r = origin
+                .send(&mut conn, post(&origin, "{}"), SECOND, 10)
+                .await
+                .unwrap();
+            assert!(r.oversized, "{answer}");
+            assert_eq!((r.status.as_u16(), r.body.len()), (200, 0));
+            assert!(!conn.ready().await);
+            served.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn broken_answers_are_network_errors() {
+        for (answer, says) in [
+            ("", "closed the connection before the response"),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Le",
+                "closed the connection before the response",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab",
+                "in the middle of the response body",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+                "in the middle",
+            ),
+            ("hello there\r\n\r\n", "invalid response head"),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nxyz\r\n",
+                "invalid chunk size",
+            ),
+        ] {
+            let (origin, served) = server(vec![answer], usize::MAX).await;
+            let mut conn = origin.connect(SECOND).await.unwrap();
+            let e = origin
+                .send(&mut conn, post(&origin, "{}"), SECOND, 1024)
+                .await
+                .err()
+                .unwrap();
+            assert_eq!(e.kind, TransportKind::Network, "{answer:?}");
+            assert!(e.to_string().contains(says), "{answer:?}: {e}");
+            assert!(!conn.ready().await);
+            served.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_after_an_answer_leave_the_connection_unusable() {
+        let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n";
+        let (origin, served) = server(vec![answer], usize::MAX).await;
+        let mut conn = origin.connect(SECOND).await.unwrap();
+        let r = origin
+            .send(&mut conn, post(&origin, "{}"), SECOND, 1024)
+            .await
+            .unwrap();
+        assert_eq!(&r.body[..], b"ok");
+        assert!(!conn.ready().await);
+        served.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn no_answer_in_time_is_a_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = Origin::new(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let silent = tokio::spawn(async move { listener.accept().await.unwrap() });
+        let mut conn = origin.connect(SECOND).await.unwrap();
+        let wait = Duration::from_millis(100);
+        let e = origin
+            .send(&mut conn, post(&origin, "{}"), wait, 1024)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.kind, TransportKind::Timeout);
+        assert!(!conn.ready().await);
+        drop(silent.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_large_body_goes_out_whole() {
+        let body: &'static str = Box::leak("x".repeat(INLINE_BODY_BYTES * 3 + 7).into_boxed_str());
+        let (origin, served) = server(
+            vec!["HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"],
+            usize::MAX,
+        )
+        .await;
+        let mut conn = origin.connect(SECOND).await.unwrap();
+        let r = origin
+            .send(&mut conn, post(&origin, body), SECOND, 1024)
+            .await
+            .unwrap();
+        assert_eq!(r.status.as_u16(), 200);
+        let requests = served.await.unwrap();
+        assert!(requests[0].ends_with(body));
+        assert!(requests[0].contains(&format!("content-length: {}\r\n", body.len())));
     }
 }

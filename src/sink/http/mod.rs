@@ -76,6 +76,7 @@ mod test_server;
 #[cfg(test)]
 mod tests;
 mod verdict;
+mod wire;
 
 pub use api::{ApiBuildError, ProviderApi};
 pub use batcher::Batcher;

@@ -6,9 +6,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use http::{Request, Uri};
-use http_body_util::Full;
 use serde::Deserialize;
 
 use super::conn::Origin;
@@ -80,7 +79,7 @@ impl TokenEndpoint {
             .append_pair("refresh_token", refresh_token.expose())
             .finish();
         let body = Bytes::from(body);
-        let mut request = Request::new(Full::new(body.clone()));
+        let mut request = Request::new(body);
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = self.target.clone();
         let headers = request.headers_mut();
@@ -89,7 +88,6 @@ impl TokenEndpoint {
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
 
         let mut conn = match self.origin.connect(self.timeout).await {
             Ok(conn) => conn,
