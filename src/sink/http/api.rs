@@ -5,14 +5,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
-use http::{Request, StatusCode, Uri};
+use http::StatusCode;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde_json::Value;
 use tokio::time::Instant;
 
 use super::account::{AccountState, Accounts};
 use super::breaker::{Breaker, BreakerState, ProviderHealth};
-use super::conn::Origin;
+use super::conn::{Conn, Origin, Outgoing, Response, Target, TransportError};
 use super::credentials::{AccountCredentials, Token};
 use super::metrics::ProviderMetrics;
 use super::pause::Pause;
@@ -74,7 +74,7 @@ pub enum ApiBuildError {
 pub(super) struct Call<'a> {
     pub req: ApiRequest<'a>,
     pub endpoint: &'a Endpoint,
-    pub target: Uri,
+    pub target: Target,
     pub idempotency_key: HeaderValue,
     pub body: Option<Bytes>,
 }
@@ -380,9 +380,8 @@ impl ProviderApi {
 
         let _in_flight = RequestInFlight::start(self);
         let started = Instant::now();
-        let request = self.request(call, token);
         let limit = self.provider.max_response_bytes;
-        let sent = self.origin.send(slot.conn(), request, timeout, limit).await;
+        let sent = self.send_on(slot.conn(), call, token, timeout, limit).await;
         let attempt = match sent {
             Ok(response) if response.oversized => {
                 // The rest of the body is still on the connection.
@@ -414,36 +413,47 @@ impl ProviderApi {
         Ok(Some(attempt))
     }
 
-    /// The HTTP request of one attempt: the endpoint's method and path, the
-    /// provider's headers, the idempotency key and the JSON body.
-    fn request(&self, call: &Call<'_>, token: Option<&Token>) -> Request<Bytes> {
+    /// Sends the HTTP request of one attempt on `conn`: the endpoint's
+    /// method and path, the provider's headers, the token, the idempotency
+    /// key, the precondition and the JSON body. A header syncflow sets
+    /// replaces the provider's header of the same name.
+    async fn send_on(
+        &self,
+        conn: &mut Conn,
+        call: &Call<'_>,
+        token: Option<&Token>,
+        timeout: Duration,
+        limit: u64,
+    ) -> Result<Response, TransportError> {
+        let precondition = match (&call.endpoint.unmodified_since, call.req.unmodified_since) {
+            (Some(precondition), Some(at)) => Some((&precondition.header, precondition.value(at))),
+            _ => None,
+        };
+        let idempotency = self
+            .idempotency_header
+            .as_ref()
+            .filter(|_| !call.idempotency_key.is_empty())
+            .map(|name| (name, &call.idempotency_key));
+        let json = HeaderValue::from_static("application/json");
+        let set = [
+            token.map(|token| (&AUTHORIZATION, &token.header)),
+            idempotency,
+            precondition.as_ref().map(|(name, value)| (*name, value)),
+            call.body.as_ref().map(|_| (&CONTENT_TYPE, &json)),
+        ];
+        let ours = set.iter().flatten().copied();
+        let provider = self
+            .headers
+            .iter()
+            .filter(|(name, _)| !ours.clone().any(|(set, _)| set == *name));
         let body = call.body.clone().unwrap_or_default();
-        let mut request = Request::new(body);
-        *request.method_mut() = call.endpoint.method.clone();
-        *request.uri_mut() = call.target.clone();
-        let headers = request.headers_mut();
-        headers.reserve(self.headers.len() + 5);
-        for (name, value) in &self.headers {
-            headers.append(name, value.clone());
-        }
-        if let Some(token) = token {
-            headers.insert(http::header::AUTHORIZATION, token.header.clone());
-        }
-        if let Some(name) = &self.idempotency_header
-            && !call.idempotency_key.is_empty()
-        {
-            headers.insert(name, call.idempotency_key.clone());
-        }
-        if let (Some(precondition), Some(at)) =
-            (&call.endpoint.unmodified_since, call.req.unmodified_since)
-        {
-            headers.insert(precondition.header.clone(), precondition.value(at));
-        }
-        if call.body.is_some() {
-            // The length is the connection's to write (conn.rs).
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        }
-        request
+        let request = Outgoing {
+            method: &call.endpoint.method,
+            target: &call.target,
+            headers: provider.chain(ours.clone()),
+            body: &body,
+        };
+        self.origin.send(conn, request, timeout, limit).await
     }
 
     fn success(
@@ -524,7 +534,7 @@ impl ProviderApi {
     }
 
     /// The URL of `path` under the provider's `base_url`.
-    pub(super) fn target(&self, path: &str) -> Result<Uri, String> {
+    pub(super) fn target(&self, path: &str) -> Result<Target, String> {
         self.origin.target(path)
     }
 

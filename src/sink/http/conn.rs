@@ -17,8 +17,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderValue};
-use http::{Method, Request, StatusCode, Uri};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -365,12 +365,22 @@ impl Origin {
         })
     }
 
-    /// The request target for `path` (which starts with '/').
-    pub fn target(&self, path: &str) -> Result<Uri, String> {
+    /// The request target for `path` (which starts with '/'): printable
+    /// ASCII, no space and no fragment, as a request line needs it (a
+    /// path's placeholders are percent-encoded when it is rendered).
+    pub fn target(&self, path: &str) -> Result<Target, String> {
+        if !path.starts_with('/') {
+            return Err(format!("bad request path {path:?}: it must start with '/'"));
+        }
+        if let Some(bad) = path.chars().find(|&c| !c.is_ascii_graphic() || c == '#') {
+            return Err(format!(
+                "bad request path {path:?}: {bad:?} must be percent-encoded"
+            ));
+        }
         let mut target = String::with_capacity(self.prefix.len() + path.len());
         target.push_str(&self.prefix);
         target.push_str(path);
-        Uri::try_from(target).map_err(|e| format!("bad request path {path:?}: {e}"))
+        Ok(Target(target))
     }
 
     /// Opens a connection (TCP, and TLS for https) within
@@ -406,31 +416,58 @@ impl Origin {
     /// response, within `timeout`. A body longer than `max_body` is not
     /// read: the response comes back `oversized` and the connection must be
     /// dropped.
-    pub async fn send(
+    pub async fn send<'h>(
         &self,
         conn: &mut Conn,
-        request: Request<Bytes>,
+        request: Outgoing<'_, impl IntoIterator<Item = (&'h HeaderName, &'h HeaderValue)>>,
         timeout: Duration,
         max_body: u64,
     ) -> Result<Response, TransportError> {
-        let (parts, body) = request.into_parts();
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let Outgoing {
+            method,
+            target,
+            headers,
+            body,
+        } = request;
         conn.out.clear();
         wire::write_head(
             &mut conn.out,
-            &parts.method,
-            target,
+            method,
+            target.as_str(),
             &self.authority,
             AGENT,
-            &parts.headers,
+            headers,
             body.len(),
         );
         if body.len() <= INLINE_BODY_BYTES {
-            conn.out.extend_from_slice(&body);
+            conn.out.extend_from_slice(body);
         }
-        tokio::time::timeout(timeout, conn.exchange(&parts.method, &body, max_body))
+        tokio::time::timeout(timeout, conn.exchange(method, body, max_body))
             .await
             .map_err(|_| TransportError::timeout(timeout))?
+    }
+}
+
+/// One request as [`Origin::send`] writes it: no header map and no URI
+/// parsed per request (a record's request is built from parts the provider
+/// compiled at load).
+pub(super) struct Outgoing<'a, H> {
+    pub method: &'a Method,
+    pub target: &'a Target,
+    /// Any Host, User-Agent, Content-Length or Transfer-Encoding among them
+    /// is not sent: the origin and the body say those.
+    pub headers: H,
+    pub body: &'a Bytes,
+}
+
+/// A request target: `base_url`'s path and a request's path (and query)
+/// under it, checked to be one (see [`Origin::target`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Target(String);
+
+impl Target {
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -460,14 +497,21 @@ mod tests {
         assert_eq!(o.authority, "127.0.0.1:8080");
         assert!(o.tls.is_none());
         assert_eq!(
-            o.target("/crm/v3/objects/contacts").unwrap(),
+            o.target("/crm/v3/objects/contacts").unwrap().as_str(),
             "/crm/v3/objects/contacts"
         );
 
         let o = Origin::new("https://api.example.com/services/").unwrap();
         assert_eq!((o.host.as_str(), o.port), ("api.example.com", 443));
         assert!(o.tls.is_some());
-        assert_eq!(o.target("/data/x?y=1").unwrap(), "/services/data/x?y=1");
+        assert_eq!(
+            o.target("/data/x?y=1").unwrap().as_str(),
+            "/services/data/x?y=1"
+        );
+        assert!(o.target("/a b").unwrap_err().contains("' '"));
+        assert!(o.target("/a#b").is_err());
+        assert!(o.target("/a\u{e9}").is_err());
+        assert!(o.target("a").is_err());
 
         let o = Origin::new("http://[::1]/v1").unwrap();
         assert_eq!(
@@ -535,14 +579,25 @@ mod tests {
         (origin, served)
     }
 
-    fn post(origin: &Origin, body: &'static str) -> Request<Bytes> {
-        let mut request = Request::new(Bytes::from_static(body.as_bytes()));
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = origin.target("/contacts?x=1").unwrap();
-        request
-            .headers_mut()
-            .insert("idempotency-key", HeaderValue::from_static("k1"));
-        request
+    /// POSTs `body` to `/contacts?x=1` with an idempotency key.
+    async fn post(
+        origin: &Origin,
+        conn: &mut Conn,
+        body: &'static str,
+        timeout: Duration,
+        max_body: u64,
+    ) -> Result<Response, TransportError> {
+        let target = origin.target("/contacts?x=1").unwrap();
+        let body = Bytes::from_static(body.as_bytes());
+        let name = HeaderName::from_static("idempotency-key");
+        let value = HeaderValue::from_static("k1");
+        let request = Outgoing {
+            method: &Method::POST,
+            target: &target,
+            headers: [(&name, &value)],
+            body: &body,
+        };
+        origin.send(conn, request, timeout, max_body).await
     }
 
     const SECOND: Duration = Duration::from_secs(5);
@@ -562,10 +617,7 @@ mod tests {
             let mut got = Vec::new();
             for body in ["{\"a\":1}", "", "x", "{}"] {
                 assert!(conn.ready().await);
-                let r = origin
-                    .send(&mut conn, post(&origin, body), SECOND, 1024)
-                    .await
-                    .unwrap();
+                let r = post(&origin, &mut conn, body, SECOND, 1024).await.unwrap();
                 assert!(!r.oversized);
                 got.push((r.status.as_u16(), r.body, r.headers));
             }
@@ -610,10 +662,7 @@ mod tests {
         ] {
             let (origin, served) = server(vec![answer], usize::MAX).await;
             let mut conn = origin.connect(SECOND).await.unwrap();
-            let r = origin
-                .send(&mut conn, post(&origin, "{}"), SECOND, 1024)
-                .await
-                .unwrap();
+            let r = post(&origin, &mut conn, "{}", SECOND, 1024).await.unwrap();
             assert_eq!(&r.body[..], b"all of it", "{answer}");
             assert!(!conn.ready().await, "{answer}");
             served.await.unwrap();
@@ -629,10 +678,7 @@ mod tests {
         ] {
             let (origin, served) = server(vec![answer], usize::MAX).await;
             let mut conn = origin.connect(SECOND).await.unwrap();
-            let r = origin
-                .send(&mut conn, post(&origin, "{}"), SECOND, 10)
-                .await
-                .unwrap();
+            let r = post(&origin, &mut conn, "{}", SECOND, 10).await.unwrap();
             assert!(r.oversized, "{answer}");
             assert_eq!((r.status.as_u16(), r.body.len()), (200, 0));
             assert!(!conn.ready().await);
@@ -664,8 +710,7 @@ mod tests {
         ] {
             let (origin, served) = server(vec![answer], usize::MAX).await;
             let mut conn = origin.connect(SECOND).await.unwrap();
-            let e = origin
-                .send(&mut conn, post(&origin, "{}"), SECOND, 1024)
+            let e = post(&origin, &mut conn, "{}", SECOND, 1024)
                 .await
                 .err()
                 .unwrap();
@@ -681,10 +726,7 @@ mod tests {
         let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n";
         let (origin, served) = server(vec![answer], usize::MAX).await;
         let mut conn = origin.connect(SECOND).await.unwrap();
-        let r = origin
-            .send(&mut conn, post(&origin, "{}"), SECOND, 1024)
-            .await
-            .unwrap();
+        let r = post(&origin, &mut conn, "{}", SECOND, 1024).await.unwrap();
         assert_eq!(&r.body[..], b"ok");
         assert!(!conn.ready().await);
         served.await.unwrap();
@@ -697,8 +739,7 @@ mod tests {
         let silent = tokio::spawn(async move { listener.accept().await.unwrap() });
         let mut conn = origin.connect(SECOND).await.unwrap();
         let wait = Duration::from_millis(100);
-        let e = origin
-            .send(&mut conn, post(&origin, "{}"), wait, 1024)
+        let e = post(&origin, &mut conn, "{}", wait, 1024)
             .await
             .err()
             .unwrap();
@@ -716,10 +757,7 @@ mod tests {
         )
         .await;
         let mut conn = origin.connect(SECOND).await.unwrap();
-        let r = origin
-            .send(&mut conn, post(&origin, body), SECOND, 1024)
-            .await
-            .unwrap();
+        let r = post(&origin, &mut conn, body, SECOND, 1024).await.unwrap();
         assert_eq!(r.status.as_u16(), 200);
         let requests = served.await.unwrap();
         assert!(requests[0].ends_with(body));

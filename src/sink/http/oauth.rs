@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
-use http::{Request, Uri};
+use http::{Method, Uri};
 use serde::Deserialize;
 
-use super::conn::Origin;
+use super::conn::{Origin, Outgoing, Target};
 use crate::config::secret::Secret;
 use crate::provider::OAuth2;
 
@@ -20,7 +20,7 @@ const MAX_BODY: u64 = 64 * 1024;
 /// A provider's token endpoint, with the app's client credentials.
 pub(super) struct TokenEndpoint {
     origin: Origin,
-    target: Uri,
+    target: Target,
     client_id: String,
     client_secret: Secret,
     timeout: Duration,
@@ -79,15 +79,14 @@ impl TokenEndpoint {
             .append_pair("refresh_token", refresh_token.expose())
             .finish();
         let body = Bytes::from(body);
-        let mut request = Request::new(body);
-        *request.method_mut() = http::Method::POST;
-        *request.uri_mut() = self.target.clone();
-        let headers = request.headers_mut();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/x-www-form-urlencoded"),
-        );
-        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        let form = HeaderValue::from_static("application/x-www-form-urlencoded");
+        let json = HeaderValue::from_static("application/json");
+        let request = Outgoing {
+            method: &Method::POST,
+            target: &self.target,
+            headers: [(&CONTENT_TYPE, &form), (&ACCEPT, &json)],
+            body: &body,
+        };
 
         let mut conn = match self.origin.connect(self.timeout).await {
             Ok(conn) => conn,

@@ -157,6 +157,33 @@ async fn every_attempt_carries_the_same_idempotency_key_auth_and_body() {
 }
 
 #[tokio::test]
+async fn a_header_syncflow_sets_replaces_the_providers_own() {
+    let server = TestServer::start([], Reply::json(201, json!({"id": "c1"}))).await;
+    let mut provider = provider(server.url());
+    for (name, value) in [
+        ("X-Tenant", "t1"),
+        ("Content-Type", "text/plain"),
+        ("Idempotency-Key", "fixed"),
+        ("Host", "elsewhere"),
+    ] {
+        provider.headers.push((
+            name.to_string(),
+            crate::config::secret::Secret::new(value.to_string()),
+        ));
+    }
+    sink(provider).send(create(&json!({}))).await.unwrap();
+    let seen = server.seen();
+    let count = |name| seen[0].headers.get_all(name).iter().count();
+    assert_eq!(header(&seen[0], "x-tenant"), "t1");
+    assert_eq!(header(&seen[0], "content-type"), "application/json");
+    assert_eq!(header(&seen[0], "idempotency-key"), "contacts:42");
+    assert_ne!(header(&seen[0], "host"), "elsewhere");
+    for name in ["content-type", "idempotency-key", "host", "content-length"] {
+        assert_eq!(count(name), 1, "{name}");
+    }
+}
+
+#[tokio::test]
 async fn retry_after_in_seconds_is_waited_out() {
     let script = [Reply::status(503).header("retry-after", 1)];
     let server = TestServer::start(script, Reply::status(200)).await;

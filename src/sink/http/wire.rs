@@ -26,13 +26,13 @@ const MAX_LINE_BYTES: usize = 4 * 1024;
 /// `headers` without any Host, User-Agent, Content-Length or
 /// Transfer-Encoding of theirs (the body's length is known and sent as
 /// Content-Length), then the blank line.
-pub fn write_head(
+pub fn write_head<'h>(
     out: &mut Vec<u8>,
     method: &Method,
     target: &str,
     host: &HeaderValue,
     agent: &str,
-    headers: &HeaderMap,
+    headers: impl IntoIterator<Item = (&'h HeaderName, &'h HeaderValue)>,
     body_len: usize,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
