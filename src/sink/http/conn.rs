@@ -534,11 +534,16 @@ mod tests {
 
     /// A server of one connection: for each answer, reads one request
     /// (head and Content-Length body) and writes the answer `step` bytes
-    /// at a time; closes after the last. Gives back the requests read.
+    /// at a time. After the last it closes when `close` says so, else it
+    /// gives the connection back, open, with the requests read.
     async fn server(
         answers: Vec<&'static str>,
         step: usize,
-    ) -> (Origin, tokio::task::JoinHandle<Vec<String>>) {
+        close: bool,
+    ) -> (
+        Origin,
+        tokio::task::JoinHandle<(Vec<String>, Option<tokio::net::TcpStream>)>,
+    ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let origin =
@@ -574,7 +579,7 @@ mod tests {
                     }
                 }
             }
-            requests
+            (requests, (!close).then_some(socket))
         });
         (origin, served)
     }
@@ -602,6 +607,21 @@ mod tests {
 
     const SECOND: Duration = Duration::from_secs(5);
 
+    /// One POST answered with `answer` (the server then closes if `close`):
+    /// what it came to, and whether the connection was ready for another.
+    async fn answered(
+        answer: &'static str,
+        max_body: u64,
+        close: bool,
+    ) -> (Result<Response, TransportError>, bool) {
+        let (origin, served) = server(vec![answer], usize::MAX, close).await;
+        let mut conn = origin.connect(SECOND).await.unwrap();
+        let result = post(&origin, &mut conn, "{}", SECOND, max_body).await;
+        let ready = conn.ready().await;
+        served.await.unwrap();
+        (result, ready)
+    }
+
     #[tokio::test]
     async fn requests_and_answers_of_every_framing_share_one_connection() {
         let answers = vec![
@@ -612,7 +632,7 @@ mod tests {
         ];
         // Whole answers, and answers arriving a byte at a time.
         for step in [usize::MAX, 1] {
-            let (origin, served) = server(answers.clone(), step.min(4096)).await;
+            let (origin, served) = server(answers.clone(), step.min(4096), true).await;
             let mut conn = origin.connect(SECOND).await.unwrap();
             let mut got = Vec::new();
             for body in ["{\"a\":1}", "", "x", "{}"] {
@@ -631,7 +651,7 @@ mod tests {
 
             // The server closed after the last answer: the idle connection
             // is seen closed.
-            let requests = served.await.unwrap();
+            let (requests, _) = served.await.unwrap();
             tokio::time::sleep(Duration::from_millis(50)).await;
             assert!(!conn.ready().await);
             let host = origin.authority.to_str().unwrap().to_owned();
@@ -652,20 +672,23 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_that_ends_the_connection_leaves_it_unusable() {
-        for answer in [
+        for (answer, close) in [
             // Read until the provider closes.
-            "HTTP/1.1 200 OK\r\n\r\nall of it",
-            // Says it will close.
-            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 9\r\n\r\nall of it",
+            ("HTTP/1.1 200 OK\r\n\r\nall of it", true),
+            // Says it will close (and has not yet).
+            (
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 9\r\n\r\nall of it",
+                false,
+            ),
             // HTTP/1.0 without keep-alive.
-            "HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\nall of it",
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\nall of it",
+                false,
+            ),
         ] {
-            let (origin, served) = server(vec![answer], usize::MAX).await;
-            let mut conn = origin.connect(SECOND).await.unwrap();
-            let r = post(&origin, &mut conn, "{}", SECOND, 1024).await.unwrap();
-            assert_eq!(&r.body[..], b"all of it", "{answer}");
-            assert!(!conn.ready().await, "{answer}");
-            served.await.unwrap();
+            let (r, ready) = answered(answer, 1024, close).await;
+            assert_eq!(&r.unwrap().body[..], b"all of it", "{answer}");
+            assert!(!ready, "{answer}");
         }
     }
 
@@ -676,13 +699,11 @@ mod tests {
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n012345\r\n5\r\n6789a\r\n0\r\n\r\n",
             "HTTP/1.1 200 OK\r\n\r\n0123456789a",
         ] {
-            let (origin, served) = server(vec![answer], usize::MAX).await;
-            let mut conn = origin.connect(SECOND).await.unwrap();
-            let r = post(&origin, &mut conn, "{}", SECOND, 10).await.unwrap();
+            let (r, ready) = answered(answer, 10, false).await;
+            let r = r.unwrap();
             assert!(r.oversized, "{answer}");
             assert_eq!((r.status.as_u16(), r.body.len()), (200, 0));
-            assert!(!conn.ready().await);
-            served.await.unwrap();
+            assert!(!ready);
         }
     }
 
@@ -708,28 +729,26 @@ mod tests {
                 "invalid chunk size",
             ),
         ] {
-            let (origin, served) = server(vec![answer], usize::MAX).await;
-            let mut conn = origin.connect(SECOND).await.unwrap();
-            let e = post(&origin, &mut conn, "{}", SECOND, 1024)
-                .await
-                .err()
-                .unwrap();
+            let (r, ready) = answered(answer, 1024, true).await;
+            let e = r.err().unwrap();
             assert_eq!(e.kind, TransportKind::Network, "{answer:?}");
             assert!(e.to_string().contains(says), "{answer:?}: {e}");
-            assert!(!conn.ready().await);
-            served.await.unwrap();
+            assert!(!ready);
         }
     }
 
     #[tokio::test]
     async fn bytes_after_an_answer_leave_the_connection_unusable() {
+        // The server stays open: only the unasked bytes end the connection.
         let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n";
-        let (origin, served) = server(vec![answer], usize::MAX).await;
-        let mut conn = origin.connect(SECOND).await.unwrap();
-        let r = post(&origin, &mut conn, "{}", SECOND, 1024).await.unwrap();
-        assert_eq!(&r.body[..], b"ok");
-        assert!(!conn.ready().await);
-        served.await.unwrap();
+        let (r, ready) = answered(answer, 1024, false).await;
+        assert_eq!(&r.unwrap().body[..], b"ok");
+        assert!(!ready);
+        // And an answer that leaves nothing behind keeps it.
+        let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let (r, ready) = answered(answer, 1024, false).await;
+        assert_eq!(&r.unwrap().body[..], b"ok");
+        assert!(ready);
     }
 
     #[tokio::test]
@@ -754,12 +773,13 @@ mod tests {
         let (origin, served) = server(
             vec!["HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"],
             usize::MAX,
+            true,
         )
         .await;
         let mut conn = origin.connect(SECOND).await.unwrap();
         let r = post(&origin, &mut conn, body, SECOND, 1024).await.unwrap();
         assert_eq!(r.status.as_u16(), 200);
-        let requests = served.await.unwrap();
+        let (requests, _) = served.await.unwrap();
         assert!(requests[0].ends_with(body));
         assert!(requests[0].contains(&format!("content-length: {}\r\n", body.len())));
     }
