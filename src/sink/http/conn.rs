@@ -45,6 +45,11 @@ pub(super) struct Conn {
 const INLINE_BODY_BYTES: usize = 16 * 1024;
 /// How much a read asks for at least.
 const READ_BYTES: usize = 8 * 1024;
+/// After an answer longer than this the read buffer is dropped, not kept:
+/// a body read with Content-Length is a slice of the read buffer's
+/// allocation, which the buffer would keep alive after the body is gone,
+/// and an idle connection should not hold a large answer's memory.
+const KEPT_BUF_BYTES: usize = 4 * READ_BYTES;
 
 enum Stream {
     Plain(TcpStream),
@@ -197,6 +202,9 @@ impl Conn {
         // Bytes after the answer were not asked for: the connection's state
         // is unknown.
         self.reusable = head.keep_alive && self.buf.is_empty();
+        if body.len() > KEPT_BUF_BYTES {
+            self.buf = BytesMut::new();
+        }
         Ok(Response {
             status: head.status,
             headers: head.headers,
@@ -749,6 +757,28 @@ mod tests {
         let (r, ready) = answered(answer, 1024, false).await;
         assert_eq!(&r.unwrap().body[..], b"ok");
         assert!(ready);
+    }
+
+    #[tokio::test]
+    async fn a_large_answer_leaves_no_large_buffer_behind() {
+        let answer: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n{}",
+                "x".repeat(100_000)
+            )
+            .into_boxed_str(),
+        );
+        let (origin, served) = server(vec![answer], usize::MAX, false).await;
+        let mut conn = origin.connect(SECOND).await.unwrap();
+        let r = post(&origin, &mut conn, "{}", SECOND, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(r.body.len(), 100_000);
+        // The connection keeps no share of the body's allocation: it is
+        // freed with the body.
+        assert!(r.body.is_unique());
+        assert!(conn.ready().await);
+        drop(served.await.unwrap());
     }
 
     #[tokio::test]
