@@ -82,6 +82,18 @@ pub struct FieldState {
     pub sent: [Vec<Value>; 2],
     #[serde(default)]
     pub seen: [i64; 2],
+    /// The value in the newest change event seen from a side whose events
+    /// come in commit order (System A's): an event that carries it again
+    /// did not change the field. System A's CDC event carries the whole
+    /// record, stamped with the time of a write that may have changed only
+    /// another field (syncflow's own write of it, say): that time must not
+    /// make an older value pass for a newer edit.
+    #[serde(default, skip_serializing_if = "no_values")]
+    pub last: [Option<Value>; 2],
+}
+
+fn no_values(values: &[Option<Value>; 2]) -> bool {
+    values.iter().all(Option::is_none)
 }
 
 /// A field's value in a change event.
@@ -121,6 +133,10 @@ impl FieldState {
         // on a side whose events may come in any order: which of the two
         // the side holds now is unknown, and the winner is written to it.
         let tie = !o.ordered && at == self.seen[i] && at != 0;
+        let unchanged = o.ordered && self.last[i].as_ref() == Some(&value);
+        if o.ordered && at >= self.seen[i] {
+            self.last[i] = Some(value.clone());
+        }
         if let Some(n) = self.sent[i].iter().position(|v| *v == value) {
             self.sent[i].remove(n);
             // An echo older than what the side was seen with since (an
@@ -134,6 +150,16 @@ impl FieldState {
             return Seen::Echo;
         }
         if self.holds[i].as_ref() == Some(&value) {
+            self.seen[i] = self.seen[i].max(at);
+            return Seen::Repeat;
+        }
+        if unchanged {
+            // What the side held at its previous event, whatever this
+            // event's time: not an edit. It holds it now, unless syncflow's
+            // own write is still to come back.
+            if at >= self.seen[i] && self.sent[i].is_empty() {
+                self.holds[i] = Some(value);
+            }
             self.seen[i] = self.seen[i].max(at);
             return Seen::Repeat;
         }
@@ -573,6 +599,56 @@ mod tests {
         let since = state.seen(P);
         assert!(!state.refused(P, &[("phone", &json!("A"))], since));
         assert_eq!(state.fields["phone"].sent[P.index()], Vec::<Value>::new());
+    }
+
+    /// The soak test's second lost edit (c268, last_name): System A's edit
+    /// (200) is heard of after the CRM user's newer one (300), whose write
+    /// to System A is on its way. Before that write lands, syncflow writes
+    /// System A another field: its CDC event carries the field's old value
+    /// "a" again, stamped 320. That is not an edit of the field, whatever
+    /// its time: the CRM's edit stays the winner.
+    #[test]
+    fn a_value_carried_again_by_a_later_event_is_not_a_newer_edit() {
+        for write_fails in [false, true] {
+            let mut f = synced(100);
+            assert_eq!(
+                f.change(obs(P, 300, json!("C"), json!("c")), Policy::Latest),
+                Seen::Won
+            );
+            f.sending(A, json!("c"));
+            assert_eq!(
+                f.change(obs(A, 200, json!("a"), json!("A")), Policy::Latest),
+                Seen::Lost
+            );
+            if write_fails {
+                // (a 503, a timeout: the message is retried)
+                f.withdraw(A, &json!("c"));
+            }
+            assert_eq!(
+                f.change(obs(A, 320, json!("a"), json!("A")), Policy::Latest),
+                Seen::Repeat,
+                "write fails: {write_fails}"
+            );
+            assert_eq!(f.winner.as_ref().unwrap().value, [json!("c"), json!("C")]);
+            if write_fails {
+                // System A holds "a" now, as far as anyone knows: written again.
+                assert_eq!(f.to_write(A), Some(&json!("c")));
+            } else {
+                assert_eq!(f.to_write(A), None, "being written");
+                assert_eq!(
+                    f.change(obs(A, 330, json!("c"), json!("C")), Policy::Latest),
+                    Seen::Echo
+                );
+            }
+            assert_eq!(f.to_write(P), None, "the CRM holds the winner");
+        }
+        // A real edit back to an earlier value is still an edit.
+        let mut f = synced(100);
+        f.change(obs(A, 200, json!("a"), json!("A")), Policy::Latest);
+        assert_eq!(
+            f.change(obs(A, 300, json!("x"), json!("X")), Policy::Latest),
+            Seen::Won
+        );
     }
 
     /// kill -9 between announcing a write and making it: the redelivered
