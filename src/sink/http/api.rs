@@ -14,6 +14,7 @@ use super::account::{AccountState, Accounts};
 use super::breaker::{Breaker, BreakerState, ProviderHealth};
 use super::conn::{Conn, Origin, Outgoing, Response, Target, TransportError};
 use super::credentials::{AccountCredentials, Token};
+use super::fields::Fields;
 use super::metrics::ProviderMetrics;
 use super::pause::Pause;
 use super::retry::{backoff_ceiling, full_jitter, parse_retry_after};
@@ -206,14 +207,13 @@ impl ProviderApi {
 
     /// Follows the provider's count of the requests left, where the quota
     /// names the header that tells it.
-    async fn follow_quota(&self, account: Option<&str>, headers: &HeaderMap) {
+    async fn follow_quota(&self, account: Option<&str>, headers: &Fields) {
         let Some(quotas) = &self.quotas else {
             return;
         };
         let Some(value) = quotas
             .remaining_header()
-            .and_then(|name| headers.get(name))
-            .and_then(|v| v.to_str().ok())
+            .and_then(|name| headers.get(name.as_str()))
         else {
             return;
         };
@@ -227,7 +227,7 @@ impl ProviderApi {
     /// be refused (someone else spends the same account's limit, or our
     /// limit is set above the provider's), so the account, or the provider
     /// for records without one, waits one `rate_limit.per` first.
-    fn follow_window(&self, account: Option<&AccountState>, headers: &HeaderMap) {
+    fn follow_window(&self, account: Option<&AccountState>, headers: &Fields) {
         let (Some(name), Some(limit)) = (
             &self.provider.window_remaining_header,
             &self.provider.rate_limit,
@@ -235,8 +235,7 @@ impl ProviderApi {
             return;
         };
         let left = headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
+            .get(name.as_str())
             .and_then(|v| v.trim().parse::<u64>().ok());
         if left != Some(0) {
             return;
@@ -398,8 +397,7 @@ impl ProviderApi {
                     status: response.status,
                     retry_after: response
                         .headers
-                        .get(RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
+                        .get(RETRY_AFTER.as_str())
                         .and_then(|v| parse_retry_after(v, SystemTime::now())),
                     body: response.body,
                 }

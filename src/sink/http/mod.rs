@@ -66,6 +66,7 @@ mod batcher;
 mod breaker;
 mod conn;
 mod credentials;
+mod fields;
 mod metrics;
 mod oauth;
 mod pause;

@@ -10,10 +10,10 @@
 //! and answers read in full (bench/README.md, "HTTP/1.1 without hyper").
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{
-    CONNECTION, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING,
-};
+use http::header::{CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING};
 use http::{Method, StatusCode};
+
+use super::fields::Fields;
 
 /// The most header lines a response may have.
 const MAX_HEADERS: usize = 100;
@@ -73,7 +73,7 @@ pub fn write_head<'h>(
 #[derive(Debug)]
 pub struct Head {
     pub status: StatusCode,
-    pub headers: HeaderMap,
+    pub headers: Fields,
     pub framing: Framing,
     /// The connection may carry another request after this response.
     pub keep_alive: bool,
@@ -130,16 +130,12 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Parsed, String> {
     let status =
         StatusCode::from_u16(code).map_err(|_| format!("invalid response status {code}"))?;
 
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
     let mut length: Option<u64> = None;
     let mut chunked = None;
     let mut close = response.version == Some(0);
     for line in response.headers.iter() {
-        let name = HeaderName::from_bytes(line.name.as_bytes())
-            .map_err(|_| format!("invalid response header name {:?}", line.name))?;
-        let value = HeaderValue::from_bytes(line.value)
-            .map_err(|_| format!("invalid value of response header {name}"))?;
-        if name == CONTENT_LENGTH {
+        let name = line.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
             let parsed = std::str::from_utf8(line.value)
                 .ok()
                 .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
@@ -154,11 +150,11 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Parsed, String> {
                 return Err("the response has two different Content-Length values".into());
             }
             length = Some(parsed);
-        } else if name == TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // Only the last coding decides: chunked last means chunks.
             let last = tokens(line.value).last();
             chunked = Some(last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")));
-        } else if name == CONNECTION {
+        } else if name.eq_ignore_ascii_case(b"connection") {
             for token in tokens(line.value) {
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
@@ -167,8 +163,8 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Parsed, String> {
                 }
             }
         }
-        headers.append(name, value);
     }
+    let headers = Fields::from_parsed(response.headers);
 
     let framing = if method == Method::HEAD
         || status == StatusCode::NO_CONTENT
@@ -308,6 +304,8 @@ fn take_line(buf: &mut BytesMut) -> Result<Option<Bytes>, String> {
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderMap;
+
     use super::*;
 
     fn head(text: &str) -> Head {
@@ -381,7 +379,7 @@ mod tests {
             (h.status.as_u16(), h.framing, h.keep_alive),
             (201, Framing::Length(17), true)
         );
-        assert_eq!(h.headers["retry-after"], "3");
+        assert_eq!(h.headers.get("retry-after"), Some("3"));
 
         let h = head(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 5\r\n\r\n",
