@@ -1,11 +1,13 @@
 //! The HTTP API (`/contacts`, bearer token when configured) and the admin
 //! routes (`/_admin`, no token, writes counted as a user's).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
@@ -19,6 +21,14 @@ use super::table::{Change, Snapshot, Table, WriteError};
 pub(crate) struct App {
     pub(crate) table: Table,
     pub(crate) token: Option<String>,
+    /// API creates by their `Idempotency-Key`: the record answered, or
+    /// `None` while the first request with that key is being made. A
+    /// client that retries a create whose answer it lost (syncflow after a
+    /// `kill -9` between the create and storing the new key) gets the same
+    /// record instead of a second one, as from the mock CRM. Only creates:
+    /// an update or a delete made twice changes nothing more, and a
+    /// redelivered change may carry a different update under its key.
+    pub(crate) creates: Mutex<HashMap<String, Option<Value>>>,
 }
 
 impl App {
@@ -88,15 +98,17 @@ async fn write(app: &Arc<App>, origin: Origin, change: Change, success: StatusCo
     match app.write(origin, change).await {
         Ok(Some(record)) => (success, Json(record)).into_response(),
         Ok(None) => success.into_response(),
-        Err(e) => {
-            let status = match e {
-                WriteError::NotFound(_) => StatusCode::NOT_FOUND,
-                WriteError::BadFields(_) => StatusCode::BAD_REQUEST,
-                WriteError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            error(status, &e.to_string())
-        }
+        Err(e) => write_error(&e),
     }
+}
+
+fn write_error(e: &WriteError) -> Response {
+    let status = match e {
+        WriteError::NotFound(_) => StatusCode::NOT_FOUND,
+        WriteError::BadFields(_) => StatusCode::BAD_REQUEST,
+        WriteError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, &e.to_string())
 }
 
 async fn create(app: &Arc<App>, origin: Origin, bytes: Bytes) -> Response {
@@ -113,8 +125,47 @@ async fn update(app: &Arc<App>, origin: Origin, id: String, bytes: Bytes) -> Res
     }
 }
 
-async fn api_create(State(app): AppState, bytes: Bytes) -> Response {
-    create(&app, Origin::Api, bytes).await
+async fn api_create(State(app): AppState, headers: HeaderMap, bytes: Bytes) -> Response {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|value| value.to_str().ok());
+    let Some(key) = key else {
+        return create(&app, Origin::Api, bytes).await;
+    };
+    let creates = || app.creates.lock().unwrap_or_else(PoisonError::into_inner);
+    match creates().get(key) {
+        Some(Some(record)) => {
+            let replayed = [("idempotent-replayed", "true")];
+            return (StatusCode::CREATED, replayed, Json(record.clone())).into_response();
+        }
+        Some(None) => {
+            return error(
+                StatusCode::CONFLICT,
+                "a create with this Idempotency-Key is in progress",
+            );
+        }
+        None => {}
+    }
+    creates().insert(key.to_owned(), None);
+    // Only a create that was made is kept: a refused one may be sent again.
+    let made = match body(&bytes) {
+        Ok(fields) => app.write(Origin::Api, Change::Create(fields)).await,
+        Err(message) => {
+            creates().remove(key);
+            return error(StatusCode::BAD_REQUEST, &message);
+        }
+    };
+    match made {
+        Ok(record) => {
+            let record = record.unwrap_or_default();
+            creates().insert(key.to_owned(), Some(record.clone()));
+            (StatusCode::CREATED, Json(record)).into_response()
+        }
+        Err(e) => {
+            creates().remove(key);
+            write_error(&e)
+        }
+    }
 }
 
 async fn api_update(State(app): AppState, Path(id): Path<String>, bytes: Bytes) -> Response {

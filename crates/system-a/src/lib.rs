@@ -21,7 +21,9 @@
 //! ```
 //!
 //! API (bearer token when `token` is set): `POST /contacts` (201 with the
-//! record), `GET /contacts/{id}`, `PATCH /contacts/{id}` (merge; a null
+//! record; a create repeated with the same `Idempotency-Key` is answered
+//! the first one's record, nothing created twice), `GET /contacts/{id}`,
+//! `PATCH /contacts/{id}` (merge; a null
 //! removes a field), `DELETE /contacts/{id}` (204); 404 for a missing
 //! record, 400 for a bad body (not a JSON object, or one with an `"id"`).
 //! The answer comes once the event is stored: while NATS is down, writes
@@ -73,6 +75,7 @@ impl SystemA {
         let app = Arc::new(App {
             table: Table::new(publisher),
             token: config.token.clone(),
+            creates: Default::default(),
         });
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;

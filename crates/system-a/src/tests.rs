@@ -472,3 +472,35 @@ async fn concurrent_writes_keep_each_records_events_in_order() {
         );
     }
 }
+
+/// A create sent again with its `Idempotency-Key` (its answer was lost, the
+/// client died before storing the new key) gets the first one's record:
+/// one record, one event. A refused create is not kept: sent again right,
+/// it is made.
+#[tokio::test]
+async fn a_create_repeated_with_its_idempotency_key_is_made_once() {
+    let f = Fixture::start(None).await;
+    let body = json!({"email": "a@b.c"});
+    let post = |key: &str, body: &Value| {
+        f.request(Method::POST, "/contacts")
+            .header("Idempotency-Key", key)
+            .json(body)
+    };
+    let (status, first) = send(post("k1", &body)).await;
+    assert_eq!((status, &first["id"]), (StatusCode::CREATED, &json!("1")));
+    let again = post("k1", &body).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    let (status, other) = send(post("k2", &body)).await;
+    assert_eq!((status, &other["id"]), (StatusCode::CREATED, &json!("2")));
+
+    let (status, _) = send(post("k3", &json!({"id": "x"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, made) = send(post("k3", &body)).await;
+    assert_eq!((status, &made["id"]), (StatusCode::CREATED, &json!("3")));
+
+    let (_, state) = send(f.request(Method::GET, "/_admin/state")).await;
+    assert_eq!(state["records"].as_object().unwrap().len(), 3);
+    assert_eq!(f.events().await.len(), 3, "one event per record made");
+}
