@@ -486,6 +486,24 @@ async fn both_sides_converge_with_no_echoes_and_no_lost_updates() {
     let orphans_a = a.records.len() as i64 - known_a as i64;
     let live_crm = crm.hubspot.records.len() + crm.salesforce.records.len();
     let orphans_crm = live_crm as i64 - known_a as i64;
+    // Which, when there are any: enough to tell a record made twice (its
+    // twin names the same CRM id) from one whose delete was lost.
+    if orphans_a != 0 || orphans_crm != 0 {
+        let live = || soak.contacts.iter().filter(|c| !c.deleted);
+        let a_ids: Vec<_> = live().filter_map(|c| c.a_id.as_deref()).collect();
+        let crm_ids: Vec<_> = live().filter_map(|c| c.crm_id.as_deref()).collect();
+        for (id, record) in &a.records {
+            if !a_ids.contains(&id.as_str()) {
+                println!("  not made by the test, in System A: {id} {record}");
+            }
+        }
+        let crm_records = crm.hubspot.records.iter().chain(&crm.salesforce.records);
+        for (id, record) in crm_records {
+            if !crm_ids.contains(&id.as_str()) {
+                println!("  not made by the test, in a CRM: {id} {:?}", record.fields);
+            }
+        }
+    }
 
     let metrics = run.metrics().await;
     let kind = |direction: &str, kind: &str| {
@@ -589,7 +607,8 @@ async fn both_sides_converge_with_no_echoes_and_no_lost_updates() {
             );
         }
     }
-    if !divergent.is_empty() && std::env::var("SYNCFLOW_SOAK_KEEP").is_ok() {
+    let failed = !divergent.is_empty() || orphans_a != 0 || orphans_crm != 0;
+    if failed && std::env::var("SYNCFLOW_SOAK_KEEP").is_ok() {
         let kept = soak.env.dir.path().to_path_buf();
         std::mem::forget(soak.env.dir);
         println!("logs kept in {}", kept.display());
