@@ -14,8 +14,8 @@
 use std::fmt;
 
 /// The fields, in the order received: for each, its name's length and its
-/// value's length (two bytes each, little-endian; a head is at most 64 KB,
-/// so each fits), then the name and the value.
+/// value's length (four bytes each, little-endian), then the name and the
+/// value.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Fields {
     bytes: Vec<u8>,
@@ -26,13 +26,13 @@ impl Fields {
     pub(super) fn from_parsed(headers: &[httparse::Header<'_>]) -> Fields {
         let size = headers
             .iter()
-            .map(|h| 4 + h.name.len() + h.value.len())
+            .map(|h| 8 + h.name.len() + h.value.len())
             .sum();
         let mut bytes = Vec::with_capacity(size);
         for h in headers {
             let (name, value) = (h.name.as_bytes(), h.value);
-            // Within a head of at most 64 KB (wire.rs, MAX_HEAD_BYTES).
-            let len = |part: &[u8]| u16::try_from(part.len()).unwrap_or(u16::MAX).to_le_bytes();
+            // A head is far below 4 GB (wire.rs, MAX_HEAD_BYTES).
+            let len = |part: &[u8]| (part.len() as u32).to_le_bytes();
             bytes.extend_from_slice(&len(name));
             bytes.extend_from_slice(&len(value));
             bytes.extend_from_slice(name);
@@ -45,9 +45,9 @@ impl Fields {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
         let mut rest = self.bytes.as_slice();
         std::iter::from_fn(move || {
-            let (lens, after) = rest.split_first_chunk::<4>()?;
-            let name_len = u16::from_le_bytes([lens[0], lens[1]]) as usize;
-            let value_len = u16::from_le_bytes([lens[2], lens[3]]) as usize;
+            let (lens, after) = rest.split_first_chunk::<8>()?;
+            let name_len = u32::from_le_bytes([lens[0], lens[1], lens[2], lens[3]]) as usize;
+            let value_len = u32::from_le_bytes([lens[4], lens[5], lens[6], lens[7]]) as usize;
             let (name, after) = after.split_at(name_len);
             let (value, after) = after.split_at(value_len);
             rest = after;

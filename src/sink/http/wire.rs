@@ -110,6 +110,11 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Parsed, String> {
     let mut response = httparse::Response::new(&mut []);
     let parser = httparse::ParserConfig::default();
     let len = match parser.parse_response_with_uninit_headers(&mut response, buf, &mut lines) {
+        // A head that came whole with more after it may be over the limit
+        // even though the buffer was not when it was still partial.
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => {
+            return Err(format!("response head longer than {MAX_HEAD_BYTES} bytes"));
+        }
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
             return Err(format!("response head longer than {MAX_HEAD_BYTES} bytes"));
@@ -434,6 +439,8 @@ mod tests {
         assert!(err(&many).contains("more than 100 headers"));
         let long = format!("HTTP/1.1 200 OK\r\nX-A: {}", "a".repeat(MAX_HEAD_BYTES));
         assert!(err(&long).contains("longer than"));
+        // The same, complete at once.
+        assert!(err(&format!("{long}\r\n\r\n")).contains("longer than"));
     }
 
     #[test]
