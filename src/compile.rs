@@ -51,7 +51,7 @@ pub fn compile_dir(dir: &Path, env: &dyn Env, run_tests: bool) -> Result<Config,
     let providers: BTreeMap<String, Arc<Provider>> = raw
         .providers
         .iter()
-        .filter_map(|p| provider::compile(p, &engine, &mut diags))
+        .filter_map(|p| provider::compile(p, dir, &engine, &mut diags))
         .map(|p| (p.name.clone(), Arc::new(p)))
         .collect();
 

@@ -227,6 +227,27 @@ const CASES: &[Case] = &[
         ],
     },
     Case {
+        name: "tls on an http provider, without its key, with files that are not there",
+        file: HUBSPOT_PROVIDER,
+        from: "max_in_flight: 32",
+        to: "max_in_flight: 32\ntls: { ca: certs/none.pem, cert: certs/c.pem }",
+        expect: &[
+            r#"providers/hubspot.yaml:7:6: error: tls is for a provider whose base_url is https"#,
+            r#"providers/hubspot.yaml:7:6: error: tls.cert and tls.key go together (a client certificate and its key)"#,
+            r#"providers/hubspot.yaml:7:12: error: no file at "certs/none.pem""#,
+            r#"providers/hubspot.yaml:7:34: error: no file at "certs/c.pem""#,
+        ],
+    },
+    Case {
+        name: "a tls.ca that holds no certificate",
+        file: HUBSPOT_PROVIDER,
+        from: r#"base_url: "${HUBSPOT_URL:-http://127.0.0.1:18080/hubspot}""#,
+        to: "base_url: https://crm.example/hubspot\ntls: { ca: syncflow.yaml }",
+        expect: &[
+            r#"providers/hubspot.yaml:3:6: error: tls.ca: syncflow.yaml: no PEM certificate in it"#,
+        ],
+    },
+    Case {
         name: "credentials in base_url",
         file: HUBSPOT_PROVIDER,
         from: r#"base_url: "${HUBSPOT_URL:-http://127.0.0.1:18080/hubspot}""#,

@@ -55,7 +55,7 @@ pub fn check(file: &SourceFile, dir: &Path, g: &Globals, diags: &mut Diagnostics
         check_file(file, dir, &["nats", field], value.as_deref(), diags);
     }
     if let Some(tls) = &nats.tls {
-        check_tls(file, dir, "nats", tls, diags);
+        check_tls(file, dir, &["nats", "tls"], tls, diags);
     }
 
     let redis = &g.redis;
@@ -84,7 +84,7 @@ pub fn check(file: &SourceFile, dir: &Path, g: &Globals, diags: &mut Diagnostics
                 "redis.tls needs a rediss:// url",
             );
         }
-        check_tls(file, dir, "redis", tls, diags);
+        check_tls(file, dir, &["redis", "tls"], tls, diags);
     }
 
     let js = &g.jetstream;
@@ -178,18 +178,28 @@ fn check_sentinel(
     }
 }
 
-fn check_tls(file: &SourceFile, dir: &Path, at: &str, tls: &TlsGlobals, diags: &mut Diagnostics) {
+/// A `tls` section at `at` (the path to it, `nats.tls` say): cert and key
+/// together, every file there.
+pub fn check_tls(
+    file: &SourceFile,
+    dir: &Path,
+    at: &[&str],
+    tls: &TlsGlobals,
+    diags: &mut Diagnostics,
+) {
+    let name = at.join(".");
     if tls.cert.is_some() != tls.key.is_some() {
+        let at: Vec<_> = at.iter().map(|s| super::yaml::Seg::from(*s)).collect();
         file.error(
             diags,
-            &path![at, "tls"],
-            format!(
-                "{at}.tls.cert and {at}.tls.key go together (a client certificate and its key)"
-            ),
+            &at,
+            format!("{name}.cert and {name}.key go together (a client certificate and its key)"),
         );
     }
     for (field, value) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
-        check_file(file, dir, &[at, "tls", field], value.as_deref(), diags);
+        let mut at = at.to_vec();
+        at.push(field);
+        check_file(file, dir, &at, value.as_deref(), diags);
     }
 }
 
@@ -233,8 +243,16 @@ pub fn resolve_files(dir: &Path, g: &mut Globals) {
         .into_iter()
         .flatten()
     {
-        fix(&mut tls.ca);
-        fix(&mut tls.cert);
-        fix(&mut tls.key);
+        resolve_tls(dir, tls);
+    }
+}
+
+/// Makes the files of a `tls` section absolute (relative ones are from `dir`).
+pub fn resolve_tls(dir: &Path, tls: &mut TlsGlobals) {
+    for v in [&mut tls.ca, &mut tls.cert, &mut tls.key]
+        .into_iter()
+        .flatten()
+    {
+        *v = resolve(dir, v).to_string_lossy().into_owned();
     }
 }

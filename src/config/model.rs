@@ -236,6 +236,11 @@ impl Default for HttpGlobals {
 pub struct ProviderConfig {
     pub name: String,
     pub base_url: String,
+    /// An https provider's CA (instead of the system's roots) and client
+    /// certificate: an internal API signed by a private CA, or one that
+    /// asks for mutual TLS.
+    #[serde(default)]
+    pub tls: Option<TlsGlobals>,
     #[serde(default)]
     pub auth: Option<Auth>,
     /// Extra headers sent with every request (an API key, say: never logged).

@@ -6,6 +6,7 @@ mod batch;
 mod template;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 pub use auth::{AccountAuth, OAuth2};
@@ -17,7 +18,7 @@ use crate::action::Action;
 use crate::config::diagnostics::Diagnostics;
 use crate::config::load::Sourced;
 use crate::config::model::{
-    CircuitBreakerConfig, ConflictIdConfig, EndpointConfig, ProviderConfig, RetryConfig,
+    CircuitBreakerConfig, ConflictIdConfig, EndpointConfig, ProviderConfig, RetryConfig, TlsGlobals,
 };
 use crate::config::secret::Secret;
 use crate::config::yaml::Seg;
@@ -31,6 +32,9 @@ pub struct Provider {
     pub name: String,
     /// Without a trailing slash; endpoint paths start with one.
     pub base_url: String,
+    /// `tls`, its files made absolute and read once already (so what
+    /// validates connects).
+    pub tls: Option<TlsGlobals>,
     /// `(header name, value)` for auth and the configured extra headers.
     pub headers: Vec<(String, Secret)>,
     /// `auth.per_account`: each account's own credentials.
@@ -217,9 +221,11 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 const ENDPOINTS: [&str; 5] = ["create", "update", "upsert", "delete", "read"];
 
-/// Checks and compiles one provider file; `None` if it has errors.
+/// Checks and compiles one provider file; `None` if it has errors. `dir`:
+/// the config directory, where relative file names start.
 pub fn compile(
     src: &Sourced<ProviderConfig>,
+    dir: &Path,
     engine: &ScriptEngine,
     diags: &mut Diagnostics,
 ) -> Option<Provider> {
@@ -248,6 +254,11 @@ pub fn compile(
     if let Some(problem) = problem {
         file.error(diags, &path!["base_url"], problem);
     }
+
+    let tls = cfg
+        .tls
+        .as_ref()
+        .and_then(|tls| check_tls(src, dir, tls, diags));
 
     let mut headers: Vec<_> = auth::auth_header(src, diags).into_iter().collect();
     let account_auth = auth::per_account(src, &cfg.base_url, diags);
@@ -420,6 +431,7 @@ pub fn compile(
     (diags.len() == before).then(|| Provider {
         name: cfg.name.clone(),
         base_url: cfg.base_url.trim_end_matches('/').to_string(),
+        tls,
         headers,
         account_auth,
         rate_limit,
@@ -435,6 +447,36 @@ pub fn compile(
         inbound: inbound.unwrap_or_default(),
         config: cfg.clone(),
     })
+}
+
+/// `tls`: for an https `base_url`, its files there and readable as
+/// certificates and a key. Returns it with absolute file names.
+fn check_tls(
+    src: &Sourced<ProviderConfig>,
+    dir: &Path,
+    tls: &TlsGlobals,
+    diags: &mut Diagnostics,
+) -> Option<TlsGlobals> {
+    let (cfg, file) = (&src.value, &src.file);
+    let before = diags.len();
+    if !cfg.base_url.starts_with("https://") {
+        file.error(
+            diags,
+            &path!["tls"],
+            "tls is for a provider whose base_url is https",
+        );
+    }
+    crate::config::globals::check_tls(file, dir, &["tls"], tls, diags);
+    if diags.len() != before {
+        return None;
+    }
+    if let Err(message) = crate::sink::http::tls::client_config(Some(tls), dir) {
+        file.error(diags, &path!["tls"], message);
+        return None;
+    }
+    let mut resolved = tls.clone();
+    crate::config::globals::resolve_tls(dir, &mut resolved);
+    Some(resolved)
 }
 
 /// A batch endpoint stands beside the single one of its kind (used where a

@@ -100,9 +100,11 @@ impl ProviderApi {
             .map(|name| HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad_header(name)))
             .transpose()?;
 
-        let origin = Origin::new(&provider.base_url).map_err(|message| ApiBuildError::Client {
-            provider: provider.name.clone(),
-            message,
+        let origin = Origin::new(&provider.base_url, provider.tls.as_ref()).map_err(|message| {
+            ApiBuildError::Client {
+                provider: provider.name.clone(),
+                message,
+            }
         })?;
         let slots = Slots::new(provider.max_in_flight);
 

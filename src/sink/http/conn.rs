@@ -27,6 +27,7 @@ use tokio_rustls::client::TlsStream;
 
 use super::fields::Fields;
 use super::wire::{self, Chunks, Framing, Parsed};
+use crate::config::model::TlsGlobals;
 
 /// One HTTP/1.1 connection, used by one request at a time. An idle
 /// connection is not read: a close by the provider is seen at
@@ -338,7 +339,7 @@ const AGENT: &str = concat!("syncflow/", env!("CARGO_PKG_VERSION"));
 impl Origin {
     /// `base_url` as validated by the provider's compilation (http or https,
     /// a host). The TLS configuration is built once, here.
-    pub fn new(base_url: &str) -> Result<Self, String> {
+    pub fn new(base_url: &str, tls: Option<&TlsGlobals>) -> Result<Self, String> {
         let uri: Uri = base_url
             .parse()
             .map_err(|e| format!("invalid base_url {base_url:?}: {e}"))?;
@@ -357,7 +358,8 @@ impl Origin {
             .to_owned();
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let tls = if https {
-            let config = tls_config().map_err(|e| format!("TLS setup: {e}"))?;
+            // A compiled provider's files are absolute already.
+            let config = super::tls::client_config(tls, std::path::Path::new(""))?;
             let name = ServerName::try_from(host.clone())
                 .map_err(|e| format!("base_url host {host:?}: {e}"))?;
             Some((TlsConnector::from(Arc::new(config)), name))
@@ -486,25 +488,13 @@ impl Target {
     }
 }
 
-/// TLS with the platform's verifier and ring (installed as the process's
-/// default provider), HTTP/1.1 only.
-fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
-    use rustls_platform_verifier::BuilderVerifierExt;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut config = rustls::ClientConfig::builder()
-        .with_platform_verifier()?
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn origins_split_host_port_and_prefix() {
-        let o = Origin::new("http://127.0.0.1:8080").unwrap();
+        let o = Origin::new("http://127.0.0.1:8080", None).unwrap();
         assert_eq!(
             (o.host.as_str(), o.port, o.prefix.as_str()),
             ("127.0.0.1", 8080, "")
@@ -516,7 +506,7 @@ mod tests {
             "/crm/v3/objects/contacts"
         );
 
-        let o = Origin::new("https://api.example.com/services/").unwrap();
+        let o = Origin::new("https://api.example.com/services/", None).unwrap();
         assert_eq!((o.host.as_str(), o.port), ("api.example.com", 443));
         assert!(o.tls.is_some());
         assert_eq!(
@@ -528,12 +518,12 @@ mod tests {
         assert!(o.target("/a\u{e9}").is_err());
         assert!(o.target("a").is_err());
 
-        let o = Origin::new("http://[::1]/v1").unwrap();
+        let o = Origin::new("http://[::1]/v1", None).unwrap();
         assert_eq!(
             (o.host.as_str(), o.port, o.prefix.as_str()),
             ("::1", 80, "/v1")
         );
-        assert!(Origin::new("ftp://x").is_err());
+        assert!(Origin::new("ftp://x", None).is_err());
     }
 
     #[tokio::test]
@@ -541,7 +531,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         drop(listener);
-        let origin = Origin::new(&format!("http://127.0.0.1:{port}")).unwrap();
+        let origin = Origin::new(&format!("http://127.0.0.1:{port}"), None).unwrap();
         let e = origin.connect(Duration::from_secs(5)).await.err().unwrap();
         assert_eq!(e.kind, TransportKind::Connect);
         assert!(e.to_string().starts_with("connect error: "), "{e}");
@@ -561,8 +551,11 @@ mod tests {
     ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let origin =
-            Origin::new(&format!("http://{}/api", listener.local_addr().unwrap())).unwrap();
+        let origin = Origin::new(
+            &format!("http://{}/api", listener.local_addr().unwrap()),
+            None,
+        )
+        .unwrap();
         let served = tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.unwrap();
             let mut requests = Vec::new();
@@ -791,7 +784,8 @@ mod tests {
     #[tokio::test]
     async fn no_answer_in_time_is_a_timeout() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let origin = Origin::new(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let origin =
+            Origin::new(&format!("http://{}", listener.local_addr().unwrap()), None).unwrap();
         let silent = tokio::spawn(async move { listener.accept().await.unwrap() });
         let mut conn = origin.connect(SECOND).await.unwrap();
         let wait = Duration::from_millis(100);

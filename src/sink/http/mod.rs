@@ -76,6 +76,7 @@ mod slots;
 mod test_server;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 mod verdict;
 mod wire;
 

@@ -58,7 +58,9 @@ impl TokenEndpoint {
             .map_err(|e| format!("token_url: {e}"))?;
         let authority = uri.authority().ok_or("token_url has no host")?;
         let scheme = uri.scheme_str().unwrap_or("https");
-        let origin = Origin::new(&format!("{scheme}://{authority}"))?;
+        // The token endpoint is the identity provider's, often another
+        // host than the API's: the system's roots, not the provider's CA.
+        let origin = Origin::new(&format!("{scheme}://{authority}"), None)?;
         let target = origin.target(uri.path_and_query().map_or("/", |p| p.as_str()))?;
         Ok(TokenEndpoint {
             origin,
