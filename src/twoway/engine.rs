@@ -631,7 +631,7 @@ async fn write(
 ) -> Option<(Delivery, Value)> {
     let mut refusals = 0;
     loop {
-        let idempotency_key = again_key(template.idempotency_key, refusals);
+        let idempotency_key = write_key(template.idempotency_key, template.action, &body, refusals);
         let sent = sink
             .deliver(&Record {
                 body: Some(&body),
@@ -650,12 +650,27 @@ async fn write(
     }
 }
 
-/// The idempotency key of a write made again after `refusals` refusals: a
-/// new request, not a retry of the refused one (which a provider would
-/// answer with its stored 412).
-fn again_key(key: &str, refusals: u32) -> std::borrow::Cow<'_, str> {
+/// The idempotency key of one write. A create keeps the change's own key:
+/// a redelivered change makes the same create (its body is the message's),
+/// which the provider must answer once. An update adds a hash of its body:
+/// a redelivered change may compute another update (the link's state moved
+/// on meanwhile), and a provider that keeps its answers by key would answer
+/// it with the first update's, without applying it. After `refusals`
+/// refusals (412) the write is a new request, not a retry of the refused one
+/// (which a provider would answer with its stored 412), even with the same
+/// body.
+fn write_key<'k>(
+    key: &'k str,
+    action: Action,
+    body: &Value,
+    refusals: u32,
+) -> std::borrow::Cow<'k, str> {
+    let key: std::borrow::Cow<'k, str> = match action {
+        Action::Create => key.into(),
+        _ => format!("{key}:{}", crate::idmap::body_hash(body)).into(),
+    };
     match refusals {
-        0 => key.into(),
+        0 => key,
         n => format!("{key}:again-{n}").into(),
     }
 }
@@ -758,5 +773,28 @@ async fn update<T>(
         if saved == Saved::Done {
             return out;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn an_update_is_keyed_by_its_body_and_a_create_by_its_change() {
+        let (a, b) = (json!({"phone": "1"}), json!({"phone": "2"}));
+        let key = |action, body, refusals| write_key("p:S:7", action, body, refusals).into_owned();
+        assert_eq!(key(Action::Create, &a, 0), "p:S:7");
+        assert_eq!(key(Action::Create, &b, 0), "p:S:7");
+        assert_eq!(key(Action::Update, &a, 0), key(Action::Update, &a, 0));
+        assert_ne!(key(Action::Update, &a, 0), key(Action::Update, &b, 0));
+        assert!(key(Action::Update, &a, 0).starts_with("p:S:7:"));
+        assert_eq!(
+            key(Action::Update, &a, 2),
+            format!("{}:again-2", key(Action::Update, &a, 0))
+        );
+        assert_eq!(key(Action::Create, &a, 1), "p:S:7:again-1");
     }
 }
