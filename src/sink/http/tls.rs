@@ -184,6 +184,29 @@ mod tests {
         assert!(get(port, Some(&tls(&certs, false))).await.is_err());
     }
 
+    /// As `syncflow run` has it: a provider file naming its CA relative to
+    /// the config directory, compiled, and a request through its sink.
+    #[tokio::test]
+    async fn a_provider_file_with_its_ca_reaches_the_provider_through_its_sink() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("certs")).unwrap();
+        let certs = Certs::write(&dir.path().join("certs")).unwrap();
+        let port = server(&certs, false).await.port();
+        std::fs::create_dir(dir.path().join("providers")).unwrap();
+        let yaml = format!(
+            "name: crm\nbase_url: https://localhost:{port}\ntls: {{ ca: certs/ca.pem }}\n\
+             objects:\n  contact:\n    create: {{ method: POST, path: /contacts }}\n"
+        );
+        std::fs::write(dir.path().join("providers/crm.yaml"), yaml).unwrap();
+        let env = std::collections::HashMap::<String, String>::new();
+        let config = crate::compile::compile_dir(dir.path(), &env, false).unwrap();
+        let provider = config.providers["crm"].clone();
+        let api =
+            super::super::ProviderApi::new(provider, crate::limiter::Limiter::Unlimited).unwrap();
+        let answer = api.get("/health").await.unwrap();
+        assert_eq!((answer.status, &answer.body[..]), (200, &b"ok"[..]));
+    }
+
     #[test]
     fn files_that_are_not_certificates_or_keys_are_named() {
         let dir = tempfile::tempdir().unwrap();
