@@ -134,10 +134,13 @@ async fn large_records_are_held_by_bytes_not_only_by_count() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     h.wait_settled(Duration::from_secs(20)).await;
-    // 64 KiB takes three 20 KB records; a pull may ask for what is left
-    // when one is settled, so at most twice that are unacked at once.
+    // 64 KiB takes three 20 KB records, and a pull asks for one more
+    // whenever any room is left: four held at most. The server counts, for
+    // a millisecond or so, the records settled here whose acks are being
+    // gathered (acks.rs) while the pulls their room allowed already went
+    // out: as many again at most. By count alone (512), all 60 could be.
     assert!(
-        (1..=6).contains(&most_unacked),
+        (1..=8).contains(&most_unacked),
         "{most_unacked} records unacked at once"
     );
     assert!(syncflow.sigterm().success(), "{}", syncflow.log());

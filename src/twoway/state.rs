@@ -11,7 +11,10 @@
 //!   update, System A's CDC event for its write) is recognised as an echo,
 //!   not a user's edit;
 //! - the newest change time **seen** from each side, so that an older
-//!   change arriving late does not pass for what a side holds now.
+//!   change arriving late does not pass for what a side holds now;
+//! - the value in the **last** event of a side whose events come in commit
+//!   order (System A's), so that a later event carrying it again (it
+//!   changed another field) does not pass for a newer edit of this one.
 //!
 //! A change from a side is an echo (it equals what syncflow sent that
 //! side), a repeat (it equals what the side holds), or a user's edit. An
