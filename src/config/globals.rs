@@ -243,16 +243,8 @@ pub fn resolve_files(dir: &Path, g: &mut Globals) {
         .into_iter()
         .flatten()
     {
-        resolve_tls(dir, tls);
-    }
-}
-
-/// Makes the files of a `tls` section absolute (relative ones are from `dir`).
-pub fn resolve_tls(dir: &Path, tls: &mut TlsGlobals) {
-    for v in [&mut tls.ca, &mut tls.cert, &mut tls.key]
-        .into_iter()
-        .flatten()
-    {
-        *v = resolve(dir, v).to_string_lossy().into_owned();
+        fix(&mut tls.ca);
+        fix(&mut tls.cert);
+        fix(&mut tls.key);
     }
 }

@@ -7,6 +7,7 @@ mod template;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use auth::{AccountAuth, OAuth2};
@@ -32,9 +33,9 @@ pub struct Provider {
     pub name: String,
     /// Without a trailing slash; endpoint paths start with one.
     pub base_url: String,
-    /// `tls`, its files made absolute and read once already (so what
-    /// validates connects).
-    pub tls: Option<TlsGlobals>,
+    /// `tls` as a TLS client configuration, built when the provider is
+    /// compiled: its files are read once, and what validates connects.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// `(header name, value)` for auth and the configured extra headers.
     pub headers: Vec<(String, Secret)>,
     /// `auth.per_account`: each account's own credentials.
@@ -450,13 +451,13 @@ pub fn compile(
 }
 
 /// `tls`: for an https `base_url`, its files there and readable as
-/// certificates and a key. Returns it with absolute file names.
+/// certificates and a key. Returns the TLS client configuration they make.
 fn check_tls(
     src: &Sourced<ProviderConfig>,
     dir: &Path,
     tls: &TlsGlobals,
     diags: &mut Diagnostics,
-) -> Option<TlsGlobals> {
+) -> Option<Arc<rustls::ClientConfig>> {
     let (cfg, file) = (&src.value, &src.file);
     let before = diags.len();
     if !cfg.base_url.starts_with("https://") {
@@ -470,13 +471,13 @@ fn check_tls(
     if diags.len() != before {
         return None;
     }
-    if let Err(message) = crate::sink::http::tls::client_config(Some(tls), dir) {
-        file.error(diags, &path!["tls"], message);
-        return None;
+    match crate::sink::http::tls::client_config(Some(tls), dir) {
+        Ok(config) => Some(Arc::new(config)),
+        Err(message) => {
+            file.error(diags, &path!["tls"], message);
+            None
+        }
     }
-    let mut resolved = tls.clone();
-    crate::config::globals::resolve_tls(dir, &mut resolved);
-    Some(resolved)
 }
 
 /// A batch endpoint stands beside the single one of its kind (used where a

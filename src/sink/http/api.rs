@@ -100,7 +100,7 @@ impl ProviderApi {
             .map(|name| HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad_header(name)))
             .transpose()?;
 
-        let origin = Origin::new(&provider.base_url, provider.tls.as_ref()).map_err(|message| {
+        let origin = Origin::new(&provider.base_url, provider.tls.clone()).map_err(|message| {
             ApiBuildError::Client {
                 provider: provider.name.clone(),
                 message,

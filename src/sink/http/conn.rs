@@ -27,7 +27,6 @@ use tokio_rustls::client::TlsStream;
 
 use super::fields::Fields;
 use super::wire::{self, Chunks, Framing, Parsed};
-use crate::config::model::TlsGlobals;
 
 /// One HTTP/1.1 connection, used by one request at a time. An idle
 /// connection is not read: a close by the provider is seen at
@@ -339,7 +338,9 @@ const AGENT: &str = concat!("syncflow/", env!("CARGO_PKG_VERSION"));
 impl Origin {
     /// `base_url` as validated by the provider's compilation (http or https,
     /// a host). The TLS configuration is built once, here.
-    pub fn new(base_url: &str, tls: Option<&TlsGlobals>) -> Result<Self, String> {
+    /// `tls`: the provider's own TLS configuration (`tls.rs`), else the
+    /// system's roots.
+    pub fn new(base_url: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Result<Self, String> {
         let uri: Uri = base_url
             .parse()
             .map_err(|e| format!("invalid base_url {base_url:?}: {e}"))?;
@@ -358,11 +359,14 @@ impl Origin {
             .to_owned();
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let tls = if https {
-            // A compiled provider's files are absolute already.
-            let config = super::tls::client_config(tls, std::path::Path::new(""))?;
+            let config = match tls {
+                Some(config) => config,
+                // No files to read: the directory is not used.
+                None => Arc::new(super::tls::client_config(None, std::path::Path::new(""))?),
+            };
             let name = ServerName::try_from(host.clone())
                 .map_err(|e| format!("base_url host {host:?}: {e}"))?;
-            Some((TlsConnector::from(Arc::new(config)), name))
+            Some((TlsConnector::from(config), name))
         } else {
             None
         };

@@ -132,7 +132,11 @@ mod tests {
     /// A GET of `/health` on `https://localhost:<port>` with `tls`: the
     /// answer's body, or what went wrong.
     async fn get(port: u16, tls: Option<&TlsGlobals>) -> Result<Bytes, String> {
-        let origin = Origin::new(&format!("https://localhost:{port}"), tls)?;
+        let config = match tls {
+            Some(tls) => Some(Arc::new(client_config(Some(tls), Path::new(""))?)),
+            None => None,
+        };
+        let origin = Origin::new(&format!("https://localhost:{port}"), config)?;
         let mut conn = origin.connect(SECOND).await.map_err(|e| e.to_string())?;
         let target = origin.target("/health")?;
         let (name, value) = (
