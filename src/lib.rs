@@ -15,6 +15,7 @@ pub mod config;
 pub mod connect;
 pub mod credentials;
 pub mod dlq;
+pub mod doc;
 pub mod error;
 pub mod executor;
 pub mod expr;

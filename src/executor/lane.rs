@@ -36,7 +36,7 @@ pub enum Eval {
     /// created in System A) is found; and the dispatcher never waits on
     /// the id map.
     Inbound {
-        message: serde_json::Value,
+        message: crate::doc::Doc<'static>,
         key: String,
     },
 }

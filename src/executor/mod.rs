@@ -481,7 +481,7 @@ fn evaluate(ctx: &Ctx, msg: &SourceMessage) -> lane::Eval {
     if p.is_inbound() && ctx.two_way.is_some() {
         match p
             .decode(&msg.payload)
-            .and_then(|m| Ok((p.read_key(&m)?, m)))
+            .and_then(|m| Ok((p.read_key(&m)?, m.into_owned())))
         {
             Ok((key, message)) => lane::Eval::Inbound { message, key },
             Err(e) => lane::Eval::Done(Err(e)),
@@ -497,7 +497,7 @@ fn evaluate(ctx: &Ctx, msg: &SourceMessage) -> lane::Eval {
 async fn evaluate_inbound(
     ctx: &Ctx,
     msg: &SourceMessage,
-    message: &serde_json::Value,
+    message: &crate::doc::Doc<'_>,
     key: &str,
 ) -> Result<crate::pipeline::Outcome, crate::pipeline::EvalError> {
     let p = &ctx.pipeline;

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use rhai::{Dynamic, Engine, EvalAltResult, Position, Scope};
 use serde_json::Value;
 
-pub use value::{from_json, to_json};
+use crate::doc::Doc;
+
+pub use value::{from_doc, to_json};
 
 pub use sandbox::MAX_OPERATIONS;
 
@@ -180,7 +182,7 @@ impl ScriptValue<'_> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Event<'a> {
     /// The value at the pipeline's `op` path.
-    pub op: Option<&'a Value>,
+    pub op: Option<&'a Doc<'a>>,
     pub key: &'a str,
     pub subject: &'a str,
     pub seq: u64,
@@ -223,7 +225,7 @@ impl<'a> Event<'a> {
     fn to_dynamic(self) -> Dynamic {
         let string = |s: &str| Dynamic::from(rhai::ImmutableString::from(s));
         let mut event = rhai::Map::new();
-        event.insert("op".into(), self.op.map(from_json).unwrap_or(Dynamic::UNIT));
+        event.insert("op".into(), self.op.map(from_doc).unwrap_or(Dynamic::UNIT));
         event.insert("key".into(), string(self.key));
         event.insert("subject".into(), string(self.subject));
         event.insert("seq".into(), Dynamic::from_int(self.seq as i64));
@@ -251,13 +253,13 @@ impl<'a> Event<'a> {
 /// event as Rhai values) is built on the first script Rhai has to run, and
 /// then shared by `when`, the rules and the mapping expressions.
 pub struct Vars<'a> {
-    record: &'a Value,
+    record: &'a Doc<'a>,
     event: Event<'a>,
     scope: Option<Scope<'static>>,
 }
 
 impl<'a> Vars<'a> {
-    pub fn new(record: &'a Value, event: Event<'a>) -> Self {
+    pub fn new(record: &'a Doc<'a>, event: Event<'a>) -> Self {
         Vars {
             record,
             event,
@@ -269,7 +271,7 @@ impl<'a> Vars<'a> {
         let (record, event) = (self.record, self.event);
         self.scope.get_or_insert_with(|| {
             let mut scope = Scope::new();
-            scope.push_constant(RECORD, from_json(record));
+            scope.push_constant(RECORD, from_doc(record));
             scope.push_constant(EVENT, event.to_dynamic());
             scope
         })
@@ -306,7 +308,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn vars(record: &Value) -> Vars<'_> {
+    fn vars<'a>(record: &'a Doc<'a>) -> Vars<'a> {
         Vars::new(record, Event::default())
     }
 
@@ -316,13 +318,13 @@ mod tests {
         let s = e
             .compile(r#"event.op == "c" && record.company != ()"#)
             .unwrap();
-        let op = json!("c");
+        let op = Doc::from(json!("c"));
         let event = Event {
             op: Some(&op),
             ..Event::default()
         };
-        let with_company = json!({"company": "acme"});
-        let without = json!({});
+        let with_company = Doc::from(json!({"company": "acme"}));
+        let without = Doc::from(json!({}));
         assert!(
             e.eval_bool(&s, &mut Vars::new(&with_company, event))
                 .unwrap()
@@ -334,9 +336,12 @@ mod tests {
     fn whole_record_and_event_are_not_folded_at_compile_time() {
         let e = ScriptEngine::new();
         let s = e.compile("record == () || event == ()").unwrap();
-        assert!(!e.eval_bool(&s, &mut vars(&json!({}))).unwrap());
+        assert!(!e.eval_bool(&s, &mut vars(&Doc::from(json!({})))).unwrap());
         let s = e.compile("type_of(record)").unwrap();
-        let kind = e.eval(&s, &mut vars(&json!({}))).unwrap().into_json();
+        let kind = e
+            .eval(&s, &mut vars(&Doc::from(json!({}))))
+            .unwrap()
+            .into_json();
         assert_eq!(kind, Ok(Some(json!("map"))));
     }
 
@@ -344,7 +349,7 @@ mod tests {
     fn scripts_cannot_assign_to_record_or_event() {
         let e = ScriptEngine::new();
         let s = e.compile("record = 1; true").unwrap();
-        assert!(e.eval_bool(&s, &mut vars(&json!({}))).is_err());
+        assert!(e.eval_bool(&s, &mut vars(&Doc::from(json!({})))).is_err());
     }
 
     #[test]
@@ -422,7 +427,7 @@ mod tests {
     fn a_script_that_loops_forever_fails_its_record() {
         let e = ScriptEngine::new();
         let s = e.compile("loop { }").unwrap();
-        let empty = json!({});
+        let empty = Doc::from(json!({}));
         let err = e.eval(&s, &mut vars(&empty)).unwrap_err();
         assert!(err.message.contains("operations"), "{}", err.message);
         // The engine is still usable afterwards.
@@ -435,14 +440,16 @@ mod tests {
     fn unbounded_strings_are_stopped() {
         let e = ScriptEngine::new();
         let s = e.compile(r#"let s = "x"; loop { s += s; }"#).unwrap();
-        assert!(e.eval(&s, &mut vars(&json!({}))).is_err());
+        assert!(e.eval(&s, &mut vars(&Doc::from(json!({})))).is_err());
     }
 
     #[test]
     fn non_bool_conditions_are_errors() {
         let e = ScriptEngine::new();
         let s = e.compile(r#""yes""#).unwrap();
-        let err = e.eval_bool(&s, &mut vars(&json!({}))).unwrap_err();
+        let err = e
+            .eval_bool(&s, &mut vars(&Doc::from(json!({}))))
+            .unwrap_err();
         assert!(err.message.contains("true or false"), "{}", err.message);
     }
 }

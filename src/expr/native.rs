@@ -22,6 +22,7 @@ use rhai::{AST, ASTFlags, Expr, Stmt, Token};
 use serde_json::Value;
 
 use super::Event;
+use crate::doc::{Doc, member};
 
 /// Rhai's `set_max_string_size`: a longer string is a Rhai error.
 const MAX_STRING: usize = 64 * 1024;
@@ -105,7 +106,7 @@ pub enum Val<'a> {
     Float(f64),
     Str(Cow<'a, str>),
     /// A JSON array or object of the record.
-    Json(&'a Value),
+    Json(&'a Doc<'a>),
     Event,
     Headers,
 }
@@ -264,7 +265,7 @@ fn call(f: &rhai::FnCallExpr, budget: &mut usize) -> Option<Node> {
 
 /// Evaluates a translated script on one record, or `None` to leave the
 /// record to Rhai.
-pub fn eval<'a>(node: &'a Node, record: &'a Value, event: &Event<'a>) -> Option<Val<'a>> {
+pub fn eval<'a>(node: &'a Node, record: &'a Doc<'a>, event: &Event<'a>) -> Option<Val<'a>> {
     match value(node, record, event)? {
         // A whole array or object is Rhai's to return: its copy of the
         // record turned integers above i64::MAX into floats, and a
@@ -274,7 +275,7 @@ pub fn eval<'a>(node: &'a Node, record: &'a Value, event: &Event<'a>) -> Option<
     }
 }
 
-fn value<'a>(node: &'a Node, record: &'a Value, event: &Event<'a>) -> Option<Val<'a>> {
+fn value<'a>(node: &'a Node, record: &'a Doc<'a>, event: &Event<'a>) -> Option<Val<'a>> {
     let v = |n: &'a Node| value(n, record, event);
     Some(match node {
         Node::Unit => Val::Unit,
@@ -285,7 +286,7 @@ fn value<'a>(node: &'a Node, record: &'a Value, event: &Event<'a>) -> Option<Val
         Node::Record => json(record),
         Node::Event => Val::Event,
         Node::Prop(base, name) => match v(base)? {
-            Val::Json(Value::Object(fields)) => fields.get(name).map_or(Val::Unit, json),
+            Val::Json(Doc::Object(fields)) => member(fields, name).map_or(Val::Unit, json),
             Val::Event => event.property(name),
             Val::Headers => event.header(name),
             // A property of anything else is a Rhai error (or a getter).
@@ -359,17 +360,17 @@ fn short_circuit<'a>(
     Some(!decisive)
 }
 
-/// A JSON value as Rhai sees it after `from_json`.
-pub(super) fn json(value: &Value) -> Val<'_> {
+/// A JSON value as Rhai sees it after `from_doc`.
+pub(super) fn json<'a>(value: &'a Doc<'a>) -> Val<'a> {
     match value {
-        Value::Null => Val::Unit,
-        Value::Bool(b) => Val::Bool(*b),
-        Value::Number(n) => match n.as_i64() {
+        Doc::Null => Val::Unit,
+        Doc::Bool(b) => Val::Bool(*b),
+        Doc::Number(n) => match n.as_i64() {
             Some(i) => Val::Int(i),
             None => Val::Float(n.as_f64().unwrap_or(f64::NAN)),
         },
-        Value::String(s) => Val::Str(Cow::Borrowed(s)),
-        Value::Array(_) | Value::Object(_) => Val::Json(value),
+        Doc::String(s) => Val::Str(Cow::Borrowed(s)),
+        Doc::Array(_) | Doc::Object(_) => Val::Json(value),
     }
 }
 

@@ -3,20 +3,23 @@
 use rhai::{Dynamic, Map};
 use serde_json::Value;
 
-pub fn from_json(value: &Value) -> Dynamic {
+use crate::doc::Doc;
+
+/// A decoded message (or part of one) as a Rhai value.
+pub fn from_doc(value: &Doc<'_>) -> Dynamic {
     match value {
-        Value::Null => Dynamic::UNIT,
-        Value::Bool(b) => Dynamic::from_bool(*b),
-        Value::Number(n) => match n.as_i64() {
+        Doc::Null => Dynamic::UNIT,
+        Doc::Bool(b) => Dynamic::from_bool(*b),
+        Doc::Number(n) => match n.as_i64() {
             Some(i) => Dynamic::from_int(i),
             None => Dynamic::from_float(n.as_f64().unwrap_or(f64::NAN)),
         },
-        Value::String(s) => Dynamic::from(rhai::ImmutableString::from(s.as_str())),
-        Value::Array(items) => Dynamic::from_array(items.iter().map(from_json).collect()),
-        Value::Object(fields) => {
+        Doc::String(s) => Dynamic::from(rhai::ImmutableString::from(&**s)),
+        Doc::Array(items) => Dynamic::from_array(items.iter().map(from_doc).collect()),
+        Doc::Object(fields) => {
             let map: Map = fields
                 .iter()
-                .map(|(k, v)| (k.as_str().into(), from_json(v)))
+                .map(|(k, v)| (k.as_ref().into(), from_doc(v)))
                 .collect();
             Dynamic::from_map(map)
         }
@@ -83,7 +86,7 @@ mod tests {
     #[test]
     fn round_trips() {
         let v = json!({"a": 1, "b": [true, 1.5, "x"], "c": {"d": "e"}});
-        assert_eq!(to_json(from_json(&v)).unwrap(), Some(v));
+        assert_eq!(to_json(from_doc(&Doc::borrowing(&v))).unwrap(), Some(v));
         assert_eq!(to_json(Dynamic::UNIT).unwrap(), None);
         assert_eq!(to_json(Dynamic::from("x")).unwrap(), Some(json!("x")));
         assert_eq!(to_json(Dynamic::from_float(1.5)).unwrap(), Some(json!(1.5)));

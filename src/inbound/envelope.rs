@@ -126,10 +126,11 @@ impl EnvelopeMapping {
 
     /// Reads one event. The error says which field is missing or wrong.
     pub fn read(&self, event: &Value, engine: &ScriptEngine) -> Result<Read, String> {
-        let mut vars = Vars::new(event, Event::default());
+        let event = crate::doc::Doc::borrowing(event);
+        let mut vars = Vars::new(&event, Event::default());
         let out = self
             .mapping
-            .apply(event, engine, &mut vars)
+            .apply(&event, engine, &mut vars)
             .map_err(|e| format!("{}: {}", e.field, e.message))?;
         let text = |name: &str| -> Option<String> {
             match out.get(name)? {

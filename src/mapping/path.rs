@@ -8,7 +8,11 @@ use jsonpath_rust::parser::errors::JsonPathError;
 use jsonpath_rust::parser::model::JpQuery;
 use jsonpath_rust::parser::parse_json_path;
 use jsonpath_rust::query::js_path_process;
+use std::borrow::Cow;
+
 use serde_json::Value;
+
+use crate::doc::{Doc, member};
 
 #[derive(Debug, Clone)]
 pub struct JsonPath {
@@ -58,8 +62,7 @@ impl JsonPath {
 
     /// The value at a definite path, or every match of a query as an array
     /// (`None` when nothing matches).
-    pub fn get<'a>(&self, root: &'a Value) -> Option<std::borrow::Cow<'a, Value>> {
-        use std::borrow::Cow;
+    pub fn get<'a>(&self, root: &'a Value) -> Option<Cow<'a, Value>> {
         match &self.kind {
             PathKind::Definite(steps) => {
                 let mut v = root;
@@ -80,6 +83,32 @@ impl JsonPath {
                 Some(Cow::Owned(Value::Array(
                     found.into_iter().map(|r| r.val().clone()).collect(),
                 )))
+            }
+        }
+    }
+}
+
+impl JsonPath {
+    /// [`JsonPath::get`] on a decoded message: a definite path borrows
+    /// from it; a query's matches come back as an array of copies (it
+    /// runs on a `Value` copy of the message: jsonpath-rust reads nothing
+    /// else).
+    pub fn get_doc<'r, 'd>(&self, root: &'r Doc<'d>) -> Option<Cow<'r, Doc<'d>>> {
+        match &self.kind {
+            PathKind::Definite(steps) => {
+                let mut v = root;
+                for step in steps {
+                    v = match (step, v) {
+                        (Step::Key(k), Doc::Object(m)) => member(m, k)?,
+                        (Step::Index(i), Doc::Array(a)) => a.get(*i)?,
+                        _ => return None,
+                    };
+                }
+                Some(Cow::Borrowed(v))
+            }
+            PathKind::Query(_) => {
+                let found = self.get(&root.to_value())?.into_owned();
+                Some(Cow::Owned(Doc::from(found)))
             }
         }
     }
@@ -151,10 +180,12 @@ mod tests {
     fn definite_paths_walk_directly() {
         let doc = json!({"after": {"id": "7", "tags": ["a", "b"], "odd key": 1}});
         let get = |p: &str| {
-            JsonPath::compile(p)
-                .unwrap()
-                .get(&doc)
-                .map(|v| v.into_owned())
+            let path = JsonPath::compile(p).unwrap();
+            let found = path.get(&doc).map(|v| v.into_owned());
+            // The decoded message's walk finds the same.
+            let in_doc = path.get_doc(&Doc::borrowing(&doc)).map(|v| v.to_value());
+            assert_eq!(found, in_doc, "{p}");
+            found
         };
         assert_eq!(get("$.after.id"), Some(json!("7")));
         assert_eq!(get("$.after.tags[1]"), Some(json!("b")));
@@ -172,8 +203,11 @@ mod tests {
         let doc = json!({"emails": [{"v": "a"}, {"v": "b"}]});
         let p = JsonPath::compile("$.emails[*].v").unwrap();
         assert_eq!(p.get(&doc).unwrap().into_owned(), json!(["a", "b"]));
+        let in_doc = Doc::borrowing(&doc);
+        assert_eq!(p.get_doc(&in_doc).unwrap().to_value(), json!(["a", "b"]));
         let none = JsonPath::compile("$.nothing[*]").unwrap();
         assert_eq!(none.get(&doc), None);
+        assert_eq!(none.get_doc(&in_doc), None);
     }
 
     #[test]

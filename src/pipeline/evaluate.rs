@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::Pipeline;
 use crate::action::Action;
+use crate::doc::Doc;
 use crate::error::{Fault, Retry};
 use crate::expr::{Event, Vars};
 use crate::mapping::JsonPath;
@@ -144,7 +145,7 @@ impl Pipeline {
     /// `from_slice` checks each string apart as it goes, which cost 1,700
     /// of the 10,800 instructions a bench event's decode took (callgrind,
     /// bench/README.md); the whole check costs about 100.
-    pub fn decode(&self, data: &[u8]) -> Result<Value, EvalError> {
+    pub fn decode<'a>(&self, data: &'a [u8]) -> Result<Doc<'a>, EvalError> {
         let not_json = |e: &dyn std::fmt::Display| {
             fail(
                 EvalErrorKind::Decode,
@@ -153,11 +154,11 @@ impl Pipeline {
             )
         };
         let text = std::str::from_utf8(data).map_err(|e| not_json(&e))?;
-        serde_json::from_str(text).map_err(|e| not_json(&e))
+        Doc::parse(text).map_err(|e| not_json(&e))
     }
 
     /// The message's record key.
-    pub fn read_key(&self, message: &Value) -> Result<String, EvalError> {
+    pub fn read_key(&self, message: &Doc<'_>) -> Result<String, EvalError> {
         let at = self.key.as_str();
         let key = self.read_name(&self.key, message, EvalErrorKind::Key, None)?;
         if key.len() > self.max_key_bytes {
@@ -178,7 +179,7 @@ impl Pipeline {
     fn read_name(
         &self,
         source: &crate::mapping::FieldSource,
-        message: &Value,
+        message: &Doc<'_>,
         kind: EvalErrorKind,
         key: Option<&str>,
     ) -> Result<String, EvalError> {
@@ -187,8 +188,8 @@ impl Pipeline {
             .get(message, &self.engine)
             .map_err(|e| fail(kind, key, format!("{what} {at}: {e}")))?;
         match value.as_deref() {
-            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-            Some(Value::Number(n)) => Ok(n.to_string()),
+            Some(Doc::String(s)) if !s.is_empty() => Ok(s.to_string()),
+            Some(Doc::Number(n)) => Ok(n.to_string()),
             Some(other) => Err(fail(
                 kind,
                 key,
@@ -199,7 +200,7 @@ impl Pipeline {
     }
 
     /// The message's account, for a pipeline that names one.
-    fn read_account(&self, message: &Value, key: &str) -> Result<Option<String>, EvalError> {
+    fn read_account(&self, message: &Doc<'_>, key: &str) -> Result<Option<String>, EvalError> {
         let Some(source) = &self.account else {
             return Ok(None);
         };
@@ -221,7 +222,7 @@ impl Pipeline {
     pub fn evaluate_decoded(
         &self,
         meta: &MessageMeta<'_>,
-        message: &Value,
+        message: &Doc<'_>,
         key: String,
     ) -> Result<Outcome, EvalError> {
         // Borrowed from the message for plain paths: no copy per record.
@@ -229,13 +230,13 @@ impl Pipeline {
             .record
             .get(message, &self.engine)
             .map_err(|e| fail(EvalErrorKind::Script, Some(&key), format!("record: {e}")))?
-            .unwrap_or(std::borrow::Cow::Owned(Value::Null));
-        let record: &Value = &record;
-        let op = self.op.as_ref().and_then(|p| p.get(message));
+            .unwrap_or(std::borrow::Cow::Owned(Doc::Null));
+        let record: &Doc = &record;
+        let op = self.op.as_ref().and_then(|p| p.get_doc(message));
 
         if let Some(schema) = &self.input_schema {
             schema
-                .validate(record)
+                .validate_doc(record)
                 .map_err(|e| fail(EvalErrorKind::InputSchema, Some(&key), e))?;
         }
 
@@ -337,13 +338,13 @@ impl super::TwoWay {
     /// (from the record) of a change.
     fn facts(
         &self,
-        message: &Value,
-        record: &Value,
+        message: &Doc<'_>,
+        record: &Doc<'_>,
         linked_key: Option<&str>,
     ) -> Result<Facts, String> {
-        let modified = match self.modified.get(message).as_deref() {
-            Some(Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
-            Some(Value::String(s)) => s.parse().ok(),
+        let modified = match self.modified.get_doc(message).as_deref() {
+            Some(Doc::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+            Some(Doc::String(s)) => s.parse().ok(),
             _ => None,
         }
         .ok_or_else(|| {
@@ -363,8 +364,8 @@ impl super::TwoWay {
                 } else {
                     &f.external
                 };
-                match (crate::mapping::lookup(record, path), self.changes) {
-                    (Some(value), _) => Some(value.clone()),
+                match (crate::mapping::lookup_doc(record, path), self.changes) {
+                    (Some(value), _) => Some(value.to_value()),
                     // A full record without the field: it is empty.
                     (None, crate::config::model::ChangeShape::Full) => Some(Value::Null),
                     (None, crate::config::model::ChangeShape::Changed) => None,
@@ -373,10 +374,10 @@ impl super::TwoWay {
             .collect();
         let id_at = |path: &Option<JsonPath>| {
             path.as_ref()
-                .and_then(|p| p.get(record))
+                .and_then(|p| p.get_doc(record))
                 .and_then(|v| match v.as_ref() {
-                    Value::String(s) if !s.is_empty() => Some(s.clone()),
-                    Value::Number(n) => Some(n.to_string()),
+                    Doc::String(s) if !s.is_empty() => Some(s.to_string()),
+                    Doc::Number(n) => Some(n.to_string()),
                     _ => None,
                 })
         };
@@ -387,9 +388,10 @@ impl super::TwoWay {
             external_id: id_at(&self.external_id),
             internal_id: id_at(&self.internal_id),
             ours: match self.direction {
-                crate::config::model::Direction::Inbound => {
-                    message.get("ours").and_then(Value::as_bool)
-                }
+                crate::config::model::Direction::Inbound => match message.get("ours") {
+                    Some(Doc::Bool(b)) => Some(*b),
+                    _ => None,
+                },
                 crate::config::model::Direction::Outbound => None,
             },
         })

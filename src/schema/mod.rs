@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::config::diagnostics::Pos;
 use crate::config::yaml::{self, Seg};
+use crate::doc::{Doc, DocJson};
 
 /// How many violations one dead letter lists.
 const MAX_REPORTED: usize = 5;
@@ -17,7 +18,10 @@ const MAX_REPORTED: usize = 5;
 /// A compiled schema and the file it came from.
 #[derive(Clone)]
 pub struct Schema {
+    /// For values built here (a mapped body).
     validator: Arc<jsonschema::Validator>,
+    /// For decoded messages, checked in place (the input schema).
+    doc_validator: Arc<jsonschema::Validator<DocJson>>,
     pub file: PathBuf,
     /// Hash of the schema text, part of its pipelines' fingerprints.
     pub fingerprint: u64,
@@ -49,21 +53,32 @@ impl Schema {
         if self.validator.is_valid(instance) {
             return Ok(());
         }
-        let mut parts: Vec<String> = self
-            .validator
-            .iter_errors(instance)
-            .take(MAX_REPORTED + 1)
-            .map(|e| {
-                let at = e.instance_path().as_str();
-                format!("{}: {e}", if at.is_empty() { "/" } else { at })
-            })
-            .collect();
-        if parts.len() > MAX_REPORTED {
-            parts.truncate(MAX_REPORTED);
-            parts.push("...".into());
-        }
-        Err(parts.join("; "))
+        Err(report(self.validator.iter_errors(instance)))
     }
+
+    /// [`Schema::validate`] for a decoded message, with the same errors.
+    pub fn validate_doc(&self, instance: &Doc<'_>) -> Result<(), String> {
+        if self.doc_validator.is_valid(instance) {
+            return Ok(());
+        }
+        Err(report(self.doc_validator.iter_errors(instance)))
+    }
+}
+
+/// Up to five violations, each with the JSON Pointer of the offending value.
+fn report<'i>(errors: impl Iterator<Item = jsonschema::ValidationError<'i>>) -> String {
+    let mut parts: Vec<String> = errors
+        .take(MAX_REPORTED + 1)
+        .map(|e| {
+            let at = e.instance_path().as_str();
+            format!("{}: {e}", if at.is_empty() { "/" } else { at })
+        })
+        .collect();
+    if parts.len() > MAX_REPORTED {
+        parts.truncate(MAX_REPORTED);
+        parts.push("...".into());
+    }
+    parts.join("; ")
 }
 
 /// Compiles each schema file once, however many pipelines use it.
@@ -100,8 +115,9 @@ fn compile(dir: &Path, rel: &Path) -> Result<Schema, SchemaError> {
         )
     })?;
     let abs = std::fs::canonicalize(&full).unwrap_or(full);
+    let base_uri = format!("file://{}", abs.display());
     let validator = jsonschema::options()
-        .with_base_uri(format!("file://{}", abs.display()))
+        .with_base_uri(base_uri.clone())
         .should_validate_formats(true)
         .with_format("email", email::is_email)
         .build(&schema)
@@ -129,8 +145,16 @@ fn compile(dir: &Path, rel: &Path) -> Result<Schema, SchemaError> {
             };
             invalid(pos, format!("invalid JSON Schema: {keyword}: {e}"))
         })?;
+    // The same schema and options: it builds whenever the one above did.
+    let doc_validator = jsonschema::options_for::<DocJson>()
+        .with_base_uri(base_uri)
+        .should_validate_formats(true)
+        .with_format("email", email::is_email)
+        .build(&schema)
+        .map_err(|e| invalid(Pos::new(1, 1), format!("invalid JSON Schema: {e}")))?;
     Ok(Schema {
         validator: Arc::new(validator),
+        doc_validator: Arc::new(doc_validator),
         file: rel.to_path_buf(),
         fingerprint: crate::config::fingerprint(&[&text]),
     })
@@ -162,6 +186,18 @@ mod tests {
         assert!(err.contains("/email: 5 is not of type \"string\""), "{err}");
         assert!(err.contains("/: \"id\" is a required property"), "{err}");
         assert!(schema.validate(&json!({"id": 1, "email": "nope"})).is_err());
+        // A decoded message gets the same answers and errors.
+        for instance in [
+            json!({"id": 1, "email": "a@b.c"}),
+            json!({"email": 5}),
+            json!({"id": 1, "email": "nope"}),
+        ] {
+            assert_eq!(
+                schema.validate_doc(&Doc::borrowing(&instance)),
+                schema.validate(&instance),
+                "{instance}"
+            );
+        }
     }
 
     #[test]

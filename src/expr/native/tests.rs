@@ -4,6 +4,7 @@
 use serde_json::{Value, json};
 
 use super::super::{Event, ScriptEngine, Vars, to_json};
+use crate::doc::Doc;
 
 /// The scripts of the shipped and benchmark pipelines, and the shapes
 /// around them (each operator and method on every kind of value).
@@ -87,7 +88,12 @@ const SCRIPTS: &[&str] = &[
     r#"record?.email"#,
 ];
 
-fn records() -> Vec<Value> {
+/// The records scripts are tried on, as evaluation sees them.
+fn records() -> Vec<Doc<'static>> {
+    values().into_iter().map(Doc::from).collect()
+}
+
+fn values() -> Vec<Value> {
     vec![
         json!({}),
         json!(null),
@@ -114,7 +120,7 @@ fn native_answers_are_rhais_answers() {
         ("source".to_string(), "first".to_string()),
         ("source".to_string(), "crm".to_string()),
     ];
-    let ops = [json!("c"), json!(1), Value::Null];
+    let ops = [json!("c"), json!(1), Value::Null].map(Doc::from);
     let mut native_answers = 0;
     for source in SCRIPTS {
         let script = engine.compile(source).unwrap();
@@ -168,7 +174,7 @@ fn the_shipped_shapes_are_native_and_the_rest_is_not() {
 #[test]
 fn gives_up_where_rhai_fails_or_decides() {
     let engine = ScriptEngine::new();
-    let record = json!({"age": 36, "big": i64::MAX, "name": "x", "email": "a@b"});
+    let record = Doc::from(json!({"age": 36, "big": i64::MAX, "name": "x", "email": "a@b"}));
     let event = Event::default();
     let native = |s: &str| {
         let script = engine.compile(s).unwrap();
@@ -188,7 +194,7 @@ fn gives_up_where_rhai_fails_or_decides() {
 #[test]
 fn scripts_fall_back_to_rhai_with_its_messages() {
     let engine = ScriptEngine::new();
-    let record = json!({"name": "x"});
+    let record = Doc::from(json!({"name": "x"}));
     let script = engine.compile("record.name.first").unwrap();
     assert!(script.is_native());
     let err = engine
@@ -291,7 +297,7 @@ fn random_scripts_agree_with_rhai() {
 
     let engine = ScriptEngine::new();
     let headers = vec![("source".to_string(), "crm".to_string())];
-    let op = json!("c");
+    let op = Doc::from(json!("c"));
     let event = Event {
         op: Some(&op),
         key: "k-1",
@@ -343,12 +349,12 @@ fn random_scripts_agree_with_rhai() {
 fn size_limits_are_rhais() {
     let engine = ScriptEngine::new();
     let items = 10_001; // one over MAX_ARRAY / MAX_MAP
-    let record = json!({
+    let record = Doc::from(json!({
         "tags": (0..items).collect::<Vec<_>>(),
         "fields": (0..items).map(|i| (i.to_string(), json!(i))).collect::<serde_json::Map<_, _>>(),
         "notes": "x".repeat(70_000), // over 64 KiB
         "short": "y",
-    });
+    }));
     let scripts = [
         "record.tags.len()",
         "record.fields.is_empty()",
