@@ -2,7 +2,7 @@
 //! rate-limited provider APIs.
 //!
 //! Stages, in the order a record meets them (see DESIGN.md §6):
-//! [`config`] → `expr` → `mapping` → `schema` → `pipeline` (per-record
+//! [`config`] → `expr` → `doc` → `mapping` → `schema` → `pipeline` (per-record
 //! evaluation) → `source` → `executor` → `sink` → [`limiter`] → `reload`.
 
 pub mod action;

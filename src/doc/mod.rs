@@ -195,13 +195,50 @@ impl<'de> Visitor<'de> for DocVisitor {
         let mut members: Vec<Member<'de>> = Vec::new();
         while let Some(Key(name)) = map.next_key()? {
             let value = map.next_value()?;
-            match members.iter_mut().find(|(k, _)| *k == name) {
+            // A name written twice is found as it comes while the object
+            // is small; past that, in one sort at the end (a scan per
+            // member would make a wide object quadratic).
+            let known = match members.len() < SCANNED_MEMBERS {
+                true => members.iter_mut().find(|(k, _)| *k == name),
+                false => None,
+            };
+            match known {
                 Some(slot) => slot.1 = value,
                 None => members.push((name, value)),
             }
         }
+        if members.len() > SCANNED_MEMBERS {
+            keep_last(&mut members);
+        }
         Ok(Doc::Object(members))
     }
+}
+
+/// Members checked for a repeated name as they come; see `visit_map`.
+const SCANNED_MEMBERS: usize = 16;
+
+/// Of members with one name, keeps the first's place and the last's value.
+fn keep_last(members: &mut Vec<Member<'_>>) {
+    let mut order: Vec<usize> = (0..members.len()).collect();
+    // Stable: within one name, the indices stay in the order written.
+    order.sort_by(|&a, &b| members[a].0.cmp(&members[b].0));
+    let runs: Vec<&[usize]> = order
+        .chunk_by(|&a, &b| members[a].0 == members[b].0)
+        .filter(|run| run.len() > 1)
+        .collect();
+    let mut gone = vec![false; members.len()];
+    for run in runs {
+        let (first, last) = (run[0], run[run.len() - 1]);
+        members[first].1 = std::mem::take(&mut members[last].1);
+        for &i in &run[1..] {
+            gone[i] = true;
+        }
+    }
+    let mut i = 0;
+    members.retain(|_| {
+        i += 1;
+        !gone[i - 1]
+    });
 }
 
 /// A member's name, borrowed when it holds no escape.
@@ -259,6 +296,26 @@ mod tests {
         assert_eq!(doc.to_value(), serde_json::from_str::<Value>(text).unwrap());
         let Doc::Object(members) = &doc else { panic!() };
         assert_eq!(members.len(), 2);
+    }
+
+    #[test]
+    fn a_wide_object_with_repeated_names_keeps_the_last_values() {
+        let mut text = String::from("{");
+        for i in 0..100 {
+            text.push_str(&format!("\"k{}\":{i},", i % 40));
+        }
+        text.push_str("\"k3\":\"last\"}");
+        let doc = Doc::parse(&text).unwrap();
+        assert_eq!(
+            doc.to_value(),
+            serde_json::from_str::<Value>(&text).unwrap()
+        );
+        let Doc::Object(members) = &doc else { panic!() };
+        assert_eq!(members.len(), 40);
+        // Each name at its first place, with its last value.
+        assert_eq!(members[0], (Cow::Borrowed("k0"), Doc::Number(80.into())));
+        assert_eq!(members[3].1, Doc::String(Cow::Borrowed("last")));
+        assert_eq!(doc.get("k39"), Some(&Doc::Number(79.into())));
     }
 
     #[test]
