@@ -25,6 +25,21 @@ pub struct Config {
     pub pipelines: BTreeMap<String, Arc<Pipeline>>,
 }
 
+impl Config {
+    /// The files outside the config's folders it was made of (providers'
+    /// TLS certificates and keys), with fingerprints of what was read: hot
+    /// reload watches them too.
+    pub fn read_files(&self) -> Vec<crate::sink::http::tls::ReadFile> {
+        let mut files: Vec<_> = self
+            .providers
+            .values()
+            .flat_map(|p| p.tls_files.iter().cloned())
+            .collect();
+        files.dedup();
+        files
+    }
+}
+
 /// Loads and compiles `dir`, running every pipeline's `tests:` when
 /// `run_tests`. Returns every error found, in every file, or the config.
 pub fn compile_dir(dir: &Path, env: &dyn Env, run_tests: bool) -> Result<Config, Diagnostics> {

@@ -184,6 +184,16 @@ fn line_of(h: &Harness, file: &str, text: &str) -> usize {
         .unwrap_or_else(|| panic!("{first:?} not in {file}"))
 }
 
+/// Waits for the first reload to be applied; its log line.
+async fn second_version_applied(syncflow: &Syncflow) -> String {
+    syncflow
+        .wait_metric("syncflow_config_generation", 2.0, Duration::from_secs(10))
+        .await;
+    syncflow
+        .wait_log("reload applied", Duration::from_secs(1))
+        .await
+}
+
 async fn metric(syncflow: &Syncflow, series: &str) -> f64 {
     metrics::value(&syncflow.metrics().await, series).unwrap_or(0.0)
 }
@@ -430,12 +440,7 @@ async fn an_unchanged_pipeline_keeps_its_consumer_and_in_flight_work() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     h.edit(SALESFORCE_PIPELINE, "Email: $.email", "Email: $['email']");
-    syncflow
-        .wait_metric("syncflow_config_generation", 2.0, Duration::from_secs(10))
-        .await;
-    let reload = syncflow
-        .wait_log("reload applied", Duration::from_secs(1))
-        .await;
+    let reload = second_version_applied(&syncflow).await;
     assert!(
         reload.contains(r#"changed=["contacts-to-salesforce"]"#),
         "{reload}"
@@ -490,12 +495,7 @@ async fn a_removed_pipeline_stops_and_an_added_one_starts() {
     let dir = h.dir.path().join("pipelines");
     let text = std::fs::read_to_string(dir.join("contacts-to-salesforce.yaml")).unwrap();
     std::fs::remove_file(dir.join("contacts-to-salesforce.yaml")).unwrap();
-    syncflow
-        .wait_metric("syncflow_config_generation", 2.0, Duration::from_secs(10))
-        .await;
-    let removed = syncflow
-        .wait_log("reload applied", Duration::from_secs(1))
-        .await;
+    let removed = second_version_applied(&syncflow).await;
     assert!(
         removed.contains(r#"removed=["contacts-to-salesforce"]"#),
         "{removed}"
@@ -564,4 +564,151 @@ async fn a_new_key_path_takes_over_once_the_lanes_are_empty() {
         .wait_log("new version takes over", Duration::from_secs(1))
         .await;
     assert!(syncflow.sigterm().success(), "{}", syncflow.log());
+}
+
+/// An https CRM in front of the mock CRM: TLS with a certificate of the
+/// given test CA for `localhost`, bytes passed on as they are. `rotate`
+/// swaps in another CA's certificate and closes every open connection (as
+/// a provider restarted with a new certificate would).
+struct TlsFront {
+    addr: std::net::SocketAddr,
+    acceptor: Arc<std::sync::Mutex<tokio_rustls::TlsAcceptor>>,
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl TlsFront {
+    async fn start(certs: &syncflow_testkit::Certs, backend: std::net::SocketAddr) -> TlsFront {
+        let acceptor = Arc::new(std::sync::Mutex::new(Self::acceptor(certs)));
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (shared, closing) = (acceptor.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let acceptor = shared.lock().unwrap().clone();
+                let mut closed = closing.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(socket).await else {
+                        return;
+                    };
+                    let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut tls, &mut plain) => {}
+                        _ = closed.changed() => {}
+                    }
+                });
+            }
+        });
+        TlsFront {
+            addr,
+            acceptor,
+            generation,
+        }
+    }
+
+    fn acceptor(certs: &syncflow_testkit::Certs) -> tokio_rustls::TlsAcceptor {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let chain = CertificateDer::pem_file_iter(&certs.server_cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(&certs.server_key).unwrap();
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+
+    fn rotate(&self, certs: &syncflow_testkit::Certs) {
+        *self.acceptor.lock().unwrap() = Self::acceptor(certs);
+        self.generation.send_modify(|g| *g += 1);
+    }
+}
+
+/// A provider's CA file rotated in place (the provider's YAML untouched)
+/// is a change: the provider is rebuilt with the new CA, and records reach
+/// the provider's new certificate without a restart. Before it was, the
+/// running sink kept the old CA until the provider file itself was saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_ca_rotated_in_place_is_used_without_a_restart() {
+    let h = Harness::start(MockCrmConfig::default()).await;
+    let (old_certs, new_certs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let old = syncflow_testkit::Certs::write(old_certs.path()).unwrap();
+    let new = syncflow_testkit::Certs::write(new_certs.path()).unwrap();
+    let backend = h
+        .crm
+        .hubspot_url()
+        .trim_start_matches("http://")
+        .trim_end_matches("/hubspot")
+        .parse()
+        .unwrap();
+    let front = TlsFront::start(&old, backend).await;
+    let ca = h.dir.path().join("certs/ca.pem");
+    std::fs::create_dir_all(ca.parent().unwrap()).unwrap();
+    std::fs::copy(&old.ca, &ca).unwrap();
+    h.set_line(
+        HUBSPOT_PROVIDER,
+        "base_url:",
+        &format!(
+            "base_url: https://localhost:{}/hubspot\ntls: {{ ca: certs/ca.pem }}",
+            front.addr.port()
+        ),
+    );
+    let publish = |from: usize| {
+        let h = &h;
+        async move {
+            for key in from..from + 5 {
+                let event = json!({"op": "c", "after": {"id": key.to_string(), "email": format!("tls{key}@example.com"), "last_name": "L", "company": "acme"}});
+                h.publish(
+                    &format!("cdc.contacts.{key}"),
+                    &format!("tls-{key}"),
+                    event.to_string().as_bytes(),
+                )
+                .await;
+            }
+        }
+    };
+    let creates = || h.crm.snapshot().hubspot.counters.creates;
+    let log = || {
+        let logs = std::fs::read_dir(h.dir.path()).unwrap().flatten();
+        logs.filter(|e| e.file_name().to_string_lossy().starts_with("syncflow-"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect::<String>()
+    };
+    let wait_creates = |n: u64| async move {
+        let started = std::time::Instant::now();
+        while creates() < n {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{} of {n} HubSpot creates:\n{}",
+                creates(),
+                log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    publish(0).await;
+    let mut syncflow = h.spawn();
+    syncflow.wait_ready(Duration::from_secs(20)).await;
+    wait_creates(5).await;
+
+    // The provider's certificate and the CA file change; the YAML does not.
+    front.rotate(&new);
+    std::fs::copy(&new.ca, &ca).unwrap();
+    let reload = second_version_applied(&syncflow).await;
+    assert!(
+        reload.contains(r#"changed=["contacts-to-hubspot"]"#),
+        "{reload}"
+    );
+    publish(5).await;
+    wait_creates(10).await;
+    h.wait_settled(Duration::from_secs(30)).await;
+    assert!(h.dead_letters().await.is_empty(), "{}", syncflow.log());
+    assert!(syncflow.sigterm().success(), "{}", syncflow.log());
+    assert_eq!(creates(), 10);
 }

@@ -33,11 +33,13 @@ pub fn run(dir: &Path, drain_timeout: Duration) -> Result<bool, String> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
         // Watch before the first load, so no edit falls between the two.
-        let watcher = ConfigWatcher::new(dir);
+        let mut watcher = ConfigWatcher::new(dir);
         let config = match compile_dir(dir, &ProcessEnv, true) {
             Ok(config) => config,
             Err(diags) => return Err(format!("{diags}{} errors: not starting", diags.len())),
         };
+        // As read by this load: a certificate rotated since is a change.
+        watcher.also_watch(config.read_files());
         let _ = rustls::crypto::ring::default_provider().install_default();
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {

@@ -27,6 +27,7 @@ use crate::expr::ScriptEngine;
 use crate::inbound::Inbound;
 use crate::mapping::JsonPath;
 use crate::path;
+use crate::sink::http::tls::ReadFile;
 
 #[derive(Debug, Clone)]
 pub struct Provider {
@@ -36,6 +37,10 @@ pub struct Provider {
     /// `tls` as a TLS client configuration, built when the provider is
     /// compiled: its files are read once, and what validates connects.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The files `tls` was made of, with what was read: a certificate
+    /// rotated in place (the provider file unchanged) is a change hot
+    /// reload sees, and rebuilds the provider for.
+    pub tls_files: Vec<ReadFile>,
     /// `(header name, value)` for auth and the configured extra headers.
     pub headers: Vec<(String, Secret)>,
     /// `auth.per_account`: each account's own credentials.
@@ -179,6 +184,7 @@ impl Provider {
         };
         without_limit(self) == without_limit(other)
             && self.window_remaining_header == other.window_remaining_header
+            && self.tls_files == other.tls_files
     }
 }
 
@@ -256,10 +262,11 @@ pub fn compile(
         file.error(diags, &path!["base_url"], problem);
     }
 
-    let tls = cfg
+    let (tls, tls_files) = cfg
         .tls
         .as_ref()
-        .and_then(|tls| check_tls(src, dir, tls, diags));
+        .and_then(|tls| check_tls(src, dir, tls, diags))
+        .map_or((None, Vec::new()), |(config, files)| (Some(config), files));
 
     let mut headers: Vec<_> = auth::auth_header(src, diags).into_iter().collect();
     let account_auth = auth::per_account(src, &cfg.base_url, diags);
@@ -433,6 +440,7 @@ pub fn compile(
         name: cfg.name.clone(),
         base_url: cfg.base_url.trim_end_matches('/').to_string(),
         tls,
+        tls_files,
         headers,
         account_auth,
         rate_limit,
@@ -451,13 +459,14 @@ pub fn compile(
 }
 
 /// `tls`: for an https `base_url`, its files there and readable as
-/// certificates and a key. Returns the TLS client configuration they make.
+/// certificates and a key. Returns the TLS client configuration they make,
+/// and the files read.
 fn check_tls(
     src: &Sourced<ProviderConfig>,
     dir: &Path,
     tls: &TlsGlobals,
     diags: &mut Diagnostics,
-) -> Option<Arc<rustls::ClientConfig>> {
+) -> Option<(Arc<rustls::ClientConfig>, Vec<ReadFile>)> {
     let (cfg, file) = (&src.value, &src.file);
     let before = diags.len();
     if !cfg.base_url.starts_with("https://") {
@@ -471,8 +480,8 @@ fn check_tls(
     if diags.len() != before {
         return None;
     }
-    match crate::sink::http::tls::client_config(Some(tls), dir) {
-        Ok(config) => Some(Arc::new(config)),
+    match crate::sink::http::tls::client_config_read(Some(tls), dir) {
+        Ok((config, files)) => Some((Arc::new(config), files)),
         Err(message) => {
             file.error(diags, &path!["tls"], message);
             None

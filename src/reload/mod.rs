@@ -32,7 +32,7 @@ pub async fn run(
             _ = stop.wait_for(|s| *s) => return,
             () = watcher.changed() => {}
         }
-        if reload(dir, engine).await {
+        if reload(dir, engine, &mut watcher).await {
             generation += 1;
             metrics::gauge!("syncflow_config_generation").set(generation as f64);
         }
@@ -40,7 +40,7 @@ pub async fn run(
 }
 
 /// One reload; returns whether a new config was put in place.
-async fn reload(dir: &Path, engine: &mut Engine) -> bool {
+async fn reload(dir: &Path, engine: &mut Engine, watcher: &mut ConfigWatcher) -> bool {
     let started = std::time::Instant::now();
     let owned: PathBuf = dir.to_path_buf();
     // Compiling runs the pipelines' tests: keep it off the async workers.
@@ -69,6 +69,9 @@ async fn reload(dir: &Path, engine: &mut Engine) -> bool {
         }
     };
     metrics::gauge!("syncflow_config_errors").set(0.0);
+    // The files outside the config's folders this version was made of, as
+    // read (a refused version keeps the running one's list).
+    watcher.also_watch(config.read_files());
     match engine.apply(config).await {
         Ok(applied) if applied.is_empty() => {
             tracing::info!("config files changed, but no pipeline or provider did");

@@ -9,6 +9,11 @@
 //! hash backs the events up, so a change that no event reported (a watch lost
 //! with a replaced directory) is still picked up within [`POLL_EVERY`]; the
 //! watch itself is re-created when the directory's inode changes.
+//!
+//! A config may also be made of files elsewhere (a provider's TLS
+//! certificates, which may live outside the config's folders): those are
+//! compared with the content the running config was compiled from, on
+//! every event and poll, so a certificate rotated in place is a change.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -16,6 +21,8 @@ use std::time::Duration;
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
+
+use crate::sink::http::tls::ReadFile;
 
 /// Quiet time that ends a burst of events.
 const SETTLE: Duration = Duration::from_millis(200);
@@ -42,6 +49,8 @@ pub struct ConfigWatcher {
     watched_inode: Option<u64>,
     /// The content hash last reported (or seen at the start).
     last: u64,
+    /// Files outside the config's folders, with the content last seen.
+    also: Vec<ReadFile>,
 }
 
 impl ConfigWatcher {
@@ -56,6 +65,7 @@ impl ConfigWatcher {
             watcher: None,
             watched_inode: None,
             last: content_hash(dir),
+            also: Vec::new(),
         };
         watcher.rewatch();
         watcher
@@ -75,14 +85,23 @@ impl ConfigWatcher {
                 }
             }
             let dir = self.dir.clone();
-            let now = tokio::task::spawn_blocking(move || content_hash(&dir))
-                .await
-                .unwrap_or(self.last);
-            if now != self.last {
+            let also = self.also.clone();
+            let (now, also_now) =
+                tokio::task::spawn_blocking(move || (content_hash(&dir), as_now(also)))
+                    .await
+                    .unwrap_or_else(|_| (self.last, self.also.clone()));
+            if now != self.last || also_now != self.also {
                 self.last = now;
+                self.also = also_now;
                 return;
             }
         }
+    }
+
+    /// Also watch `files` (outside the config's folders, say), each changed
+    /// once its content differs from what its fingerprint says was read.
+    pub fn also_watch(&mut self, files: Vec<ReadFile>) {
+        self.also = files;
     }
 
     /// Waits until events stop coming for [`SETTLE`] (at most [`SETTLE_MAX`]).
@@ -122,6 +141,18 @@ impl ConfigWatcher {
 
 fn inode(dir: &Path) -> Option<u64> {
     std::fs::metadata(dir).ok().map(|m| m.ino())
+}
+
+/// `files` with the fingerprints of their content now (an unreadable file
+/// as empty: it changes again once readable).
+fn as_now(files: Vec<ReadFile>) -> Vec<ReadFile> {
+    files
+        .into_iter()
+        .map(|f| ReadFile {
+            fingerprint: crate::fnv::hash(&std::fs::read(&f.path).unwrap_or_default()),
+            path: f.path,
+        })
+        .collect()
 }
 
 /// A hash of the names and contents of every config file under `dir`.
@@ -211,6 +242,33 @@ mod tests {
         )
         .unwrap();
         assert!(changed_within(&mut w, Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test]
+    async fn a_file_outside_the_config_is_watched_for_what_was_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        write(dir.path(), "syncflow.yaml", "a: 1");
+        let cert = elsewhere.path().join("ca.pem");
+        std::fs::write(&cert, "first").unwrap();
+        let mut w = ConfigWatcher::new(dir.path());
+        // Rotated after it was read, before the watch was told of it: a
+        // change all the same.
+        let read = ReadFile {
+            path: cert.clone(),
+            fingerprint: crate::fnv::hash(b"first"),
+        };
+        std::fs::write(&cert, "second").unwrap();
+        w.also_watch(vec![read]);
+        // Outside the watched folder: found by the poll.
+        assert!(changed_within(&mut w, POLL_EVERY * 3).await);
+        assert!(!changed_within(&mut w, POLL_EVERY + Duration::from_millis(500)).await);
+        std::fs::write(&cert, "third").unwrap();
+        assert!(changed_within(&mut w, POLL_EVERY * 3).await);
+        // Without a watch on it, its edits are nobody's business.
+        w.also_watch(Vec::new());
+        std::fs::write(&cert, "fourth").unwrap();
+        assert!(!changed_within(&mut w, POLL_EVERY + Duration::from_millis(500)).await);
     }
 
     #[tokio::test]

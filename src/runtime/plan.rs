@@ -222,6 +222,38 @@ mod tests {
     }
 
     #[test]
+    fn a_certificate_rotated_in_place_rebuilds_its_provider_only() {
+        let dir = syncflow_testkit::shipped_config().unwrap();
+        let provider = dir.path().join("providers/hubspot.yaml");
+        let text = std::fs::read_to_string(&provider).unwrap();
+        let text = text.replacen(
+            "base_url: \"${HUBSPOT_URL:-http://127.0.0.1:18080/hubspot}\"",
+            "base_url: https://crm.example/hubspot\ntls: { ca: certs/ca.pem }",
+            1,
+        );
+        std::fs::write(&provider, text).unwrap();
+        let ca = dir.path().join("certs/ca.pem");
+        std::fs::create_dir_all(ca.parent().unwrap()).unwrap();
+        let rotate = || {
+            let made = tempfile::tempdir().unwrap();
+            let certs = syncflow_testkit::Certs::write(made.path()).unwrap();
+            std::fs::copy(&certs.ca, &ca).unwrap();
+        };
+        let compile = || compile_dir(dir.path(), &HashMap::new(), false).unwrap();
+        rotate();
+        let old = compile();
+        assert_eq!(old.read_files().len(), 1);
+        assert!(plan(&old, &compile()).is_empty(), "the same CA again");
+        rotate();
+        let new = compile();
+        assert_ne!(old.read_files(), new.read_files());
+        let plan = plan(&old, &new);
+        assert_eq!(plan.providers["hubspot"], ProviderChange::Rebuilt);
+        assert_eq!(plan.providers["salesforce"], ProviderChange::Unchanged);
+        assert_eq!(plan.pipelines_with(PipelineChange::Changed), [HUBSPOT]);
+    }
+
+    #[test]
     fn a_comment_in_a_provider_file_changes_nothing() {
         let new = shipped_with(&[(
             "providers/hubspot.yaml",

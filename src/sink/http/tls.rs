@@ -7,7 +7,7 @@
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::config::globals::resolve;
 use crate::config::model::TlsGlobals;
@@ -16,14 +16,34 @@ use crate::config::model::TlsGlobals;
 /// absolute (a compiled provider's are); an error names the setting and
 /// the file as written, and what is wrong with it.
 pub fn client_config(tls: Option<&TlsGlobals>, dir: &Path) -> Result<rustls::ClientConfig, String> {
+    client_config_read(tls, dir).map(|(config, _)| config)
+}
+
+/// A file a TLS configuration was made of, with a fingerprint of the
+/// content it was made from: hot reload compares it with the file's
+/// content now (a rotated certificate rebuilds the provider).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadFile {
+    pub path: PathBuf,
+    pub fingerprint: u64,
+}
+
+/// [`client_config`], and the files it read. Each file is read once and
+/// parsed from the bytes fingerprinted, so what is fingerprinted is what
+/// the configuration holds.
+pub fn client_config_read(
+    tls: Option<&TlsGlobals>,
+    dir: &Path,
+) -> Result<(rustls::ClientConfig, Vec<ReadFile>), String> {
     use rustls_platform_verifier::BuilderVerifierExt;
     // The process's provider: ring, as everywhere in syncflow.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut read = Vec::new();
     let builder = rustls::ClientConfig::builder();
     let builder = match tls.and_then(|t| t.ca.as_deref()) {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for cert in certificates(dir, "tls.ca", ca)? {
+            for cert in certificates(dir, "tls.ca", ca, &mut read)? {
                 roots
                     .add(cert)
                     .map_err(|e| format!("tls.ca: {ca}: a certificate rustls refuses: {e}"))?;
@@ -36,8 +56,9 @@ pub fn client_config(tls: Option<&TlsGlobals>, dir: &Path) -> Result<rustls::Cli
     };
     let mut config = match tls.and_then(|t| t.cert.as_deref().zip(t.key.as_deref())) {
         Some((cert, key)) => {
-            let chain = certificates(dir, "tls.cert", cert)?;
-            let key = PrivateKeyDer::from_pem_file(resolve(dir, key))
+            let chain = certificates(dir, "tls.cert", cert, &mut read)?;
+            let bytes = read_file(dir, "tls.key", key, &mut read)?;
+            let key = PrivateKeyDer::from_pem_slice(&bytes)
                 .map_err(|e| format!("tls.key: {key}: no private key read: {e}"))?;
             builder
                 .with_client_auth_cert(chain, key)
@@ -46,7 +67,23 @@ pub fn client_config(tls: Option<&TlsGlobals>, dir: &Path) -> Result<rustls::Cli
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    Ok((config, read))
+}
+
+/// The content of the file `path` (setting `what`), noted in `read`.
+fn read_file(
+    dir: &Path,
+    what: &str,
+    path: &str,
+    read: &mut Vec<ReadFile>,
+) -> Result<Vec<u8>, String> {
+    let full = resolve(dir, path);
+    let bytes = std::fs::read(&full).map_err(|e| format!("{what}: {path}: {e}"))?;
+    read.push(ReadFile {
+        fingerprint: crate::fnv::hash(&bytes),
+        path: full,
+    });
+    Ok(bytes)
 }
 
 /// The certificates of the PEM file `path` (setting `what`): at least one.
@@ -54,9 +91,11 @@ fn certificates(
     dir: &Path,
     what: &str,
     path: &str,
+    read: &mut Vec<ReadFile>,
 ) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(resolve(dir, path))
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+    let bytes = read_file(dir, what, path, read)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{what}: {path}: {e}"))?;
     if certs.is_empty() {
         return Err(format!("{what}: {path}: no PEM certificate in it"));
@@ -86,12 +125,20 @@ mod tests {
     async fn server(certs: &Certs, mutual: bool) -> std::net::SocketAddr {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let none = Path::new("");
-        let chain = certificates(none, "cert", certs.server_cert.to_str().unwrap()).unwrap();
+        let chain = certificates(
+            none,
+            "cert",
+            certs.server_cert.to_str().unwrap(),
+            &mut Vec::new(),
+        )
+        .unwrap();
         let key = PrivateKeyDer::from_pem_file(&certs.server_key).unwrap();
         let builder = rustls::ServerConfig::builder();
         let builder = if mutual {
             let mut roots = rustls::RootCertStore::empty();
-            for cert in certificates(none, "ca", certs.ca.to_str().unwrap()).unwrap() {
+            for cert in
+                certificates(none, "ca", certs.ca.to_str().unwrap(), &mut Vec::new()).unwrap()
+            {
                 roots.add(cert).unwrap();
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
@@ -209,6 +256,22 @@ mod tests {
             super::super::ProviderApi::new(provider, crate::limiter::Limiter::Unlimited).unwrap();
         let answer = api.get("/health").await.unwrap();
         assert_eq!((answer.status, &answer.body[..]), (200, &b"ok"[..]));
+    }
+
+    #[test]
+    fn the_files_read_are_named_with_what_was_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = Certs::write(dir.path()).unwrap();
+        let (_, read) = client_config_read(Some(&tls(&certs, true)), Path::new("")).unwrap();
+        let fingerprint = |p: &Path| crate::fnv::hash(&std::fs::read(p).unwrap());
+        let want: Vec<ReadFile> = [&certs.ca, &certs.client_cert, &certs.client_key]
+            .into_iter()
+            .map(|p| ReadFile {
+                path: p.clone(),
+                fingerprint: fingerprint(p),
+            })
+            .collect();
+        assert_eq!(read, want);
     }
 
     #[test]
