@@ -26,17 +26,16 @@ pub struct Config {
 }
 
 impl Config {
-    /// The files outside the config's folders it was made of (providers'
-    /// TLS certificates and keys), with fingerprints of what was read: hot
-    /// reload watches them too.
+    /// The files besides its YAML and schemas the config was made of
+    /// (providers' TLS certificates and keys, wherever they are), with
+    /// fingerprints of what was read: hot reload watches them too. A file
+    /// two providers name is listed for each: either may have read it
+    /// before a rotation.
     pub fn read_files(&self) -> Vec<crate::sink::http::tls::ReadFile> {
-        let mut files: Vec<_> = self
-            .providers
+        self.providers
             .values()
             .flat_map(|p| p.tls_files.iter().cloned())
-            .collect();
-        files.dedup();
-        files
+            .collect()
     }
 }
 
