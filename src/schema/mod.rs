@@ -56,7 +56,8 @@ impl Schema {
         Err(report(self.validator.iter_errors(instance)))
     }
 
-    /// [`Schema::validate`] for a decoded message, with the same errors.
+    /// [`Schema::validate`] for a decoded message: the same violations
+    /// (members in the message's order, where a `Value` has them by name).
     pub fn validate_doc(&self, instance: &Doc<'_>) -> Result<(), String> {
         if self.doc_validator.is_valid(instance) {
             return Ok(());
