@@ -219,6 +219,17 @@ const SCANNED_MEMBERS: usize = 16;
 
 /// Of members with one name, keeps the first's place and the last's value.
 fn keep_last(members: &mut Vec<Member<'_>>) {
+    // Names are nearly always distinct: one pass through a set says so for
+    // a third of what the sort below costs (a throwaway program, 209
+    // members: 173,000 → 117,000 instructions to decode and drop the
+    // event, against 284,000 into a `Value`).
+    let mut names = std::collections::HashSet::with_capacity_and_hasher(
+        members.len(),
+        foldhash::fast::RandomState::default(),
+    );
+    if members.iter().all(|(name, _)| names.insert(name.as_ref())) {
+        return;
+    }
     let mut order: Vec<usize> = (0..members.len()).collect();
     // Stable: within one name, the indices stay in the order written.
     order.sort_by(|&a, &b| members[a].0.cmp(&members[b].0));
@@ -316,6 +327,21 @@ mod tests {
         assert_eq!(members[0], (Cow::Borrowed("k0"), Doc::Number(80.into())));
         assert_eq!(members[3].1, Doc::String(Cow::Borrowed("last")));
         assert_eq!(doc.get("k39"), Some(&Doc::Number(79.into())));
+    }
+
+    #[test]
+    fn a_wide_object_of_distinct_names_keeps_its_order() {
+        let members: Vec<String> = (0..50).map(|i| format!("\"f{i}\":{i}")).collect();
+        let text = format!("{{{}}}", members.join(","));
+        let doc = Doc::parse(&text).unwrap();
+        let Doc::Object(members) = &doc else { panic!() };
+        let names: Vec<&str> = members.iter().map(|(k, _)| k.as_ref()).collect();
+        let want: Vec<String> = (0..50).map(|i| format!("f{i}")).collect();
+        assert_eq!(names, want);
+        assert_eq!(
+            doc.to_value(),
+            serde_json::from_str::<Value>(&text).unwrap()
+        );
     }
 
     #[test]
