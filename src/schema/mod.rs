@@ -117,10 +117,7 @@ fn compile(dir: &Path, rel: &Path) -> Result<Schema, SchemaError> {
     })?;
     let abs = std::fs::canonicalize(&full).unwrap_or(full);
     let base_uri = format!("file://{}", abs.display());
-    let validator = jsonschema::options()
-        .with_base_uri(base_uri.clone())
-        .should_validate_formats(true)
-        .with_format("email", email::is_email)
+    let validator = configured(jsonschema::options(), &base_uri)
         .build(&schema)
         .map_err(|e| {
             // The error's instance is the schema itself: its path names the
@@ -147,10 +144,7 @@ fn compile(dir: &Path, rel: &Path) -> Result<Schema, SchemaError> {
             invalid(pos, format!("invalid JSON Schema: {keyword}: {e}"))
         })?;
     // The same schema and options: it builds whenever the one above did.
-    let doc_validator = jsonschema::options_for::<DocJson>()
-        .with_base_uri(base_uri)
-        .should_validate_formats(true)
-        .with_format("email", email::is_email)
+    let doc_validator = configured(jsonschema::options_for::<DocJson>(), &base_uri)
         .build(&schema)
         .map_err(|e| invalid(Pos::new(1, 1), format!("invalid JSON Schema: {e}")))?;
     Ok(Schema {
@@ -159,6 +153,18 @@ fn compile(dir: &Path, rel: &Path) -> Result<Schema, SchemaError> {
         file: rel.to_path_buf(),
         fingerprint: crate::config::fingerprint(&[&text]),
     })
+}
+
+/// The options every validator of a schema file is built with, whatever
+/// JSON representation it checks.
+fn configured<'i, R, F: jsonschema::json::Json>(
+    options: jsonschema::ValidationOptions<'i, R, F>,
+    base_uri: &str,
+) -> jsonschema::ValidationOptions<'i, R, F> {
+    options
+        .with_base_uri(base_uri)
+        .should_validate_formats(true)
+        .with_format("email", email::is_email)
 }
 
 #[cfg(test)]
