@@ -227,7 +227,7 @@ impl Harness {
             }
             assert!(
                 started.elapsed() < timeout,
-                "not settled after {timeout:?}: {busy:?}"
+                "not settled after {timeout:?}: {seen} consumers seen, busy: {busy:?}, {quiet} quiet polls of 2"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -411,7 +411,34 @@ impl Drop for Syncflow {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failed assertion about what syncflow did (a wait that timed
+        // out, a count that differs) says what went wrong but not why: the
+        // process's own log does, and its temporary directory goes with
+        // the test. cargo shows a test's output only when it fails.
+        if std::thread::panicking() {
+            eprintln!("{}", log_tail(&self.log(), &self.log, LOG_TAIL_LINES));
+        }
     }
+}
+
+/// Lines of a syncflow log a failed test prints.
+const LOG_TAIL_LINES: usize = 300;
+
+/// The last `lines` lines of `log` (read from `path`), under a header that
+/// names the file and how many lines came before them.
+fn log_tail(log: &str, path: &Path, lines: usize) -> String {
+    let all: Vec<&str> = log.lines().collect();
+    let skipped = all.len().saturating_sub(lines);
+    format!(
+        "---- syncflow log {} ({} lines{}) ----\n{}",
+        path.display(),
+        all.len(),
+        match skipped {
+            0 => String::new(),
+            n => format!(", the first {n} left out"),
+        },
+        all[skipped..].join("\n")
+    )
 }
 
 unsafe extern "C" {
