@@ -144,98 +144,13 @@ pub struct FieldError {
 pub struct Mapping {
     /// In the order written: fields are evaluated, and fail, in that order.
     fields: Vec<Field>,
-    /// The body's objects, worked out once from the output paths.
-    shape: Shape,
-}
-
-/// An output object: its members in key order, as `Map` keeps them, so
-/// each object of a body is built in one pass (`Map::from_iter` of sorted
-/// members) instead of by one insert per field, each searching the object
-/// again from its root and its parents by name (a third of the mapping's
-/// instructions, callgrind, bench/README.md).
-#[derive(Debug, Clone, Default)]
-struct Shape {
-    members: Vec<(String, Slot)>,
-}
-
-#[derive(Debug, Clone)]
-enum Slot {
-    /// The value of `fields[i]`.
-    Field(usize),
-    Object(Shape),
-}
-
-impl Shape {
-    /// The tree of the fields' output paths. Of conflicting paths (which
-    /// config validation refuses, see [`Field::conflicts_with`]) the later
-    /// wins, as it would writing the fields one by one.
-    fn of(fields: &[Field]) -> Shape {
-        let mut root = Shape::default();
-        for (i, field) in fields.iter().enumerate() {
-            let (last, parents) = field.segments.split_last().expect("validated non-empty");
-            let mut shape = &mut root;
-            for seg in parents {
-                let slot = shape.slot(seg);
-                if !matches!(slot, Slot::Object(_)) {
-                    *slot = Slot::Object(Shape::default());
-                }
-                let Slot::Object(inner) = slot else {
-                    unreachable!("just made an object")
-                };
-                shape = inner;
-            }
-            *shape.slot(last) = Slot::Field(i);
-        }
-        root.sort();
-        root
-    }
-
-    /// The member named `name`, made (as an empty object) if missing.
-    fn slot(&mut self, name: &str) -> &mut Slot {
-        let at = match self.members.iter().position(|(k, _)| k == name) {
-            Some(at) => at,
-            None => {
-                let empty = Slot::Object(Shape::default());
-                self.members.push((name.to_string(), empty));
-                self.members.len() - 1
-            }
-        };
-        &mut self.members[at].1
-    }
-
-    fn sort(&mut self) {
-        self.members.sort_by(|a, b| a.0.cmp(&b.0));
-        for (_, slot) in &mut self.members {
-            if let Slot::Object(inner) = slot {
-                inner.sort();
-            }
-        }
-    }
-
-    /// The object of `values` (taken), `None` when none of its fields has
-    /// one: a body holds no empty object for fields left out.
-    fn build(&self, values: &mut [Option<Value>]) -> Option<Map<String, Value>> {
-        let mut members = Vec::with_capacity(self.members.len());
-        for (name, slot) in &self.members {
-            let value = match slot {
-                Slot::Field(i) => values[*i].take(),
-                Slot::Object(inner) => inner.build(values).map(Value::Object),
-            };
-            if let Some(value) = value {
-                members.push((name.clone(), value));
-            }
-        }
-        // Already in key order: `from_iter`'s sort only checks it.
-        (!members.is_empty()).then(|| members.into_iter().collect())
-    }
 }
 
 impl Mapping {
     /// Conflicting output paths must have been rejected by the caller
     /// (see [`Field::conflicts_with`]), which knows where they are written.
     pub fn new(fields: Vec<Field>) -> Self {
-        let shape = Shape::of(&fields);
-        Mapping { fields, shape }
+        Mapping { fields }
     }
 
     pub fn has_scripts(&self) -> bool {
@@ -251,7 +166,13 @@ impl Mapping {
         engine: &ScriptEngine,
         vars: &mut Vars<'a>,
     ) -> Result<Value, FieldError> {
-        let mut values = Vec::with_capacity(self.fields.len());
+        // One insert per field, each finding its parent objects by name
+        // again. Building each object once from its members in key order
+        // (the output paths' tree worked out at load, `Map::from_iter`)
+        // runs fewer instructions but takes more time: tried twice, and
+        // measured both ways in bench/README.md ("The allocator, the body
+        // writer, and a change taken back"; "The message read in place").
+        let mut out = Map::new();
         for field in &self.fields {
             let value = match &field.source {
                 FieldSource::Path(path) => path.get_doc(record).map(|v| v.to_value()),
@@ -268,11 +189,11 @@ impl Mapping {
                     })?
                 }
             };
-            values.push(value);
+            if let Some(value) = value {
+                insert(&mut out, &field.segments, value);
+            }
         }
-        Ok(Value::Object(
-            self.shape.build(&mut values).unwrap_or_default(),
-        ))
+        Ok(Value::Object(out))
     }
 }
 
