@@ -53,7 +53,10 @@
 #               through async-nats's kv::Store, alternating (--rounds,
 #               default 2): ops/s and the CPU µs per operation of
 #               nats-server and of the client; --nats-server PATH runs
-#               another nats-server build (e.g. the cluster tests' 2.12)
+#               another nats-server build (e.g. the cluster tests' 2.12);
+#               --server-batches N adds the server's batch operations (atomic
+#               batch publishes, multi_last direct gets) of N keys a request
+#               (nats-server 2.12 or later)
 #   tap         examples/bench_tap.rs: rounds of --rate events/s (default
 #               10000) for --duration s (default 10), alternating no tap and
 #               a `syncflow tap` reading 64 KB/s: records/s of each, and the
@@ -82,10 +85,10 @@ cd "$(dirname "$0")/.."
 
 mode=${1:-throughput}
 case "$mode" in throughput|latency|limiter|two-way|tap|id-map|kv-cost|batch|accounts|fleet|all) shift || true ;; -*) mode=throughput ;; *)
-  echo "usage: bench/run.sh [throughput|latency|limiter|two-way|tap|id-map|kv-cost|batch|accounts|fleet|all] [--count N] [--rate R] [--duration S] [--warmup S] [--in-flight C] [--wrk-secs S] [--scrape S] [--perf] [--no-build] [--crm mock|nginx] [--record-bytes B] [--id-map] [--rounds N] [--nats-server PATH]" >&2
+  echo "usage: bench/run.sh [throughput|latency|limiter|two-way|tap|id-map|kv-cost|batch|accounts|fleet|all] [--count N] [--rate R] [--duration S] [--warmup S] [--in-flight C] [--wrk-secs S] [--scrape S] [--perf] [--no-build] [--crm mock|nginx] [--record-bytes B] [--id-map] [--rounds N] [--nats-server PATH] [--server-batches N]" >&2
   exit 2 ;;
 esac
-ID_MAP=0 ROUNDS=2 RECORD_BYTES=0 COUNT=200000 RATE=5000 DURATION= WARMUP=3 INFLIGHT=64 WRK_SECS=10 PERF=0 BUILD=1 SCRAPE= CRM=mock NATS_SERVER=
+ID_MAP=0 ROUNDS=2 RECORD_BYTES=0 COUNT=200000 RATE=5000 DURATION= WARMUP=3 INFLIGHT=64 WRK_SECS=10 PERF=0 BUILD=1 SCRAPE= CRM=mock NATS_SERVER= SERVER_BATCHES=
 while [ $# -gt 0 ]; do
   case "$1" in
     --count) COUNT=$2; COUNT_SET=$2; shift 2 ;;
@@ -102,6 +105,7 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD=0; shift ;;
     --crm) CRM=$2; CRM_SET=$2; shift 2 ;;
     --nats-server) NATS_SERVER=$2; shift 2 ;;
+    --server-batches) SERVER_BATCHES=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -141,7 +145,8 @@ if [ "$mode" = kv-cost ]; then
   [ "$BUILD" = 1 ] && cargo build --release --quiet --example bench_kv
   out=target/bench/kv-cost-$(date +%Y%m%d-%H%M%S); mkdir -p "$out"
   "${BENCH_BIN_DIR:-target/release}/examples/bench_kv" --count "${COUNT_SET:-100000}" \
-    --rounds "$ROUNDS" ${NATS_SERVER:+--nats-server "$NATS_SERVER"} | tee "$out/report.txt"
+    --rounds "$ROUNDS" ${NATS_SERVER:+--nats-server "$NATS_SERVER"} \
+    ${SERVER_BATCHES:+--server-batches "$SERVER_BATCHES"} | tee "$out/report.txt"
   exit 0
 fi
 if [ "$mode" = id-map ]; then

@@ -11,6 +11,12 @@
 //! `/proc/<pid>/stat` before and after: the server's, and this process's
 //! (the client: its runtime and connection task included).
 //!
+//! `--server-batches N` also measures the server's own batch operations,
+//! N keys or messages a request (nats-server 2.12 or later): atomic batch
+//! publishes of new keys, and `multi_last` direct gets of keys there and
+//! not there, sent as plain NATS messages. What gathering the id map's
+//! operations across records would save (bench/README.md, `kv-cost`).
+//!
 //! ```text
 //! cargo run --release --example bench_kv -- --count 100000
 //! ```
@@ -38,7 +44,14 @@ struct Args {
     /// A nats-server binary to run instead of the one on PATH.
     #[arg(long)]
     nats_server: Option<PathBuf>,
+    /// Also measure the server's batch operations, this many keys or
+    /// messages a request (needs nats-server 2.12 or later).
+    #[arg(long)]
+    server_batches: Option<usize>,
 }
+
+/// Batch requests in flight at once.
+const BATCHES_IN_FLIGHT: usize = 4;
 
 const IN_FLIGHT: usize = 256;
 
@@ -46,6 +59,8 @@ const IN_FLIGHT: usize = 256;
 enum Client {
     IdMap,
     Store,
+    /// The server's batch operations, `--server-batches` keys a request.
+    Batches,
 }
 
 #[derive(Clone, Copy)]
@@ -82,6 +97,9 @@ async fn main() -> Result<(), Error> {
     let js = jetstream::new(client);
     let idmap = IdMap::open(&js, 1).await?;
     let store = js.get_key_value(BUCKET).await?;
+    if args.server_batches.is_some() {
+        enable_server_batches(&js).await?;
+    }
     let version = std::process::Command::new(
         args.nats_server
             .clone()
@@ -103,72 +121,251 @@ async fn main() -> Result<(), Error> {
         ..Entry::default()
     };
     let value: bytes::Bytes = serde_json::to_vec(&entry)?.into();
-    let per_op = |ticks: u64| ticks as f64 / TICKS_PER_S * 1e6 / args.count as f64;
+    let per_op = |ticks: u64, done: usize| ticks as f64 / TICKS_PER_S * 1e6 / done as f64;
+    let clients = match args.server_batches {
+        Some(_) => &[Client::IdMap, Client::Store, Client::Batches][..],
+        None => &[Client::IdMap, Client::Store][..],
+    };
+    let batch = args.server_batches.unwrap_or(1).max(1);
     for round in 1..=args.rounds {
         for op in [Op::Put, Op::GetHit, Op::GetMiss] {
-            for client in [Client::IdMap, Client::Store] {
-                // Each round and client puts its own keys; the gets read
-                // the keys the same round's puts wrote (or keys never put).
-                let tag = match client {
-                    Client::IdMap => "i",
-                    Client::Store => "s",
-                };
+            for &client in clients {
                 let (server0, client0) = (cpu_ticks(&server_pid)?, cpu_ticks("self")?);
                 let start = Instant::now();
-                let failures = futures::stream::iter(0..args.count)
-                    .map(|i| {
-                        let key = match op {
-                            Op::Put | Op::GetHit => format!("r{round}{tag}{i}"),
-                            Op::GetMiss => format!("none{round}{tag}{i}"),
-                        };
-                        let (idmap, store, entry, value) = (&idmap, &store, &entry, value.clone());
-                        async move {
-                            let found = match (client, op) {
-                                (Client::IdMap, Op::Put) => {
-                                    idmap.put("bench", "contact", &key, entry).await.is_ok()
-                                }
-                                (Client::IdMap, _) => idmap
-                                    .lookup("bench", "contact", &key)
-                                    .await
-                                    .is_ok_and(|e| e.is_some() == matches!(op, Op::GetHit)),
-                                (Client::Store, Op::Put) => store
-                                    .put(format!("bench.contact.{key}"), value)
-                                    .await
-                                    .is_ok(),
-                                (Client::Store, _) => store
-                                    .entry(format!("bench.contact.{key}"))
-                                    .await
-                                    .is_ok_and(|e| e.is_some() == matches!(op, Op::GetHit)),
-                            };
-                            usize::from(!found)
+                let done = match client {
+                    Client::Batches => batches(&js, op, round, args.count, batch, &value).await?,
+                    Client::IdMap | Client::Store => {
+                        let failures = one_by_one(
+                            client, op, round, args.count, &idmap, &store, &entry, &value,
+                        )
+                        .await;
+                        if failures > 0 {
+                            return Err(format!(
+                                "{failures} operations failed or found the wrong thing"
+                            )
+                            .into());
                         }
-                    })
-                    .buffer_unordered(IN_FLIGHT)
-                    .fold(0, |sum, failed| async move { sum + failed })
-                    .await;
-                let secs = start.elapsed().as_secs_f64();
-                let server = per_op(cpu_ticks(&server_pid)? - server0);
-                let own = per_op(cpu_ticks("self")? - client0);
-                if failures > 0 {
-                    return Err(
-                        format!("{failures} operations failed or found the wrong thing").into(),
-                    );
-                }
-                println!(
-                    "  round {round}, {:<9} via {:<15} {:>7.0} ops/s; CPU µs per op: nats-server {server:>5.1}, client {own:>5.1}",
-                    match op {
-                        Op::Put => "put",
-                        Op::GetHit => "get hit",
-                        Op::GetMiss => "get miss",
-                    },
-                    match client {
-                        Client::IdMap => "syncflow IdMap",
-                        Client::Store => "async-nats KV",
-                    },
-                    args.count as f64 / secs,
-                );
+                        args.count
+                    }
+                };
+                let rate = done as f64 / start.elapsed().as_secs_f64();
+                let server = per_op(cpu_ticks(&server_pid)? - server0, done);
+                let own = per_op(cpu_ticks("self")? - client0, done);
+                let via = match client {
+                    Client::IdMap => "syncflow IdMap".to_string(),
+                    Client::Store => "async-nats KV".to_string(),
+                    Client::Batches => format!("server batch of {batch}"),
+                };
+                report(round, op, &via, rate, server, own);
             }
         }
     }
     Ok(())
+}
+
+/// `count` operations of kind `op`, one request each, `IN_FLIGHT` at once,
+/// through `client` (`IdMap` or `Store`); returns how many failed or found
+/// the wrong thing.
+/// Each round and client puts its own keys; the gets read the keys the
+/// same round's puts wrote (or keys never put).
+#[allow(clippy::too_many_arguments)]
+async fn one_by_one(
+    client: Client,
+    op: Op,
+    round: u32,
+    count: usize,
+    idmap: &IdMap,
+    store: &jetstream::kv::Store,
+    entry: &Entry,
+    value: &bytes::Bytes,
+) -> usize {
+    let tag = match client {
+        Client::Store => "s",
+        _ => "i",
+    };
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let key = match op {
+                Op::Put | Op::GetHit => format!("r{round}{tag}{i}"),
+                Op::GetMiss => format!("none{round}{tag}{i}"),
+            };
+            let value = value.clone();
+            async move {
+                let found = match (client, op) {
+                    (Client::Store, Op::Put) => store
+                        .put(format!("bench.contact.{key}"), value)
+                        .await
+                        .is_ok(),
+                    (Client::Store, _) => store
+                        .entry(format!("bench.contact.{key}"))
+                        .await
+                        .is_ok_and(|e| e.is_some() == matches!(op, Op::GetHit)),
+                    (_, Op::Put) => idmap.put("bench", "contact", &key, entry).await.is_ok(),
+                    (_, _) => idmap
+                        .lookup("bench", "contact", &key)
+                        .await
+                        .is_ok_and(|e| e.is_some() == matches!(op, Op::GetHit)),
+                };
+                usize::from(!found)
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .fold(0, |sum, failed| async move { sum + failed })
+        .await
+}
+
+fn report(round: u32, op: Op, via: &str, rate: f64, server: f64, own: f64) {
+    let op = match op {
+        Op::Put => "put",
+        Op::GetHit => "get hit",
+        Op::GetMiss => "get miss",
+    };
+    println!(
+        "  round {round}, {op:<9} via {via:<20} {rate:>7.0} ops/s; CPU µs per op: nats-server {server:>5.1}, client {own:>5.1}"
+    );
+}
+
+/// The bucket's stream, and the subject of a key of the bench's object.
+fn stream_name() -> String {
+    format!("KV_{BUCKET}")
+}
+
+fn key_subject(key: &str) -> String {
+    format!("$KV.{BUCKET}.bench.contact.{key}")
+}
+
+/// Atomic batch publishes need nats-server 2.12 and the stream's consent;
+/// `multi_last` direct gets need 2.11. An older server would take the batch
+/// headers for plain ones and measure single puts: refuse it instead.
+async fn enable_server_batches(js: &jetstream::Context) -> Result<(), Error> {
+    let version = js.client().server_info().version;
+    let (major, minor) = {
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+    };
+    if (major, minor) < (2, 12) {
+        return Err(format!(
+            "--server-batches needs nats-server 2.12 or later (atomic batch publishes; \
+             multi_last direct gets need 2.11); this one is {version}. The cluster tests' \
+             build will do: source scripts/lib.sh && ensure_cluster_nats_server, then \
+             --nats-server \"$SYNCFLOW_NATS_CLUSTER_SERVER\""
+        )
+        .into());
+    }
+    let mut stream = js.get_stream(stream_name()).await?;
+    let mut config = stream.info().await?.config.clone();
+    config.allow_atomic_publish = true;
+    js.update_stream(config).await?;
+    Ok(())
+}
+
+/// `count` operations of kind `op` as server batches of `batch`; returns
+/// how many were done (whole batches only). Puts write new keys; gets read
+/// the keys the same round's `IdMap` puts wrote, or keys never written.
+async fn batches(
+    js: &jetstream::Context,
+    op: Op,
+    round: u32,
+    count: usize,
+    batch: usize,
+    value: &bytes::Bytes,
+) -> Result<usize, Error> {
+    let client = js.client();
+    let results: Vec<Result<(), Error>> = futures::stream::iter(0..count / batch)
+        .map(|b| {
+            let (client, value) = (client.clone(), value.clone());
+            async move {
+                let keys = (b * batch..(b + 1) * batch).map(move |i| match op {
+                    Op::Put => key_subject(&format!("r{round}b{i}")),
+                    Op::GetHit => key_subject(&format!("r{round}i{i}")),
+                    Op::GetMiss => key_subject(&format!("none{round}b{i}")),
+                });
+                match op {
+                    Op::Put => {
+                        atomic_put(&client, &format!("r{round}-{b}"), keys, batch, value).await
+                    }
+                    Op::GetHit => multi_last(&client, keys.collect(), batch).await,
+                    Op::GetMiss => multi_last(&client, keys.collect(), 0).await,
+                }
+            }
+        })
+        .buffer_unordered(BATCHES_IN_FLIGHT)
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<(), Error>>()?;
+    Ok(count / batch * batch)
+}
+
+/// One atomic batch (ADR-50): every message carries the batch's id and its
+/// place in it, the last one the commit, whose answer is the only one.
+async fn atomic_put(
+    client: &async_nats::Client,
+    id: &str,
+    subjects: impl Iterator<Item = String>,
+    batch: usize,
+    value: bytes::Bytes,
+) -> Result<(), Error> {
+    for (i, subject) in subjects.enumerate() {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Batch-Id", id);
+        headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+        if i + 1 < batch {
+            client
+                .publish_with_headers(subject, headers, value.clone())
+                .await?;
+            continue;
+        }
+        headers.insert("Nats-Batch-Commit", "1");
+        let answer = client
+            .send_request(
+                subject,
+                async_nats::Request::new()
+                    .headers(headers)
+                    .payload(value.clone()),
+            )
+            .await?;
+        let ack: serde_json::Value = serde_json::from_slice(&answer.payload)?;
+        if ack.get("error").is_some() || ack["count"] != batch {
+            return Err(format!("batch {id} not stored whole: {ack}").into());
+        }
+    }
+    Ok(())
+}
+
+/// One `multi_last` direct get of `subjects`: the server answers each
+/// subject it holds with its last message, then an empty one (end of
+/// batch, or 404 when it holds none).
+async fn multi_last(
+    client: &async_nats::Client,
+    subjects: Vec<String>,
+    expected: usize,
+) -> Result<(), Error> {
+    let inbox = client.new_inbox();
+    let mut answers = client.subscribe(inbox.clone()).await?;
+    let request = serde_json::json!({ "multi_last": subjects, "batch": subjects.len() });
+    client
+        .publish_with_reply(
+            format!("$JS.API.DIRECT.GET.{}", stream_name()),
+            inbox,
+            serde_json::to_vec(&request)?.into(),
+        )
+        .await?;
+    let mut found = 0;
+    loop {
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(5), answers.next())
+            .await?
+            .ok_or("answers ended")?;
+        if answer.payload.is_empty() {
+            break;
+        }
+        found += 1;
+    }
+    match found == expected {
+        true => Ok(()),
+        false => Err(format!(
+            "multi_last found {found} of {} keys, expected {expected}",
+            subjects.len()
+        )
+        .into()),
+    }
 }
