@@ -171,7 +171,8 @@ impl Mapping {
         // (the output paths' tree worked out at load, `Map::from_iter`)
         // runs fewer instructions but takes more time: tried twice, and
         // measured both ways in bench/README.md ("The allocator, the body
-        // writer, and a change taken back"; "The message read in place").
+        // writer, and a change taken back"; "The mapping's shape, taken
+        // back").
         let mut out = Map::new();
         for field in &self.fields {
             let value = match &field.source {
