@@ -86,10 +86,11 @@ impl ConfigWatcher {
             }
             let dir = self.dir.clone();
             let also = self.also.clone();
-            let (now, also_now) =
-                tokio::task::spawn_blocking(move || (content_hash(&dir), as_now(also)))
-                    .await
-                    .unwrap_or_else(|_| (self.last, self.also.clone()));
+            let (now, also_now) = tokio::task::spawn_blocking(move || {
+                (content_hash(&dir), also.iter().map(ReadFile::now).collect())
+            })
+            .await
+            .unwrap_or_else(|_| (self.last, self.also.clone()));
             if now != self.last || also_now != self.also {
                 self.last = now;
                 self.also = also_now;
@@ -141,18 +142,6 @@ impl ConfigWatcher {
 
 fn inode(dir: &Path) -> Option<u64> {
     std::fs::metadata(dir).ok().map(|m| m.ino())
-}
-
-/// `files` with the fingerprints of their content now (an unreadable file
-/// as empty: it changes again once readable).
-fn as_now(files: Vec<ReadFile>) -> Vec<ReadFile> {
-    files
-        .into_iter()
-        .map(|f| ReadFile {
-            fingerprint: crate::fnv::hash(&std::fs::read(&f.path).unwrap_or_default()),
-            path: f.path,
-        })
-        .collect()
 }
 
 /// A hash of the names and contents of every config file under `dir`.
@@ -254,10 +243,7 @@ mod tests {
         let mut w = ConfigWatcher::new(dir.path());
         // Rotated after it was read, before the watch was told of it: a
         // change all the same.
-        let read = ReadFile {
-            path: cert.clone(),
-            fingerprint: crate::fnv::hash(b"first"),
-        };
+        let read = ReadFile::of(cert.clone(), b"first");
         std::fs::write(&cert, "second").unwrap();
         w.also_watch(vec![read]);
         // Outside the watched folder: found by the poll.

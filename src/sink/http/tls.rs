@@ -28,6 +28,23 @@ pub struct ReadFile {
     pub fingerprint: u64,
 }
 
+impl ReadFile {
+    /// `path`, read as `bytes`.
+    pub fn of(path: PathBuf, bytes: &[u8]) -> ReadFile {
+        ReadFile {
+            fingerprint: crate::fnv::hash(bytes),
+            path,
+        }
+    }
+
+    /// The same file as it is now; an unreadable one as empty (it differs
+    /// again once readable).
+    pub fn now(&self) -> ReadFile {
+        let bytes = std::fs::read(&self.path).unwrap_or_default();
+        ReadFile::of(self.path.clone(), &bytes)
+    }
+}
+
 /// [`client_config`], and the files it read. Each file is read once and
 /// parsed from the bytes fingerprinted, so what is fingerprinted is what
 /// the configuration holds.
@@ -79,10 +96,7 @@ fn read_file(
 ) -> Result<Vec<u8>, String> {
     let full = resolve(dir, path);
     let bytes = std::fs::read(&full).map_err(|e| format!("{what}: {path}: {e}"))?;
-    read.push(ReadFile {
-        fingerprint: crate::fnv::hash(&bytes),
-        path: full,
-    });
+    read.push(ReadFile::of(full, &bytes));
     Ok(bytes)
 }
 
@@ -263,13 +277,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let certs = Certs::write(dir.path()).unwrap();
         let (_, read) = client_config_read(Some(&tls(&certs, true)), Path::new("")).unwrap();
-        let fingerprint = |p: &Path| crate::fnv::hash(&std::fs::read(p).unwrap());
         let want: Vec<ReadFile> = [&certs.ca, &certs.client_cert, &certs.client_key]
             .into_iter()
-            .map(|p| ReadFile {
-                path: p.clone(),
-                fingerprint: fingerprint(p),
-            })
+            .map(|p| ReadFile::of(p.clone(), &std::fs::read(p).unwrap()))
             .collect();
         assert_eq!(read, want);
     }
