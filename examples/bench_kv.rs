@@ -180,8 +180,9 @@ async fn one_by_one(
     value: &bytes::Bytes,
 ) -> usize {
     let tag = match client {
+        Client::IdMap => "i",
         Client::Store => "s",
-        _ => "i",
+        Client::Batches => unreachable!("batches go through `batches`"),
     };
     futures::stream::iter(0..count)
         .map(|i| {
@@ -201,6 +202,7 @@ async fn one_by_one(
                         .await
                         .is_ok_and(|e| e.is_some() == matches!(op, Op::GetHit)),
                     (_, Op::Put) => idmap.put("bench", "contact", &key, entry).await.is_ok(),
+                    // IdMap (the tag above refused the rest).
                     (_, _) => idmap
                         .lookup("bench", "contact", &key)
                         .await
