@@ -542,7 +542,7 @@ limiter() {
   start_redis
   : >"$out/report.txt"
   report ""
-  report "== limiter benchmark: 3 instances share 10000/s (burst 100) in one redis-server, ${duration}s per run ($(date -u +%FT%TZ), $(nproc) cores, nats-server $(nats_version))"
+  report "== limiter benchmark: 3 instances share 10000/s (burst 100) in one redis-server, ${duration}s per run ($(date -u +%FT%TZ), $(nproc) cores)"
   local demand
   for demand in "--callers 64" "--offered 10000"; do
     local load_before; load_before=$(loadavg)
