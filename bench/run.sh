@@ -159,8 +159,7 @@ if [ "$mode" = kv-cost ]; then
   [ "$BUILD" = 1 ] && cargo build --release --quiet --example bench_kv
   out=target/bench/kv-cost-$(date +%Y%m%d-%H%M%S); mkdir -p "$out"
   "${BENCH_BIN_DIR:-target/release}/examples/bench_kv" --count "${COUNT_SET:-100000}" \
-    --rounds "$ROUNDS" ${NATS_SERVER:+--nats-server "$NATS_SERVER"} \
-    ${SERVER_BATCHES:+--server-batches "$SERVER_BATCHES"} | tee "$out/report.txt"
+    --rounds "$ROUNDS" ${SERVER_BATCHES:+--server-batches "$SERVER_BATCHES"} | tee "$out/report.txt"
   exit 0
 fi
 if [ "$mode" = id-map ]; then

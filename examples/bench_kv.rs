@@ -63,6 +63,34 @@ enum Client {
     Batches,
 }
 
+impl Client {
+    /// What the keys this client puts are tagged with: each client of a
+    /// round puts keys of its own.
+    fn tag(self) -> &'static str {
+        match self {
+            Client::IdMap => "i",
+            Client::Store => "s",
+            Client::Batches => "b",
+        }
+    }
+}
+
+/// The `i`th key of `round` an `op` tagged `tag` works on: gets of keys
+/// there read what the round's puts of that tag wrote, gets of keys not
+/// there keys never written.
+fn bench_key(op: Op, round: u32, tag: &str, i: usize) -> String {
+    match op {
+        Op::Put | Op::GetHit => format!("r{round}{tag}{i}"),
+        Op::GetMiss => format!("none{round}{tag}{i}"),
+    }
+}
+
+/// A bench key's name in the bucket, as the id map names it for the
+/// provider `bench` and the object `contact`.
+fn bucket_key(key: &str) -> String {
+    format!("bench.contact.{key}")
+}
+
 #[derive(Clone, Copy)]
 enum Op {
     Put,
@@ -179,34 +207,25 @@ async fn one_by_one(
     entry: &Entry,
     value: &bytes::Bytes,
 ) -> usize {
-    let tag = match client {
-        Client::IdMap => "i",
-        Client::Store => "s",
-        Client::Batches => unreachable!("batches go through `batches`"),
-    };
     futures::stream::iter(0..count)
         .map(|i| {
-            let key = match op {
-                Op::Put | Op::GetHit => format!("r{round}{tag}{i}"),
-                Op::GetMiss => format!("none{round}{tag}{i}"),
-            };
+            let key = bench_key(op, round, client.tag(), i);
             let value = value.clone();
             async move {
                 let found = match (client, op) {
-                    (Client::Store, Op::Put) => store
-                        .put(format!("bench.contact.{key}"), value)
-                        .await
-                        .is_ok(),
+                    (Client::Store, Op::Put) => store.put(bucket_key(&key), value).await.is_ok(),
                     (Client::Store, _) => store
-                        .entry(format!("bench.contact.{key}"))
+                        .entry(bucket_key(&key))
                         .await
                         .is_ok_and(|e| e.is_some() == matches!(op, Op::GetHit)),
-                    (_, Op::Put) => idmap.put("bench", "contact", &key, entry).await.is_ok(),
-                    // IdMap (the tag above refused the rest).
-                    (_, _) => idmap
+                    (Client::IdMap, Op::Put) => {
+                        idmap.put("bench", "contact", &key, entry).await.is_ok()
+                    }
+                    (Client::IdMap, _) => idmap
                         .lookup("bench", "contact", &key)
                         .await
                         .is_ok_and(|e| e.is_some() == matches!(op, Op::GetHit)),
+                    (Client::Batches, _) => unreachable!("batches go through `batches`"),
                 };
                 usize::from(!found)
             }
@@ -233,7 +252,7 @@ fn stream_name() -> String {
 }
 
 fn key_subject(key: &str) -> String {
-    format!("$KV.{BUCKET}.bench.contact.{key}")
+    format!("$KV.{BUCKET}.{}", bucket_key(key))
 }
 
 /// Atomic batch publishes need nats-server 2.12 and the stream's consent;
@@ -277,11 +296,13 @@ async fn batches(
         .map(|b| {
             let (client, value) = (client.clone(), value.clone());
             async move {
-                let keys = (b * batch..(b + 1) * batch).map(move |i| match op {
-                    Op::Put => key_subject(&format!("r{round}b{i}")),
-                    Op::GetHit => key_subject(&format!("r{round}i{i}")),
-                    Op::GetMiss => key_subject(&format!("none{round}b{i}")),
-                });
+                // Gets of keys there read what the round's `IdMap` put.
+                let tag = match op {
+                    Op::GetHit => Client::IdMap.tag(),
+                    Op::Put | Op::GetMiss => Client::Batches.tag(),
+                };
+                let keys = (b * batch..(b + 1) * batch)
+                    .map(move |i| key_subject(&bench_key(op, round, tag, i)));
                 match op {
                     Op::Put => {
                         atomic_put(&client, &format!("r{round}-{b}"), keys, batch, value).await
