@@ -219,11 +219,13 @@ async fn a_spent_quota_holds_back_only_its_accounts_records() {
     }
     run.wait_log("quota spent", Duration::from_secs(20)).await;
     // globex's two go; acme's fourth and fifth wait for tomorrow.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while hubspot_by_key(&h.crm.snapshot()).len() < 5 {
-        assert!(std::time::Instant::now() < deadline, "{}", run.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    h.wait_crm(
+        "5 contacts",
+        Duration::from_secs(20),
+        |s| hubspot_by_key(s).len() >= 5,
+        || run.log(),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let contacts = hubspot_by_key(&h.crm.snapshot());
     let acme = (1..=5).filter(|k| contacts.contains_key(&k.to_string()));

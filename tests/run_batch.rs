@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -254,22 +254,16 @@ async fn kill_9_mid_batch_creates_nothing_twice() {
     let want = contacts::expected(&events);
     contacts::publish_all(&h, &events).await;
 
-    let started = Instant::now();
     let mut first = h.spawn();
     first.wait_ready(Duration::from_secs(20)).await;
     let creates = (want.hubspot_creates() + want.salesforce_creates()) as u64;
-    loop {
-        let snap = h.crm.snapshot();
-        if snap.hubspot.counters.creates + snap.salesforce.counters.creates >= creates / 3 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{}",
-            first.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    h.wait_crm(
+        "a third of the creates",
+        Duration::from_secs(60),
+        |s| s.hubspot.counters.creates + s.salesforce.counters.creates >= creates / 3,
+        || first.log(),
+    )
+    .await;
     first.kill9();
     let at_kill = h.crm.snapshot();
 

@@ -46,15 +46,13 @@ async fn one_record_through(
     let mut env = env.to_vec();
     env.push(("NATS_URL", nats.url()));
     let mut syncflow = Syncflow::spawn_with_env(&h, h.dir.path(), "10s", &env);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while h.crm.snapshot().hubspot.counters.creates == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nothing reached the CRM:\n{}",
-            syncflow.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    h.wait_crm(
+        "a create",
+        Duration::from_secs(20),
+        |s| s.hubspot.counters.creates > 0,
+        || syncflow.log(),
+    )
+    .await;
     assert!(syncflow.sigterm().success(), "{}", syncflow.log());
     syncflow.log()
 }

@@ -51,18 +51,13 @@ async fn kill_9_mid_stream_then_restart_loses_nothing_and_creates_nothing_twice(
     let mut first = h.spawn();
     first.wait_ready(Duration::from_secs(20)).await;
     // Mid-stream: about a third of the writes made.
-    loop {
-        let snap = h.crm.snapshot();
-        if requests(&snap.hubspot) + requests(&snap.salesforce) >= writes / 3 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{}",
-            first.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    h.wait_crm(
+        "a third of the writes",
+        Duration::from_secs(30),
+        |s| requests(&s.hubspot) + requests(&s.salesforce) >= writes / 3,
+        || first.log(),
+    )
+    .await;
     first.kill9();
     let at_kill = h.crm.snapshot();
     let unacked = h.consumer("contacts-to-hubspot").await.num_ack_pending
@@ -133,14 +128,13 @@ async fn kill_9_mid_stream_keeps_each_keys_changes_in_order() {
     let started = Instant::now();
     let mut first = h.spawn();
     first.wait_ready(Duration::from_secs(20)).await;
-    while requests(&h.crm.snapshot().hubspot) < hubspot_writes as u64 / 3 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{}",
-            first.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    h.wait_crm(
+        "a third of the HubSpot writes",
+        Duration::from_secs(30),
+        |s| requests(&s.hubspot) >= hubspot_writes as u64 / 3,
+        || first.log(),
+    )
+    .await;
     first.kill9();
 
     let mut second = h.spawn();

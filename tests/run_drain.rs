@@ -41,15 +41,13 @@ async fn sigterm_mid_stream_drains_exits_0_and_a_restart_completes_the_rest() {
 
     let mut first = h.spawn_with_drain_timeout("2s");
     first.wait_ready(Duration::from_secs(20)).await;
-    let started = Instant::now();
-    while requests(&h.crm.snapshot().salesforce) < u64::from(KEYS) / 4 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{}",
-            first.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    h.wait_crm(
+        "a quarter of the Salesforce requests",
+        Duration::from_secs(30),
+        |s| requests(&s.salesforce) >= u64::from(KEYS) / 4,
+        || first.log(),
+    )
+    .await;
     let stopping = Instant::now();
     let status = first.sigterm();
     let drain = stopping.elapsed();

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use syncflow_mock_crm::MockCrmConfig;
@@ -46,15 +46,13 @@ async fn changes_made_while_syncflow_was_down_do_not_overtake_the_ones_it_held()
     contacts::publish_all(&h, &creates).await;
     let mut first = h.spawn();
     first.wait_ready(Duration::from_secs(20)).await;
-    let started = Instant::now();
-    while h.crm.snapshot().hubspot.counters.creates == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{}",
-            first.log()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    h.wait_crm(
+        "a create",
+        Duration::from_secs(10),
+        |s| s.hubspot.counters.creates > 0,
+        || first.log(),
+    )
+    .await;
     // The first wave of creates is applied at the CRM; no answer has come
     // back yet, so the id map knows none of them.
     tokio::time::sleep(Duration::from_millis(200)).await;

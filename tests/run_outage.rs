@@ -45,9 +45,13 @@ async fn an_outage_ends_with_every_record_delivered_once_and_no_dead_letter() {
     // A few records go through, then the CRM goes down with the rest queued.
     let first: Vec<_> = (1..=20).map(contacts::created).collect();
     contacts::publish_all(&h, &first).await;
-    while h.crm.snapshot().hubspot.counters.creates < 20 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    h.wait_crm(
+        "20 creates",
+        Duration::from_secs(30),
+        |s| s.hubspot.counters.creates >= 20,
+        || syncflow.log(),
+    )
+    .await;
     h.crm.add_fault(MockApi::Hubspot, down).unwrap();
     let went_down = Instant::now();
     let rest: Vec<_> = (21..=records).map(contacts::created).collect();

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
-use syncflow_mock_crm::{LoggedRequest, MockCrmConfig};
+use syncflow_mock_crm::{LoggedRequest, MockCrmConfig, Snapshot};
 
 use common::harness::{Harness, Syncflow};
 use common::metrics;
@@ -659,24 +659,15 @@ async fn a_provider_ca_rotated_in_place_is_used_without_a_restart() {
             front.addr.port()
         ),
     );
-    let creates = || h.crm.snapshot().hubspot.counters.creates;
-    // A failed wait prints syncflow's log (the harness does, on panic).
-    let wait_creates = |n: u64| async move {
-        let started = std::time::Instant::now();
-        while creates() < n {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "{} of {n} HubSpot creates",
-                creates()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
+    let creates = |n: u64| move |s: &Snapshot| s.hubspot.counters.creates >= n;
     let first: Vec<_> = (1..=5).map(common::contacts::created).collect();
     common::contacts::publish_all(&h, &first).await;
     let mut syncflow = h.spawn();
     syncflow.wait_ready(Duration::from_secs(20)).await;
-    wait_creates(5).await;
+    h.wait_crm("5 creates", Duration::from_secs(30), creates(5), || {
+        syncflow.log()
+    })
+    .await;
 
     // The provider's certificate and the CA file change; the YAML does not.
     front.rotate(&new);
@@ -688,9 +679,12 @@ async fn a_provider_ca_rotated_in_place_is_used_without_a_restart() {
     );
     let second: Vec<_> = (6..=10).map(common::contacts::created).collect();
     common::contacts::publish_all(&h, &second).await;
-    wait_creates(10).await;
+    h.wait_crm("10 creates", Duration::from_secs(30), creates(10), || {
+        syncflow.log()
+    })
+    .await;
     h.wait_settled(Duration::from_secs(30)).await;
     assert!(h.dead_letters().await.is_empty(), "{}", syncflow.log());
     assert!(syncflow.sigterm().success(), "{}", syncflow.log());
-    assert_eq!(creates(), 10);
+    assert_eq!(h.crm.snapshot().hubspot.counters.creates, 10);
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use futures::StreamExt;
 use serde_json::Value;
-use syncflow_mock_crm::{MockCrm, MockCrmConfig};
+use syncflow_mock_crm::{MockCrm, MockCrmConfig, Snapshot};
 use syncflow_testkit::{NatsServer, RedisServer};
 
 pub struct Harness {
@@ -230,6 +230,27 @@ impl Harness {
                 "not settled after {timeout:?}: {seen} consumers seen, busy: {busy:?}, {quiet} quiet polls of 2"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until `reached` holds for what the mock CRM has taken, polled
+    /// every 10 ms, at most `timeout`. The panic names `what` was awaited
+    /// and shows `log` (the syncflow that should have sent it).
+    pub async fn wait_crm(
+        &self,
+        what: &str,
+        timeout: Duration,
+        reached: impl Fn(&Snapshot) -> bool,
+        log: impl Fn() -> String,
+    ) {
+        let started = Instant::now();
+        while !reached(&self.crm.snapshot()) {
+            assert!(
+                started.elapsed() < timeout,
+                "the CRM has not taken {what} after {timeout:?}; syncflow's log:\n{}",
+                log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
