@@ -697,6 +697,69 @@ fn errors_in_several_files_are_all_reported_at_once() {
 }
 
 #[test]
+fn an_unknown_key_or_a_bad_value_does_not_hide_a_files_other_mistakes() {
+    let dir = shipped_config();
+    // An unknown key, a value of the wrong type, a bad JSONPath and a bad
+    // Rhai script, all in one pipeline file.
+    edit(dir.path(), HUBSPOT_PIPELINE, "op: $.op", "opp: $.op");
+    edit(
+        dir.path(),
+        HUBSPOT_PIPELINE,
+        "durable: contacts-to-hubspot",
+        "durable: contacts-to-hubspot\n    max_ack_pending: lots",
+    );
+    edit(
+        dir.path(),
+        HUBSPOT_PIPELINE,
+        "record: $.after",
+        "record: $.after[",
+    );
+    edit(
+        dir.path(),
+        HUBSPOT_PIPELINE,
+        "properties.phone: $.phone",
+        "properties.phone: { expr: 'record.phone +' }",
+    );
+    let (code, lines) = validate(dir.path());
+    assert_eq!(code, 1);
+    let places: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split(": error: ").next().unwrap())
+        .collect();
+    assert_eq!(
+        places,
+        [
+            "pipelines/contacts-to-hubspot.yaml:9:22",
+            "pipelines/contacts-to-hubspot.yaml:11:17",
+            "pipelines/contacts-to-hubspot.yaml:12:1",
+            "pipelines/contacts-to-hubspot.yaml:30:44",
+        ],
+        "{lines:#?}"
+    );
+    assert!(
+        lines[2].contains(r#"unknown key "opp" (did you mean "op"?)"#),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn a_file_with_a_key_left_out_does_not_run_its_tests() {
+    let dir = shipped_config();
+    // Without its `when`, a record without an email is updated and the
+    // file's test "no email, no sync" would fail: only the unknown key is
+    // the mistake.
+    edit(dir.path(), HUBSPOT_PIPELINE, "when:", "whn:");
+    let (code, lines) = validate(dir.path());
+    assert_eq!(code, 1);
+    assert_eq!(
+        lines,
+        [
+            r#"pipelines/contacts-to-hubspot.yaml:13:1: error: unknown key "whn" (did you mean "when"?)"#
+        ],
+    );
+}
+
+#[test]
 fn json_format_lists_errors_as_objects() {
     let dir = shipped_config();
     edit(

@@ -62,6 +62,11 @@ impl SourceFile {
 pub struct Sourced<T> {
     pub value: T,
     pub file: Arc<SourceFile>,
+    /// False when deserializing left something out (an unknown key, a
+    /// value of the wrong type, both already reported): the struct is
+    /// still checked for its other mistakes, but its `tests:` are not run
+    /// (they would fail for what was left out).
+    pub complete: bool,
 }
 
 /// Everything in a config directory, typed but not yet cross-checked.
@@ -91,7 +96,7 @@ pub fn load_dir(dir: &Path, env: &dyn Env, diags: &mut Diagnostics) -> RawConfig
     if globals_path.exists() {
         if let Some(file) = read_file(dir, &globals_path, env, diags) {
             if let Some(globals) = deserialize::<Globals>(&file, diags) {
-                raw.globals = globals;
+                raw.globals = globals.value;
             }
             raw.globals_file = Some(file);
         }
@@ -101,15 +106,15 @@ pub fn load_dir(dir: &Path, env: &dyn Env, diags: &mut Diagnostics) -> RawConfig
             if let Some(name) = file.node(&[Seg::Key("name".into())]).and_then(Node::as_str) {
                 raw.provider_names.push(name.to_string());
             }
-            if let Some(value) = deserialize::<ProviderConfig>(&file, diags) {
-                raw.providers.push(Sourced { value, file });
+            if let Some(sourced) = deserialize::<ProviderConfig>(&file, diags) {
+                raw.providers.push(sourced);
             }
         }
     }
     for path in yaml_files(dir, "pipelines", diags) {
         if let Some(file) = read_file(dir, &path, env, diags) {
-            if let Some(value) = deserialize::<PipelineConfig>(&file, diags) {
-                raw.pipelines.push(Sourced { value, file });
+            if let Some(sourced) = deserialize::<PipelineConfig>(&file, diags) {
+                raw.pipelines.push(sourced);
             }
         }
     }
@@ -118,8 +123,8 @@ pub fn load_dir(dir: &Path, env: &dyn Env, diags: &mut Diagnostics) -> RawConfig
             if let Some(name) = file.node(&[Seg::Key("name".into())]).and_then(Node::as_str) {
                 raw.link_names.push(name.to_string());
             }
-            if let Some(value) = deserialize::<LinkConfig>(&file, diags) {
-                raw.links.push(Sourced { value, file });
+            if let Some(sourced) = deserialize::<LinkConfig>(&file, diags) {
+                raw.links.push(sourced);
             }
         }
     }
@@ -187,21 +192,38 @@ fn read_file(
     Some(Arc::new(SourceFile { rel, text, root }))
 }
 
-/// Deserializes a file's tree into `T`. Unknown keys are all reported (each
-/// is removed and deserialization retried); any other error ends the file.
-pub fn deserialize<T: DeserializeOwned>(file: &SourceFile, diags: &mut Diagnostics) -> Option<T> {
+/// Deserializes a file's tree into `T`, reporting every unknown key and
+/// every value of the wrong type: each is removed and deserialization
+/// retried, so one mistake does not hide the next. A file with such
+/// mistakes still comes back when the rest holds together, marked
+/// incomplete, so the checks after deserializing report its other
+/// mistakes too (the errors already reported keep the config from being
+/// used). A required key removed this way, or a mistake inside a list
+/// (removing an element would shift the positions of the ones after it),
+/// ends the file.
+pub fn deserialize<T: DeserializeOwned>(
+    file: &Arc<SourceFile>,
+    diags: &mut Diagnostics,
+) -> Option<Sourced<T>> {
     let mut value = file.root.to_value();
-    let mut clean = true;
-    // Bounded: each round removes one unknown key.
+    // The keys taken out so far: a "missing field" for one of them is the
+    // error already reported, not a second one.
+    let mut removed: Vec<Vec<Seg>> = Vec::new();
+    // Bounded: each round removes one key.
     for _ in 0..256 {
         let err = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
-            Ok(typed) => return clean.then_some(typed),
+            Ok(value) => {
+                return Some(Sourced {
+                    value,
+                    file: file.clone(),
+                    complete: removed.is_empty(),
+                });
+            }
             Err(err) => err,
         };
         let path = to_segs(err.path());
         let message = err.inner().to_string();
         if let Some(field) = quoted_after(&message, "unknown field `") {
-            clean = false;
             let candidates = expected_names(&message);
             let hint = did_you_mean(&field, candidates.iter().map(String::as_str));
             let key_path = with_key(&path, &field);
@@ -213,7 +235,13 @@ pub fn deserialize<T: DeserializeOwned>(file: &SourceFile, diags: &mut Diagnosti
             if !remove_key(&mut value, &path, &field) {
                 return None;
             }
+            removed.push(key_path);
             continue;
+        }
+        if let Some(field) = quoted_after(&message, "missing field `") {
+            if removed.contains(&with_key(&path, &field)) {
+                return None;
+            }
         }
         let message = if let Some(variant) = quoted_after(&message, "unknown variant `") {
             let candidates = expected_names(&message);
@@ -226,7 +254,12 @@ pub fn deserialize<T: DeserializeOwned>(file: &SourceFile, diags: &mut Diagnosti
             message
         };
         diags.push(&file.rel, file.root.value_pos(&path), message);
-        return None;
+        // A bad value under a key goes with its key; anything else (the
+        // whole file, a list's element) ends the file.
+        match path.last() {
+            Some(Seg::Key(field)) if remove_key(&mut value, &path, field) => removed.push(path),
+            _ => return None,
+        }
     }
     None
 }
@@ -313,14 +346,18 @@ mod tests {
     use crate::config::model::ProviderConfig;
     use std::collections::HashMap;
 
-    fn file(text: &str) -> SourceFile {
+    fn file(text: &str) -> Arc<SourceFile> {
         let mut root = yaml::parse(text).unwrap();
         root.interpolate(&HashMap::new(), &mut Vec::new());
-        SourceFile {
+        Arc::new(SourceFile {
             rel: "providers/p.yaml".into(),
             text: text.into(),
             root,
-        }
+        })
+    }
+
+    fn errors(diags: &Diagnostics) -> Vec<String> {
+        diags.iter().map(|d| d.to_string()).collect()
     }
 
     #[test]
@@ -329,7 +366,9 @@ mod tests {
             "name: p\nbase_url: http://x\nmax_inflight: 3\nobjects:\n  c:\n    create: { method: POST, path: /c, id_frm: $.id }\n",
         );
         let mut diags = Diagnostics::default();
-        assert!(deserialize::<ProviderConfig>(&f, &mut diags).is_none());
+        // What is left holds together: it comes back, incomplete.
+        let typed = deserialize::<ProviderConfig>(&f, &mut diags).unwrap();
+        assert!(!typed.complete);
         let out: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
         assert_eq!(
             out,
@@ -344,10 +383,52 @@ mod tests {
     fn type_errors_point_at_the_value() {
         let f = file("name: p\nbase_url: http://x\ntimeout: 10\nobjects: {}\n");
         let mut diags = Diagnostics::default();
-        assert!(deserialize::<ProviderConfig>(&f, &mut diags).is_none());
+        let typed = deserialize::<ProviderConfig>(&f, &mut diags).unwrap();
+        assert!(!typed.complete);
         let d = diags.iter().next().unwrap();
         assert_eq!((d.line, d.col), (3, 10));
         assert!(d.message.contains("needs a unit"), "{}", d.message);
+    }
+
+    #[test]
+    fn one_mistake_does_not_hide_the_next() {
+        // Two values of the wrong type and an unknown key, at three levels.
+        let f = file(
+            "name: p\nbase_url: http://x\ntimeout: 10\nmax_in_flight: many\nobjects:\n  c:\n    create: { method: POST, path: /c, id_frm: $.id }\n",
+        );
+        let mut diags = Diagnostics::default();
+        let typed = deserialize::<ProviderConfig>(&f, &mut diags).unwrap();
+        assert!(!typed.complete);
+        let out: Vec<String> = diags.into_sorted().iter().map(|d| d.to_string()).collect();
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert!(out[0].starts_with("providers/p.yaml:3:10: "), "{out:?}");
+        assert!(out[1].starts_with("providers/p.yaml:4:16: "), "{out:?}");
+        assert!(
+            out[2].contains(":7:39: error: unknown key \"id_frm\""),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_required_key_of_the_wrong_type_is_one_error_and_ends_the_file() {
+        let f = file("name: p\nbase_url: [x]\nobjects: {}\n");
+        let mut diags = Diagnostics::default();
+        assert!(deserialize::<ProviderConfig>(&f, &mut diags).is_none());
+        let out = errors(&diags);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out[0].starts_with("providers/p.yaml:2:11: "), "{out:?}");
+    }
+
+    #[test]
+    fn a_file_without_mistakes_is_complete() {
+        let f = file("name: p\nbase_url: http://x\nobjects: {}\n");
+        let mut diags = Diagnostics::default();
+        assert!(
+            deserialize::<ProviderConfig>(&f, &mut diags)
+                .unwrap()
+                .complete
+        );
+        assert!(diags.is_empty());
     }
 
     #[test]
