@@ -25,6 +25,14 @@ fn validate(dir: &Path) -> (i32, Vec<String>) {
     (out.status.code().unwrap(), lines)
 }
 
+/// The `file:line:col` of each error line.
+fn places(lines: &[String]) -> Vec<&str> {
+    lines
+        .iter()
+        .map(|l| l.split(": error: ").next().unwrap())
+        .collect()
+}
+
 const HUBSPOT_PIPELINE: &str = "pipelines/contacts-to-hubspot.yaml";
 const HUBSPOT_PROVIDER: &str = "providers/hubspot.yaml";
 
@@ -680,10 +688,7 @@ fn errors_in_several_files_are_all_reported_at_once() {
     );
     let (code, lines) = validate(dir.path());
     assert_eq!(code, 1);
-    let places: Vec<&str> = lines
-        .iter()
-        .map(|l| l.split(": error: ").next().unwrap())
-        .collect();
+    let places = places(&lines);
     assert_eq!(
         places,
         [
@@ -722,10 +727,7 @@ fn an_unknown_key_or_a_bad_value_does_not_hide_a_files_other_mistakes() {
     );
     let (code, lines) = validate(dir.path());
     assert_eq!(code, 1);
-    let places: Vec<&str> = lines
-        .iter()
-        .map(|l| l.split(": error: ").next().unwrap())
-        .collect();
+    let places = places(&lines);
     assert_eq!(
         places,
         [
