@@ -62,10 +62,14 @@ pub fn compile_dir(dir: &Path, env: &dyn Env, run_tests: bool) -> Result<Config,
     }
 
     let engine = ScriptEngine::new();
+    // An incomplete provider or link (`Sourced::complete`: a key left out) is
+    // compiled for its own errors, but nothing is checked against what is
+    // left of it: a pipeline would be told of an endpoint or a setting it
+    // lacks only because it was left out. Its name is still known.
     let providers: BTreeMap<String, Arc<Provider>> = raw
         .providers
         .iter()
-        .filter_map(|p| provider::compile(p, dir, &engine, &mut diags))
+        .filter_map(|p| provider::compile(p, dir, &engine, &mut diags).filter(|_| p.complete))
         .map(|p| (p.name.clone(), Arc::new(p)))
         .collect();
 
@@ -77,7 +81,10 @@ pub fn compile_dir(dir: &Path, env: &dyn Env, run_tests: bool) -> Result<Config,
     let links: BTreeMap<String, Arc<Link>> = raw
         .links
         .iter()
-        .filter_map(|l| twoway::link::compile(l, &providers, &raw.provider_names, &mut diags))
+        .filter_map(|l| {
+            twoway::link::compile(l, &providers, &raw.provider_names, &mut diags)
+                .filter(|_| l.complete)
+        })
         .map(|l| (l.name.clone(), Arc::new(l)))
         .collect();
 

@@ -745,6 +745,35 @@ fn an_unknown_key_or_a_bad_value_does_not_hide_a_files_other_mistakes() {
 }
 
 #[test]
+fn a_provider_with_a_bad_value_is_checked_for_its_other_mistakes_alone() {
+    let dir = shipped_config();
+    edit(
+        dir.path(),
+        HUBSPOT_PROVIDER,
+        "retry_on: [408,",
+        "retry_on: [abc,",
+    );
+    edit(
+        dir.path(),
+        HUBSPOT_PROVIDER,
+        "id_from: $.id\n",
+        "id_from: $.id[\n",
+    );
+    let (code, lines) = validate(dir.path());
+    assert_eq!(code, 1);
+    // The pipelines that send to it are not checked against what is left
+    // of it: they would be told of what was left out.
+    assert_eq!(
+        places(&lines),
+        [
+            "providers/hubspot.yaml:12:14",
+            "providers/hubspot.yaml:19:21"
+        ],
+        "{lines:#?}"
+    );
+}
+
+#[test]
 fn a_file_with_a_key_left_out_does_not_run_its_tests() {
     let dir = shipped_config();
     // Without its `when`, a record without an email is updated and the

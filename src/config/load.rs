@@ -198,9 +198,7 @@ fn read_file(
 /// mistakes still comes back when the rest holds together, marked
 /// incomplete, so the checks after deserializing report its other
 /// mistakes too (the errors already reported keep the config from being
-/// used). A required key removed this way, or a mistake inside a list
-/// (removing an element would shift the positions of the ones after it),
-/// ends the file.
+/// used). A required key missing, or removed this way, ends the file.
 pub fn deserialize<T: DeserializeOwned>(
     file: &Arc<SourceFile>,
     diags: &mut Diagnostics,
@@ -238,10 +236,14 @@ pub fn deserialize<T: DeserializeOwned>(
             removed.push(key_path);
             continue;
         }
+        // A key missing ends the file: taking out the map that lacks it
+        // would have the checks after report what was taken out. Missing
+        // because it was taken out above, it is reported already.
         if let Some(field) = quoted_after(&message, "missing field `") {
-            if removed.contains(&with_key(&path, &field)) {
-                return None;
+            if !removed.contains(&with_key(&path, &field)) {
+                diags.push(&file.rel, file.root.value_pos(&path), message);
             }
+            return None;
         }
         let message = if let Some(variant) = quoted_after(&message, "unknown variant `") {
             let candidates = expected_names(&message);
@@ -254,12 +256,18 @@ pub fn deserialize<T: DeserializeOwned>(
             message
         };
         diags.push(&file.rel, file.root.value_pos(&path), message);
-        // A bad value under a key goes with its key; anything else (the
-        // whole file, a list's element) ends the file.
-        match path.last() {
-            Some(Seg::Key(field)) if remove_key(&mut value, &path, field) => removed.push(path),
-            _ => return None,
+        // A bad value goes with its key; a list's bad element with the
+        // list's key (taking the element out would shift the positions of
+        // the ones after it). A bad file as a whole ends it.
+        let key_at = path.iter().rposition(|seg| matches!(seg, Seg::Key(_)))?;
+        let key_path = path[..=key_at].to_vec();
+        let Some(Seg::Key(field)) = key_path.last() else {
+            return None;
+        };
+        if !remove_key(&mut value, &key_path, field) {
+            return None;
         }
+        removed.push(key_path);
     }
     None
 }
@@ -405,6 +413,23 @@ mod tests {
         assert!(out[1].starts_with("providers/p.yaml:4:16: "), "{out:?}");
         assert!(
             out[2].contains(":7:39: error: unknown key \"id_frm\""),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_lists_bad_element_takes_the_list_out_and_the_rest_is_read() {
+        let f = file(
+            "name: p\nbase_url: http://x\nretry: { retry_on: [500, abc, 503] }\nmax_inflight: 3\nobjects: {}\n",
+        );
+        let mut diags = Diagnostics::default();
+        let typed = deserialize::<ProviderConfig>(&f, &mut diags).unwrap();
+        assert!(!typed.complete);
+        let out: Vec<String> = diags.into_sorted().iter().map(|d| d.to_string()).collect();
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out[0].starts_with("providers/p.yaml:3:26: "), "{out:?}");
+        assert!(
+            out[1].contains(":4:1: error: unknown key \"max_inflight\""),
             "{out:?}"
         );
     }
