@@ -75,15 +75,24 @@ impl Diagnostics {
 
     /// Sorted by file, then position, so output is stable across runs.
     pub fn into_sorted(mut self) -> Vec<Diagnostic> {
-        self.items
-            .sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
+        self.items.sort_by(|a, b| a.place().cmp(&b.place()));
         self.items
     }
 }
 
+impl Diagnostic {
+    fn place(&self) -> (&Path, usize, usize) {
+        (&self.file, self.line, self.col)
+    }
+}
+
+/// One per line, in the order of [`Diagnostics::into_sorted`]: every
+/// command prints a config's errors as `validate` does.
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for d in &self.items {
+        let mut sorted: Vec<&Diagnostic> = self.items.iter().collect();
+        sorted.sort_by(|a, b| a.place().cmp(&b.place()));
+        for d in sorted {
             writeln!(f, "{d}")?;
         }
         Ok(())
