@@ -747,27 +747,34 @@ fn an_unknown_key_or_a_bad_value_does_not_hide_a_files_other_mistakes() {
 #[test]
 fn a_provider_with_a_bad_value_is_checked_for_its_other_mistakes_alone() {
     let dir = shipped_config();
+    // Its delete endpoint is a string, not a map: left out, the pipeline
+    // that deletes through it would be told the object cannot delete.
     edit(
         dir.path(),
         HUBSPOT_PROVIDER,
-        "retry_on: [408,",
-        "retry_on: [abc,",
+        "delete: { method: DELETE, path: \"/crm/v3/objects/contacts/{id}\" }",
+        "delete: DELETE",
     );
+    let (code, lines) = validate(dir.path());
+    assert_eq!(code, 1);
+    assert_eq!(
+        places(&lines),
+        ["providers/hubspot.yaml:24:13"],
+        "{lines:#?}"
+    );
+    // The provider's own checks still run on what is left.
     edit(
         dir.path(),
         HUBSPOT_PROVIDER,
         "id_from: $.id\n",
         "id_from: $.id[\n",
     );
-    let (code, lines) = validate(dir.path());
-    assert_eq!(code, 1);
-    // The pipelines that send to it are not checked against what is left
-    // of it: they would be told of what was left out.
+    let (_, lines) = validate(dir.path());
     assert_eq!(
         places(&lines),
         [
-            "providers/hubspot.yaml:12:14",
-            "providers/hubspot.yaml:19:21"
+            "providers/hubspot.yaml:19:21",
+            "providers/hubspot.yaml:24:13"
         ],
         "{lines:#?}"
     );

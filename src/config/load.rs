@@ -364,8 +364,13 @@ mod tests {
         })
     }
 
-    fn errors(diags: &Diagnostics) -> Vec<String> {
-        diags.iter().map(|d| d.to_string()).collect()
+    /// The errors as printed, in file order.
+    fn errors(diags: Diagnostics) -> Vec<String> {
+        diags
+            .into_sorted()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     #[test]
@@ -377,7 +382,7 @@ mod tests {
         // What is left holds together: it comes back, incomplete.
         let typed = deserialize::<ProviderConfig>(&f, &mut diags).unwrap();
         assert!(!typed.complete);
-        let out: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+        let out = errors(diags);
         assert_eq!(
             out,
             [
@@ -407,7 +412,7 @@ mod tests {
         let mut diags = Diagnostics::default();
         let typed = deserialize::<ProviderConfig>(&f, &mut diags).unwrap();
         assert!(!typed.complete);
-        let out: Vec<String> = diags.into_sorted().iter().map(|d| d.to_string()).collect();
+        let out = errors(diags);
         assert_eq!(out.len(), 3, "{out:?}");
         assert!(out[0].starts_with("providers/p.yaml:3:10: "), "{out:?}");
         assert!(out[1].starts_with("providers/p.yaml:4:16: "), "{out:?}");
@@ -425,7 +430,7 @@ mod tests {
         let mut diags = Diagnostics::default();
         let typed = deserialize::<ProviderConfig>(&f, &mut diags).unwrap();
         assert!(!typed.complete);
-        let out: Vec<String> = diags.into_sorted().iter().map(|d| d.to_string()).collect();
+        let out = errors(diags);
         assert_eq!(out.len(), 2, "{out:?}");
         assert!(out[0].starts_with("providers/p.yaml:3:26: "), "{out:?}");
         assert!(
@@ -439,7 +444,7 @@ mod tests {
         let f = file("name: p\nbase_url: [x]\nobjects: {}\n");
         let mut diags = Diagnostics::default();
         assert!(deserialize::<ProviderConfig>(&f, &mut diags).is_none());
-        let out = errors(&diags);
+        let out = errors(diags);
         assert_eq!(out.len(), 1, "{out:?}");
         assert!(out[0].starts_with("providers/p.yaml:2:11: "), "{out:?}");
     }

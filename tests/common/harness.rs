@@ -234,7 +234,8 @@ impl Harness {
     }
 
     /// Waits until `reached` holds for what the mock CRM has taken, polled
-    /// every 10 ms, at most `timeout`. The panic names `what` was awaited
+    /// every 20 ms (a snapshot copies every record and request it logged),
+    /// at most `timeout`. The panic names `what` was awaited
     /// and shows `log` (the syncflow that should have sent it).
     pub async fn wait_crm(
         &self,
@@ -250,7 +251,7 @@ impl Harness {
                 "the CRM has not taken {what} after {timeout:?}; syncflow's log:\n{}",
                 log()
             );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
