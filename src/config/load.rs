@@ -255,7 +255,8 @@ pub fn deserialize<T: DeserializeOwned>(
         } else {
             message
         };
-        diags.push(&file.rel, file.root.value_pos(&path), message);
+        // Not at a `${VAR}` that failed: its own error stands there.
+        file.error(diags, &path, message);
         // A bad value goes with its key; a list's bad element with the
         // list's key (taking the element out would shift the positions of
         // the ones after it). A bad file as a whole ends it.
@@ -447,6 +448,17 @@ mod tests {
         let out = errors(diags);
         assert_eq!(out.len(), 1, "{out:?}");
         assert!(out[0].starts_with("providers/p.yaml:2:11: "), "{out:?}");
+    }
+
+    #[test]
+    fn a_value_whose_variable_is_not_set_is_not_also_of_the_wrong_type() {
+        // `file` interpolates with no variables set: `${NOPE}` fails there
+        // (its error is the loader's to report, not this one's).
+        let f = file("name: p\nbase_url: http://x\nmax_in_flight: ${NOPE}\nobjects: {}\n");
+        let mut diags = Diagnostics::default();
+        let typed = deserialize::<ProviderConfig>(&f, &mut diags).unwrap();
+        assert!(!typed.complete);
+        assert!(diags.is_empty(), "{:?}", errors(diags));
     }
 
     #[test]
