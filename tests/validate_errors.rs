@@ -745,6 +745,35 @@ fn an_unknown_key_or_a_bad_value_does_not_hide_a_files_other_mistakes() {
 }
 
 #[test]
+fn a_value_of_the_wrong_type_is_one_error_not_also_its_absence() {
+    let dir = shipped_config();
+    // Taken out, the target would name a provider but no object.
+    edit(
+        dir.path(),
+        HUBSPOT_PIPELINE,
+        "object: contact",
+        "object: [contact]",
+    );
+    edit(
+        dir.path(),
+        HUBSPOT_PIPELINE,
+        "record: $.after",
+        "record: $.after[",
+    );
+    let (code, lines) = validate(dir.path());
+    assert_eq!(code, 1);
+    assert_eq!(
+        places(&lines),
+        [
+            "pipelines/contacts-to-hubspot.yaml:10:17",
+            "pipelines/contacts-to-hubspot.yaml:23:11"
+        ],
+        "{lines:#?}"
+    );
+    assert!(lines[1].contains("invalid type: sequence"), "{lines:#?}");
+}
+
+#[test]
 fn a_provider_with_a_bad_value_is_checked_for_its_other_mistakes_alone() {
     let dir = shipped_config();
     // Its delete endpoint is a string, not a map: left out, the pipeline

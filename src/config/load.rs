@@ -1,7 +1,7 @@
 //! Reading a config directory into typed structs, collecting every error.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::de::DeserializeOwned;
 
@@ -18,24 +18,51 @@ pub struct SourceFile {
     pub rel: PathBuf,
     pub text: String,
     pub root: Node,
+    /// The maps a value of the wrong type was taken out of while
+    /// deserializing ([`deserialize`]). What a later check would say about
+    /// such a map or its keys may be about that value's absence, which the
+    /// value's own error already explains: it is not said.
+    pruned: OnceLock<Vec<Vec<Seg>>>,
 }
 
 impl SourceFile {
+    pub fn new(rel: PathBuf, text: String, root: Node) -> Self {
+        SourceFile {
+            rel,
+            text,
+            root,
+            pruned: OnceLock::new(),
+        }
+    }
+
     pub fn node(&self, path: &[Seg]) -> Option<&Node> {
         self.root.at(path)
     }
 
+    /// Whether `path` is a map a value was taken out of, or one of its
+    /// keys (where a check says what the map lacks). What lies deeper is
+    /// about those keys' own values, and is said.
+    fn pruned(&self, path: &[Seg]) -> bool {
+        self.pruned.get().is_some_and(|maps| {
+            maps.iter()
+                .any(|map| path.starts_with(map) && path.len() <= map.len() + 1)
+        })
+    }
+
     /// An error about the value at `path`. Not reported when the value's
-    /// `${VAR}` failed: that error already stands at the same place.
+    /// `${VAR}` failed (that error already stands at the same place), nor
+    /// about a map a value was taken out of ([`SourceFile::pruned`]).
     pub fn error(&self, diags: &mut Diagnostics, path: &[Seg], message: impl Into<String>) {
-        if !self.root.at(path).is_some_and(Node::env_failed) {
+        if !self.root.at(path).is_some_and(Node::env_failed) && !self.pruned(path) {
             diags.push(&self.rel, self.root.value_pos(path), message);
         }
     }
 
     /// An error about the key at `path` (an unknown or misplaced name).
     pub fn key_error(&self, diags: &mut Diagnostics, path: &[Seg], message: impl Into<String>) {
-        diags.push(&self.rel, self.root.key_pos(path), message);
+        if !self.pruned(path) {
+            diags.push(&self.rel, self.root.key_pos(path), message);
+        }
     }
 
     /// An error at `line:col` inside the scalar at `path` (a Rhai script or
@@ -48,6 +75,9 @@ impl SourceFile {
         col: usize,
         message: impl Into<String>,
     ) {
+        if self.pruned(path) {
+            return;
+        }
         let pos = match self.root.at(path) {
             Some(node) if node.env_failed() => return,
             Some(node) => node.text_pos(line, col),
@@ -189,7 +219,7 @@ fn read_file(
     for (pos, message) in env_errors {
         diags.push(&rel, pos, message);
     }
-    Some(Arc::new(SourceFile { rel, text, root }))
+    Some(Arc::new(SourceFile::new(rel, text, root)))
 }
 
 /// Deserializes a file's tree into `T`, reporting every unknown key and
@@ -207,10 +237,15 @@ pub fn deserialize<T: DeserializeOwned>(
     // The keys taken out so far: a "missing field" for one of them is the
     // error already reported, not a second one.
     let mut removed: Vec<Vec<Seg>> = Vec::new();
+    // The maps values of the wrong type were taken out of.
+    let mut pruned: Vec<Vec<Seg>> = Vec::new();
     // Bounded: each round removes one key.
     for _ in 0..256 {
         let err = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
             Ok(value) => {
+                if !pruned.is_empty() {
+                    let _ = file.pruned.set(pruned);
+                }
                 return Some(Sourced {
                     value,
                     file: file.clone(),
@@ -268,6 +303,7 @@ pub fn deserialize<T: DeserializeOwned>(
         if !remove_key(&mut value, &key_path, field) {
             return None;
         }
+        pruned.push(key_path[..key_path.len() - 1].to_vec());
         removed.push(key_path);
     }
     None
@@ -358,11 +394,11 @@ mod tests {
     fn file(text: &str) -> Arc<SourceFile> {
         let mut root = yaml::parse(text).unwrap();
         root.interpolate(&HashMap::new(), &mut Vec::new());
-        Arc::new(SourceFile {
-            rel: "providers/p.yaml".into(),
-            text: text.into(),
+        Arc::new(SourceFile::new(
+            "providers/p.yaml".into(),
+            text.into(),
             root,
-        })
+        ))
     }
 
     /// The errors as printed, in file order.

@@ -423,11 +423,11 @@ mod tests {
         let text = "record_id: $.Id\noccurred_at: $.LastModifiedDate\n";
         std::fs::write(dir.path().join("x.yaml"), text).unwrap();
         let yaml: serde_yaml::Mapping = serde_yaml::from_str(text).unwrap();
-        let file = SourceFile {
-            rel: "x.yaml".into(),
-            text: text.into(),
-            root: crate::config::yaml::parse(text).unwrap(),
-        };
+        let file = SourceFile::new(
+            "x.yaml".into(),
+            text.into(),
+            crate::config::yaml::parse(text).unwrap(),
+        );
         let mut diags = Diagnostics::default();
         EnvelopeMapping::compile(&file, &[], &yaml, &[], &ScriptEngine::new(), &mut diags).unwrap()
     }
