@@ -73,6 +73,15 @@ const CASES: &[Case] = &[
         ],
     },
     Case {
+        name: "a mapping key YAML reads as a number",
+        file: HUBSPOT_PIPELINE,
+        from: "  properties.phone: $.phone\n",
+        to: "  properties.phone: $.phone\n  5: $.fax\n",
+        expect: &[
+            r#"pipelines/contacts-to-hubspot.yaml:30:3: error: mapping key 5 is a number; output paths are strings (quote it: "5")"#,
+        ],
+    },
+    Case {
         name: "typo'd action",
         file: HUBSPOT_PIPELINE,
         from: "then: update",

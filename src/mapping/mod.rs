@@ -245,11 +245,29 @@ pub fn compile_mapping(
     let mut fields: Vec<Field> = Vec::new();
     for (k, v) in yaml {
         let Some(name) = k.as_str() else {
-            diags.push(
-                &file.rel,
-                file.root.value_pos(at),
-                format!("mapping keys are output paths (strings), not {k:?}"),
-            );
+            // A number or a boolean is a scalar YAML took for something
+            // else: pointed at, with the quoting that makes it a path.
+            let scalar = match k {
+                serde_yaml::Value::Number(n) => Some((n.to_string(), "a number")),
+                serde_yaml::Value::Bool(b) => Some((b.to_string(), "a boolean")),
+                _ => None,
+            };
+            match scalar {
+                Some((text, what)) => {
+                    let mut key_at = at.to_vec();
+                    key_at.push(Seg::from(text.as_str()));
+                    file.key_error(
+                        diags,
+                        &key_at,
+                        format!("mapping key {text} is {what}; output paths are strings (quote it: \"{text}\")"),
+                    );
+                }
+                None => file.error(
+                    diags,
+                    at,
+                    "a mapping key is empty, a list or a map; output paths are strings",
+                ),
+            }
             continue;
         };
         let mut field_at = at.to_vec();
