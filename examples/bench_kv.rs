@@ -28,7 +28,7 @@ use std::time::Instant;
 use async_nats::jetstream;
 use clap::Parser;
 use futures::StreamExt;
-use syncflow::idmap::{BUCKET, Entry, IdMap};
+use syncflow::idmap::{BUCKET, Entry, IdMap, kv_key};
 use syncflow_testkit::{NatsServer, temp_dir};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -85,10 +85,10 @@ fn bench_key(op: Op, round: u32, tag: &str, i: usize) -> String {
     }
 }
 
-/// A bench key's name in the bucket, as the id map names it for the
-/// provider `bench` and the object `contact`.
+/// A bench key's name in the bucket: the id map's own, for the provider
+/// `bench` and the object `contact`.
 fn bucket_key(key: &str) -> String {
-    format!("bench.contact.{key}")
+    kv_key("bench", "contact", key)
 }
 
 #[derive(Clone, Copy)]

@@ -236,7 +236,8 @@ impl IdMap {
     }
 }
 
-fn kv_key(provider: &str, object: &str, key: &str) -> String {
+/// The bucket key of a record's entry: `provider.object.<kv_token(key)>`.
+pub fn kv_key(provider: &str, object: &str, key: &str) -> String {
     joined(&[provider, object], key)
 }
 
