@@ -9,10 +9,12 @@
 //! A delete leaves an entry marked deleted. Entries written before these
 //! fields existed (the bare id, or a KV delete marker) still read.
 
+mod gather;
 mod requests;
 
 use async_nats::jetstream::{self, kv};
 use base64::Engine as _;
+use gather::Gathered;
 use requests::{Requests, Value};
 use serde::{Deserialize, Serialize};
 
@@ -108,6 +110,9 @@ pub struct IdMap {
     /// leader through `store`.
     requests: Requests,
     direct_gets: bool,
+    /// Direct gets gathered into batches, where the server knows them
+    /// (gather.rs).
+    gathered: Option<Gathered>,
 }
 
 impl IdMap {
@@ -123,21 +128,29 @@ impl IdMap {
                 .await
                 .map_err(IdMapError)?;
         let direct_gets = store.stream.cached_info().config.allow_direct;
+        let requests = Requests::new(js.client(), BUCKET);
+        let gathered = (direct_gets && batch_gets(&js.client().server_info().version))
+            .then(|| Gathered::start(requests.clone()));
         Ok(IdMap {
-            requests: Requests::new(js.client(), BUCKET),
+            requests,
             store,
             direct_gets,
+            gathered,
         })
     }
 
     /// The last value of a bucket key, `None` when it has none.
-    async fn get(&self, key: &str) -> Result<Option<Value>, IdMapError> {
+    async fn get(&self, key: String) -> Result<Option<Value>, IdMapError> {
         if self.direct_gets {
-            return self.requests.get(key).await.map_err(IdMapError);
+            let value = match &self.gathered {
+                Some(gathered) => gathered.get(key).await,
+                None => self.requests.get(&key).await,
+            };
+            return value.map_err(IdMapError);
         }
         let entry = self
             .store
-            .entry(key)
+            .entry(&key)
             .await
             .map_err(|e| IdMapError(e.to_string()))?;
         Ok(entry.map(|e| match e.operation {
@@ -154,7 +167,7 @@ impl IdMap {
         key: &str,
     ) -> Result<Option<Entry>, IdMapError> {
         Ok(self
-            .get(&kv_key(provider, object, key))
+            .get(kv_key(provider, object, key))
             .await?
             .map(|value| match value {
                 Value::Put(bytes) => Entry::decode(&bytes),
@@ -173,7 +186,7 @@ impl IdMap {
         object: &str,
         id: &str,
     ) -> Result<Option<String>, IdMapError> {
-        Ok(match self.get(&reverse_key(provider, object, id)).await? {
+        Ok(match self.get(reverse_key(provider, object, id)).await? {
             Some(Value::Put(bytes)) => serde_json::from_slice::<Reverse>(&bytes)
                 .ok()
                 .map(|r| r.key),
@@ -234,6 +247,15 @@ impl IdMap {
             .await
             .map_err(IdMapError)
     }
+}
+
+/// Whether a nats-server of `version` (`2.12.8`) answers batch direct gets
+/// (`multi_last`, 2.11 and later).
+fn batch_gets(version: &str) -> bool {
+    let mut parts = version
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (2, 11)
 }
 
 /// The bucket key of a record's entry: `provider.object.<kv_token(key)>`.
@@ -311,6 +333,16 @@ mod tests {
         // A reverse entry never collides with a forward one.
         assert_ne!(reverse_key("p", "o", "x"), kv_key("p", "o", "x"));
         assert!(reverse_key("p", "o", "a.b").starts_with("p.o.by_id.="));
+    }
+
+    #[test]
+    fn batch_gets_from_2_11() {
+        assert!(!batch_gets("2.9.10"));
+        assert!(!batch_gets("2.10.25"));
+        assert!(batch_gets("2.11.0"));
+        assert!(batch_gets("2.12.8"));
+        assert!(batch_gets("3.0.0-beta"));
+        assert!(!batch_gets(""));
     }
 
     #[test]

@@ -17,12 +17,13 @@ use std::time::Duration;
 
 use async_nats::{Client, HeaderMap, Request, StatusCode};
 use bytes::Bytes;
+use futures::StreamExt as _;
 
 /// How long a request waits for the server: JetStream's own default.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A key's last value as a direct get answered it.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     Put(Bytes),
     /// A delete or purge marker.
@@ -37,7 +38,13 @@ pub struct Requests {
     /// `$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.`: a key's last value
     /// is asked for on this and the key.
     get_prefix: String,
+    /// `$JS.API.DIRECT.GET.KV_<bucket>`: where a batch of keys is asked
+    /// for ([`Requests::get_many`]).
+    batch_subject: String,
 }
+
+/// The end of a batch direct get's answers (ADR-31's "EOB").
+const END_OF_BATCH: u16 = 204;
 
 /// What a JetStream publish answers. Only the error is read: a stored
 /// message's sequence is not needed.
@@ -63,6 +70,7 @@ impl Requests {
             client,
             put_prefix: format!("$KV.{bucket}."),
             get_prefix: format!("$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}."),
+            batch_subject: format!("$JS.API.DIRECT.GET.KV_{bucket}"),
         }
     }
 
@@ -98,6 +106,69 @@ impl Requests {
     }
 }
 
+impl Requests {
+    /// The last values of `keys` (distinct), in their order, in one request:
+    /// a direct get of the last message of many subjects (`multi_last`,
+    /// nats-server 2.11 or later). The server answers each key it holds
+    /// with its last message, then an end-of-batch status (or 404 when it
+    /// holds none of them).
+    ///
+    /// For a bucket of one replica, as [`Requests::get`].
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Value>>, String> {
+        let failed = |e: &dyn std::fmt::Display| format!("get of {} keys: {e}", keys.len());
+        let subjects: Vec<String> = keys.iter().map(|k| subject(&self.put_prefix, k)).collect();
+        let body = serde_json::to_vec(&MultiLast {
+            multi_last: &subjects,
+            batch: subjects.len(),
+        })
+        .map_err(|e| failed(&e))?;
+        // Several answers come back, so the request has an inbox of its own
+        // (async-nats's requests take the first answer only).
+        let inbox = self.client.new_inbox();
+        let mut answers = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| failed(&e))?;
+        self.client
+            .publish_with_reply(self.batch_subject.clone(), inbox, body.into())
+            .await
+            .map_err(|e| failed(&e))?;
+        let mut values: Vec<Option<Value>> = keys.iter().map(|_| None).collect();
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let answer = tokio::time::timeout_at(deadline, answers.next())
+                .await
+                .map_err(|_| failed(&"no end of batch from the server in time"))?
+                .ok_or_else(|| failed(&"the connection closed"))?;
+            match answer.status {
+                None => {}
+                // 404: the server holds none of the keys.
+                Some(s) if matches!(s.as_u16(), END_OF_BATCH | 404) => return Ok(values),
+                Some(status) => {
+                    let why = answer.description.unwrap_or_default();
+                    return Err(failed(&format_args!("the server answered {status} {why}")));
+                }
+            }
+            let Some(headers) = answer.headers.as_ref() else {
+                return Err(failed(&"an answer without headers"));
+            };
+            let place = headers
+                .get("Nats-Subject")
+                .and_then(|s| subjects.iter().position(|x| x == s.as_str()))
+                .ok_or_else(|| failed(&"an answer for a subject not asked for"))?;
+            values[place] = Some(stored(Some(headers), answer.payload));
+        }
+    }
+}
+
+/// A batch direct get's request body.
+#[derive(serde::Serialize)]
+struct MultiLast<'a> {
+    multi_last: &'a [String],
+    batch: usize,
+}
+
 /// `prefix` and `key` in one allocation.
 fn subject(prefix: &str, key: &str) -> String {
     let mut subject = String::with_capacity(prefix.len() + key.len());
@@ -127,15 +198,19 @@ fn get_answer(
         // The key has no value.
         Some(StatusCode::NOT_FOUND) => Ok(None),
         Some(status) => Err(format!("the server answered {status}")),
-        None => {
-            let marker = headers
-                .and_then(|h| h.get("KV-Operation"))
-                .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
-            Ok(Some(match marker {
-                true => Value::Deleted,
-                false => Value::Put(payload),
-            }))
-        }
+        None => Ok(Some(stored(headers, payload))),
+    }
+}
+
+/// A stored message as a key's value: a delete or purge marker, or what
+/// was put.
+fn stored(headers: Option<&HeaderMap>, payload: Bytes) -> Value {
+    let marker = headers
+        .and_then(|h| h.get("KV-Operation"))
+        .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+    match marker {
+        true => Value::Deleted,
+        false => Value::Put(payload),
     }
 }
 

