@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use metrics::Counter;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::requests::{Requests, Value};
@@ -36,6 +37,28 @@ const STOPPED: &str = "the id map's reader has stopped";
 
 type Answer = Result<Option<Value>, String>;
 
+/// Keys read and the requests that read them (README, metrics): how well
+/// reads are gathered.
+#[derive(Clone)]
+pub struct ReadCounters {
+    pub keys: Counter,
+    pub single: Counter,
+    pub batches: Counter,
+}
+
+impl ReadCounters {
+    pub fn new() -> ReadCounters {
+        let requests = |kind: &'static str| {
+            metrics::counter!("syncflow_idmap_read_requests_total", "kind" => kind)
+        };
+        ReadCounters {
+            keys: metrics::counter!("syncflow_idmap_reads_total"),
+            single: requests("single"),
+            batches: requests("batch"),
+        }
+    }
+}
+
 struct Ask {
     key: String,
     answer: oneshot::Sender<Answer>,
@@ -50,9 +73,9 @@ pub struct Gathered {
 impl Gathered {
     /// Starts the task that sends the reads; it ends when every clone is
     /// dropped.
-    pub fn start(requests: Requests) -> Gathered {
+    pub fn start(requests: Requests, counters: ReadCounters) -> Gathered {
         let (asks, queue) = mpsc::unbounded_channel();
-        tokio::spawn(run(requests, queue));
+        tokio::spawn(run(requests, counters, queue));
         Gathered { asks }
     }
 
@@ -66,7 +89,11 @@ impl Gathered {
     }
 }
 
-async fn run(requests: Requests, mut queue: mpsc::UnboundedReceiver<Ask>) {
+async fn run(
+    requests: Requests,
+    counters: ReadCounters,
+    mut queue: mpsc::UnboundedReceiver<Ask>,
+) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let failures = Arc::new(AtomicU32::new(0));
     loop {
@@ -86,8 +113,9 @@ async fn run(requests: Requests, mut queue: mpsc::UnboundedReceiver<Ask>) {
             }
         }
         let (requests, failures) = (requests.clone(), Arc::clone(&failures));
+        let counters = counters.clone();
         tokio::spawn(async move {
-            answer(&requests, batch, &failures).await;
+            answer(&requests, &counters, batch, &failures).await;
             drop(slot);
         });
     }
@@ -95,9 +123,14 @@ async fn run(requests: Requests, mut queue: mpsc::UnboundedReceiver<Ask>) {
 
 /// Answers `batch`: in one request when it holds several keys, else (or
 /// when batches keep failing) one by one.
-async fn answer(requests: &Requests, batch: Vec<Ask>, failures: &AtomicU32) {
+async fn answer(
+    requests: &Requests,
+    counters: &ReadCounters,
+    batch: Vec<Ask>,
+    failures: &AtomicU32,
+) {
     if batch.len() == 1 || failures.load(Ordering::Relaxed) >= FAILURES_BEFORE_ONE_BY_ONE {
-        return one_by_one(requests, batch).await;
+        return one_by_one(requests, counters, batch).await;
     }
     // Two records may ask for one key (two pipelines, one object); the
     // server answers a subject once.
@@ -113,6 +146,7 @@ async fn answer(requests: &Requests, batch: Vec<Ask>, failures: &AtomicU32) {
         })
         .collect();
     drop(place);
+    counters.batches.increment(1);
     match requests.get_many(&keys).await {
         Ok(values) => {
             failures.store(0, Ordering::Relaxed);
@@ -130,12 +164,13 @@ async fn answer(requests: &Requests, batch: Vec<Ask>, failures: &AtomicU32) {
                 one_by_one_from_now = failed >= FAILURES_BEFORE_ONE_BY_ONE,
                 "a batch read of the id map failed; its keys are read one by one"
             );
-            one_by_one(requests, batch).await;
+            one_by_one(requests, counters, batch).await;
         }
     }
 }
 
-async fn one_by_one(requests: &Requests, batch: Vec<Ask>) {
+async fn one_by_one(requests: &Requests, counters: &ReadCounters, batch: Vec<Ask>) {
+    counters.single.increment(batch.len() as u64);
     futures::future::join_all(batch.into_iter().map(|ask| async move {
         let value = requests.get(&ask.key).await;
         let _ = ask.answer.send(value);

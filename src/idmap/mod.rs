@@ -14,7 +14,7 @@ mod requests;
 
 use async_nats::jetstream::{self, kv};
 use base64::Engine as _;
-use gather::Gathered;
+use gather::{Gathered, ReadCounters};
 use requests::{Requests, Value};
 use serde::{Deserialize, Serialize};
 
@@ -113,6 +113,7 @@ pub struct IdMap {
     /// Direct gets gathered into batches, where the server knows them
     /// (gather.rs).
     gathered: Option<Gathered>,
+    reads: ReadCounters,
 }
 
 impl IdMap {
@@ -129,24 +130,27 @@ impl IdMap {
                 .map_err(IdMapError)?;
         let direct_gets = store.stream.cached_info().config.allow_direct;
         let requests = Requests::new(js.client(), BUCKET);
+        let reads = ReadCounters::new();
         let gathered = (direct_gets && batch_gets(&js.client().server_info().version))
-            .then(|| Gathered::start(requests.clone()));
+            .then(|| Gathered::start(requests.clone(), reads.clone()));
         Ok(IdMap {
             requests,
             store,
             direct_gets,
             gathered,
+            reads,
         })
     }
 
     /// The last value of a bucket key, `None` when it has none.
     async fn get(&self, key: String) -> Result<Option<Value>, IdMapError> {
+        self.reads.keys.increment(1);
+        if let Some(gathered) = &self.gathered {
+            return gathered.get(key).await.map_err(IdMapError);
+        }
+        self.reads.single.increment(1);
         if self.direct_gets {
-            let value = match &self.gathered {
-                Some(gathered) => gathered.get(key).await,
-                None => self.requests.get(&key).await,
-            };
-            return value.map_err(IdMapError);
+            return self.requests.get(&key).await.map_err(IdMapError);
         }
         let entry = self
             .store
