@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use metrics::Counter;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::requests::{Requests, Value};
+use super::requests::{ManyError, Requests, Value};
 
 /// Requests with the server at once. One: reads that come while it is out
 /// all go in the next.
@@ -28,10 +28,11 @@ const IN_FLIGHT: usize = 1;
 /// Keys one request asks for at most (the server takes up to 1,024).
 const MAX_KEYS: usize = 256;
 
-/// Batches failing in a row after which reads go one by one for good: the
+/// Batches refused in a row after which reads go one by one for good: the
 /// stream's server does not know batch gets (an older one in a cluster
-/// whose connected server is newer).
-const FAILURES_BEFORE_ONE_BY_ONE: u32 = 3;
+/// whose connected server is newer). A batch left unanswered (the
+/// connection down) does not count.
+const REFUSALS_BEFORE_ONE_BY_ONE: u32 = 3;
 
 const STOPPED: &str = "the id map's reader has stopped";
 
@@ -48,9 +49,7 @@ pub struct ReadCounters {
 
 impl ReadCounters {
     pub fn new() -> ReadCounters {
-        let requests = |kind: &'static str| {
-            metrics::counter!("syncflow_idmap_read_requests_total", "kind" => kind)
-        };
+        let requests = |kind: &'static str| metrics::counter!("syncflow_idmap_read_requests_total", "kind" => kind);
         ReadCounters {
             keys: metrics::counter!("syncflow_idmap_reads_total"),
             single: requests("single"),
@@ -89,13 +88,9 @@ impl Gathered {
     }
 }
 
-async fn run(
-    requests: Requests,
-    counters: ReadCounters,
-    mut queue: mpsc::UnboundedReceiver<Ask>,
-) {
+async fn run(requests: Requests, counters: ReadCounters, mut queue: mpsc::UnboundedReceiver<Ask>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    let failures = Arc::new(AtomicU32::new(0));
+    let refusals = Arc::new(AtomicU32::new(0));
     loop {
         // The slot first: while it is taken, asks queue and go together.
         let slot = Arc::clone(&slots)
@@ -112,24 +107,24 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let (requests, failures) = (requests.clone(), Arc::clone(&failures));
+        let (requests, refusals) = (requests.clone(), Arc::clone(&refusals));
         let counters = counters.clone();
         tokio::spawn(async move {
-            answer(&requests, &counters, batch, &failures).await;
+            answer(&requests, &counters, batch, &refusals).await;
             drop(slot);
         });
     }
 }
 
 /// Answers `batch`: in one request when it holds several keys, else (or
-/// when batches keep failing) one by one.
+/// when the server keeps refusing batches) one by one.
 async fn answer(
     requests: &Requests,
     counters: &ReadCounters,
     batch: Vec<Ask>,
-    failures: &AtomicU32,
+    refusals: &AtomicU32,
 ) {
-    if batch.len() == 1 || failures.load(Ordering::Relaxed) >= FAILURES_BEFORE_ONE_BY_ONE {
+    if batch.len() == 1 || refusals.load(Ordering::Relaxed) >= REFUSALS_BEFORE_ONE_BY_ONE {
         return one_by_one(requests, counters, batch).await;
     }
     // Two records may ask for one key (two pipelines, one object); the
@@ -149,19 +144,22 @@ async fn answer(
     counters.batches.increment(1);
     match requests.get_many(&keys).await {
         Ok(values) => {
-            failures.store(0, Ordering::Relaxed);
+            refusals.store(0, Ordering::Relaxed);
             for (ask, p) in batch.into_iter().zip(places) {
                 // A clone of a value is a reference count (`Bytes`).
                 let _ = ask.answer.send(Ok(values[p].clone()));
             }
         }
         Err(error) => {
-            let failed = failures.fetch_add(1, Ordering::Relaxed) + 1;
+            let refused = match &error {
+                ManyError::Refused(_) => refusals.fetch_add(1, Ordering::Relaxed) + 1,
+                ManyError::Unanswered(_) => refusals.load(Ordering::Relaxed),
+            };
             tracing::warn!(
                 %error,
                 keys = keys.len(),
-                failed_in_a_row = failed,
-                one_by_one_from_now = failed >= FAILURES_BEFORE_ONE_BY_ONE,
+                refused_in_a_row = refused,
+                one_by_one_from_now = refused >= REFUSALS_BEFORE_ONE_BY_ONE,
                 "a batch read of the id map failed; its keys are read one by one"
             );
             one_by_one(requests, counters, batch).await;
@@ -176,4 +174,70 @@ async fn one_by_one(requests: &Requests, counters: &ReadCounters, batch: Vec<Ask
         let _ = ask.answer.send(value);
     }))
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use async_nats::jetstream;
+    use futures::StreamExt as _;
+    use syncflow_testkit::NatsServer;
+
+    use super::*;
+    use crate::idmap::{BUCKET, IdMap};
+
+    /// A server that does not know batch gets (Debian's 2.9, as the stream's
+    /// server behind a newer one would be): every read is still answered
+    /// right, and after three refused batches no more are sent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_refusing_batches_is_read_one_by_one() {
+        let nats = tokio::task::block_in_place(NatsServer::start).unwrap();
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = jetstream::new(client.clone());
+        let map = IdMap::open(&js, 1).await.unwrap();
+        for n in 0..10 {
+            let entry = crate::idmap::Entry {
+                id: Some(format!("crm-{n}")),
+                ..Default::default()
+            };
+            map.put("p", "o", &format!("k{n}"), &entry).await.unwrap();
+        }
+        let batches = Arc::new(AtomicUsize::new(0));
+        let mut seen = client
+            .subscribe(format!("$JS.API.DIRECT.GET.KV_{BUCKET}"))
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        let counted = Arc::clone(&batches);
+        tokio::spawn(async move {
+            while seen.next().await.is_some() {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+
+        let gathered = Gathered::start(Requests::new(client.clone(), BUCKET), ReadCounters::new());
+        for _wave in 0..6 {
+            let reads = (0..40).map(|n| {
+                let gathered = gathered.clone();
+                async move {
+                    let key = crate::idmap::kv_key("p", "o", &format!("k{}", n % 20));
+                    (n, gathered.get(key).await)
+                }
+            });
+            for (n, value) in futures::future::join_all(reads).await {
+                let value = value.unwrap_or_else(|e| panic!("read {n}: {e}"));
+                match n % 20 < 10 {
+                    true => assert!(matches!(value, Some(Value::Put(_))), "read {n}: {value:?}"),
+                    false => assert_eq!(value, None, "read {n}"),
+                }
+            }
+        }
+        client.flush().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(
+            batches.load(Ordering::Relaxed),
+            REFUSALS_BEFORE_ONE_BY_ONE as usize
+        );
+    }
 }

@@ -114,8 +114,10 @@ impl Requests {
     /// holds none of them).
     ///
     /// For a bucket of one replica, as [`Requests::get`].
-    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Value>>, String> {
-        let failed = |e: &dyn std::fmt::Display| format!("get of {} keys: {e}", keys.len());
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Value>>, ManyError> {
+        let failed = |e: &dyn std::fmt::Display| {
+            ManyError::Unanswered(format!("get of {} keys: {e}", keys.len()))
+        };
         let subjects: Vec<String> = keys.iter().map(|k| subject(&self.put_prefix, k)).collect();
         let body = serde_json::to_vec(&MultiLast {
             multi_last: &subjects,
@@ -147,17 +149,41 @@ impl Requests {
                 Some(s) if matches!(s.as_u16(), END_OF_BATCH | 404) => return Ok(values),
                 Some(status) => {
                     let why = answer.description.unwrap_or_default();
-                    return Err(failed(&format_args!("the server answered {status} {why}")));
+                    return Err(ManyError::Refused(format!(
+                        "get of {} keys: the server answered {status} {why}",
+                        keys.len()
+                    )));
                 }
             }
-            let Some(headers) = answer.headers.as_ref() else {
-                return Err(failed(&"an answer without headers"));
-            };
-            let place = headers
-                .get("Nats-Subject")
+            let place = answer
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Subject"))
                 .and_then(|s| subjects.iter().position(|x| x == s.as_str()))
-                .ok_or_else(|| failed(&"an answer for a subject not asked for"))?;
-            values[place] = Some(stored(Some(headers), answer.payload));
+                .ok_or_else(|| {
+                    ManyError::Refused(format!(
+                        "get of {} keys: an answer for a subject not asked for",
+                        keys.len()
+                    ))
+                })?;
+            values[place] = Some(stored(answer.headers.as_ref(), answer.payload));
+        }
+    }
+}
+
+/// Why [`Requests::get_many`] read nothing.
+#[derive(Debug)]
+pub enum ManyError {
+    /// The server answered, but not as a batch get: it may not know them.
+    Refused(String),
+    /// No answer: the connection or the time ran out.
+    Unanswered(String),
+}
+
+impl std::fmt::Display for ManyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ManyError::Refused(e) | ManyError::Unanswered(e) => f.write_str(e),
         }
     }
 }
