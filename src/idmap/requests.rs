@@ -13,6 +13,7 @@
 //! Only what the id map needs is here. The two-way link states, whose
 //! writes are compare-and-set, keep the `Store` (twoway/store.rs).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::{Client, HeaderMap, Request, StatusCode};
@@ -104,9 +105,7 @@ impl Requests {
         get_answer(answer.status, answer.headers.as_ref(), answer.payload)
             .map_err(|e| format!("get {key}: {e}"))
     }
-}
 
-impl Requests {
     /// The last values of `keys` (distinct), in their order, in one request:
     /// a direct get of the last message of many subjects (`multi_last`,
     /// nats-server 2.11 or later). The server answers each key it holds
@@ -136,6 +135,12 @@ impl Requests {
             .publish_with_reply(self.batch_subject.clone(), inbox, body.into())
             .await
             .map_err(|e| failed(&e))?;
+        // The answers come in the stream's order, not the request's.
+        let places: HashMap<&str, usize> = subjects
+            .iter()
+            .enumerate()
+            .map(|(place, subject)| (subject.as_str(), place))
+            .collect();
         let mut values: Vec<Option<Value>> = keys.iter().map(|_| None).collect();
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         loop {
@@ -159,7 +164,7 @@ impl Requests {
                 .headers
                 .as_ref()
                 .and_then(|h| h.get("Nats-Subject"))
-                .and_then(|s| subjects.iter().position(|x| x == s.as_str()))
+                .and_then(|s| places.get(s.as_str()).copied())
                 .ok_or_else(|| {
                     ManyError::Refused(format!(
                         "get of {} keys: an answer for a subject not asked for",
