@@ -6,8 +6,10 @@
 //! build, e.g. the cluster tests' 2.12), opens the id map as `syncflow run`
 //! does, and runs `--count` operations of each kind with 256 in flight:
 //! puts of new keys, gets of keys there, gets of keys not there. Each kind
-//! runs through syncflow's `IdMap` and through async-nats's `kv::Store` on
-//! the same bucket, alternating, `--rounds` times. CPU is read from
+//! runs through syncflow's `IdMap` (whose gets are gathered into batch
+//! requests on nats-server 2.11 or later) and through async-nats's
+//! `kv::Store` (one request each) on the same bucket, alternating,
+//! `--rounds` times. CPU is read from
 //! `/proc/<pid>/stat` before and after: the server's, and this process's
 //! (the client: its runtime and connection task included).
 //!
