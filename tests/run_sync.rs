@@ -10,20 +10,63 @@ use std::time::Duration;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use syncflow_mock_crm::MockCrmConfig;
+use syncflow_testkit::{NatsServer, newer_server, temp_dir};
 
 use common::contacts::{self, assert_crm_state, assert_hubspot_order, ops_by_key};
 use common::harness::Harness;
 
 const KEYS: u32 = 60;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mixed_history_with_injected_failures_ends_in_the_implied_state() {
-    let h = Harness::start(MockCrmConfig {
+fn crm() -> MockCrmConfig {
+    MockCrmConfig {
         fail_rate: 0.05,
         record_log: true,
         ..MockCrmConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_history_with_injected_failures_ends_in_the_implied_state() {
+    let metrics = mixed_history(Harness::start(crm()).await).await;
+    // Debian's nats-server 2.9 has no batch gets: the id map reads one key a
+    // request.
+    assert_eq!(read_requests(&metrics, "batch"), 0.0, "{metrics}");
+    assert!(read_requests(&metrics, "single") > 0.0, "{metrics}");
+}
+
+/// The same on a nats-server with batch gets (2.11 or later): the id map's
+/// reads, gathered, answer as single ones do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_history_on_a_newer_server_with_gathered_reads() {
+    let program = newer_server().unwrap_or_else(|e| panic!("{e}"));
+    let nats = tokio::task::block_in_place(|| {
+        NatsServer::start_program(Some(program), temp_dir("nats-server").unwrap(), [""; 0])
     })
-    .await;
+    .unwrap_or_else(|e| panic!("{e}"));
+    let metrics = mixed_history(Harness::start_on(nats, crm()).await).await;
+    println!(
+        "id map read requests: {} batch, {} single",
+        read_requests(&metrics, "batch"),
+        read_requests(&metrics, "single")
+    );
+    assert!(
+        read_requests(&metrics, "batch") > 0.0,
+        "no batch read: {metrics}"
+    );
+}
+
+/// `syncflow_idmap_read_requests_total{kind}` from a `/metrics` page.
+fn read_requests(metrics: &str, kind: &str) -> f64 {
+    let series = format!("syncflow_idmap_read_requests_total{{kind=\"{kind}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Publishes the history, runs syncflow until it has settled, checks the
+/// CRMs' state, order and dead letters; returns syncflow's metrics.
+async fn mixed_history(h: Harness) -> String {
     // Fast limits and short backoffs: this test is about correctness.
     for provider in ["hubspot", "salesforce"] {
         h.set_rate_limit(provider, 2000, "1s", 50);
@@ -86,4 +129,5 @@ async fn mixed_history_with_injected_failures_ends_in_the_implied_state() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    metrics
 }

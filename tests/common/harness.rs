@@ -24,7 +24,13 @@ pub struct Harness {
 impl Harness {
     /// Starts NATS, Redis and the mock CRM, and copies the shipped config.
     pub async fn start(crm: MockCrmConfig) -> Harness {
-        let nats = NatsServer::start().expect("nats-server");
+        let nats = tokio::task::block_in_place(NatsServer::start).expect("nats-server");
+        Harness::start_on(nats, crm).await
+    }
+
+    /// [`Harness::start`] on a NATS server the test started (another
+    /// version, other options).
+    pub async fn start_on(nats: NatsServer, crm: MockCrmConfig) -> Harness {
         let redis = RedisServer::start().expect("redis-server");
         let crm = MockCrm::start(crm).await.expect("mock CRM");
         let client = async_nats::connect(nats.url())
