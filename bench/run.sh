@@ -497,6 +497,9 @@ throughput() {
   report "  syncflow: peak RSS $syncflow_rss_mb MB, CPU $syncflow_cpu_s s = $cpu_per_record µs/record"
   others_report "$others"
   report "  redis: $calls limiter script calls = 1 per $(fmt "$(awk -v n="$COUNT" -v c="$calls" 'BEGIN {print c ? n / c : 0}')") records"
+  if [ "$ID_MAP" = 1 ]; then
+    report "  id map: $(idmap_reads "$out/metrics.txt")"
+  fi
   report "  HTTP ceiling: wrk -t$wrk_threads -c$INFLIGHT, ${WRK_SECS}s, POST to the same $CRM endpoint: $(fmt "$wrk_rps") req/s (p50 $wrk_p50, p99 $wrk_p99)${wrk_errors:+; $wrk_errors}"
   report "  syncflow / ceiling: $pct%"
   report "  targets: ≥ 40000 records/s $(verdict "$(awk -v r="$crm_rate" 'BEGIN {print r >= 40000}')"), ≥ 35% of the ceiling $(verdict "$(awk -v p="$pct" 'BEGIN {print p >= 35}')"), peak RSS < 100 MB $(verdict "$(awk -v m="$syncflow_rss_mb" 'BEGIN {print m < 100}')")"
@@ -557,6 +560,21 @@ limiter() {
     report "    whole seconds: $(jq -r '"\(.aligned_seconds | join(", ")); over 10000: \(.aligned_seconds_over_limit)"' "$j")"
     report "    targets (issue 17): ≤ 1 command per 50 requests $(verdict "$(jq '.redis.requests_per_command >= 50 | if . then 1 else 0 end' "$j")"), no window over the bound $(verdict "$(jq '[.sliding_windows[].overshoot] | add == 0 | if . then 1 else 0 end' "$j")")"
   done
+}
+
+# "N keys read in R requests (B batches of K keys on average)" from a
+# /metrics page: how the id map's reads were gathered (src/idmap/gather.rs).
+idmap_reads() {
+  awk '
+    /^syncflow_idmap_reads_total / {keys = $2}
+    /^syncflow_idmap_read_requests_total\{kind="batch"\}/ {batches = $2}
+    /^syncflow_idmap_read_requests_total\{kind="single"\}/ {single = $2}
+    END {
+      if (!keys) { print "no read counts in /metrics (a binary before them)"; exit }
+      printf "%d keys read in %d requests (%d batches", keys, batches + single, batches
+      if (batches) printf " of %.1f keys on average", (keys - single) / batches
+      print ")"
+    }' "$1"
 }
 
 # A copy of bench/config whose creates go in batches of $1 records (none:
