@@ -40,7 +40,11 @@ async fn mixed_history_with_injected_failures_ends_in_the_implied_state() {
 async fn the_same_history_on_a_newer_server_with_gathered_reads() {
     let program = newer_server().unwrap_or_else(|e| panic!("{e}"));
     let nats = tokio::task::block_in_place(|| {
-        NatsServer::start_program(Some(program), temp_dir("nats-server").unwrap(), [""; 0])
+        NatsServer::start_program(
+            Some(program),
+            temp_dir("nats-server").unwrap(),
+            Vec::<String>::new(),
+        )
     })
     .unwrap_or_else(|e| panic!("{e}"));
     let metrics = mixed_history(Harness::start_on(nats, crm()).await).await;
