@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_nats::jetstream;
 use futures::StreamExt as _;
 use syncflow::idmap::{BUCKET, Entry, IdMap};
-use syncflow_testkit::{NatsServer, newer_server, temp_dir};
+use syncflow_testkit::{NatsServer, newer_nats_server};
 
 const KEYS: usize = 600;
 
@@ -136,15 +136,7 @@ async fn reads_at_once(server: &NatsServer) -> (usize, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_server_takes_many_reads_in_one_request_each_answered_right() {
-    let program = newer_server().unwrap_or_else(|e| panic!("{e}"));
-    let server = tokio::task::block_in_place(|| {
-        NatsServer::start_program(
-            Some(program),
-            temp_dir("nats-server").unwrap(),
-            Vec::<String>::new(),
-        )
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    let server = tokio::task::block_in_place(newer_nats_server).unwrap_or_else(|e| panic!("{e}"));
     let (requests, batches) = reads_at_once(&server).await;
     assert!(batches > 0, "no batch get among {requests} requests");
     assert!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use syncflow_mock_crm::MockCrmConfig;
-use syncflow_testkit::{NatsServer, newer_server, temp_dir};
+use syncflow_testkit::newer_nats_server;
 
 use common::contacts::{self, assert_crm_state, assert_hubspot_order, ops_by_key};
 use common::harness::Harness;
@@ -38,15 +38,7 @@ async fn mixed_history_with_injected_failures_ends_in_the_implied_state() {
 /// reads, gathered, answer as single ones do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_history_on_a_newer_server_with_gathered_reads() {
-    let program = newer_server().unwrap_or_else(|e| panic!("{e}"));
-    let nats = tokio::task::block_in_place(|| {
-        NatsServer::start_program(
-            Some(program),
-            temp_dir("nats-server").unwrap(),
-            Vec::<String>::new(),
-        )
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    let nats = tokio::task::block_in_place(newer_nats_server).unwrap_or_else(|e| panic!("{e}"));
     let metrics = mixed_history(Harness::start_on(nats, crm()).await).await;
     println!(
         "id map read requests: {} batch, {} single",

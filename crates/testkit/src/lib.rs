@@ -36,7 +36,7 @@ use std::time::Duration;
 pub use chromedriver::{CHROMIUM, CHROMIUM_ARGS, Chromedriver};
 pub use config::{copy_tree, example_config, shipped_config};
 pub use nats::Nats;
-pub use nats_cluster::{NatsCluster, newer_server};
+pub use nats_cluster::{NatsCluster, newer_nats_server};
 pub use redis::Redis;
 pub use redis_sentinel::{RedisSentinel, RedisSentinelKind, SentinelServer};
 pub use server::{Server, ServerKind, free_port, temp_dir};

