@@ -262,11 +262,7 @@ fn key_subject(key: &str) -> String {
 /// headers for plain ones and measure single puts: refuse it instead.
 async fn enable_server_batches(js: &jetstream::Context) -> Result<(), Error> {
     let version = js.client().server_info().version;
-    let (major, minor) = {
-        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-        (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
-    };
-    if (major, minor) < (2, 12) {
+    if syncflow::kv::server_version(&version) < (2, 12) {
         return Err(format!(
             "--server-batches needs nats-server 2.12 or later (atomic batch publishes; \
              multi_last direct gets need 2.11); this one is {version}. The cluster tests' \

@@ -124,3 +124,26 @@ pub async fn release_lease(store: &kv::Store, key: &str, holder: &str) {
         let _ = store.update(key, free.into(), entry.revision).await;
     }
 }
+
+/// A nats-server's version as its INFO gives it (`2.12.8`, `2.11.0-beta`):
+/// major and minor, 0 where unreadable. What a server can do for the
+/// buckets (batch direct gets from 2.11) is decided on these.
+pub fn server_version(version: &str) -> (u32, u32) {
+    let mut parts = version
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_versions_read_major_and_minor() {
+        assert_eq!(server_version("2.9.10"), (2, 9));
+        assert_eq!(server_version("2.12.8"), (2, 12));
+        assert_eq!(server_version("3.0.0-beta"), (3, 0));
+        assert_eq!(server_version(""), (0, 0));
+    }
+}

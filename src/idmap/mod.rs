@@ -256,10 +256,7 @@ impl IdMap {
 /// Whether a nats-server of `version` (`2.12.8`) answers batch direct gets
 /// (`multi_last`, 2.11 and later).
 fn batch_gets(version: &str) -> bool {
-    let mut parts = version
-        .split(['.', '-'])
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (2, 11)
+    crate::kv::server_version(version) >= (2, 11)
 }
 
 /// The bucket key of a record's entry: `provider.object.<kv_token(key)>`.
