@@ -13,7 +13,6 @@
 //! get. Reads queue only behind one that is out, so a batch is as large as
 //! the load makes it and a read waits at most one round trip more.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -130,27 +129,15 @@ async fn answer(
     if batch.len() == 1 || refusals.load(Ordering::Relaxed) >= REFUSALS_BEFORE_ONE_BY_ONE {
         return one_by_one(requests, counters, batch).await;
     }
-    // Two records may ask for one key (two pipelines, one object); the
-    // server answers a subject once.
-    let mut keys: Vec<String> = Vec::with_capacity(batch.len());
-    let mut place: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
-    let places: Vec<usize> = batch
-        .iter()
-        .map(|ask| {
-            *place.entry(&ask.key).or_insert_with(|| {
-                keys.push(ask.key.clone());
-                keys.len() - 1
-            })
-        })
-        .collect();
-    drop(place);
+    let keys: Vec<&str> = batch.iter().map(|ask| ask.key.as_str()).collect();
     counters.batches.increment(1);
-    match requests.get_many(&keys).await {
+    let read = requests.get_many(&keys).await;
+    drop(keys);
+    match read {
         Ok(values) => {
             refusals.store(0, Ordering::Relaxed);
-            for (ask, p) in batch.into_iter().zip(places) {
-                // A clone of a value is a reference count (`Bytes`).
-                let _ = ask.answer.send(Ok(values[p].clone()));
+            for (ask, value) in batch.into_iter().zip(values) {
+                let _ = ask.answer.send(Ok(value));
             }
         }
         Err(error) => {
@@ -160,7 +147,7 @@ async fn answer(
             };
             tracing::warn!(
                 %error,
-                keys = keys.len(),
+                keys = batch.len(),
                 refused_in_a_row = refused,
                 one_by_one_from_now = refused >= REFUSALS_BEFORE_ONE_BY_ONE,
                 "a batch read of the id map failed; its keys are read one by one"

@@ -106,21 +106,33 @@ impl Requests {
             .map_err(|e| format!("get {key}: {e}"))
     }
 
-    /// The last values of `keys` (distinct), in their order, in one request:
-    /// a direct get of the last message of many subjects (`multi_last`,
-    /// nats-server 2.11 or later). The server answers each key it holds
-    /// with its last message, then an end-of-batch status (or 404 when it
-    /// holds none of them).
+    /// The last values of `keys`, in their order, in one request: a direct
+    /// get of the last message of many subjects (`multi_last`, nats-server
+    /// 2.11 or later). The server answers each key it holds with its last
+    /// message, then an end-of-batch status (or 404 when it holds none of
+    /// them).
     ///
     /// For a bucket of one replica, as [`Requests::get`].
-    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Value>>, ManyError> {
+    pub async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Value>>, ManyError> {
         let failed = |e: &dyn std::fmt::Display| {
             ManyError::Unanswered(format!("get of {} keys: {e}", keys.len()))
         };
         let subjects: Vec<String> = keys.iter().map(|k| subject(&self.put_prefix, k)).collect();
+        // The answers come in the stream's order, not the request's, and
+        // the server answers a subject once: a key asked twice (two
+        // pipelines, one object) is asked once and answered at its first
+        // place, then copied to the others.
+        let mut first: HashMap<&str, usize> = HashMap::with_capacity(subjects.len());
+        let mut asked: Vec<&str> = Vec::with_capacity(subjects.len());
+        for (place, subject) in subjects.iter().enumerate() {
+            first.entry(subject).or_insert_with(|| {
+                asked.push(subject);
+                place
+            });
+        }
         let body = serde_json::to_vec(&MultiLast {
-            multi_last: &subjects,
-            batch: subjects.len(),
+            multi_last: &asked,
+            batch: asked.len(),
         })
         .map_err(|e| failed(&e))?;
         // Several answers come back, so the request has an inbox of its own
@@ -135,12 +147,6 @@ impl Requests {
             .publish_with_reply(self.batch_subject.clone(), inbox, body.into())
             .await
             .map_err(|e| failed(&e))?;
-        // The answers come in the stream's order, not the request's.
-        let places: HashMap<&str, usize> = subjects
-            .iter()
-            .enumerate()
-            .map(|(place, subject)| (subject.as_str(), place))
-            .collect();
         let mut values: Vec<Option<Value>> = keys.iter().map(|_| None).collect();
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         loop {
@@ -151,7 +157,17 @@ impl Requests {
             match answer.status {
                 None => {}
                 // 404: the server holds none of the keys.
-                Some(s) if matches!(s.as_u16(), END_OF_BATCH | 404) => return Ok(values),
+                Some(s) if matches!(s.as_u16(), END_OF_BATCH | 404) => {
+                    if asked.len() < keys.len() {
+                        for (place, subject) in subjects.iter().enumerate() {
+                            let at = first[subject.as_str()];
+                            if at != place {
+                                values[place] = values[at].clone();
+                            }
+                        }
+                    }
+                    return Ok(values);
+                }
                 Some(status) => {
                     let why = answer.description.unwrap_or_default();
                     return Err(ManyError::Refused(format!(
@@ -164,7 +180,7 @@ impl Requests {
                 .headers
                 .as_ref()
                 .and_then(|h| h.get("Nats-Subject"))
-                .and_then(|s| places.get(s.as_str()).copied())
+                .and_then(|s| first.get(s.as_str()).copied())
                 .ok_or_else(|| {
                     ManyError::Refused(format!(
                         "get of {} keys: an answer for a subject not asked for",
@@ -196,7 +212,7 @@ impl std::fmt::Display for ManyError {
 /// A batch direct get's request body.
 #[derive(serde::Serialize)]
 struct MultiLast<'a> {
-    multi_last: &'a [String],
+    multi_last: &'a [&'a str],
     batch: usize,
 }
 
