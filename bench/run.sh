@@ -709,9 +709,13 @@ batch_nginx() {
   local limit="{ requests: 1000000, per: 1s, burst: 1000 }"
   start_services
   : >"$out/report.txt"
-  local round kind rates=()
+  local round kind order
   for round in $(seq "$ROUNDS"); do
-    for kind in none 100; do
+    # Odd rounds run one per record first, even rounds batched first: the
+    # machine's speed drifts, and a fixed order would give the drift to
+    # one kind.
+    order="none 100"; [ $((round % 2)) = 0 ] && order="100 none"
+    for kind in $order; do
       batch_config "$kind" "$limit" "${BATCH_PENDING:-4096}"
       "$bin/examples/bench_load" --nats "$nats" setup >/dev/null
       "$bin/examples/bench_load" --nats "$nats" preload --count "$COUNT" >/dev/null
@@ -723,36 +727,38 @@ batch_nginx() {
       local after=($others_after)
       local e2e; e2e=$(jq -n --argjson w "$(cat "$out/wait.json")" "$COUNT / (((\$w.settled_at_us) - $syncflow_started_us) / 1e6)")
       local sustained; sustained=$(jq .sustained_per_s "$out/wait.json")
-      rates+=("$e2e" "$sustained")
       # What nats-server and nginx spent meanwhile: with syncflow, the
       # whole of a record's CPU on these two cores.
       echo "$round $kind $e2e $sustained $syncflow_cpu_s $syncflow_rss_mb $(ticks_to_s $((after[0] - before[0]))) $(ticks_to_s $((after[1] - before[1])))" >>"$out/rounds.txt"
     done
   done
   report ""
-  report "== batch benchmark: nginx CRM, $COUNT events per run, syncflow start → all acked, max_in_flight $INFLIGHT ($(date -u +%FT%TZ), $(nproc) cores, nats-server $(nats_version))"
+  report "== batch benchmark: nginx CRM, $COUNT events per run, syncflow start → all acked, max_in_flight $INFLIGHT, rounds alternate which kind runs first ($(date -u +%FT%TZ), $(nproc) cores, nats-server $(nats_version))"
   local per='BEGIN {printf "%.1f", c * 1e6 / n}'
   while read -r round kind e2e sustained cpu rss nats_s crm_s; do
     report "  round $round, $([ "$kind" = none ] && echo "one request per record" || echo "$kind per request"): $(fmt "$e2e") records/s start → all acked, $(fmt "$sustained") sustained; CPU µs/record: syncflow $(awk -v c="$cpu" -v n="$COUNT" "$per"), nats-server $(awk -v c="$nats_s" -v n="$COUNT" "$per"), nginx $(awk -v c="$crm_s" -v n="$COUNT" "$per"); syncflow peak RSS $rss MB"
   done <"$out/rounds.txt"
-  local i
-  # rates: per round, (start → all acked, sustained) one per record, then batched.
-  for ((i = 0; i < ${#rates[@]}; i += 4)); do
-    report "  round $((i / 4 + 1)): batched / one per record = $(awk -v a="${rates[i+2]}" -v b="${rates[i]}" 'BEGIN {printf "%.2f", a / b}')× start → all acked, $(awk -v a="${rates[i+3]}" -v b="${rates[i+1]}" 'BEGIN {printf "%.2f", a / b}')× sustained (the ack floor from 10% to 90%)"
-  done
   # What batching cannot take away: nats-server's delivery and ack of each
   # record, and the record's evaluation (bench_evaluate on the same
   # pipeline, one core, no NATS or HTTP; the best of three).
   local eval_ns; eval_ns=$(for _ in 1 2 3; do "$bin/examples/bench_evaluate" 200000; done |
     sed -n 's/.*(\([0-9]*\) ns)$/\1/p' | sort -n | head -1)
   report "  evaluation alone (bench_evaluate, best of 3): $(fmt "$(awk -v n="$eval_ns" 'BEGIN {print n / 1000}')" 2) µs per record"
+  # Per round, by kind: the rates' ratios, then the budget 3× leaves.
   awk -v e="$eval_ns" -v n="$COUNT" '
-    {cpu = ($5 + $7 + $8) * 1e6 / n}
-    $2 == "none" {whole = cpu; next}
-    {
-      nats = $7 * 1e6 / n; crm = $8 * 1e6 / n; sf = $5 * 1e6 / n; ev = e / 1000
-      printf "  round %d: 3× allows %.1f µs of CPU per batched record (one per record took %.1f in all); nats-server took %.1f and nginx %.1f, evaluation alone takes %.1f: syncflow'"'"'s other work (pull, lanes, batching, HTTP, acks) would have %.1f µs, and took %.1f. With it free, the ratio could reach %.2f×\n",
-        $1, whole / 3, whole, nats, crm, ev, whole / 3 - nats - crm - ev, sf - ev, whole / (nats + crm + ev)
+    {e2e[$1, $2] = $3; sus[$1, $2] = $4; sf[$1, $2] = $5 * 1e6 / n; nats[$1, $2] = $7 * 1e6 / n
+     crm[$1, $2] = $8 * 1e6 / n; if ($1 > rounds) rounds = $1}
+    END {
+      for (r = 1; r <= rounds; r++)
+        printf "  round %d: batched / one per record = %.2f× start → all acked, %.2f× sustained (the ack floor from 10%% to 90%%)\n",
+          r, e2e[r, "100"] / e2e[r, "none"], sus[r, "100"] / sus[r, "none"]
+      ev = e / 1000
+      for (r = 1; r <= rounds; r++) {
+        whole = sf[r, "none"] + nats[r, "none"] + crm[r, "none"]
+        fixed = nats[r, "100"] + crm[r, "100"] + ev
+        printf "  round %d: 3× allows %.1f µs of CPU per batched record (one per record took %.1f in all); nats-server took %.1f and nginx %.1f, evaluation alone takes %.1f: syncflow'"'"'s other work (pull, lanes, batching, HTTP, acks) would have %.1f µs, and took %.1f. With it free, the CPU ratio could reach %.2f×\n",
+          r, whole / 3, whole, nats[r, "100"], crm[r, "100"], ev, whole / 3 - fixed, sf[r, "100"] - ev, whole / fixed
+      }
     }' "$out/rounds.txt" | tee -a "$out/report.txt"
   report "  target: batched ≥ 3× one request per record in each round"
 }
