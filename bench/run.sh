@@ -32,8 +32,11 @@
 #               1,000 and the 429s; then a run without batching for
 #               --duration s (default 30): its records/s (~10).
 #               With --crm nginx: rounds (--rounds, default 2) of --count
-#               events one request per record, then 100 per request (nginx
-#               answers the batch 204): records/s of each, and the ratio
+#               events one request per record and 100 per request (nginx
+#               answers the batch 204), which first alternating by round:
+#               records/s of each, the ratio, and the CPU 3× leaves a
+#               batched record once nats-server's share and the record's
+#               evaluation (bench_evaluate) are paid
 #   accounts    accounts (issue 14): the bench pipeline names its account
 #               (after.tenant), each of 200 accounts limited to 10 requests/s;
 #               one account gets 50,000 events at once, then the others 5/s
