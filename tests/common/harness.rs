@@ -474,40 +474,11 @@ unsafe extern "C" {
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
-/// A loopback address nothing listens on, for a syncflow to serve HTTP on.
-///
-/// Picked below the kernel's ephemeral range, as bench/run.sh's `free_port`
-/// does: a port the kernel hands out for port 0 can be taken again, between
-/// this check and syncflow's bind, as the local end of one of the test's own
-/// connections (run_connections once failed so: "Address already in use").
-/// Ports below the range are only ever taken by a program that names them;
-/// a counter keeps this process's tests apart, a start drawn from the
-/// process id keeps test processes apart.
+/// A loopback address nothing listens on, for a syncflow to serve HTTP on
+/// (testkit's `free_port`: below the kernel's ephemeral range).
 pub fn free_addr() -> SocketAddr {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const LOWEST: u32 = 20_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let span = ephemeral_low().saturating_sub(LOWEST).max(1_000);
-    let start = std::process::id().wrapping_mul(7_919);
-    for _ in 0..span {
-        let port = LOWEST + start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % span;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port as u16));
-        if std::net::TcpListener::bind(addr).is_ok() {
-            return addr;
-        }
-    }
-    panic!(
-        "no free loopback port between {LOWEST} and {}",
-        LOWEST + span
-    );
-}
-
-/// The lowest port of the kernel's ephemeral range (32768 by default).
-fn ephemeral_low() -> u32 {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32_768)
+    let port = syncflow_testkit::free_port().expect("a free loopback port");
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// A client that gives up after a few seconds, so a hung syncflow fails the

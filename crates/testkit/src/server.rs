@@ -100,7 +100,7 @@ impl<K: ServerKind> Server<K> {
             match server.launch() {
                 Ok(()) => return Ok(server),
                 // Between our probe bind and the server's own bind, another
-                // process (often a client's ephemeral port) may take the port.
+                // process may still take the port.
                 Err(TestkitError::Exited { log_tail, .. })
                     if attempt < START_ATTEMPTS && mentions_port_taken(&log_tail) =>
                 {
@@ -284,12 +284,40 @@ pub fn temp_dir(binary: &str) -> Result<TempDir, TestkitError> {
         .map_err(io_error("create a temporary directory"))
 }
 
-/// A port that was free a moment ago (the OS picks it for a bind to port 0).
+/// A loopback port nothing listens on, for a program started next to bind.
+///
+/// Picked below the kernel's ephemeral range, as bench/run.sh's `free_port`
+/// does: a port the kernel hands out for a bind to port 0 can be taken
+/// again, before the program binds it, as the local end of one of the
+/// test's own connections (syncflow's HTTP port once was: "Address already
+/// in use"). Ports below the range are only ever taken by a program that
+/// names them; a counter keeps this process's picks apart, a start drawn
+/// from the process id keeps test processes apart.
 pub fn free_port() -> Result<u16, TestkitError> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .map_err(io_error("find a free loopback port"))
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOWEST: u32 = 20_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = ephemeral_low().saturating_sub(LOWEST).max(1_000);
+    let start = std::process::id().wrapping_mul(7_919);
+    for _ in 0..span {
+        let port = LOWEST + start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = port as u16;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(io_error("find a free loopback port")(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!("every port from {LOWEST} to {} is taken", LOWEST + span),
+    )))
+}
+
+/// The lowest port of the kernel's ephemeral range (32768 by default).
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// Connects to the server on `port`, sends `request` (if any) and returns the
