@@ -114,9 +114,9 @@ impl Requests {
     ///
     /// For a bucket of one replica, as [`Requests::get`].
     pub async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Value>>, ManyError> {
-        let failed = |e: &dyn std::fmt::Display| {
-            ManyError::Unanswered(format!("get of {} keys: {e}", keys.len()))
-        };
+        let what = |e: &dyn std::fmt::Display| format!("get of {} keys: {e}", keys.len());
+        let failed = |e: &dyn std::fmt::Display| ManyError::Unanswered(what(e));
+        let refused = |e: &dyn std::fmt::Display| ManyError::Refused(what(e));
         let subjects: Vec<String> = keys.iter().map(|k| subject(&self.put_prefix, k)).collect();
         // The answers come in the stream's order, not the request's, and
         // the server answers a subject once: a key asked twice (two
@@ -170,10 +170,7 @@ impl Requests {
                 }
                 Some(status) => {
                     let why = answer.description.unwrap_or_default();
-                    return Err(ManyError::Refused(format!(
-                        "get of {} keys: the server answered {status} {why}",
-                        keys.len()
-                    )));
+                    return Err(refused(&format_args!("the server answered {status} {why}")));
                 }
             }
             let place = answer
@@ -181,12 +178,7 @@ impl Requests {
                 .as_ref()
                 .and_then(|h| h.get("Nats-Subject"))
                 .and_then(|s| first.get(s.as_str()).copied())
-                .ok_or_else(|| {
-                    ManyError::Refused(format!(
-                        "get of {} keys: an answer for a subject not asked for",
-                        keys.len()
-                    ))
-                })?;
+                .ok_or_else(|| refused(&"an answer for a subject not asked for"))?;
             values[place] = Some(stored(answer.headers.as_ref(), answer.payload));
         }
     }
