@@ -51,13 +51,11 @@ async fn the_same_history_on_a_newer_server_with_gathered_reads() {
     );
 }
 
-/// `syncflow_idmap_read_requests_total{kind}` from a `/metrics` page.
+/// `syncflow_idmap_read_requests_total{kind}` from a `/metrics` page, 0
+/// when there is none.
 fn read_requests(metrics: &str, kind: &str) -> f64 {
-    let series = format!("syncflow_idmap_read_requests_total{{kind=\"{kind}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series.as_str()))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+    let series = format!("syncflow_idmap_read_requests_total{{kind=\"{kind}\"}}");
+    common::metrics::value(metrics, &series).unwrap_or(0.0)
 }
 
 /// Publishes the history, runs syncflow until it has settled, checks the
